@@ -1,0 +1,114 @@
+//! The command line. Every setting is a flag with an environment fallback
+//! (`DATABASE_URL`, `REDIS_URL`, `REGPOLL_*`) and a documented default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::registry::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "regpoll", version, about = "Modbus TCP polling service and historian", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Poll every active device of the registry and store what is read.
+    ///
+    /// With --devices, the file is synced into the registry first.
+    Run(RunArgs),
+    /// Serve the devices of a devices.yaml as a Modbus TCP simulator.
+    ///
+    /// Every device answers on its host:port and unit id with values that
+    /// change once per second, encoded with each register's type and order.
+    Simulate {
+        /// The devices.yaml whose devices to simulate.
+        file: PathBuf,
+    },
+    /// Start the simulator for the bundled devices.yaml and poll it, printing
+    /// live values until Ctrl-C. Uses the embedded defaults (SQLite, memory).
+    Demo(DemoArgs),
+    /// Validate a devices.yaml and print the read plan of every device.
+    Check {
+        /// The devices.yaml to check.
+        file: PathBuf,
+    },
+    /// Manage the device registry.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Create or upgrade the database schema, then exit.
+    Migrate(DbArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// Make the registry match a devices.yaml: add and update devices by name,
+    /// deactivate the ones that left the file (their history is kept).
+    Sync {
+        /// The devices.yaml to sync.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List the devices in the registry.
+    List(DbArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL (TimescaleDB is used when installed). Without it, an
+    /// embedded SQLite file keeps the registry and history.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// SQLite file used when no database URL is given.
+    #[arg(long, env = "REGPOLL_SQLITE_PATH", default_value = crate::app::DEFAULT_SQLITE_PATH)]
+    pub sqlite_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SinkArgs {
+    /// Redis URL for the latest-value cache. Without it, latest values are
+    /// kept in memory only.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "REGPOLL_REDIS_PREFIX", default_value = crate::sink::redis::DEFAULT_PREFIX)]
+    pub redis_prefix: String,
+    /// Most readings written to history in one batch.
+    #[arg(long, env = "REGPOLL_BATCH_ROWS", default_value_t = crate::sink::history::DEFAULT_BATCH_ROWS)]
+    pub batch_rows: usize,
+    /// Longest a reading waits in a partial batch (e.g. 200ms).
+    #[arg(long, env = "REGPOLL_BATCH_DELAY", default_value = "200ms", value_parser = parse_duration)]
+    pub batch_delay: Duration,
+    /// Longest shutdown waits for queued readings to be written (e.g. 10s).
+    #[arg(long, env = "REGPOLL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// A devices.yaml to sync into the registry before polling.
+    #[arg(long, env = "REGPOLL_DEVICES")]
+    pub devices: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub sinks: SinkArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Use this devices.yaml instead of the bundled one.
+    #[arg(long)]
+    pub devices: Option<PathBuf>,
+    /// SQLite file for the demo's registry and history.
+    #[arg(long, env = "REGPOLL_SQLITE_PATH", default_value = crate::app::DEFAULT_SQLITE_PATH)]
+    pub sqlite_path: PathBuf,
+    /// Seconds between two summaries.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub every: Duration,
+}

@@ -1,0 +1,274 @@
+//! What each subcommand does. Errors are printed with their whole cause chain;
+//! the exit code is 0 on success, 1 on failure and 2 for an invalid devices.yaml.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use crate::app::{self, DeviceSource, Settings};
+use crate::cli::{Command, DbArgs, DemoArgs, DevicesCommand, RunArgs};
+use crate::config::{self, ConfigErrors};
+use crate::db::Db;
+use crate::modbus::plan::plan;
+use crate::reading::Value;
+use crate::registry::{Device, Schedule, format_duration};
+use crate::sim::{Bind, Simulator};
+use crate::sink::history::BatchSettings;
+
+/// The devices.yaml shipped with regpoll, used by `regpoll demo`.
+pub const BUNDLED_DEVICES: &str = include_str!("../devices.yaml");
+
+pub async fn dispatch(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Run(args) => run(args).await,
+        Command::Simulate { file } => simulate(&file).await,
+        Command::Demo(args) => demo(args).await,
+        Command::Check { file } => check(&file),
+        Command::Devices(DevicesCommand::Sync { file, db }) => sync(&file, &db).await,
+        Command::Devices(DevicesCommand::List(db)) => list(&db).await,
+        Command::Migrate(db) => migrate(&db).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ConfigErrors>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_file(path: &std::path::Path) -> anyhow::Result<Vec<Device>> {
+    Ok(config::load(path)?)
+}
+
+async fn open_db(db: &DbArgs) -> anyhow::Result<Db> {
+    Db::open(db.database_url.as_deref(), &db.sqlite_path).await
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.devices {
+        // Validate before touching the database, so a bad file changes nothing.
+        load_file(path)?;
+    }
+    let settings = Settings {
+        database_url: args.db.database_url,
+        sqlite_path: args.db.sqlite_path,
+        redis_url: args.sinks.redis_url,
+        redis_prefix: args.sinks.redis_prefix,
+        devices_file: args.devices,
+        batch: BatchSettings {
+            max_rows: args.sinks.batch_rows.max(1),
+            max_delay: args.sinks.batch_delay,
+        },
+        shutdown_timeout: args.sinks.shutdown_timeout,
+        ..Settings::default()
+    };
+    let running = app::start(&settings, DeviceSource::Registry).await?;
+    app::shutdown_signal().await;
+    tracing::info!("shutting down: finishing polls and flushing queues");
+    let summary = running.shutdown().await?;
+    tracing::info!(
+        polls = summary.polls,
+        rows_written = summary.rows_written,
+        rows_lost = summary.rows_lost,
+        overruns = summary.overruns,
+        "stopped"
+    );
+    Ok(())
+}
+
+async fn simulate(file: &std::path::Path) -> anyhow::Result<()> {
+    let devices = load_file(file)?;
+    let sim = Simulator::start(&devices, Bind::AsConfigured).await?;
+    let mut endpoints: Vec<_> = sim.endpoints().collect();
+    endpoints.sort();
+    for (endpoint, addr) in endpoints {
+        let units: Vec<String> = devices
+            .iter()
+            .filter(|d| d.endpoint() == endpoint)
+            .map(|d| format!("{} (unit {})", d.name, d.unit_id.0))
+            .collect();
+        println!("serving {addr}: {}", units.join(", "));
+    }
+    println!("simulating {} devices; Ctrl-C to stop", devices.len());
+    app::shutdown_signal().await;
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let (name, mut devices) = match &args.devices {
+        Some(path) => (path.display().to_string(), load_file(path)?),
+        None => (
+            "bundled devices.yaml".to_string(),
+            config::parse(BUNDLED_DEVICES, "devices.yaml (bundled)")?,
+        ),
+    };
+    // Free ports chosen now, so the demo never collides with anything running.
+    let sim = Simulator::start(&devices, Bind::Ephemeral).await?;
+    for d in &mut devices {
+        let addr = sim
+            .addr_of(d)
+            .context("simulator has no address for a device")?;
+        d.host = addr.ip().to_string();
+        d.port = addr.port();
+    }
+    let settings = Settings {
+        sqlite_path: args.sqlite_path.clone(),
+        ..Settings::default()
+    };
+    let running = app::start(&settings, DeviceSource::Devices(devices)).await?;
+    println!(
+        "regpoll demo: simulating and polling {} devices from the {name}; history in {}; Ctrl-C to stop",
+        running.devices.len(),
+        args.sqlite_path.display()
+    );
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(args.every);
+    ticker.tick().await;
+    let signal = app::shutdown_signal();
+    tokio::pin!(signal);
+    let mut last_polls = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = &mut signal => break,
+        }
+        let polls = running.polls();
+        print_summary(
+            &running,
+            started.elapsed().as_secs_f64(),
+            (polls - last_polls) as f64 / args.every.as_secs_f64(),
+        );
+        last_polls = polls;
+    }
+    println!("stopping: flushing readings…");
+    let summary = running.shutdown().await?;
+    println!(
+        "stopped after {} polls; {} readings stored in {}",
+        summary.polls,
+        summary.rows_written,
+        args.sqlite_path.display()
+    );
+    Ok(())
+}
+
+fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
+    let snapshot = running.latest.snapshot();
+    let up = snapshot.values().filter(|d| d.state.up).count();
+    println!(
+        "[{elapsed_s:6.1}s] devices up {up}/{} · {polls_per_s:.1} polls/s",
+        running.devices.len()
+    );
+    for (device, latest) in snapshot.iter() {
+        let shown: Vec<String> = latest
+            .values
+            .iter()
+            .take(3)
+            .map(|(reg, v)| {
+                let value = match &v.value {
+                    Value::None => "—".to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    Value::Number(n) => format!("{n:.2}"),
+                };
+                format!(
+                    "{reg}={value}{} ({})",
+                    v.unit
+                        .as_deref()
+                        .map(|u| format!(" {u}"))
+                        .unwrap_or_default(),
+                    v.quality
+                )
+            })
+            .collect();
+        println!("    {device:<14} {}", shown.join("  "));
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let devices = load_file(file)?;
+    let registers: usize = devices.iter().map(|d| d.registers.len()).sum();
+    println!(
+        "{}: OK: {} devices, {} registers",
+        file.display(),
+        devices.len(),
+        registers
+    );
+    for d in &devices {
+        let Schedule::Every(every) = d.schedule;
+        let p = plan(&d.registers);
+        let read: u32 = p.iter().map(|r| u32::from(r.count)).sum();
+        println!(
+            "  {} ({} unit {}, every {}{}): {} requests, {} read for {} registers",
+            d.name,
+            d.endpoint(),
+            d.unit_id.0,
+            format_duration(every),
+            if d.active { "" } else { ", inactive" },
+            p.len(),
+            read,
+            d.registers.len()
+        );
+        for r in &p {
+            println!(
+                "    {:<8} {}..{} ({}): {}",
+                r.kind.as_str(),
+                r.start,
+                u32::from(r.start) + u32::from(r.count) - 1,
+                r.count,
+                r.registers
+                    .iter()
+                    .map(|&i| d.registers[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn sync(file: &std::path::Path, db: &DbArgs) -> anyhow::Result<()> {
+    let devices = load_file(file)?;
+    let db = open_db(db).await?;
+    let report = db.sync_devices(&devices).await?;
+    println!("{report}");
+    db.close().await;
+    Ok(())
+}
+
+async fn list(args: &DbArgs) -> anyhow::Result<()> {
+    let db = open_db(args).await?;
+    let loaded = db.load_devices().await?;
+    println!(
+        "{:<20} {:<24} {:>4} {:>8} {:>9} {:>6}",
+        "NAME", "ENDPOINT", "UNIT", "EVERY", "REGISTERS", "ACTIVE"
+    );
+    for d in &loaded.devices {
+        let Schedule::Every(every) = d.schedule;
+        println!(
+            "{:<20} {:<24} {:>4} {:>8} {:>9} {:>6}",
+            d.name,
+            d.endpoint(),
+            d.unit_id.0,
+            format_duration(every),
+            d.registers.len(),
+            if d.active { "yes" } else { "no" }
+        );
+    }
+    for p in &loaded.problems {
+        eprintln!("warning: {p}");
+    }
+    db.close().await;
+    Ok(())
+}
+
+async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
+    let db = open_db(args).await?;
+    println!("{} schema is up to date", db.kind());
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,566 @@
+//! devices.yaml: the schema users write, parsed with serde-saphyr so that every
+//! problem can point at a file, line and column. Parsing produces the registry's
+//! domain types (`registry::Device`); nothing downstream sees raw YAML.
+//!
+//! Validation collects every problem in the file instead of stopping at the
+//! first, so a field engineer fixes a file in one pass.
+
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use crate::registry::{
+    Address, DataType, Device, Register, RegisterKind, Schedule, UnitId, ValidRange, WordOrder,
+    parse_duration,
+};
+use raw::{RawDevice, RawFile, RawRegister};
+
+/// Port used when neither the device nor `defaults` names one.
+pub const DEFAULT_PORT: u16 = 502;
+/// Unit id used when neither the device nor `defaults` names one.
+pub const DEFAULT_UNIT_ID: u8 = 1;
+/// Poll interval used when neither the device nor `defaults` names one.
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
+/// Connect and request timeout used when neither the device nor `defaults` names one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One problem in a devices.yaml, with where it is and what would be valid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub device: Option<String>,
+    pub register: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if let Some(d) = &self.device {
+            write!(f, "device `{d}`: ")?;
+        }
+        if let Some(r) = &self.register {
+            write!(f, "register `{r}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one file. Displayed one per line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a devices.yaml file.
+pub fn load(path: &Path) -> Result<Vec<Device>, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            device: None,
+            register: None,
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses and validates devices.yaml text; `file` is only used in messages.
+pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
+    let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| {
+        let loc = e.location();
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line: loc.map_or(0, |l| l.line()),
+            column: loc.map_or(0, |l| l.column()),
+            device: None,
+            register: None,
+            message: raw::describe_parse_error(&e),
+        }])
+    })?;
+    let mut v = Validator {
+        file,
+        errors: Vec::new(),
+    };
+    let devices = v.file(raw);
+    if v.errors.is_empty() {
+        Ok(devices)
+    } else {
+        v.errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+/// Names end up in Redis keys and URLs, so they are kept to a safe alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.len() > 100 {
+        return Err("name is longer than 100 characters".into());
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(c) => Err(format!(
+            "name `{name}` contains `{c}`; names may use letters, digits, `-`, `_` and `.`"
+        )),
+        None => Ok(()),
+    }
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+/// Where in the file, and in which device/register, a check is running.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    device: Option<&'a str>,
+    register: Option<&'a str>,
+}
+
+impl<'a> Validator<'a> {
+    fn error(&mut self, at: Location, ctx: Ctx<'_>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line: at.line(),
+            column: at.column(),
+            device: ctx.device.map(str::to_string),
+            register: ctx.register.map(str::to_string),
+            message: message.into(),
+        });
+    }
+
+    fn file(&mut self, raw: RawFile) -> Vec<Device> {
+        let defaults = match raw.defaults {
+            Some(d) => {
+                let none = Ctx {
+                    device: None,
+                    register: None,
+                };
+                if let Some(n) = &d.value.name {
+                    self.error(
+                        n.referenced,
+                        none,
+                        "`defaults` cannot set `name`; names are per device",
+                    );
+                }
+                if let Some(r) = &d.value.registers {
+                    self.error(
+                        r.referenced,
+                        none,
+                        "`defaults` cannot set `registers`; registers are per device",
+                    );
+                }
+                d.value
+            }
+            None => RawDevice::default(),
+        };
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut out = Vec::new();
+        for dev in raw.devices {
+            let at = dev.referenced;
+            if let Some(d) = self.device(dev.value, &defaults, at, &mut seen) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    fn device(
+        &mut self,
+        raw: RawDevice,
+        defaults: &RawDevice,
+        at: Location,
+        seen: &mut HashMap<String, u64>,
+    ) -> Option<Device> {
+        let top = Ctx {
+            device: None,
+            register: None,
+        };
+        let Some(name) = raw.name.clone() else {
+            self.error(
+                at,
+                top,
+                "device has no `name`; every device needs a unique name",
+            );
+            return None;
+        };
+        let dname = name.value.as_str();
+        let ctx = Ctx {
+            device: Some(dname),
+            register: None,
+        };
+        if let Err(m) = check_name(dname) {
+            self.error(name.referenced, ctx, m);
+        }
+        if let Some(first) = seen.insert(dname.to_string(), name.referenced.line()) {
+            self.error(
+                name.referenced,
+                ctx,
+                format!("duplicate device name; `{dname}` is already used on line {first}"),
+            );
+        }
+        let errors_before = self.errors.len();
+
+        let host = raw.host.as_ref().or(defaults.host.as_ref());
+        if host.is_none() {
+            self.error(
+                at,
+                ctx,
+                "device has no `host`; set it here or in `defaults`",
+            );
+        }
+        let port = self.int_in(
+            raw.port.as_ref().or(defaults.port.as_ref()),
+            ctx,
+            "port",
+            1,
+            65535,
+            DEFAULT_PORT.into(),
+        );
+        let unit = self.int_in(
+            raw.unit_id.as_ref().or(defaults.unit_id.as_ref()),
+            ctx,
+            "unit_id",
+            0,
+            255,
+            DEFAULT_UNIT_ID.into(),
+        );
+        let every = self.duration(
+            raw.every.as_ref().or(defaults.every.as_ref()),
+            ctx,
+            "every",
+            DEFAULT_EVERY,
+        );
+        let timeout = self.duration(
+            raw.timeout.as_ref().or(defaults.timeout.as_ref()),
+            ctx,
+            "timeout",
+            DEFAULT_TIMEOUT,
+        );
+        for (field, v) in [
+            ("cron", raw.cron.as_ref().or(defaults.cron.as_ref())),
+            (
+                "timezone",
+                raw.timezone.as_ref().or(defaults.timezone.as_ref()),
+            ),
+        ] {
+            if let Some(v) = v {
+                self.error(
+                    v.referenced,
+                    ctx,
+                    format!(
+                        "`{field}` is not supported yet; use `every:` with an interval such as 5s"
+                    ),
+                );
+            }
+        }
+        let active = raw
+            .active
+            .or(defaults.active.clone())
+            .is_none_or(|a| a.value);
+        let mut tags = defaults.tags.clone().map(|t| t.value).unwrap_or_default();
+        tags.extend(raw.tags.map(|t| t.value).unwrap_or_default());
+
+        let registers = match raw.registers {
+            Some(regs) if !regs.value.is_empty() => self.registers(regs.value, ctx),
+            Some(regs) => {
+                self.error(
+                    regs.referenced,
+                    ctx,
+                    "device has an empty `registers` list; add at least one register",
+                );
+                Vec::new()
+            }
+            None => {
+                self.error(
+                    at,
+                    ctx,
+                    "device has no `registers`; add at least one register",
+                );
+                Vec::new()
+            }
+        };
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Device {
+            id: 0,
+            name: name.value,
+            host: host?.value.clone(),
+            port: port as u16,
+            unit_id: UnitId(unit as u8),
+            active,
+            schedule: Schedule::Every(every),
+            timeout,
+            tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
+            registers,
+        })
+    }
+
+    fn registers(&mut self, raws: Vec<Spanned<RawRegister>>, ctx: Ctx<'_>) -> Vec<Register> {
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut out = Vec::new();
+        for r in raws {
+            let at = r.referenced;
+            if let Some(reg) = self.register(r.value, at, ctx, &mut seen) {
+                out.push(reg);
+            }
+        }
+        out
+    }
+
+    fn register(
+        &mut self,
+        raw: RawRegister,
+        at: Location,
+        dctx: Ctx<'_>,
+        seen: &mut HashMap<String, u64>,
+    ) -> Option<Register> {
+        let Some(name) = raw.name else {
+            self.error(
+                at,
+                dctx,
+                "register has no `name`; every register needs a name unique within its device",
+            );
+            return None;
+        };
+        let ctx = Ctx {
+            device: dctx.device,
+            register: Some(&name.value),
+        };
+        let before = self.errors.len();
+        if let Err(m) = check_name(&name.value) {
+            self.error(name.referenced, ctx, m);
+        }
+        if let Some(first) = seen.insert(name.value.clone(), name.referenced.line()) {
+            self.error(
+                name.referenced,
+                ctx,
+                format!(
+                    "duplicate register name in this device; `{}` is already used on line {first}",
+                    name.value
+                ),
+            );
+        }
+        let kind = match &raw.kind {
+            None => {
+                self.error(
+                    at,
+                    ctx,
+                    format!(
+                        "register has no `kind`; valid kinds: {}",
+                        RegisterKind::VALID
+                    ),
+                );
+                None
+            }
+            Some(k) => self.parsed::<RegisterKind>(k, ctx),
+        };
+        let data_type = match (&raw.r#type, kind) {
+            (Some(t), _) => self.parsed::<DataType>(t, ctx),
+            (None, Some(k)) if k.is_bit() => Some(DataType::Bool),
+            (None, _) => Some(DataType::U16),
+        };
+        let order = raw
+            .order
+            .as_ref()
+            .map_or(Some(WordOrder::Abcd), |o| self.parsed::<WordOrder>(o, ctx));
+        if let (Some(k), Some(t)) = (kind, data_type) {
+            let at_type = raw.r#type.as_ref().map_or(at, |t| t.referenced);
+            if k.is_bit() && t != DataType::Bool {
+                self.error(
+                    at_type,
+                    ctx,
+                    format!(
+                        "{} registers hold single bits; use `type: bool`",
+                        k.as_str()
+                    ),
+                );
+            } else if !k.is_bit() && t == DataType::Bool {
+                self.error(at_type, ctx, "`type: bool` on a 16-bit register (a bit field) is not supported yet; use kind coil or discrete, or type u16");
+            }
+        }
+        let address = match &raw.address {
+            None => {
+                self.error(
+                    at,
+                    ctx,
+                    "register has no `address`; give the 0-based protocol address (0..65535)",
+                );
+                None
+            }
+            Some(a) if !(0..=65535).contains(&a.value) => {
+                self.error(
+                    a.referenced,
+                    ctx,
+                    format!(
+                        "address {} is outside 0..65535 (0-based protocol addresses)",
+                        a.value
+                    ),
+                );
+                None
+            }
+            Some(a) => Some(a),
+        };
+        if let (Some(a), Some(t)) = (address, data_type) {
+            let last = a.value + i64::from(t.width()) - 1;
+            if last > 65535 {
+                self.error(
+                    a.referenced,
+                    ctx,
+                    format!(
+                        "address {} + {} registers of {} runs past 65535 (last address would be {last}); move the register down",
+                        a.value,
+                        t.width(),
+                        t.as_str()
+                    ),
+                );
+            }
+        }
+        let scale = raw.scale.as_ref().map_or(1.0, |s| s.value);
+        if let Some(s) = &raw.scale
+            && (!s.value.is_finite() || s.value == 0.0)
+        {
+            self.error(
+                s.referenced,
+                ctx,
+                format!(
+                    "scale {} would hide the value; use a finite, non-zero number (1 for none)",
+                    s.value
+                ),
+            );
+        }
+        let offset = raw.offset.as_ref().map_or(0.0, |o| o.value);
+        if let Some(o) = &raw.offset
+            && !o.value.is_finite()
+        {
+            self.error(
+                o.referenced,
+                ctx,
+                "offset must be a finite number (0 for none)",
+            );
+        }
+        let valid = raw
+            .valid
+            .as_ref()
+            .map_or(ValidRange::default(), |v| ValidRange {
+                min: v.value.min,
+                max: v.value.max,
+            });
+        if let (Some(v), Some(min), Some(max)) = (&raw.valid, valid.min, valid.max)
+            && min > max
+        {
+            self.error(
+                v.referenced,
+                ctx,
+                format!("valid range has min {min} above max {max}"),
+            );
+        }
+        for (field, v) in [("every", &raw.every), ("cron", &raw.cron)] {
+            if let Some(v) = v {
+                self.error(v.referenced, ctx, format!("per-register `{field}` is not supported yet; the register is polled with its device"));
+            }
+        }
+        for (field, v) in [("bit", &raw.bit), ("length", &raw.length)] {
+            if let Some(v) = v {
+                self.error(v.referenced, ctx, format!("`{field}` is not supported yet"));
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Register {
+            id: 0,
+            name: name.value.clone(),
+            kind: kind?,
+            address: Address(address?.value as u16),
+            data_type: data_type?,
+            order: order?,
+            scale,
+            offset,
+            unit: raw.unit.map(|u| u.value),
+            valid,
+        })
+    }
+
+    fn parsed<T: std::str::FromStr<Err = String>>(
+        &mut self,
+        v: &Spanned<String>,
+        ctx: Ctx<'_>,
+    ) -> Option<T> {
+        match v.value.parse() {
+            Ok(t) => Some(t),
+            Err(m) => {
+                self.error(v.referenced, ctx, m);
+                None
+            }
+        }
+    }
+
+    fn int_in(
+        &mut self,
+        v: Option<&Spanned<i64>>,
+        ctx: Ctx<'_>,
+        field: &str,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> i64 {
+        match v {
+            None => default,
+            Some(v) if (min..=max).contains(&v.value) => v.value,
+            Some(v) => {
+                self.error(
+                    v.referenced,
+                    ctx,
+                    format!("{field} {} is outside {min}..{max}", v.value),
+                );
+                default
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        ctx: Ctx<'_>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        match v {
+            None => default,
+            Some(v) => parse_duration(&v.value).unwrap_or_else(|m| {
+                self.error(v.referenced, ctx, format!("`{field}`: {m}"));
+                default
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! The database regpoll keeps its registry and history in: PostgreSQL (with or
+//! without TimescaleDB) when a `DATABASE_URL` is given, an embedded SQLite file
+//! otherwise. Both run their own migrations on connect.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// How long to wait for a connection from the pool before giving up.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Db {
+    /// Connects to PostgreSQL at `url` and applies pending migrations.
+    pub async fn postgres(url: &str) -> anyhow::Result<Db> {
+        let opts = PgConnectOptions::from_str(url)
+            .with_context(|| format!("invalid DATABASE_URL {}", redact_url(url)))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
+        PG_MIGRATIONS
+            .run(&pool)
+            .await
+            .context("PostgreSQL migrations failed")?;
+        Ok(Db::Postgres(pool))
+    }
+
+    /// Opens (creating it if needed) the SQLite file at `path` and applies
+    /// pending migrations. WAL mode lets readers (the API, `sqlite3`) look
+    /// while the writer writes.
+    pub async fn sqlite(path: &Path) -> anyhow::Result<Db> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
+        SQLITE_MIGRATIONS
+            .run(&pool)
+            .await
+            .context("SQLite migrations failed")?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    /// PostgreSQL when `database_url` is set, else the SQLite file.
+    pub async fn open(database_url: Option<&str>, sqlite_path: &Path) -> anyhow::Result<Db> {
+        match database_url {
+            Some(url) => Db::postgres(url).await,
+            None => Db::sqlite(sqlite_path).await,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable URL>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_appear_in_redacted_urls() {
+        let r = super::redact_url("postgres://app:s3cret@db:5432/regpoll");
+        assert_eq!(r, "postgres://app:***@db:5432/regpoll");
+        assert_eq!(
+            super::redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! regpoll: a Modbus TCP polling service and historian.
+//!
+//! Data flows one way through the modules:
+//!
+//! - [`config`] parses devices.yaml into the registry's domain types, with
+//!   file:line:column errors.
+//! - [`registry`] holds those types (`Device`, `Register`, `Schedule`) and stores
+//!   them in PostgreSQL or SQLite (`devices`, `device_register_map`).
+//! - [`schedule`] decides when each device is polled.
+//! - [`modbus`] plans the read requests for a device, talks to endpoints
+//!   (one connection per host:port) and decodes words into values.
+//! - [`poller`] runs one poll of one device and turns the outcome into
+//!   [`reading::Reading`]s with a quality.
+//! - [`sink`] delivers readings: latest values (memory, Redis) and history
+//!   (PostgreSQL, SQLite), behind bounded queues so polling never waits on them.
+//! - [`sim`] is a Modbus TCP simulator for the demo, the tests and benchmarks.
+//! - [`app`] wires everything together and owns startup and shutdown;
+//!   [`cli`] defines the command line.
+
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod modbus;
+pub mod poller;
+pub mod reading;
+pub mod registry;
+pub mod schedule;
+pub mod sim;
+pub mod sink;

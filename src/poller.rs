@@ -1,0 +1,137 @@
+//! One poll of one device: plan → requests → decode → quality → readings.
+//!
+//! A failed request marks only the registers it carried; the device's other
+//! requests still count. A connect failure ends the poll early, because every
+//! further request would fail the same way.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+
+use crate::modbus::decode::decode;
+use crate::modbus::endpoint::{Endpoint, ReadError, Words};
+use crate::modbus::plan::{ReadRequest, plan};
+use crate::reading::{PollReport, Quality, Reading, Value};
+use crate::registry::{DataType, Device, Register};
+
+/// Polls one device through its endpoint with a plan made once.
+pub struct DevicePoller {
+    device: Arc<Device>,
+    plan: Vec<ReadRequest>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl DevicePoller {
+    pub fn new(device: Arc<Device>, endpoint: Arc<Endpoint>) -> Self {
+        let plan = plan(&device.registers);
+        Self {
+            device,
+            plan,
+            endpoint,
+        }
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    pub async fn poll(&self) -> PollReport {
+        let device = &self.device;
+        let started = Utc::now();
+        let clock = Instant::now();
+        let mut readings = Vec::with_capacity(device.registers.len());
+        let mut error: Option<String> = None;
+        let mut reachable = false;
+        let mut session = self.endpoint.session().await;
+        let mut connect_failure: Option<ReadError> = None;
+        for req in &self.plan {
+            let ts = Utc::now();
+            let result = match &connect_failure {
+                Some(e) => Err(e.clone()),
+                None => {
+                    session
+                        .read(
+                            device.unit_id,
+                            req.kind,
+                            req.start,
+                            req.count,
+                            device.timeout,
+                        )
+                        .await
+                }
+            };
+            match result {
+                Ok(words) => {
+                    reachable = true;
+                    for &i in &req.registers {
+                        let (value, quality, detail) = evaluate(&device.registers[i], req, &words);
+                        readings.push(Reading {
+                            index: i,
+                            ts,
+                            value,
+                            quality,
+                            detail,
+                        });
+                    }
+                }
+                Err(e) => {
+                    reachable |= e.device_answered();
+                    let detail = e.to_string();
+                    error.get_or_insert_with(|| detail.clone());
+                    if e.is_connect() {
+                        connect_failure = Some(e);
+                    }
+                    for &i in &req.registers {
+                        readings.push(Reading {
+                            index: i,
+                            ts,
+                            value: Value::None,
+                            quality: Quality::Bad,
+                            detail: Some(detail.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        drop(session);
+        PollReport {
+            device: Arc::clone(device),
+            started,
+            latency: clock.elapsed(),
+            error,
+            reachable,
+            readings,
+        }
+    }
+}
+
+/// Decodes one register out of a request's answer and judges its quality.
+fn evaluate(reg: &Register, req: &ReadRequest, words: &Words) -> (Value, Quality, Option<String>) {
+    let at = usize::from(reg.address.0 - req.start);
+    let width = usize::from(reg.width());
+    let value = match words {
+        Words::Bits(bits) => return (Value::Bool(bits[at]), Quality::Good, None),
+        Words::Registers(w) => decode(&w[at..at + width], reg.data_type, reg.order),
+    };
+    if reg.data_type == DataType::Bool {
+        return (Value::Bool(value != 0.0), Quality::Good, None);
+    }
+    if !value.is_finite() {
+        let what = if value.is_nan() { "NaN" } else { "infinite" };
+        return (
+            Value::Number(value),
+            Quality::Uncertain,
+            Some(format!("{what} float")),
+        );
+    }
+    let value = value * reg.scale + reg.offset;
+    if !reg.valid.contains(value) {
+        return (
+            Value::Number(value),
+            Quality::Uncertain,
+            Some(format!("outside valid range {}", reg.valid)),
+        );
+    }
+    (Value::Number(value), Quality::Good, None)
+}

@@ -1,0 +1,315 @@
+//! Loading the registry from, and syncing devices.yaml into, the database.
+//!
+//! The SQL here is written once for PostgreSQL and SQLite (both accept `$N`
+//! placeholders, `ON CONFLICT … DO UPDATE`, `RETURNING` and a quoted "offset";
+//! `Json` is jsonb on one and text on the other). Rows are never deleted:
+//! readings refer to them, so devices and registers that leave the file are
+//! marked inactive.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::types::Json;
+
+use super::{Address, Device, Register, Schedule, UnitId, ValidRange};
+use crate::db::Db;
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body is
+/// type-checked once per database, so it must be valid SQL for both.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Postgres($pool) => $body,
+            Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    id: i32,
+    name: String,
+    host: String,
+    port: i32,
+    unit_id: i32,
+    every_ms: i64,
+    timeout_ms: i64,
+    active: bool,
+    tags: Json<BTreeMap<String, String>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RegisterRow {
+    id: i32,
+    device_id: i32,
+    name: String,
+    kind: String,
+    address: i32,
+    data_type: String,
+    word_order: String,
+    scale: f64,
+    offset: f64,
+    unit: Option<String>,
+    valid_min: Option<f64>,
+    valid_max: Option<f64>,
+}
+
+const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, active, tags FROM devices ORDER BY name";
+const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
+     unit, valid_min, valid_max FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
+
+/// The registry as stored, and the rows that could not be used (edited by hand
+/// into something invalid); those devices are left out and reported.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub devices: Vec<Device>,
+    pub problems: Vec<String>,
+}
+
+/// What `devices sync` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub deactivated: Vec<String>,
+    pub unchanged: usize,
+}
+
+impl fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (label, names) in [
+            ("added", &self.added),
+            ("changed", &self.changed),
+            ("deactivated", &self.deactivated),
+        ] {
+            for n in names {
+                writeln!(f, "{label:<12} {n}")?;
+            }
+        }
+        write!(
+            f,
+            "{} added, {} changed, {} deactivated, {} unchanged",
+            self.added.len(),
+            self.changed.len(),
+            self.deactivated.len(),
+            self.unchanged
+        )
+    }
+}
+
+impl Db {
+    /// Every device (active and inactive) with its active registers.
+    pub async fn load_devices(&self) -> anyhow::Result<Loaded> {
+        let (devices, registers): (Vec<DeviceRow>, Vec<RegisterRow>) = on_pool!(self, pool => {
+            let d = sqlx::query_as(SELECT_DEVICES).fetch_all(pool).await;
+            let r = sqlx::query_as(SELECT_REGISTERS).fetch_all(pool).await;
+            (d.context("cannot read devices")?, r.context("cannot read device_register_map")?)
+        });
+        let mut by_device: HashMap<i32, Vec<RegisterRow>> = HashMap::new();
+        for r in registers {
+            by_device.entry(r.device_id).or_default().push(r);
+        }
+        let mut loaded = Loaded::default();
+        for row in devices {
+            let regs = by_device.remove(&row.id).unwrap_or_default();
+            let name = row.name.clone();
+            match device_from_rows(row, regs) {
+                Ok(d) => loaded.devices.push(d),
+                Err(e) => loaded
+                    .problems
+                    .push(format!("device `{name}` is skipped: {e}")),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The active devices that have at least one active register: what `run` polls.
+    pub async fn load_active_devices(&self) -> anyhow::Result<Loaded> {
+        let mut loaded = self.load_devices().await?;
+        loaded
+            .devices
+            .retain(|d| d.active && !d.registers.is_empty());
+        Ok(loaded)
+    }
+
+    /// Makes the registry match `devices` (a whole devices.yaml): adds and
+    /// updates by name, deactivates devices and registers that are not in it.
+    /// Runs in one transaction, so a failure changes nothing.
+    pub async fn sync_devices(&self, devices: &[Device]) -> anyhow::Result<SyncReport> {
+        let existing: HashMap<String, Device> = self
+            .load_devices()
+            .await?
+            .devices
+            .into_iter()
+            .map(|d| (d.name.clone(), d))
+            .collect();
+        let mut report = SyncReport::default();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.context("cannot start the sync transaction")?;
+            for d in devices {
+                let old = existing.get(&d.name);
+                match old {
+                    None => report.added.push(d.name.clone()),
+                    Some(old) if !same_config(old, d) => report.changed.push(d.name.clone()),
+                    Some(_) => {
+                        report.unchanged += 1;
+                        continue;
+                    }
+                }
+                let id: i32 = sqlx::query_scalar(
+                    "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, \
+                     unit_id = excluded.unit_id, every_ms = excluded.every_ms, timeout_ms = excluded.timeout_ms, \
+                     active = excluded.active, tags = excluded.tags, updated_at = CURRENT_TIMESTAMP \
+                     RETURNING id",
+                )
+                .bind(&d.name)
+                .bind(&d.host)
+                .bind(i32::from(d.port))
+                .bind(i32::from(d.unit_id.0))
+                .bind(millis(schedule_every(d.schedule)))
+                .bind(millis(d.timeout))
+                .bind(d.active)
+                .bind(Json(&d.tags))
+                .fetch_one(&mut *tx)
+                .await
+                .with_context(|| format!("cannot store device `{}`", d.name))?;
+                for r in &d.registers {
+                    sqlx::query(
+                        "INSERT INTO device_register_map (device_id, name, kind, address, data_type, word_order, \
+                         scale, \"offset\", unit, valid_min, valid_max, active) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, true) \
+                         ON CONFLICT (device_id, name) DO UPDATE SET kind = excluded.kind, address = excluded.address, \
+                         data_type = excluded.data_type, word_order = excluded.word_order, scale = excluded.scale, \
+                         \"offset\" = excluded.\"offset\", unit = excluded.unit, valid_min = excluded.valid_min, \
+                         valid_max = excluded.valid_max, active = true, updated_at = CURRENT_TIMESTAMP",
+                    )
+                    .bind(id)
+                    .bind(&r.name)
+                    .bind(r.kind.as_str())
+                    .bind(i32::from(r.address.0))
+                    .bind(r.data_type.as_str())
+                    .bind(r.order.as_str())
+                    .bind(r.scale)
+                    .bind(r.offset)
+                    .bind(&r.unit)
+                    .bind(r.valid.min)
+                    .bind(r.valid.max)
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("cannot store register `{}` of device `{}`", r.name, d.name))?;
+                }
+                let keep: HashSet<&str> = d.registers.iter().map(|r| r.name.as_str()).collect();
+                for gone in old.into_iter().flat_map(|o| &o.registers).filter(|r| !keep.contains(r.name.as_str())) {
+                    sqlx::query("UPDATE device_register_map SET active = false, updated_at = CURRENT_TIMESTAMP WHERE id = $1")
+                        .bind(gone.id)
+                        .execute(&mut *tx)
+                        .await
+                        .context("cannot deactivate a removed register")?;
+                }
+            }
+            let keep: HashSet<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+            let mut gone: Vec<&Device> = existing.values().filter(|d| d.active && !keep.contains(d.name.as_str())).collect();
+            gone.sort_by(|a, b| a.name.cmp(&b.name));
+            for d in gone {
+                sqlx::query("UPDATE devices SET active = false, updated_at = CURRENT_TIMESTAMP WHERE id = $1")
+                    .bind(d.id)
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("cannot deactivate device `{}`", d.name))?;
+                report.deactivated.push(d.name.clone());
+            }
+            tx.commit().await.context("cannot commit the sync")?;
+        });
+        Ok(report)
+    }
+}
+
+fn schedule_every(s: Schedule) -> Duration {
+    match s {
+        Schedule::Every(d) => d,
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether two devices have the same configuration, ignoring database ids and
+/// the order registers are listed in.
+fn same_config(a: &Device, b: &Device) -> bool {
+    let strip = |d: &Device| {
+        let mut d = d.clone();
+        d.id = 0;
+        d.registers.iter_mut().for_each(|r| r.id = 0);
+        d.registers.sort_by(|x, y| x.name.cmp(&y.name));
+        d
+    };
+    strip(a) == strip(b)
+}
+
+fn device_from_rows(row: DeviceRow, regs: Vec<RegisterRow>) -> Result<Device, String> {
+    let registers = regs
+        .into_iter()
+        .map(|r| {
+            let name = r.name.clone();
+            register_from_row(r).map_err(|e| format!("register `{name}`: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let port = u16::try_from(row.port)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or(format!("port {} is outside 1..65535", row.port))?;
+    let unit = u8::try_from(row.unit_id)
+        .map_err(|_| format!("unit_id {} is outside 0..255", row.unit_id))?;
+    let ms = |v: i64, what: &str| {
+        u64::try_from(v)
+            .ok()
+            .filter(|&v| v > 0)
+            .map(Duration::from_millis)
+            .ok_or(format!("{what} {v} must be positive"))
+    };
+    Ok(Device {
+        id: row.id,
+        name: row.name,
+        host: row.host,
+        port,
+        unit_id: UnitId(unit),
+        active: row.active,
+        schedule: Schedule::Every(ms(row.every_ms, "every_ms")?),
+        timeout: ms(row.timeout_ms, "timeout_ms")?,
+        tags: row.tags.0,
+        registers,
+    })
+}
+
+fn register_from_row(r: RegisterRow) -> Result<Register, String> {
+    let address = u16::try_from(r.address)
+        .map_err(|_| format!("address {} is outside 0..65535", r.address))?;
+    let data_type = r.data_type.parse()?;
+    let reg = Register {
+        id: r.id,
+        name: r.name,
+        kind: r.kind.parse()?,
+        address: Address(address),
+        data_type,
+        order: r.word_order.parse()?,
+        scale: r.scale,
+        offset: r.offset,
+        unit: r.unit,
+        valid: ValidRange {
+            min: r.valid_min,
+            max: r.valid_max,
+        },
+    };
+    if u32::from(address) + u32::from(reg.width()) > 65536 {
+        return Err(format!(
+            "address {address} + {} registers runs past 65535",
+            reg.width()
+        ));
+    }
+    Ok(reg)
+}

@@ -1,0 +1,111 @@
+//! The `regpoll` binary as users run it.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn regpoll(args: &[&str], dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_regpoll"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("regpoll runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const GOOD: &str = "devices:\n  - name: boiler\n    host: 127.0.0.1\n    port: 5020\n    registers:\n      - { name: t, kind: holding, address: 0, type: f32 }\n";
+
+#[test]
+fn check_prints_the_plan_of_a_good_file() {
+    let (dir, _) = common::write_yaml(GOOD);
+    let out = regpoll(&["check", "devices.yaml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("OK: 1 devices, 1 registers"), "{stdout}");
+    assert!(stdout.contains("holding  0..1 (2): t"), "{stdout}");
+}
+
+#[test]
+fn invalid_file_is_refused_with_its_location_and_changes_nothing() {
+    let (dir, _) = common::write_yaml(GOOD);
+    let out = regpoll(&["devices", "sync", "devices.yaml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("added        boiler"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let bad = GOOD.replace("type: f32", "type: float")
+        + "  - name: meter\n    host: 127.0.0.1\n    registers: []\n";
+    std::fs::write(dir.path().join("devices.yaml"), bad).unwrap();
+    let out = regpoll(&["devices", "sync", "devices.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("devices.yaml:6:") && stderr.contains("unknown type `float`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("devices.yaml:9:") && stderr.contains("empty `registers`"),
+        "{stderr}"
+    );
+
+    let out = regpoll(&["devices", "list"], dir.path());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("boiler") && !stdout.contains("meter"),
+        "the registry is unchanged: {stdout}"
+    );
+}
+
+#[test]
+fn demo_shows_live_values_and_exits_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regpoll"))
+        .args(["demo", "--every", "500ms"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let all_up = loop {
+        let line = lines.next().expect("demo output ended early").unwrap();
+        seen.push(line.clone());
+        if line.contains("devices up 4/4") {
+            break line;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no live values within 10 s: {seen:#?}"
+        );
+    };
+    assert!(all_up.contains("polls/s"));
+    let values = lines.next().unwrap().unwrap();
+    assert!(values.contains("(good)"), "{values}");
+
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "demo exits 0 on Ctrl-C, got {status}");
+    let last = rest.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("stopped after") && last.contains("readings stored"),
+        "{rest:#?}"
+    );
+    assert!(dir.path().join("regpoll.db").exists());
+}

@@ -1,0 +1,131 @@
+//! Helpers shared by the integration tests: a fresh PostgreSQL database per
+//! test, the Redis URL with a key prefix of its own, and the simulator started
+//! on free ports with a devices.yaml rewritten to point at them.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use regpoll::app::Running;
+use regpoll::config;
+use regpoll::registry::Device;
+use regpoll::sim::{Bind, Simulator};
+
+/// Fails loudly (never skips) when the test services are missing.
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests with scripts/test, which starts PostgreSQL and Redis and exports it")
+    })
+}
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{tag}_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates an empty database on the test server and returns its URL.
+pub async fn fresh_postgres() -> String {
+    use sqlx::Executor as _;
+    let admin = required_env("TEST_DATABASE_URL");
+    let name = unique("regpoll_test");
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("cannot connect to TEST_DATABASE_URL");
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("cannot create a test database");
+    pool.close().await;
+    let mut url = url::Url::parse(&admin).expect("TEST_DATABASE_URL is not a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// The test Redis and a key prefix no other test uses.
+pub fn redis() -> (String, String) {
+    (required_env("TEST_REDIS_URL"), unique("regpoll_test"))
+}
+
+/// A simulator serving a devices.yaml template. Placeholders such as `{A}`
+/// stand for ports: each becomes a free port the simulator listens on, and
+/// `{DEAD}` a port where nothing listens (connections are refused).
+pub struct SimFixture {
+    pub sim: Simulator,
+    pub yaml: String,
+    pub devices: Vec<Device>,
+}
+
+pub async fn simulate(template: &str, placeholders: &[&str]) -> SimFixture {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let template = template.replace("{DEAD}", &dead.to_string());
+    let dummy = |i: usize| 10_000 + i as u16;
+    let mut staged = template.clone();
+    for (i, p) in placeholders.iter().enumerate() {
+        staged = staged.replace(p, &dummy(i).to_string());
+    }
+    let staged_devices = config::parse(&staged, "test.yaml").expect("test template must be valid");
+    let served: Vec<Device> = staged_devices
+        .iter()
+        .filter(|d| d.port != dead)
+        .cloned()
+        .collect();
+    let sim = Simulator::start(&served, Bind::Ephemeral)
+        .await
+        .expect("simulator must start");
+    let mut yaml = template;
+    for (i, p) in placeholders.iter().enumerate() {
+        let d = served
+            .iter()
+            .find(|d| d.port == dummy(i))
+            .expect("placeholder is used by a device");
+        yaml = yaml.replace(p, &sim.addr_of(d).unwrap().port().to_string());
+    }
+    let devices = config::parse(&yaml, "test.yaml").unwrap();
+    SimFixture { sim, yaml, devices }
+}
+
+/// Waits (by awaiting updates, not sleeping) until every device of the run has
+/// completed at least `polls` polls. Panics after 30 s.
+pub async fn wait_for_polls(running: &Running, polls: u64) {
+    let mut updates = running.latest.subscribe();
+    let want = running.devices.len();
+    let done = || {
+        let snap = running.latest.snapshot();
+        snap.len() == want && snap.values().all(|d| d.state.polls >= polls)
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !done() {
+            updates
+                .changed()
+                .await
+                .expect("latest values stopped updating");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "devices did not reach {polls} polls in 30 s: {:#?}",
+            running.latest.snapshot()
+        )
+    });
+}
+
+/// Writes `yaml` to a fresh temporary directory and returns both (the
+/// directory is removed when dropped).
+pub fn write_yaml(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devices.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}

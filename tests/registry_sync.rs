@@ -1,0 +1,167 @@
+//! `devices sync` against real PostgreSQL and SQLite: idempotent, and what
+//! leaves the file stops being polled while its history stays.
+
+mod common;
+
+use regpoll::app::{self, DeviceSource, Settings};
+use regpoll::config;
+use regpoll::db::Db;
+
+const TWO_DEVICES: &str = r#"
+defaults: { host: 127.0.0.1, every: 200ms, timeout: 500ms }
+devices:
+  - name: boiler
+    port: {A}
+    registers:
+      - { name: supply_temp, kind: holding, address: 100, type: f32 }
+      - { name: pressure, kind: input, address: 0, type: u16, scale: 0.01 }
+  - name: meter
+    port: {A}
+    unit_id: 2
+    registers:
+      - { name: energy, kind: input, address: 0, type: u32 }
+"#;
+
+fn without_pressure_and_meter(yaml: &str) -> String {
+    let cut = yaml.find("  - name: meter").unwrap();
+    yaml[..cut].replace(
+        "      - { name: pressure, kind: input, address: 0, type: u16, scale: 0.01 }\n",
+        "",
+    )
+}
+
+async fn readings_per_register(db: &Db) -> Vec<(String, String, i64)> {
+    let sql = "SELECT device, register, COUNT(*) FROM register_readings_named GROUP BY device, register ORDER BY device, register";
+    match db {
+        Db::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Db::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+    }
+}
+
+async fn sync_is_idempotent_and_removals_stop_polling(settings: Settings) {
+    let fixture = common::simulate(TWO_DEVICES, &["{A}"]).await;
+    let db = Db::open(settings.database_url.as_deref(), &settings.sqlite_path)
+        .await
+        .unwrap();
+
+    let first = db.sync_devices(&fixture.devices).await.unwrap();
+    assert_eq!(first.added, ["boiler", "meter"]);
+    let again = db.sync_devices(&fixture.devices).await.unwrap();
+    assert_eq!(
+        (
+            again.added.len(),
+            again.changed.len(),
+            again.deactivated.len(),
+            again.unchanged
+        ),
+        (0, 0, 0, 2)
+    );
+    let ids_before: Vec<(String, i32)> = db
+        .load_devices()
+        .await
+        .unwrap()
+        .devices
+        .iter()
+        .flat_map(|d| d.registers.iter().map(|r| (r.name.clone(), r.id)))
+        .collect();
+
+    // Poll once with both devices so there is history to keep.
+    let running = app::start(&settings, DeviceSource::Registry).await.unwrap();
+    common::wait_for_polls(&running, 2).await;
+    running.shutdown().await.unwrap();
+    let before = readings_per_register(&db).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let trimmed =
+        config::parse(&without_pressure_and_meter(&fixture.yaml), "trimmed.yaml").unwrap();
+    let report = db.sync_devices(&trimmed).await.unwrap();
+    assert_eq!(
+        (report.changed.as_slice(), report.deactivated.as_slice()),
+        (&["boiler".to_string()][..], &["meter".to_string()][..])
+    );
+    let report = db.sync_devices(&trimmed).await.unwrap();
+    assert_eq!(report.unchanged, 1, "{report:?}");
+    assert!(
+        report.deactivated.is_empty() && report.changed.is_empty(),
+        "{report:?}"
+    );
+
+    let loaded = db.load_devices().await.unwrap();
+    let meter = loaded
+        .devices
+        .iter()
+        .find(|d| d.name == "meter")
+        .expect("a removed device is kept, inactive");
+    assert!(!meter.active);
+    let boiler = loaded.devices.iter().find(|d| d.name == "boiler").unwrap();
+    assert_eq!(
+        boiler
+            .registers
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["supply_temp"]
+    );
+    let kept_id = ids_before
+        .iter()
+        .find(|(n, _)| n == "supply_temp")
+        .unwrap()
+        .1;
+    assert_eq!(
+        boiler.registers[0].id, kept_id,
+        "a register keeps its id across syncs"
+    );
+
+    // Only what is still in the file is polled now; old history stays.
+    let running = app::start(&settings, DeviceSource::Registry).await.unwrap();
+    assert_eq!(running.devices.len(), 1);
+    common::wait_for_polls(&running, 2).await;
+    running.shutdown().await.unwrap();
+    let after = readings_per_register(&db).await;
+    let count = |rows: &[(String, String, i64)], d: &str, r: &str| {
+        rows.iter().find(|x| x.0 == d && x.1 == r).map(|x| x.2)
+    };
+    assert_eq!(
+        count(&after, "meter", "energy"),
+        count(&before, "meter", "energy"),
+        "meter is no longer polled"
+    );
+    assert_eq!(
+        count(&after, "boiler", "pressure"),
+        count(&before, "boiler", "pressure"),
+        "pressure is no longer polled"
+    );
+    assert!(count(&after, "boiler", "supply_temp") > count(&before, "boiler", "supply_temp"));
+
+    // Putting the device back reactivates it under the same id.
+    let report = db.sync_devices(&fixture.devices).await.unwrap();
+    assert_eq!(report.changed, ["boiler", "meter"]);
+    assert!(
+        db.load_devices()
+            .await
+            .unwrap()
+            .devices
+            .iter()
+            .all(|d| d.active)
+    );
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sync_is_idempotent_and_removals_stop_polling() {
+    let settings = Settings {
+        database_url: Some(common::fresh_postgres().await),
+        ..Settings::default()
+    };
+    sync_is_idempotent_and_removals_stop_polling(settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sync_is_idempotent_and_removals_stop_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        sqlite_path: dir.path().join("regpoll.db"),
+        ..Settings::default()
+    };
+    sync_is_idempotent_and_removals_stop_polling(settings).await;
+}

@@ -10,6 +10,7 @@ use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use futures::StreamExt as _;
 use redis::AsyncCommands as _;
 use regpoll::app::{self, DeviceSource, Settings};
+use regpoll::db::Db;
 use regpoll::reading::Value;
 use regpoll::registry::{DataType, Device};
 use regpoll::sim::expected_value;
@@ -44,59 +45,50 @@ devices:
       - { name: running, kind: discrete, address: 0 }
 "#;
 
-/// One stored reading, whichever database it came from.
-#[derive(Debug, Clone)]
+/// One stored reading, whichever database it came from (`ts_us`:
+/// microseconds since the Unix epoch, how SQLite stores it).
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct StoredRow {
     device: String,
     register: String,
-    ts: DateTime<Utc>,
+    ts_us: i64,
     value: Option<f64>,
     quality: String,
     detail: Option<String>,
 }
 
+impl StoredRow {
+    fn ts(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.ts_us).unwrap()
+    }
+}
+
+async fn stored_rows(db: &Db) -> Vec<StoredRow> {
+    let rows = match db {
+        Db::Postgres(p) => sqlx::query_as(
+            "SELECT device, register, (extract(epoch FROM ts) * 1000000)::bigint AS ts_us, value, quality, detail \
+             FROM register_readings_named ORDER BY ts",
+        )
+        .fetch_all(p)
+        .await,
+        Db::Sqlite(p) => sqlx::query_as(
+            "SELECT d.name AS device, m.name AS register, r.ts AS ts_us, r.value, r.quality, r.detail \
+             FROM register_readings r JOIN device_register_map m ON m.id = r.register_id \
+             JOIN devices d ON d.id = r.device_id ORDER BY r.ts",
+        )
+        .fetch_all(p)
+        .await,
+    };
+    db.close().await;
+    rows.unwrap()
+}
+
 async fn postgres_rows(url: &str) -> Vec<StoredRow> {
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
-    let rows: Vec<(String, String, DateTime<Utc>, Option<f64>, String, Option<String>)> =
-        sqlx::query_as("SELECT device, register, ts, value, quality, detail FROM register_readings_named ORDER BY ts")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    pool.close().await;
-    rows.into_iter()
-        .map(|(device, register, ts, value, quality, detail)| StoredRow {
-            device,
-            register,
-            ts,
-            value,
-            quality,
-            detail,
-        })
-        .collect()
+    stored_rows(&Db::postgres(url).await.unwrap()).await
 }
 
 async fn sqlite_rows(path: &std::path::Path) -> Vec<StoredRow> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    let rows: Vec<(String, String, i64, Option<f64>, String, Option<String>)> = sqlx::query_as(
-        "SELECT d.name, m.name, r.ts, r.value, r.quality, r.detail FROM register_readings r \
-         JOIN device_register_map m ON m.id = r.register_id JOIN devices d ON d.id = r.device_id ORDER BY r.ts",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-    rows.into_iter()
-        .map(|(device, register, ts, value, quality, detail)| StoredRow {
-            device,
-            register,
-            ts: DateTime::from_timestamp_micros(ts).unwrap(),
-            value,
-            quality,
-            detail,
-        })
-        .collect()
+    stored_rows(&Db::sqlite(path).await.unwrap()).await
 }
 
 /// The value regpoll should have read at `ts`: the simulator changes values on
@@ -107,7 +99,7 @@ fn matches_simulator(device: &Device, row: &StoredRow) -> bool {
         .iter()
         .find(|r| r.name == row.register)
         .unwrap();
-    [row.ts, row.ts + ChronoDuration::seconds(1)]
+    [row.ts(), row.ts() + ChronoDuration::seconds(1)]
         .iter()
         .any(|&t| {
             let want = expected_value(&device.name, reg, t);
@@ -194,7 +186,7 @@ async fn postgres_history_and_redis_latest_match_the_simulator() {
             let newest = rows
                 .iter()
                 .filter(|x| x.device == d.name && x.register == r.name)
-                .max_by_key(|x| x.ts)
+                .max_by_key(|x| x.ts_us)
                 .unwrap();
             let json: serde_json::Value = serde_json::from_str(&hash[&r.name]).unwrap();
             let expected_value = match r.data_type {
@@ -206,7 +198,7 @@ async fn postgres_history_and_redis_latest_match_the_simulator() {
                 serde_json::json!({
                     "value": expected_value,
                     "quality": "good",
-                    "ts": newest.ts.to_rfc3339_opts(SecondsFormat::Millis, true),
+                    "ts": newest.ts().to_rfc3339_opts(SecondsFormat::Millis, true),
                     "unit": r.unit,
                 }),
                 "{}.{}",
@@ -268,7 +260,7 @@ async fn embedded_defaults_keep_history_in_sqlite_and_latest_in_memory() {
     let newest = rows
         .iter()
         .filter(|r| r.register == "pressure")
-        .max_by_key(|r| r.ts)
+        .max_by_key(|r| r.ts_us)
         .unwrap();
     assert_eq!(
         boiler.values["pressure"].value,

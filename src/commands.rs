@@ -174,6 +174,7 @@ fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
                     Value::None => "—".to_string(),
                     Value::Bool(b) => b.to_string(),
                     Value::Number(n) => format!("{n:.2}"),
+                    Value::Text(t) => format!("{t:?}"),
                 };
                 format!(
                     "{reg}={value}{} ({})",
@@ -200,7 +201,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     );
     for d in &devices {
         let Schedule::Every(every) = d.schedule;
-        let p = plan(&d.registers);
+        let p = plan(&d.registers, &d.limits);
         let read: u32 = p.iter().map(|r| u32::from(r.count)).sum();
         println!(
             "  {} ({} unit {}, every {}{}): {} requests, {} read for {} registers",

@@ -13,7 +13,7 @@ use crate::modbus::decode::decode;
 use crate::modbus::endpoint::{Endpoint, ReadError, Words};
 use crate::modbus::plan::{ReadRequest, plan};
 use crate::reading::{PollReport, Quality, Reading, Value};
-use crate::registry::{DataType, Device, Register};
+use crate::registry::{Device, Register};
 
 /// Polls one device through its endpoint with a plan made once.
 pub struct DevicePoller {
@@ -24,7 +24,7 @@ pub struct DevicePoller {
 
 impl DevicePoller {
     pub fn new(device: Arc<Device>, endpoint: Arc<Endpoint>) -> Self {
-        let plan = plan(&device.registers);
+        let plan = plan(&device.registers, &device.limits);
         Self {
             device,
             plan,
@@ -109,23 +109,23 @@ impl DevicePoller {
 /// Decodes one register out of a request's answer and judges its quality.
 fn evaluate(reg: &Register, req: &ReadRequest, words: &Words) -> (Value, Quality, Option<String>) {
     let at = usize::from(reg.address.0 - req.start);
-    let width = usize::from(reg.width());
-    let value = match words {
+    let raw = match words {
         Words::Bits(bits) => return (Value::Bool(bits[at]), Quality::Good, None),
-        Words::Registers(w) => decode(&w[at..at + width], reg.data_type, reg.order),
+        Words::Registers(w) => decode(&w[at..at + usize::from(reg.width())], reg),
     };
-    if reg.data_type == DataType::Bool {
-        return (Value::Bool(value != 0.0), Quality::Good, None);
-    }
-    if !value.is_finite() {
-        let what = if value.is_nan() { "NaN" } else { "infinite" };
+    let n = match raw {
+        Value::Number(n) => n,
+        other => return (other, Quality::Good, None),
+    };
+    if !n.is_finite() {
+        let what = if n.is_nan() { "NaN" } else { "infinite" };
         return (
-            Value::Number(value),
+            Value::Number(n),
             Quality::Uncertain,
             Some(format!("{what} float")),
         );
     }
-    let value = value * reg.scale + reg.offset;
+    let value = n * reg.scale + reg.offset;
     if !reg.valid.contains(value) {
         return (
             Value::Number(value),

@@ -47,6 +47,8 @@ pub enum Value {
     None,
     Bool(bool),
     Number(f64),
+    /// A `string` register's text (stored in `register_readings.value_text`).
+    Text(String),
 }
 
 impl Value {
@@ -56,6 +58,15 @@ impl Value {
             Value::None => None,
             Value::Bool(b) => Some(f64::from(u8::from(*b))),
             Value::Number(n) => Some(*n),
+            Value::Text(_) => None,
+        }
+    }
+
+    /// The value as stored in `register_readings.value_text`.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Text(t) => Some(t),
+            _ => None,
         }
     }
 
@@ -68,6 +79,7 @@ impl Value {
             Value::Number(n) => {
                 serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into)
             }
+            Value::Text(t) => serde_json::Value::String(t.clone()),
         }
     }
 }

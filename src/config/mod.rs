@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use crate::registry::{
-    Address, DataType, Device, Register, RegisterKind, Schedule, UnitId, ValidRange, WordOrder,
-    parse_duration,
+    Address, DataType, Device, Register, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange,
+    WordOrder, parse_duration,
 };
 use raw::{RawDevice, RawFile, RawRegister};
 
@@ -262,6 +262,7 @@ impl<'a> Validator<'a> {
             "timeout",
             DEFAULT_TIMEOUT,
         );
+        let limits = self.limits(&raw, defaults, ctx);
         for (field, v) in [
             ("cron", raw.cron.as_ref().or(defaults.cron.as_ref())),
             (
@@ -287,7 +288,7 @@ impl<'a> Validator<'a> {
         tags.extend(raw.tags.map(|t| t.value).unwrap_or_default());
 
         let registers = match raw.registers {
-            Some(regs) if !regs.value.is_empty() => self.registers(regs.value, ctx),
+            Some(regs) if !regs.value.is_empty() => self.registers(regs.value, ctx, &limits),
             Some(regs) => {
                 self.error(
                     regs.referenced,
@@ -317,17 +318,80 @@ impl<'a> Validator<'a> {
             active,
             schedule: Schedule::Every(every),
             timeout,
+            limits,
             tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
             registers,
         })
     }
 
-    fn registers(&mut self, raws: Vec<Spanned<RawRegister>>, ctx: Ctx<'_>) -> Vec<Register> {
+    fn limits(&mut self, raw: &RawDevice, defaults: &RawDevice, ctx: Ctx<'_>) -> RequestLimits {
+        let d = RequestLimits::DEFAULT;
+        RequestLimits {
+            max_registers: self.int_in(
+                raw.max_registers_per_request
+                    .as_ref()
+                    .or(defaults.max_registers_per_request.as_ref()),
+                ctx,
+                "max_registers_per_request",
+                1,
+                125,
+                d.max_registers.into(),
+            ) as u16,
+            max_bits: self.int_in(
+                raw.max_bits_per_request
+                    .as_ref()
+                    .or(defaults.max_bits_per_request.as_ref()),
+                ctx,
+                "max_bits_per_request",
+                1,
+                2000,
+                d.max_bits.into(),
+            ) as u16,
+            max_gap: self.int_in(
+                raw.max_gap.as_ref().or(defaults.max_gap.as_ref()),
+                ctx,
+                "max_gap",
+                0,
+                2000,
+                d.max_gap.into(),
+            ) as u16,
+            retries: self.int_in(
+                raw.retries.as_ref().or(defaults.retries.as_ref()),
+                ctx,
+                "retries",
+                0,
+                10,
+                d.retries.into(),
+            ) as u8,
+            connect_timeout: self.duration(
+                raw.connect_timeout
+                    .as_ref()
+                    .or(defaults.connect_timeout.as_ref()),
+                ctx,
+                "connect_timeout",
+                d.connect_timeout,
+            ),
+            pause: self.duration_or_zero(
+                raw.pause_between_requests
+                    .as_ref()
+                    .or(defaults.pause_between_requests.as_ref()),
+                ctx,
+                "pause_between_requests",
+            ),
+        }
+    }
+
+    fn registers(
+        &mut self,
+        raws: Vec<Spanned<RawRegister>>,
+        ctx: Ctx<'_>,
+        limits: &RequestLimits,
+    ) -> Vec<Register> {
         let mut seen: HashMap<String, u64> = HashMap::new();
         let mut out = Vec::new();
         for r in raws {
             let at = r.referenced;
-            if let Some(reg) = self.register(r.value, at, ctx, &mut seen) {
+            if let Some(reg) = self.register(r.value, at, ctx, limits, &mut seen) {
                 out.push(reg);
             }
         }
@@ -339,9 +403,10 @@ impl<'a> Validator<'a> {
         raw: RawRegister,
         at: Location,
         dctx: Ctx<'_>,
+        limits: &RequestLimits,
         seen: &mut HashMap<String, u64>,
     ) -> Option<Register> {
-        let Some(name) = raw.name else {
+        let Some(name) = raw.name.clone() else {
             self.error(
                 at,
                 dctx,
@@ -381,30 +446,33 @@ impl<'a> Validator<'a> {
             }
             Some(k) => self.parsed::<RegisterKind>(k, ctx),
         };
-        let data_type = match (&raw.r#type, kind) {
-            (Some(t), _) => self.parsed::<DataType>(t, ctx),
-            (None, Some(k)) if k.is_bit() => Some(DataType::Bool),
-            (None, _) => Some(DataType::U16),
+        let data_type = match (&raw.r#type, kind, &raw.bit) {
+            (Some(t), _, _) => self.parsed::<DataType>(t, ctx),
+            (None, Some(k), _) if k.is_bit() => Some(DataType::Bool),
+            (None, _, Some(_)) => Some(DataType::Bool),
+            (None, _, None) => Some(DataType::U16),
         };
-        let order = raw
-            .order
-            .as_ref()
-            .map_or(Some(WordOrder::Abcd), |o| self.parsed::<WordOrder>(o, ctx));
-        if let (Some(k), Some(t)) = (kind, data_type) {
-            let at_type = raw.r#type.as_ref().map_or(at, |t| t.referenced);
-            if k.is_bit() && t != DataType::Bool {
-                self.error(
-                    at_type,
-                    ctx,
-                    format!(
-                        "{} registers hold single bits; use `type: bool`",
-                        k.as_str()
-                    ),
-                );
-            } else if !k.is_bit() && t == DataType::Bool {
-                self.error(at_type, ctx, "`type: bool` on a 16-bit register (a bit field) is not supported yet; use kind coil or discrete, or type u16");
-            }
+        let at_type = raw.r#type.as_ref().map_or(at, |t| t.referenced);
+        if let (Some(k), Some(t)) = (kind, data_type)
+            && k.is_bit()
+            && t != DataType::Bool
+        {
+            self.error(
+                at_type,
+                ctx,
+                format!(
+                    "{} registers hold single bits; use `type: bool`",
+                    k.as_str()
+                ),
+            );
         }
+        let bit = self.bit(&raw, kind, data_type, ctx, at_type);
+        let length = self.length(&raw, data_type, limits, ctx, at_type);
+        let order = match (&raw.order, data_type) {
+            (None, _) => Some(WordOrder::Abcd),
+            (Some(o), Some(t)) => self.order(o, t, ctx),
+            (Some(_), None) => None,
+        };
         let address = match &raw.address {
             None => {
                 self.error(
@@ -428,7 +496,12 @@ impl<'a> Validator<'a> {
             Some(a) => Some(a),
         };
         if let (Some(a), Some(t)) = (address, data_type) {
-            let last = a.value + i64::from(t.width()) - 1;
+            let width = if t == DataType::String {
+                length.unwrap_or(1)
+            } else {
+                t.width()
+            };
+            let last = a.value + i64::from(width) - 1;
             if last > 65535 {
                 self.error(
                     a.referenced,
@@ -436,7 +509,7 @@ impl<'a> Validator<'a> {
                     format!(
                         "address {} + {} registers of {} runs past 65535 (last address would be {last}); move the register down",
                         a.value,
-                        t.width(),
+                        width,
                         t.as_str()
                     ),
                 );
@@ -486,11 +559,6 @@ impl<'a> Validator<'a> {
                 self.error(v.referenced, ctx, format!("per-register `{field}` is not supported yet; the register is polled with its device"));
             }
         }
-        for (field, v) in [("bit", &raw.bit), ("length", &raw.length)] {
-            if let Some(v) = v {
-                self.error(v.referenced, ctx, format!("`{field}` is not supported yet"));
-            }
-        }
         if self.errors.len() > before {
             return None;
         }
@@ -505,7 +573,137 @@ impl<'a> Validator<'a> {
             offset,
             unit: raw.unit.map(|u| u.value),
             valid,
+            bit,
+            length,
         })
+    }
+
+    /// `bit: 0..15` picks one bit of a holding or input register (type bool).
+    fn bit(
+        &mut self,
+        raw: &RawRegister,
+        kind: Option<RegisterKind>,
+        t: Option<DataType>,
+        ctx: Ctx<'_>,
+        at_type: Location,
+    ) -> Option<u8> {
+        match (&raw.bit, kind, t) {
+            (Some(b), _, _) if !(0..=15).contains(&b.value) => {
+                self.error(
+                    b.referenced,
+                    ctx,
+                    format!(
+                        "bit {} is outside 0..15 (0 is the least significant bit)",
+                        b.value
+                    ),
+                );
+                None
+            }
+            (Some(b), Some(k), _) if k.is_bit() => {
+                self.error(b.referenced, ctx, format!("`bit` selects a bit of a 16-bit register; {} registers are single bits already", k.as_str()));
+                None
+            }
+            (Some(b), _, Some(t)) if t != DataType::Bool => {
+                self.error(
+                    b.referenced,
+                    ctx,
+                    format!("`bit` needs `type: bool`, not {}", t.as_str()),
+                );
+                None
+            }
+            (Some(b), _, _) => Some(b.value as u8),
+            (None, Some(k), Some(DataType::Bool)) if !k.is_bit() => {
+                self.error(
+                    at_type,
+                    ctx,
+                    "`type: bool` on a 16-bit register needs `bit: 0..15` to say which bit",
+                );
+                None
+            }
+            (None, _, _) => None,
+        }
+    }
+
+    /// `length` (in registers) is required for strings and meaningless otherwise.
+    fn length(
+        &mut self,
+        raw: &RawRegister,
+        t: Option<DataType>,
+        limits: &RequestLimits,
+        ctx: Ctx<'_>,
+        at_type: Location,
+    ) -> Option<u16> {
+        let max = i64::from(limits.max_registers);
+        match (&raw.length, t) {
+            (None, Some(DataType::String)) => {
+                self.error(at_type, ctx, "`type: string` needs `length`: how many registers (two bytes each) the text spans");
+                None
+            }
+            (Some(l), Some(DataType::String)) if !(1..=max).contains(&l.value) => {
+                self.error(
+                    l.referenced,
+                    ctx,
+                    format!(
+                        "length {} is outside 1..{max} (a string is read in one request)",
+                        l.value
+                    ),
+                );
+                None
+            }
+            (Some(l), Some(DataType::String)) => Some(l.value as u16),
+            (Some(l), Some(t)) => {
+                self.error(
+                    l.referenced,
+                    ctx,
+                    format!(
+                        "`length` is only for `type: string`; {} has a fixed width",
+                        t.as_str()
+                    ),
+                );
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Orders must fit the type: word swaps need several words, 64-bit names
+    /// need 64-bit types, and strings only know the byte swap.
+    fn order(&mut self, o: &Spanned<String>, t: DataType, ctx: Ctx<'_>) -> Option<WordOrder> {
+        let (order, named_64) = match WordOrder::parse(&o.value) {
+            Ok(v) => v,
+            Err(m) => {
+                self.error(o.referenced, ctx, m);
+                return None;
+            }
+        };
+        let problem = match t {
+            DataType::U64 | DataType::I64 | DataType::F64 => None,
+            _ if named_64 => Some(format!(
+                "{} is a 64-bit order; for {} use {}",
+                o.value,
+                t.as_str(),
+                order.as_str()
+            )),
+            DataType::U32 | DataType::I32 | DataType::F32 => None,
+            _ if order.swaps_words() => Some(format!(
+                "{} swaps words, but {} has {}; use ABCD or BADC (byte swap)",
+                o.value,
+                t.as_str(),
+                if t == DataType::String {
+                    "no word order"
+                } else {
+                    "one word"
+                }
+            )),
+            _ => None,
+        };
+        match problem {
+            Some(m) => {
+                self.error(o.referenced, ctx, m);
+                None
+            }
+            None => Some(order),
+        }
     }
 
     fn parsed<T: std::str::FromStr<Err = String>>(
@@ -542,6 +740,27 @@ impl<'a> Validator<'a> {
                 );
                 default
             }
+        }
+    }
+
+    /// Like `duration`, but `0`, `0ms` or `0s` mean "none".
+    fn duration_or_zero(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        ctx: Ctx<'_>,
+        field: &str,
+    ) -> Duration {
+        match v {
+            Some(s)
+                if s.value
+                    .trim()
+                    .trim_start_matches(['0', '.'])
+                    .chars()
+                    .all(|c| c.is_ascii_alphabetic()) =>
+            {
+                Duration::ZERO
+            }
+            v => self.duration(v, ctx, field, Duration::ZERO),
         }
     }
 

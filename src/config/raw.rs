@@ -29,6 +29,12 @@ pub(super) struct RawDevice {
     pub cron: Option<Spanned<String>>,
     pub timezone: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub pause_between_requests: Option<Spanned<String>>,
+    pub max_registers_per_request: Option<Spanned<i64>>,
+    pub max_bits_per_request: Option<Spanned<i64>>,
+    pub max_gap: Option<Spanned<i64>>,
     pub tags: Option<Spanned<BTreeMap<String, String>>>,
     pub registers: Option<Spanned<Vec<Spanned<RawRegister>>>>,
 }

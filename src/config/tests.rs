@@ -141,8 +141,6 @@ fn unknown_type_lists_valid_types() {
 
 #[test]
 fn contract_features_not_built_yet_are_refused_not_ignored() {
-    let e = only_error(&GOOD.replace("type: f32", "type: f64"));
-    assert!(e.message.contains("not supported yet"), "{e}");
     let e = only_error(&GOOD.replace("every: 2s", "cron: \"*/5 * * * * *\""));
     assert!(e.message.contains("`cron` is not supported yet"), "{e}");
 }
@@ -175,4 +173,125 @@ fn missing_host_and_registers_are_explained() {
         "{e:#?}"
     );
     assert!(e.iter().all(|e| e.line == 2), "{e:#?}");
+}
+
+fn with_register(register: &str) -> String {
+    GOOD.replace(
+        "      - name: pump_on\n",
+        &format!("      - {register}\n      - name: pump_on\n"),
+    )
+}
+
+#[test]
+fn every_type_order_bit_field_and_string_is_accepted() {
+    let yaml = with_register("{ name: total, kind: input, address: 0, type: u64, order: GHEFCDAB }")
+        .replace("      - name: pump_on\n", "      - { name: alarm, kind: holding, address: 200, bit: 15 }\n      - { name: serial, kind: holding, address: 300, type: string, length: 8, order: BADC }\n      - { name: energy, kind: input, address: 10, type: f64, order: DCBA }\n      - name: pump_on\n");
+    let d = &parse(&yaml, "devices.yaml").unwrap()[0];
+    let by = |n: &str| d.registers.iter().find(|r| r.name == n).unwrap().clone();
+    assert_eq!(
+        (by("total").data_type, by("total").order),
+        (DataType::U64, WordOrder::Cdab)
+    );
+    assert_eq!(
+        (by("alarm").data_type, by("alarm").bit),
+        (DataType::Bool, Some(15))
+    );
+    assert_eq!(
+        (by("serial").width(), by("serial").order),
+        (8, WordOrder::Badc)
+    );
+    assert_eq!(by("energy").width(), 4);
+}
+
+#[test]
+fn shapes_that_cannot_work_are_explained() {
+    let cases = [
+        (
+            "{ name: x, kind: holding, address: 0, type: bool }",
+            "needs `bit: 0..15`",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, bit: 16 }",
+            "outside 0..15",
+        ),
+        (
+            "{ name: x, kind: coil, address: 0, bit: 1 }",
+            "single bits already",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: u16, bit: 1 }",
+            "needs `type: bool`",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: string }",
+            "needs `length`",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: u32, length: 2 }",
+            "only for `type: string`",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: string, length: 126 }",
+            "outside 1..125",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: u16, order: CDAB }",
+            "swaps words",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: f32, order: GHEFCDAB }",
+            "64-bit order; for f32 use CDAB",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: f32, order: ACBD }",
+            "valid orders",
+        ),
+        (
+            "{ name: x, kind: holding, address: 65530, type: string, length: 10 }",
+            "runs past 65535",
+        ),
+    ];
+    for (register, message) in cases {
+        let e = only_error(&with_register(register));
+        assert_eq!(e.line, 18, "{register}: {e}");
+        assert!(
+            e.message.contains(message),
+            "{register}: expected `{message}` in `{e}`"
+        );
+    }
+}
+
+#[test]
+fn request_limits_are_device_settings_with_defaults() {
+    let yaml = GOOD.replace("    unit_id: 3\n", "    unit_id: 3\n    max_registers_per_request: 40\n    max_gap: 0\n    retries: 3\n    connect_timeout: 250ms\n    pause_between_requests: 20ms\n");
+    let d = &parse(&yaml, "devices.yaml").unwrap()[0];
+    assert_eq!(
+        d.limits,
+        RequestLimits {
+            max_registers: 40,
+            max_bits: 2000,
+            max_gap: 0,
+            retries: 3,
+            connect_timeout: Duration::from_millis(250),
+            pause: Duration::from_millis(20)
+        }
+    );
+    let d = &parse(GOOD, "devices.yaml").unwrap()[0];
+    assert_eq!(d.limits, RequestLimits::DEFAULT);
+    let e = only_error(&GOOD.replace(
+        "    unit_id: 3\n",
+        "    unit_id: 3\n    max_registers_per_request: 200\n",
+    ));
+    assert!(
+        e.message
+            .contains("max_registers_per_request 200 is outside 1..125"),
+        "{e}"
+    );
+    let limited = with_register("{ name: s, kind: holding, address: 0, type: string, length: 5 }")
+        .replace(
+            "    unit_id: 3\n",
+            "    unit_id: 3\n    max_registers_per_request: 4\n",
+        );
+    let e = only_error(&limited);
+    assert!(e.message.contains("length 5 is outside 1..4"), "{e}");
 }

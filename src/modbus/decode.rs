@@ -1,87 +1,260 @@
-//! Words on the wire ↔ numbers. Modbus registers are 16-bit big-endian words;
-//! 32-bit values span two words whose order devices disagree on, so the order
-//! is configured per register (`ABCD` = high word first, `CDAB` = low word first).
-//! The encoder exists for the simulator, and keeps decoder and simulator honest
-//! with each other through round-trip tests.
+//! Words on the wire ↔ values. Modbus registers are 16-bit big-endian words;
+//! wider values span several words, and devices disagree on their order, so the
+//! order is configured per register as two independent swaps: of the words
+//! (`CDAB`, `GHEFCDAB`) and of the bytes inside each word (`BADC`, `BADCFEHG`);
+//! `DCBA`/`HGFEDCBA` do both. Decoding first undoes the swaps, giving the
+//! big-endian `ABCD…` form, then reads the type.
+//!
+//! The encoder exists for the simulator; round-trip tests keep the two honest
+//! with each other, and hand-written byte patterns keep both honest with devices.
 
-use crate::registry::{DataType, WordOrder};
+use crate::reading::Value;
+use crate::registry::{DataType, Register, WordOrder};
 
-/// Decodes the words of one register into its raw number (before scale and
-/// offset). `words` must hold exactly `data_type.width()` words.
-pub fn decode(words: &[u16], data_type: DataType, order: WordOrder) -> f64 {
-    debug_assert_eq!(words.len(), usize::from(data_type.width()));
-    match data_type {
-        DataType::Bool => f64::from(u8::from(words[0] != 0)),
-        DataType::U16 => f64::from(words[0]),
-        DataType::I16 => f64::from(words[0] as i16),
-        DataType::U32 => f64::from(join32(words, order)),
-        DataType::I32 => f64::from(join32(words, order) as i32),
-        DataType::F32 => f64::from(f32::from_bits(join32(words, order))),
+/// Decodes the words of one register into its raw value (before scale and
+/// offset). `words` must hold exactly `reg.width()` words.
+pub fn decode(words: &[u16], reg: &Register) -> Value {
+    debug_assert_eq!(words.len(), usize::from(reg.width()));
+    let w = to_big_endian(words, reg.order);
+    match reg.data_type {
+        DataType::Bool => Value::Bool(match reg.bit {
+            Some(bit) => (w[0] >> bit) & 1 == 1,
+            None => w[0] != 0,
+        }),
+        DataType::U16 => Value::Number(f64::from(w[0])),
+        DataType::I16 => Value::Number(f64::from(w[0] as i16)),
+        DataType::U32 => Value::Number(f64::from(join(&w) as u32)),
+        DataType::I32 => Value::Number(f64::from(join(&w) as u32 as i32)),
+        DataType::F32 => Value::Number(f64::from(f32::from_bits(join(&w) as u32))),
+        DataType::U64 => Value::Number(join(&w) as f64),
+        DataType::I64 => Value::Number(join(&w) as i64 as f64),
+        DataType::F64 => Value::Number(f64::from_bits(join(&w))),
+        DataType::String => Value::Text(text(&w)),
     }
 }
 
-/// Encodes a raw number into the words a device would send. Integers are
-/// rounded and saturated to the type's range.
-pub fn encode(raw: f64, data_type: DataType, order: WordOrder) -> Vec<u16> {
-    match data_type {
-        DataType::Bool => vec![u16::from(raw != 0.0)],
-        DataType::U16 => vec![raw.round() as u16],
-        DataType::I16 => vec![raw.round() as i16 as u16],
-        DataType::U32 => split32(raw.round() as u32, order),
-        DataType::I32 => split32(raw.round() as i32 as u32, order),
-        DataType::F32 => split32((raw as f32).to_bits(), order),
-    }
-}
-
-fn join32(w: &[u16], order: WordOrder) -> u32 {
-    let (hi, lo) = match order {
-        WordOrder::Abcd => (w[0], w[1]),
-        WordOrder::Cdab => (w[1], w[0]),
+/// Encodes a raw value into the words a device would send for `reg`. Numbers
+/// are rounded and saturated to integer types; text is cut or NUL-padded to
+/// the register's length. A bit field yields a word with only its bit set (or
+/// none): the caller combines the bit fields that share a register.
+pub fn encode(value: &Value, reg: &Register) -> Vec<u16> {
+    let n = f64_of(value);
+    let big_endian: Vec<u16> = match reg.data_type {
+        DataType::Bool => {
+            let on = n != 0.0;
+            vec![match reg.bit {
+                Some(bit) => u16::from(on) << bit,
+                None => u16::from(on),
+            }]
+        }
+        DataType::U16 => vec![n.round() as u16],
+        DataType::I16 => vec![n.round() as i16 as u16],
+        DataType::U32 => split(u64::from(n.round() as u32), 2),
+        DataType::I32 => split(u64::from(n.round() as i32 as u32), 2),
+        DataType::F32 => split(u64::from((n as f32).to_bits()), 2),
+        DataType::U64 => split(n.round() as u64, 4),
+        DataType::I64 => split(n.round() as i64 as u64, 4),
+        DataType::F64 => split(n.to_bits(), 4),
+        DataType::String => pack_text(value, reg.width()),
     };
-    (u32::from(hi) << 16) | u32::from(lo)
+    // Both swaps are their own inverse, so the same function applies them.
+    to_big_endian(&big_endian, reg.order)
 }
 
-fn split32(v: u32, order: WordOrder) -> Vec<u16> {
-    let (hi, lo) = ((v >> 16) as u16, v as u16);
-    match order {
-        WordOrder::Abcd => vec![hi, lo],
-        WordOrder::Cdab => vec![lo, hi],
+fn f64_of(value: &Value) -> f64 {
+    match value {
+        Value::Number(n) => *n,
+        Value::Bool(b) => f64::from(u8::from(*b)),
+        Value::None | Value::Text(_) => 0.0,
     }
+}
+
+/// Undoes (or, applied to big-endian words, applies) the order's swaps.
+fn to_big_endian(words: &[u16], order: WordOrder) -> Vec<u16> {
+    let mut w = words.to_vec();
+    if order.swaps_words() {
+        w.reverse();
+    }
+    if order.swaps_bytes() {
+        w.iter_mut().for_each(|x| *x = x.swap_bytes());
+    }
+    w
+}
+
+fn join(words: &[u16]) -> u64 {
+    words
+        .iter()
+        .fold(0u64, |acc, &w| (acc << 16) | u64::from(w))
+}
+
+fn split(v: u64, words: usize) -> Vec<u16> {
+    (0..words).rev().map(|i| (v >> (16 * i)) as u16).collect()
+}
+
+/// Two bytes per register, high byte first; trailing NULs are padding, and
+/// bytes that are not UTF-8 become U+FFFD rather than an error (a garbled
+/// label is still worth showing).
+fn text(words: &[u16]) -> String {
+    let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn pack_text(value: &Value, registers: u16) -> Vec<u16> {
+    let mut bytes = match value {
+        Value::Text(t) => t.as_bytes().to_vec(),
+        _ => Vec::new(),
+    };
+    bytes.resize(usize::from(registers) * 2, 0);
+    bytes
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::RegisterKind;
+
+    fn reg(data_type: DataType, order: WordOrder) -> Register {
+        Register {
+            order,
+            ..Register::test(RegisterKind::Holding, 0, data_type)
+        }
+    }
+
+    fn num(words: &[u16], t: DataType, o: WordOrder) -> f64 {
+        match decode(words, &reg(t, o)) {
+            Value::Number(n) => n,
+            other => panic!("expected a number, got {other:?}"),
+        }
+    }
+
+    use DataType::*;
+    use WordOrder::*;
 
     #[test]
-    fn decodes_hand_written_word_patterns() {
-        use DataType::*;
-        use WordOrder::*;
-        assert_eq!(decode(&[0xFFFF], U16, Abcd), 65535.0);
-        assert_eq!(decode(&[0xFFFF], I16, Abcd), -1.0);
-        assert_eq!(decode(&[0x0001, 0x0002], U32, Abcd), 65538.0);
-        assert_eq!(decode(&[0x0002, 0x0001], U32, Cdab), 65538.0);
-        assert_eq!(decode(&[0xFFFF, 0xFFFE], I32, Abcd), -2.0);
-        assert_eq!(decode(&[0xFFFE, 0xFFFF], I32, Cdab), -2.0);
-        // 123.456f32 = 0x42F6E979
-        assert_eq!(decode(&[0x42F6, 0xE979], F32, Abcd), f64::from(123.456f32));
-        assert_eq!(decode(&[0xE979, 0x42F6], F32, Cdab), f64::from(123.456f32));
+    fn sixteen_bit_values_honour_the_byte_swap() {
+        assert_eq!(num(&[0xFFFF], U16, Abcd), 65535.0);
+        assert_eq!(num(&[0xFFFE], I16, Abcd), -2.0);
+        assert_eq!(num(&[0x1234], U16, Badc), f64::from(0x3412u16));
+        assert_eq!(num(&[0xFEFF], I16, Badc), -2.0);
+    }
+
+    /// 0x12345678 as u32 and i32, and 123.456f32 = 0x42F6E979, in each order.
+    #[test]
+    fn thirty_two_bit_values_in_every_order() {
+        let cases = [
+            (Abcd, [0x1234, 0x5678], [0x42F6, 0xE979]),
+            (Cdab, [0x5678, 0x1234], [0xE979, 0x42F6]),
+            (Badc, [0x3412, 0x7856], [0xF642, 0x79E9]),
+            (Dcba, [0x7856, 0x3412], [0x79E9, 0xF642]),
+        ];
+        for (order, int_words, float_words) in cases {
+            assert_eq!(
+                num(&int_words, U32, order),
+                f64::from(0x1234_5678u32),
+                "{order:?}"
+            );
+            assert_eq!(
+                num(&int_words, I32, order),
+                f64::from(0x1234_5678i32),
+                "{order:?}"
+            );
+            assert_eq!(
+                num(&float_words, F32, order),
+                f64::from(123.456f32),
+                "{order:?}"
+            );
+        }
+        assert_eq!(num(&[0xFFFF, 0xFFFE], I32, Abcd), -2.0);
+        assert_eq!(num(&[0xFEFF, 0xFFFF], I32, Dcba), -2.0);
+    }
+
+    /// 0x0102030405060708 and -2.5f64 = 0xC004000000000000 in each 64-bit order.
+    #[test]
+    fn sixty_four_bit_values_in_every_order() {
+        let cases = [
+            (Abcd, [0x0102, 0x0304, 0x0506, 0x0708], [0xC004, 0, 0, 0]),
+            (Cdab, [0x0708, 0x0506, 0x0304, 0x0102], [0, 0, 0, 0xC004]),
+            (Badc, [0x0201, 0x0403, 0x0605, 0x0807], [0x04C0, 0, 0, 0]),
+            (Dcba, [0x0807, 0x0605, 0x0403, 0x0201], [0, 0, 0, 0x04C0]),
+        ];
+        for (order, int_words, float_words) in cases {
+            assert_eq!(
+                num(&int_words, U64, order),
+                0x0102_0304_0506_0708u64 as f64,
+                "{order:?}"
+            );
+            assert_eq!(
+                num(&int_words, I64, order),
+                0x0102_0304_0506_0708i64 as f64,
+                "{order:?}"
+            );
+            assert_eq!(num(&float_words, F64, order), -2.5, "{order:?}");
+        }
+        assert_eq!(num(&[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], I64, Abcd), -2.0);
+        assert_eq!(num(&[0xFFFF; 4], U64, Abcd), u64::MAX as f64);
+    }
+
+    #[test]
+    fn bit_fields_read_one_bit_of_a_word() {
+        let mut r = reg(Bool, Abcd);
+        r.bit = Some(0);
+        assert_eq!(decode(&[0x0001], &r), Value::Bool(true));
+        r.bit = Some(15);
+        assert_eq!(decode(&[0x8000], &r), Value::Bool(true));
+        assert_eq!(decode(&[0x7FFF], &r), Value::Bool(false));
+    }
+
+    #[test]
+    fn strings_trim_trailing_nuls_and_replace_invalid_utf8() {
+        let mut r = reg(String, Abcd);
+        r.length = Some(3);
+        assert_eq!(
+            decode(&[0x4142, 0x4300, 0x0000], &r),
+            Value::Text("ABC".into())
+        );
+        assert_eq!(
+            decode(&[0x41FF, 0x4300, 0x0000], &r),
+            Value::Text("A\u{FFFD}C".into())
+        );
+        r.order = Badc;
+        assert_eq!(
+            decode(&[0x4241, 0x0043, 0x0000], &r),
+            Value::Text("ABC".into())
+        );
     }
 
     #[test]
     fn encode_then_decode_gives_the_value_back() {
-        use DataType::*;
-        for order in [WordOrder::Abcd, WordOrder::Cdab] {
+        for order in [Abcd, Cdab, Badc, Dcba] {
             for (t, v) in [
                 (U16, 40000.0),
                 (I16, -1234.0),
                 (U32, 4_000_000_000.0),
                 (I32, -2_000_000_000.0),
                 (F32, -0.5),
-                (Bool, 1.0),
+                (U64, 9.0e15),
+                (I64, -9.0e15),
+                (F64, 1.0e-300),
             ] {
-                assert_eq!(decode(&encode(v, t, order), t, order), v, "{t:?} {order:?}");
+                let r = reg(t, order);
+                assert_eq!(
+                    decode(&encode(&Value::Number(v), &r), &r),
+                    Value::Number(v),
+                    "{t:?} {order:?}"
+                );
             }
         }
+        let mut r = reg(String, Badc);
+        r.length = Some(4);
+        assert_eq!(
+            decode(&encode(&Value::Text("pump-7".into()), &r), &r),
+            Value::Text("pump-7".into())
+        );
     }
 }

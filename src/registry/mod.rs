@@ -39,17 +39,28 @@ pub enum DataType {
     I16,
     U32,
     I32,
+    U64,
+    I64,
     F32,
+    F64,
+    /// Text packed two bytes per register; its length (in registers) is
+    /// `Register::length`.
+    String,
 }
 
-/// Byte order of multi-word values, named by where the bytes of the big-endian
-/// value `ABCD` land on the wire.
+/// Byte order of values wider than one byte, named by where the bytes of the
+/// big-endian value `ABCD` (or `ABCDEFGH`) land on the wire. It is two
+/// independent swaps: of the words, and of the two bytes inside each word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WordOrder {
-    /// Big-endian words, big-endian bytes (the Modbus default).
+    /// Big-endian words, big-endian bytes (the Modbus default); 64-bit: ABCDEFGH.
     Abcd,
-    /// Low word first, each word big-endian ("word swap").
+    /// Words reversed ("word swap"); 64-bit: GHEFCDAB.
     Cdab,
+    /// Bytes swapped inside each word; 64-bit: BADCFEHG.
+    Badc,
+    /// Fully little-endian; 64-bit: HGFEDCBA.
+    Dcba,
 }
 
 /// When a device (or, later, a register group) is polled.
@@ -94,12 +105,80 @@ pub struct Register {
     pub offset: f64,
     pub unit: Option<String>,
     pub valid: ValidRange,
+    /// For `bool` on a holding or input register: which bit (0 = least significant).
+    pub bit: Option<u8>,
+    /// For `string`: how many registers (two bytes each) the text spans.
+    pub length: Option<u16>,
 }
 
 impl Register {
     /// Number of 16-bit words (or bits, for coils and discrete inputs) the value spans.
     pub fn width(&self) -> u16 {
-        self.data_type.width()
+        match self.data_type {
+            DataType::String => self.length.unwrap_or(1),
+            t => t.width(),
+        }
+    }
+
+    /// The last address the value occupies (may exceed 65535 only before validation).
+    pub fn last_address(&self) -> u32 {
+        u32::from(self.address.0) + u32::from(self.width()) - 1
+    }
+}
+
+#[cfg(test)]
+impl Register {
+    /// A plain register for unit tests: scale 1, no unit, no range.
+    pub(crate) fn test(kind: RegisterKind, address: u16, data_type: DataType) -> Register {
+        Register {
+            id: 0,
+            name: format!("r{address}"),
+            kind,
+            address: Address(address),
+            data_type,
+            order: WordOrder::Abcd,
+            scale: 1.0,
+            offset: 0.0,
+            unit: None,
+            valid: ValidRange::default(),
+            bit: None,
+            length: None,
+        }
+    }
+}
+
+/// Limits on the requests regpoll sends a device, and how it retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Most registers per read (the protocol allows 125; some devices take fewer).
+    pub max_registers: u16,
+    /// Most coils or discrete inputs per read (the protocol allows 2000).
+    pub max_bits: u16,
+    /// Largest hole of unconfigured addresses read through to merge two reads.
+    pub max_gap: u16,
+    /// Attempts after the first when a request times out or fails in transport,
+    /// or the device answers "server busy" (exception 6).
+    pub retries: u8,
+    /// Bound on opening the TCP connection.
+    pub connect_timeout: Duration,
+    /// Pause between two requests of one poll, for devices that need it.
+    pub pause: Duration,
+}
+
+impl RequestLimits {
+    pub const DEFAULT: RequestLimits = RequestLimits {
+        max_registers: 125,
+        max_bits: 2000,
+        max_gap: 10,
+        retries: 1,
+        connect_timeout: Duration::from_secs(1),
+        pause: Duration::ZERO,
+    };
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 
@@ -116,6 +195,7 @@ pub struct Device {
     pub schedule: Schedule,
     /// Timeout for connecting and for each request.
     pub timeout: Duration,
+    pub limits: RequestLimits,
     pub tags: BTreeMap<String, String>,
     pub registers: Vec<Register>,
 }
@@ -129,16 +209,17 @@ impl Device {
 }
 
 impl DataType {
-    pub const SUPPORTED: &'static str = "bool, u16, i16, u32, i32, f32";
-    /// Types the devices.yaml contract names that this version cannot decode yet.
-    pub const NOT_YET: &'static [&'static str] = &["u64", "i64", "f64", "string"];
+    pub const VALID: &'static str = "bool, u16, i16, u32, i32, u64, i64, f32, f64, string";
 
+    /// Registers a value of this type spans (strings: see `Register::width`).
     pub fn width(self) -> u16 {
         match self {
-            DataType::Bool | DataType::U16 | DataType::I16 => 1,
+            DataType::Bool | DataType::U16 | DataType::I16 | DataType::String => 1,
             DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
         }
     }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DataType::Bool => "bool",
@@ -146,7 +227,11 @@ impl DataType {
             DataType::I16 => "i16",
             DataType::U32 => "u32",
             DataType::I32 => "i32",
+            DataType::U64 => "u64",
+            DataType::I64 => "i64",
             DataType::F32 => "f32",
+            DataType::F64 => "f64",
+            DataType::String => "string",
         }
     }
 }
@@ -160,17 +245,15 @@ impl FromStr for DataType {
             "i16" => DataType::I16,
             "u32" => DataType::U32,
             "i32" => DataType::I32,
+            "u64" => DataType::U64,
+            "i64" => DataType::I64,
             "f32" => DataType::F32,
-            other if DataType::NOT_YET.contains(&other) => {
-                return Err(format!(
-                    "type `{other}` is not supported yet; supported types: {}",
-                    DataType::SUPPORTED
-                ));
-            }
+            "f64" => DataType::F64,
+            "string" => DataType::String,
             other => {
                 return Err(format!(
                     "unknown type `{other}`; valid types: {}",
-                    DataType::SUPPORTED
+                    DataType::VALID
                 ));
             }
         })
@@ -213,38 +296,64 @@ impl FromStr for RegisterKind {
 }
 
 impl WordOrder {
-    pub const SUPPORTED: &'static str = "ABCD, CDAB";
-    const NOT_YET: &'static [&'static str] = &[
-        "BADC", "DCBA", "ABCDEFGH", "GHEFCDAB", "BADCFEHG", "HGFEDCBA",
-    ];
+    pub const VALID: &'static str =
+        "ABCD, CDAB, BADC, DCBA (64-bit: ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA)";
 
+    /// The name stored in the database (the 32-bit form; the 64-bit forms are
+    /// the same two swaps).
     pub fn as_str(self) -> &'static str {
         match self {
             WordOrder::Abcd => "ABCD",
             WordOrder::Cdab => "CDAB",
+            WordOrder::Badc => "BADC",
+            WordOrder::Dcba => "DCBA",
         }
+    }
+
+    /// The name as written for a value of `data_type`.
+    pub fn name_for(self, data_type: DataType) -> &'static str {
+        match (data_type.width(), self) {
+            (4, WordOrder::Abcd) => "ABCDEFGH",
+            (4, WordOrder::Cdab) => "GHEFCDAB",
+            (4, WordOrder::Badc) => "BADCFEHG",
+            (4, WordOrder::Dcba) => "HGFEDCBA",
+            _ => self.as_str(),
+        }
+    }
+
+    pub fn swaps_words(self) -> bool {
+        matches!(self, WordOrder::Cdab | WordOrder::Dcba)
+    }
+
+    pub fn swaps_bytes(self) -> bool {
+        matches!(self, WordOrder::Badc | WordOrder::Dcba)
+    }
+
+    /// Parses an order name; `Ok((order, is_64_bit_name))`.
+    pub fn parse(s: &str) -> Result<(WordOrder, bool), String> {
+        Ok(match s {
+            "ABCD" => (WordOrder::Abcd, false),
+            "CDAB" => (WordOrder::Cdab, false),
+            "BADC" => (WordOrder::Badc, false),
+            "DCBA" => (WordOrder::Dcba, false),
+            "ABCDEFGH" => (WordOrder::Abcd, true),
+            "GHEFCDAB" => (WordOrder::Cdab, true),
+            "BADCFEHG" => (WordOrder::Badc, true),
+            "HGFEDCBA" => (WordOrder::Dcba, true),
+            other => {
+                return Err(format!(
+                    "unknown order `{other}`; valid orders: {}",
+                    WordOrder::VALID
+                ));
+            }
+        })
     }
 }
 
 impl FromStr for WordOrder {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "ABCD" => WordOrder::Abcd,
-            "CDAB" => WordOrder::Cdab,
-            other if WordOrder::NOT_YET.contains(&other) => {
-                return Err(format!(
-                    "order `{other}` is not supported yet; supported orders: {}",
-                    WordOrder::SUPPORTED
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "unknown order `{other}`; valid orders: {}",
-                    WordOrder::SUPPORTED
-                ));
-            }
-        })
+        WordOrder::parse(s).map(|(o, _)| o)
     }
 }
 
@@ -322,12 +431,14 @@ mod tests {
     }
 
     #[test]
-    fn types_not_yet_supported_say_so() {
+    fn orders_parse_in_32_and_64_bit_names() {
+        assert_eq!(WordOrder::parse("GHEFCDAB"), Ok((WordOrder::Cdab, true)));
+        assert_eq!(WordOrder::Cdab.name_for(DataType::F64), "GHEFCDAB");
+        assert_eq!(WordOrder::Cdab.name_for(DataType::F32), "CDAB");
         assert!(
-            "f64"
-                .parse::<DataType>()
+            WordOrder::parse("ACBD")
                 .unwrap_err()
-                .contains("not supported yet")
+                .contains("valid orders")
         );
         assert!(
             "f16"

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::types::Json;
 
-use super::{Address, Device, Register, Schedule, UnitId, ValidRange};
+use super::{Address, DataType, Device, Register, RequestLimits, Schedule, UnitId, ValidRange};
 use crate::db::Db;
 
 /// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body is
@@ -36,6 +36,12 @@ struct DeviceRow {
     unit_id: i32,
     every_ms: i64,
     timeout_ms: i64,
+    connect_timeout_ms: i64,
+    retries: i32,
+    pause_ms: i64,
+    max_registers_per_request: i32,
+    max_bits_per_request: i32,
+    max_gap: i32,
     active: bool,
     tags: Json<BTreeMap<String, String>>,
 }
@@ -54,11 +60,14 @@ struct RegisterRow {
     unit: Option<String>,
     valid_min: Option<f64>,
     valid_max: Option<f64>,
+    bit: Option<i32>,
+    length: Option<i32>,
 }
 
-const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, active, tags FROM devices ORDER BY name";
+const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, connect_timeout_ms, retries, \
+     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, active, tags FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
-     unit, valid_min, valid_max FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
+     unit, valid_min, valid_max, bit, length FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
 
 /// The registry as stored, and the rows that could not be used (edited by hand
 /// into something invalid); those devices are left out and reported.
@@ -159,12 +168,16 @@ impl Db {
                     }
                 }
                 let id: i32 = sqlx::query_scalar(
-                    "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                    "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags, \
+                     connect_timeout_ms, retries, pause_ms, max_registers_per_request, max_bits_per_request, max_gap) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                      ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, \
                      unit_id = excluded.unit_id, every_ms = excluded.every_ms, timeout_ms = excluded.timeout_ms, \
-                     active = excluded.active, tags = excluded.tags, updated_at = CURRENT_TIMESTAMP \
-                     RETURNING id",
+                     active = excluded.active, tags = excluded.tags, connect_timeout_ms = excluded.connect_timeout_ms, \
+                     retries = excluded.retries, pause_ms = excluded.pause_ms, \
+                     max_registers_per_request = excluded.max_registers_per_request, \
+                     max_bits_per_request = excluded.max_bits_per_request, max_gap = excluded.max_gap, \
+                     updated_at = CURRENT_TIMESTAMP RETURNING id",
                 )
                 .bind(&d.name)
                 .bind(&d.host)
@@ -174,18 +187,25 @@ impl Db {
                 .bind(millis(d.timeout))
                 .bind(d.active)
                 .bind(Json(&d.tags))
+                .bind(millis(d.limits.connect_timeout))
+                .bind(i32::from(d.limits.retries))
+                .bind(millis(d.limits.pause))
+                .bind(i32::from(d.limits.max_registers))
+                .bind(i32::from(d.limits.max_bits))
+                .bind(i32::from(d.limits.max_gap))
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("cannot store device `{}`", d.name))?;
                 for r in &d.registers {
                     sqlx::query(
                         "INSERT INTO device_register_map (device_id, name, kind, address, data_type, word_order, \
-                         scale, \"offset\", unit, valid_min, valid_max, active) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, true) \
+                         scale, \"offset\", unit, valid_min, valid_max, bit, length, active) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, true) \
                          ON CONFLICT (device_id, name) DO UPDATE SET kind = excluded.kind, address = excluded.address, \
                          data_type = excluded.data_type, word_order = excluded.word_order, scale = excluded.scale, \
                          \"offset\" = excluded.\"offset\", unit = excluded.unit, valid_min = excluded.valid_min, \
-                         valid_max = excluded.valid_max, active = true, updated_at = CURRENT_TIMESTAMP",
+                         valid_max = excluded.valid_max, bit = excluded.bit, length = excluded.length, \
+                         active = true, updated_at = CURRENT_TIMESTAMP",
                     )
                     .bind(id)
                     .bind(&r.name)
@@ -198,6 +218,8 @@ impl Db {
                     .bind(&r.unit)
                     .bind(r.valid.min)
                     .bind(r.valid.max)
+                    .bind(r.bit.map(i32::from))
+                    .bind(r.length.map(i32::from))
                     .execute(&mut *tx)
                     .await
                     .with_context(|| format!("cannot store register `{}` of device `{}`", r.name, d.name))?;
@@ -281,9 +303,32 @@ fn device_from_rows(row: DeviceRow, regs: Vec<RegisterRow>) -> Result<Device, St
         active: row.active,
         schedule: Schedule::Every(ms(row.every_ms, "every_ms")?),
         timeout: ms(row.timeout_ms, "timeout_ms")?,
+        limits: RequestLimits {
+            max_registers: in_range(
+                row.max_registers_per_request,
+                1,
+                125,
+                "max_registers_per_request",
+            )?,
+            max_bits: in_range(row.max_bits_per_request, 1, 2000, "max_bits_per_request")?,
+            max_gap: in_range(row.max_gap, 0, 2000, "max_gap")?,
+            retries: in_range(row.retries, 0, 10, "retries")? as u8,
+            connect_timeout: ms(row.connect_timeout_ms, "connect_timeout_ms")?,
+            pause: Duration::from_millis(
+                u64::try_from(row.pause_ms)
+                    .map_err(|_| format!("pause_ms {} is negative", row.pause_ms))?,
+            ),
+        },
         tags: row.tags.0,
         registers,
     })
+}
+
+fn in_range(v: i32, min: u16, max: u16, what: &str) -> Result<u16, String> {
+    u16::try_from(v)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or(format!("{what} {v} is outside {min}..{max}"))
 }
 
 fn register_from_row(r: RegisterRow) -> Result<Register, String> {
@@ -304,7 +349,29 @@ fn register_from_row(r: RegisterRow) -> Result<Register, String> {
             min: r.valid_min,
             max: r.valid_max,
         },
+        bit: r
+            .bit
+            .map(|b| in_range(b, 0, 15, "bit"))
+            .transpose()?
+            .map(|b| b as u8),
+        length: r
+            .length
+            .map(|l| in_range(l, 1, 125, "length"))
+            .transpose()?,
     };
+    match (reg.data_type, reg.kind.is_bit(), reg.bit, reg.length) {
+        (DataType::String, _, _, None) => return Err("type string needs a length".into()),
+        (DataType::Bool, false, None, _) => {
+            return Err("type bool on a 16-bit register needs a bit".into());
+        }
+        (t, true, _, _) if t != DataType::Bool => {
+            return Err(format!(
+                "{} registers must have type bool",
+                reg.kind.as_str()
+            ));
+        }
+        _ => {}
+    }
     if u32::from(address) + u32::from(reg.width()) > 65536 {
         return Err(format!(
             "address {address} + {} registers runs past 65535",

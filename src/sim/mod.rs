@@ -162,11 +162,13 @@ impl UnitTable {
         let mut out = vec![0u16; usize::from(count)];
         let (lo, hi) = (u32::from(start), u32::from(start) + u32::from(count));
         for (seed, r) in self.registers.iter().filter(|(_, r)| r.kind == kind) {
-            let words = encode(raw_value(*seed, r, now), r.data_type, r.order);
+            let words = encode(&raw_value(*seed, r, now), r);
             for (k, w) in words.into_iter().enumerate() {
                 let addr = u32::from(r.address.0) + k as u32;
                 if (lo..hi).contains(&addr) {
-                    out[(addr - lo) as usize] = w;
+                    let slot = &mut out[(addr - lo) as usize];
+                    // Bit fields share their word; every other value owns its words.
+                    *slot = if r.bit.is_some() { *slot | w } else { w };
                 }
             }
         }
@@ -190,7 +192,7 @@ impl UnitTable {
                 .map(usize::from)
                 .filter(|&i| i < out.len())
             {
-                out[i] = raw_value(*seed, r, now) != 0.0;
+                out[i] = raw_value(*seed, r, now) == Value::Bool(true);
             }
         }
         Ok(out)
@@ -217,37 +219,33 @@ fn seed(device: &str, register: &str) -> u64 {
 
 /// The engineering value (after scale and offset) the simulator intends for a
 /// register at `t`: it steps once per second through 60 values, inside the
-/// register's valid range when it has one (bools alternate).
-fn intended(seed: u64, reg: &Register, t: DateTime<Utc>) -> f64 {
+/// register's valid range when it has one; bools alternate; strings count.
+fn intended(seed: u64, reg: &Register, t: DateTime<Utc>) -> Value {
     let step = (t.timestamp().rem_euclid(60) as u64 + seed) % 60;
     match (reg.data_type, reg.valid.min, reg.valid.max) {
-        (DataType::Bool, _, _) => (step % 2) as f64,
-        (_, Some(min), Some(max)) => min + (max - min) * step as f64 / 60.0,
-        _ => (seed % 100) as f64 + step as f64,
+        (DataType::Bool, _, _) => Value::Bool(step % 2 == 1),
+        (DataType::String, _, _) => Value::Text(format!("{}-{step:02}", reg.name)),
+        (_, Some(min), Some(max)) => Value::Number(min + (max - min) * step as f64 / 60.0),
+        _ => Value::Number((seed % 100) as f64 + step as f64),
     }
 }
 
-/// The number the device holds in its register(s) at `t`, before encoding.
-fn raw_value(seed: u64, reg: &Register, t: DateTime<Utc>) -> f64 {
-    let v = intended(seed, reg, t);
-    if reg.data_type == DataType::Bool {
-        v
-    } else {
-        (v - reg.offset) / reg.scale
+/// What the device holds at `t`, before encoding: numbers with scale and
+/// offset undone.
+fn raw_value(seed: u64, reg: &Register, t: DateTime<Utc>) -> Value {
+    match intended(seed, reg, t) {
+        Value::Number(v) => Value::Number((v - reg.offset) / reg.scale),
+        other => other,
     }
 }
 
 /// What regpoll should read for `reg` of `device` at `t`: the intended value as
-/// it survives encoding into the register's type (integers are rounded).
+/// it survives encoding into the register's type (integers are rounded,
+/// strings cut to their length).
 pub fn expected_value(device: &str, reg: &Register, t: DateTime<Utc>) -> Value {
     let raw = raw_value(seed(device, &reg.name), reg, t);
-    let decoded = decode(
-        &encode(raw, reg.data_type, reg.order),
-        reg.data_type,
-        reg.order,
-    );
-    match reg.data_type {
-        DataType::Bool => Value::Bool(decoded != 0.0),
-        _ => Value::Number(decoded * reg.scale + reg.offset),
+    match decode(&encode(&raw, reg), reg) {
+        Value::Number(n) => Value::Number(n * reg.scale + reg.offset),
+        other => other,
     }
 }

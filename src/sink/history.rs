@@ -40,7 +40,7 @@ pub fn rows_of(report: &PollReport, out: &mut Vec<Row>) {
         register_id: report.register(r).id,
         device_id: report.device.id,
         value: r.value.as_f64(),
-        value_text: None,
+        value_text: r.value.as_text().map(str::to_string),
         quality: r.quality,
         detail: r.detail.clone(),
     }));

@@ -193,12 +193,17 @@ fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let devices = load_file(file)?;
     let registers: usize = devices.iter().map(|d| d.registers.len()).sum();
+    let warnings = config::lint::warnings(&devices);
     println!(
-        "{}: OK: {} devices, {} registers",
+        "{}: OK: {} devices, {} registers, {} warnings",
         file.display(),
         devices.len(),
-        registers
+        registers,
+        warnings.len()
     );
+    for w in &warnings {
+        println!("  warning: device `{}`: {}", w.device, w.message);
+    }
     for d in &devices {
         let Schedule::Every(every) = d.schedule;
         let p = plan(&d.registers, &d.limits);

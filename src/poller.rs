@@ -45,18 +45,22 @@ impl DevicePoller {
         let mut reachable = false;
         let mut session = self.endpoint.session().await;
         let mut connect_failure: Option<ReadError> = None;
-        for req in &self.plan {
-            let ts = Utc::now();
-            let result = match &connect_failure {
-                Some(e) => Err(e.clone()),
+        for (n, req) in self.plan.iter().enumerate() {
+            if n > 0 && !device.limits.pause.is_zero() && connect_failure.is_none() {
+                tokio::time::sleep(device.limits.pause).await;
+            }
+            let (ts, result) = match &connect_failure {
+                Some(e) => (Utc::now(), Err(e.clone())),
                 None => {
+                    let (start, count) = (req.start, req.count);
                     session
                         .read(
                             device.unit_id,
                             req.kind,
-                            req.start,
-                            req.count,
+                            start,
+                            count,
                             device.timeout,
+                            &device.limits,
                         )
                         .await
                 }

@@ -28,7 +28,10 @@ fn check_prints_the_plan_of_a_good_file() {
     let out = regpoll(&["check", "devices.yaml"], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("OK: 1 devices, 1 registers"), "{stdout}");
+    assert!(
+        stdout.contains("OK: 1 devices, 1 registers, 0 warnings"),
+        "{stdout}"
+    );
     assert!(stdout.contains("holding  0..1 (2): t"), "{stdout}");
 }
 

@@ -5,6 +5,7 @@
 //! Validation collects every problem in the file instead of stopping at the
 //! first, so a field engineer fixes a file in one pass.
 
+pub mod lint;
 mod raw;
 
 use std::collections::{BTreeMap, HashMap};

@@ -13,13 +13,22 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
+use tokio::time::Instant;
 use tokio_modbus::client::{Context, Reader, tcp};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
-use crate::registry::{RegisterKind, UnitId};
+use crate::registry::{RegisterKind, RequestLimits, UnitId};
+
+/// First wait before reconnecting after a failed connect; doubles per failure.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between two connect attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Pause before retrying a request the device answered with "server busy" (exception 6).
+pub const BUSY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Why a read produced no value. Its `Display` is the `detail` users see.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +57,16 @@ impl ReadError {
     /// Whether this failure means no further request can succeed on this poll.
     pub fn is_connect(&self) -> bool {
         matches!(self, ReadError::Connect(_) | ReadError::ConnectTimeout(_))
+    }
+
+    /// Whether the same request may succeed if sent again: the connection broke
+    /// or the device was busy. Other exceptions would only repeat themselves.
+    fn is_retryable(&self) -> bool {
+        match self {
+            ReadError::Exception(code) => u8::from(*code) == 6,
+            ReadError::Connect(_) | ReadError::ConnectTimeout(_) => false,
+            _ => true,
+        }
     }
 }
 
@@ -79,7 +98,47 @@ pub enum Words {
 pub struct Endpoint {
     host: String,
     port: u16,
-    conn: Mutex<Option<Context>>,
+    conn: Mutex<Connection>,
+}
+
+/// The connection and, after failed connects, when the next attempt may be made.
+#[derive(Default)]
+struct Connection {
+    ctx: Option<Context>,
+    failures: u32,
+    /// No connect attempt before this; reads fail fast with `last_error` until then.
+    retry_at: Option<Instant>,
+    last_error: Option<ReadError>,
+}
+
+impl Connection {
+    fn connect_failed(&mut self, e: ReadError) -> ReadError {
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(Instant::now() + reconnect_delay(self.failures));
+        self.last_error = Some(e.clone());
+        e
+    }
+
+    fn connected(&mut self, ctx: Context) {
+        self.ctx = Some(ctx);
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_error = None;
+    }
+}
+
+/// Exponential backoff with ±20 % jitter, so that devices that went down
+/// together do not all reconnect in the same instant.
+fn reconnect_delay(failures: u32) -> Duration {
+    let base = RECONNECT_MIN
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(RECONNECT_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
+    base.mul_f64(jitter)
 }
 
 impl fmt::Debug for Endpoint {
@@ -93,7 +152,7 @@ impl Endpoint {
         Self {
             host: host.into(),
             port,
-            conn: Mutex::new(None),
+            conn: Mutex::new(Connection::default()),
         }
     }
 
@@ -110,12 +169,14 @@ impl Endpoint {
 /// Exclusive use of an endpoint's connection for the duration of one poll.
 pub struct Session<'a> {
     endpoint: &'a Endpoint,
-    conn: MutexGuard<'a, Option<Context>>,
+    conn: MutexGuard<'a, Connection>,
 }
 
 impl Session<'_> {
-    /// Reads `count` values of `kind` starting at `start` from unit `unit`.
-    /// `timeout` bounds the connect (when one is needed) and the request each.
+    /// Reads `count` values of `kind` starting at `start` from unit `unit`,
+    /// retrying up to `limits.retries` times when the connection failed or the
+    /// device was busy. Returns when the answer's request was sent, and the
+    /// outcome of the last attempt.
     pub async fn read(
         &mut self,
         unit: UnitId,
@@ -123,11 +184,47 @@ impl Session<'_> {
         start: u16,
         count: u16,
         timeout: Duration,
-    ) -> Result<Words, ReadError> {
-        if self.conn.is_none() {
-            *self.conn = Some(connect(self.endpoint, timeout).await?);
+        limits: &RequestLimits,
+    ) -> (DateTime<Utc>, Result<Words, ReadError>) {
+        let mut attempt = 0;
+        loop {
+            let sent = Utc::now();
+            let result = self
+                .attempt(unit, kind, start, count, timeout, limits.connect_timeout)
+                .await;
+            match &result {
+                Err(e) if e.is_retryable() && attempt < limits.retries => {
+                    attempt += 1;
+                    if matches!(e, ReadError::Exception(_)) {
+                        tokio::time::sleep(BUSY_PAUSE).await;
+                    }
+                }
+                _ => return (sent, result),
+            }
         }
-        let ctx = self.conn.as_mut().expect("connection was just opened");
+    }
+
+    async fn attempt(
+        &mut self,
+        unit: UnitId,
+        kind: RegisterKind,
+        start: u16,
+        count: u16,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Words, ReadError> {
+        if self.conn.ctx.is_none() {
+            if let (Some(at), Some(e)) = (self.conn.retry_at, &self.conn.last_error)
+                && Instant::now() < at
+            {
+                return Err(e.clone());
+            }
+            match connect(self.endpoint, connect_timeout).await {
+                Ok(ctx) => self.conn.connected(ctx),
+                Err(e) => return Err(self.conn.connect_failed(e)),
+            }
+        }
+        let ctx = self.conn.ctx.as_mut().expect("connection was just opened");
         ctx.set_slave(Slave(unit.0));
         let outcome = tokio::time::timeout(timeout, call(ctx, kind, start, count)).await;
         let result = match outcome {
@@ -141,7 +238,7 @@ impl Session<'_> {
             && !e.device_answered()
         {
             // Out of step or broken: never reuse it (see the module comment).
-            *self.conn = None;
+            self.conn.ctx = None;
         }
         result
     }

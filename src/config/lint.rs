@@ -1,0 +1,124 @@
+//! Warnings about a valid devices.yaml that is probably still wrong: addresses
+//! that look like 1-based Modicon numbering (40001 for the first holding
+//! register), and registers whose addresses overlap. They are warnings, not
+//! errors: some devices really do use such addresses.
+
+use crate::registry::{Device, Register, RegisterKind};
+
+/// One warning, already phrased for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub device: String,
+    pub message: String,
+}
+
+pub fn warnings(devices: &[Device]) -> Vec<Warning> {
+    let mut out = Vec::new();
+    for d in devices {
+        for r in &d.registers {
+            if let Some(message) = modicon(r) {
+                out.push(Warning {
+                    device: d.name.clone(),
+                    message,
+                });
+            }
+        }
+        out.extend(overlaps(&d.registers).into_iter().map(|message| Warning {
+            device: d.name.clone(),
+            message,
+        }));
+    }
+    out
+}
+
+/// The 1-based Modicon range of a kind (coils, 00001…, cannot be told apart).
+fn modicon_base(kind: RegisterKind) -> Option<u16> {
+    match kind {
+        RegisterKind::Holding => Some(40001),
+        RegisterKind::Input => Some(30001),
+        RegisterKind::Discrete => Some(10001),
+        RegisterKind::Coil => None,
+    }
+}
+
+fn modicon(r: &Register) -> Option<String> {
+    let base = modicon_base(r.kind)?;
+    let a = r.address.0;
+    (base..base + 9999).contains(&a).then(|| {
+        format!(
+            "register `{}`: {} address {a} looks like 1-based Modicon numbering; the protocol address of {a} would be {}. \
+             Ignore this if the device documents {a} as a 0-based address.",
+            r.name,
+            r.kind.as_str(),
+            a - base
+        )
+    })
+}
+
+/// Pairs of registers of one kind whose addresses overlap, except bit fields
+/// that share a word (that is what bit fields are for) on different bits.
+fn overlaps(registers: &[Register]) -> Vec<String> {
+    let mut sorted: Vec<&Register> = registers.iter().collect();
+    sorted.sort_by_key(|r| (r.kind, r.address));
+    let mut out = Vec::new();
+    for (i, a) in sorted.iter().enumerate() {
+        for b in sorted[i + 1..]
+            .iter()
+            .take_while(|b| b.kind == a.kind && u32::from(b.address.0) <= a.last_address())
+        {
+            let distinct_bits =
+                matches!((a.bit, b.bit), (Some(x), Some(y)) if x != y) && a.address == b.address;
+            if !distinct_bits {
+                out.push(format!(
+                    "registers `{}` ({} {}..{}) and `{}` ({}..{}) overlap",
+                    a.name,
+                    a.kind.as_str(),
+                    a.address.0,
+                    a.last_address(),
+                    b.name,
+                    b.address.0,
+                    b.last_address()
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn warn(registers: &str) -> Vec<String> {
+        let yaml = format!("devices:\n  - name: d\n    host: h\n    registers:\n{registers}");
+        warnings(&parse(&yaml, "t.yaml").unwrap())
+            .into_iter()
+            .map(|w| w.message)
+            .collect()
+    }
+
+    #[test]
+    fn modicon_style_addresses_are_flagged_with_the_likely_address() {
+        let w = warn(
+            "      - { name: a, kind: holding, address: 40001 }\n      - { name: b, kind: input, address: 30010 }\n      - { name: c, kind: holding, address: 100 }\n",
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("address 40001 looks like 1-based Modicon numbering")
+                && w[0].contains("would be 0"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("would be 9"), "{w:?}");
+    }
+
+    #[test]
+    fn overlapping_registers_are_flagged_but_bit_fields_of_one_word_are_not() {
+        let w = warn(
+            "      - { name: a, kind: holding, address: 0, type: u32 }\n      - { name: b, kind: holding, address: 1 }\n      - { name: c, kind: input, address: 1 }\n",
+        );
+        assert_eq!(w, ["registers `a` (holding 0..1) and `b` (1..1) overlap"]);
+        assert!(warn("      - { name: a, kind: holding, address: 5, bit: 0 }\n      - { name: b, kind: holding, address: 5, bit: 1 }\n").is_empty());
+        assert_eq!(warn("      - { name: a, kind: holding, address: 5, bit: 3 }\n      - { name: b, kind: holding, address: 5, bit: 3 }\n").len(), 1);
+    }
+}

@@ -1,0 +1,74 @@
+"""An independent Modbus TCP server for regpoll's interop test.
+
+Reads a JSON list of values from the file named by its argument, encodes each one itself (with Python's
+struct module, not regpoll's encoder) in the requested type and byte order,
+serves them with pymodbus on 127.0.0.1 on a free port, prints that port on one
+line, and runs until its stdin closes.
+
+Each entry: {"kind": "holding"|"input"|"coil"|"discrete", "address": int,
+"type": "u16"|"i16"|"u32"|"i32"|"u64"|"i64"|"f32"|"f64"|"string"|"bool",
+"order": "ABCD"|"CDAB"|"BADC"|"DCBA", "value": number|string|bool,
+"length": registers (strings), "bit": 0..15 (bools in a register)}.
+"""
+import asyncio
+import json
+import struct
+import sys
+
+from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext, ModbusSlaveContext
+from pymodbus.server.async_io import ModbusTcpServer
+
+FORMATS = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "u64": ">Q", "i64": ">q", "f32": ">f", "f64": ">d"}
+SIZE = 200
+
+
+def words_of(entry):
+    """Big-endian bytes, then the order's swaps, as registers."""
+    if entry["type"] == "string":
+        raw = entry["value"].encode("utf-8").ljust(entry["length"] * 2, b"\0")
+    else:
+        raw = struct.pack(FORMATS[entry["type"]], entry["value"])
+    chunks = [raw[i:i + 2] for i in range(0, len(raw), 2)]
+    if entry.get("order", "ABCD") in ("CDAB", "DCBA"):
+        chunks.reverse()
+    if entry.get("order", "ABCD") in ("BADC", "DCBA"):
+        chunks = [c[::-1] for c in chunks]
+    return [int.from_bytes(c, "big") for c in chunks]
+
+
+def tables(entries):
+    regs = {"holding": [0] * SIZE, "input": [0] * SIZE}
+    bits = {"coil": [False] * SIZE, "discrete": [False] * SIZE}
+    for e in entries:
+        if e["kind"] in bits:
+            bits[e["kind"]][e["address"]] = bool(e["value"])
+        elif e["type"] == "bool":
+            if e["value"]:
+                regs[e["kind"]][e["address"]] |= 1 << e["bit"]
+        else:
+            for i, w in enumerate(words_of(e)):
+                regs[e["kind"]][e["address"] + i] = w
+    return regs, bits
+
+
+async def main():
+    with open(sys.argv[1], encoding="utf-8") as spec:
+        regs, bits = tables(json.load(spec))
+    slave = ModbusSlaveContext(
+        hr=ModbusSequentialDataBlock(0, regs["holding"]),
+        ir=ModbusSequentialDataBlock(0, regs["input"]),
+        co=ModbusSequentialDataBlock(0, bits["coil"]),
+        di=ModbusSequentialDataBlock(0, bits["discrete"]),
+        zero_mode=True,
+    )
+    server = ModbusTcpServer(ModbusServerContext(slaves=slave, single=True), address=("127.0.0.1", 0))
+    task = asyncio.create_task(server.serve_forever())
+    await server.serving
+    print(server.server.sockets[0].getsockname()[1], flush=True)
+    # Stop when the test closes our stdin (or dies).
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    task.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -208,16 +208,18 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         let Schedule::Every(every) = d.schedule;
         let p = plan(&d.registers, &d.limits);
         let read: u32 = p.iter().map(|r| u32::from(r.count)).sum();
+        let used: u32 = d.registers.iter().map(|r| u32::from(r.width())).sum();
         println!(
-            "  {} ({} unit {}, every {}{}): {} requests, {} read for {} registers",
+            "  {} ({} unit {}, every {}{}): {} registers in {} requests, {} addresses read, {} used",
             d.name,
             d.endpoint(),
             d.unit_id.0,
             format_duration(every),
             if d.active { "" } else { ", inactive" },
+            d.registers.len(),
             p.len(),
             read,
-            d.registers.len()
+            used
         );
         for r in &p {
             println!(

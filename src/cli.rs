@@ -28,6 +28,10 @@ pub enum Command {
     Simulate {
         /// The devices.yaml whose devices to simulate.
         file: PathBuf,
+        /// A faults file making devices or registers misbehave (delay, no_reply,
+        /// exception, drop_every, garbage, short_frame, max_registers).
+        #[arg(long)]
+        faults: Option<PathBuf>,
     },
     /// Start the simulator for the bundled devices.yaml and poll it, printing
     /// live values until Ctrl-C. Uses the embedded defaults (SQLite, memory).

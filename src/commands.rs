@@ -22,7 +22,7 @@ pub const BUNDLED_DEVICES: &str = include_str!("../devices.yaml");
 pub async fn dispatch(command: Command) -> ExitCode {
     let result = match command {
         Command::Run(args) => run(args).await,
-        Command::Simulate { file } => simulate(&file).await,
+        Command::Simulate { file, faults } => simulate(&file, faults.as_deref()).await,
         Command::Demo(args) => demo(args).await,
         Command::Check { file } => check(&file),
         Command::Devices(DevicesCommand::Sync { file, db }) => sync(&file, &db).await,
@@ -82,9 +82,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn simulate(file: &std::path::Path) -> anyhow::Result<()> {
+async fn simulate(file: &std::path::Path, faults: Option<&std::path::Path>) -> anyhow::Result<()> {
     let devices = load_file(file)?;
-    let sim = Simulator::start(&devices, Bind::AsConfigured).await?;
+    let faults = match faults {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            crate::sim::fault::parse_faults(&text, &path.display().to_string())
+                .map_err(anyhow::Error::msg)?
+        }
+        None => Vec::new(),
+    };
+    for f in &faults {
+        println!(
+            "fault: device `{}`{}: {:?}",
+            f.device,
+            f.register
+                .as_ref()
+                .map(|r| format!(" register `{r}`"))
+                .unwrap_or_default(),
+            f.action
+        );
+    }
+    let sim = Simulator::start_with_faults(&devices, Bind::AsConfigured, faults).await?;
     let mut endpoints: Vec<_> = sim.endpoints().collect();
     endpoints.sort();
     for (endpoint, addr) in endpoints {

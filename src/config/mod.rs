@@ -7,6 +7,7 @@
 
 pub mod lint;
 mod raw;
+pub(crate) use raw::describe_parse_error;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

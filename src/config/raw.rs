@@ -66,7 +66,7 @@ pub(super) struct RawValid {
 
 /// serde-saphyr's message without its source snippet (we print our own
 /// `file:line:column:` prefix).
-pub(super) fn describe_parse_error(e: &serde_saphyr::Error) -> String {
+pub(crate) fn describe_parse_error(e: &serde_saphyr::Error) -> String {
     let text = e.without_snippet().to_string();
     // The message may still carry a trailing " at line X column Y"; our prefix says that.
     let text = match text.find(" at line ") {

@@ -6,8 +6,10 @@
 //! what any reading should hold from its timestamp alone. Values are encoded
 //! with each register's type and order, exactly as a device would send them.
 
+pub mod fault;
+mod wire;
+
 use std::collections::HashMap;
-use std::future::{Ready, ready};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,13 +17,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
-use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 use crate::modbus::decode::{decode, encode};
-use crate::modbus::plan::{MAX_BITS_PER_REQUEST, MAX_REGISTERS_PER_REQUEST};
 use crate::reading::Value;
 use crate::registry::{DataType, Device, Register, RegisterKind};
+pub use fault::{FaultAction, SimFault};
+use wire::Answer;
 
 /// Where the simulator listens for each endpoint of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,21 @@ impl Simulator {
     /// Starts serving `devices`: one listener per distinct endpoint, each unit
     /// id answering for its device's registers.
     pub async fn start(devices: &[Device], bind: Bind) -> io::Result<Simulator> {
+        Self::start_with_faults(devices, bind, Vec::new()).await
+    }
+
+    /// Like [`Simulator::start`], with devices (or registers) misbehaving as `faults` say.
+    pub async fn start_with_faults(
+        devices: &[Device],
+        bind: Bind,
+        faults: Vec<SimFault>,
+    ) -> io::Result<Simulator> {
+        let mut scoped: HashMap<String, Vec<fault::Scoped>> = HashMap::new();
+        for (endpoint, f) in fault::resolve(&faults, devices)
+            .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?
+        {
+            scoped.entry(endpoint).or_default().push(f);
+        }
         let mut by_endpoint: HashMap<String, HashMap<u8, UnitTable>> = HashMap::new();
         for d in devices {
             let units = by_endpoint.entry(d.endpoint()).or_default();
@@ -74,9 +90,13 @@ impl Simulator {
                     format!("simulator cannot listen on {listen}: {e}"),
                 )
             })?;
+            let faults = Arc::new(scoped.remove(&endpoint).unwrap_or_default());
             sim.addrs.insert(endpoint, listener.local_addr()?);
-            let service = SimService(Arc::new(units));
-            sim.tasks.push(tokio::spawn(serve(listener, service)));
+            sim.tasks.push(tokio::spawn(wire::serve(
+                listener,
+                Arc::new(Endpoint(units)),
+                faults,
+            )));
         }
         Ok(sim)
     }
@@ -92,73 +112,34 @@ impl Simulator {
     }
 }
 
-async fn serve(listener: TcpListener, service: SimService) {
-    let server = Server::new(listener);
-    let on_connected = |stream, addr| {
-        let service = service.clone();
-        async move { accept_tcp_connection(stream, addr, |_| Ok(Some(service.clone()))) }
-    };
-    if let Err(e) = server
-        .serve(
-            &on_connected,
-            |e| tracing::debug!(error = %e, "simulator connection ended"),
-        )
-        .await
-    {
-        tracing::warn!(error = %e, "simulator endpoint stopped");
-    }
-}
-
 /// The registers one unit id answers for, each with its value seed.
 #[derive(Default)]
 struct UnitTable {
     registers: Vec<(u64, Register)>,
 }
 
-#[derive(Clone)]
-struct SimService(Arc<HashMap<u8, UnitTable>>);
+/// The units behind one simulated endpoint.
+struct Endpoint(HashMap<u8, UnitTable>);
 
-impl tokio_modbus::server::Service for SimService {
-    type Request = SlaveRequest<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = Ready<Result<Response, ExceptionCode>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
-        let Some(unit) = self.0.get(&req.slave) else {
-            // What a gateway answers for a unit id it has nothing behind.
-            return ready(Err(ExceptionCode::GatewayTargetDevice));
+impl wire::Units for Endpoint {
+    fn answer(&self, unit: u8, kind: RegisterKind, start: u16, count: u16) -> Answer {
+        // What a gateway answers for a unit id it has nothing behind.
+        let Some(table) = self.0.get(&unit) else {
+            return Answer::Exception(0x0B);
         };
         let now = Utc::now();
-        ready(match req.request {
-            Request::ReadHoldingRegisters(a, n) => unit
-                .words(RegisterKind::Holding, a, n, now)
-                .map(Response::ReadHoldingRegisters),
-            Request::ReadInputRegisters(a, n) => unit
-                .words(RegisterKind::Input, a, n, now)
-                .map(Response::ReadInputRegisters),
-            Request::ReadCoils(a, n) => unit
-                .bits(RegisterKind::Coil, a, n, now)
-                .map(Response::ReadCoils),
-            Request::ReadDiscreteInputs(a, n) => unit
-                .bits(RegisterKind::Discrete, a, n, now)
-                .map(Response::ReadDiscreteInputs),
-            _ => Err(ExceptionCode::IllegalFunction),
-        })
+        if kind.is_bit() {
+            Answer::Bits(table.bits(kind, start, count, now))
+        } else {
+            Answer::Registers(table.words(kind, start, count, now))
+        }
     }
 }
 
 impl UnitTable {
     /// Words for a register read. Addresses with no configured register read
     /// as 0, like a device with a sparse but readable map.
-    fn words(
-        &self,
-        kind: RegisterKind,
-        start: u16,
-        count: u16,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<u16>, ExceptionCode> {
-        check_range(start, count, MAX_REGISTERS_PER_REQUEST)?;
+    fn words(&self, kind: RegisterKind, start: u16, count: u16, now: DateTime<Utc>) -> Vec<u16> {
         let mut out = vec![0u16; usize::from(count)];
         let (lo, hi) = (u32::from(start), u32::from(start) + u32::from(count));
         for (seed, r) in self.registers.iter().filter(|(_, r)| r.kind == kind) {
@@ -172,17 +153,10 @@ impl UnitTable {
                 }
             }
         }
-        Ok(out)
+        out
     }
 
-    fn bits(
-        &self,
-        kind: RegisterKind,
-        start: u16,
-        count: u16,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<bool>, ExceptionCode> {
-        check_range(start, count, MAX_BITS_PER_REQUEST)?;
+    fn bits(&self, kind: RegisterKind, start: u16, count: u16, now: DateTime<Utc>) -> Vec<bool> {
         let mut out = vec![false; usize::from(count)];
         for (seed, r) in self.registers.iter().filter(|(_, r)| r.kind == kind) {
             if let Some(i) = r
@@ -195,18 +169,8 @@ impl UnitTable {
                 out[i] = raw_value(*seed, r, now) == Value::Bool(true);
             }
         }
-        Ok(out)
+        out
     }
-}
-
-fn check_range(start: u16, count: u16, max: u16) -> Result<(), ExceptionCode> {
-    if count == 0 || count > max {
-        return Err(ExceptionCode::IllegalDataValue);
-    }
-    if u32::from(start) + u32::from(count) > 65536 {
-        return Err(ExceptionCode::IllegalDataAddress);
-    }
-    Ok(())
 }
 
 fn seed(device: &str, register: &str) -> u64 {

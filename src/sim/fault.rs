@@ -1,0 +1,221 @@
+//! What a simulated device can do wrong, per device or per register: answer
+//! late, not at all, with an exception, with garbage or a truncated frame, drop
+//! the connection every N requests, or refuse reads longer than a limit.
+//! Each is a failure seen on real devices and gateways.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::registry::{Device, RegisterKind, parse_duration};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Answer after this long.
+    Delay(Duration),
+    /// Never answer; the connection stays open.
+    NoReply,
+    /// Answer with this Modbus exception code.
+    Exception(u8),
+    /// Close the connection on every Nth request in scope (counted per
+    /// connection), without answering it.
+    DropEvery(u32),
+    /// Answer with bytes that are not a valid reply to the request.
+    Garbage,
+    /// Answer with a reply cut short (its byte count promises more data).
+    ShortFrame,
+    /// Answer exception 3 (illegal data value) to reads of more than this many
+    /// registers or bits, like devices that cannot take 125.
+    MaxRegisters(u16),
+}
+
+/// A fault on a device, or only on the requests that touch one of its registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimFault {
+    pub device: String,
+    pub register: Option<String>,
+    pub action: FaultAction,
+}
+
+/// A fault resolved to what the wire sees: a unit id, and optionally a table
+/// and an address range.
+#[derive(Debug, Clone)]
+pub(crate) struct Scoped {
+    pub unit: u8,
+    pub kind: Option<RegisterKind>,
+    pub addresses: Option<(u32, u32)>,
+    pub action: FaultAction,
+}
+
+impl Scoped {
+    pub fn applies(&self, unit: u8, kind: RegisterKind, start: u16, count: u16) -> bool {
+        let (lo, hi) = (u32::from(start), u32::from(start) + u32::from(count) - 1);
+        self.unit == unit
+            && self.kind.is_none_or(|k| k == kind)
+            && self.addresses.is_none_or(|(a, b)| lo <= b && a <= hi)
+    }
+}
+
+/// Resolves device and register names against the simulated devices.
+pub(crate) fn resolve(
+    faults: &[SimFault],
+    devices: &[Device],
+) -> Result<Vec<(String, Scoped)>, String> {
+    faults
+        .iter()
+        .map(|f| {
+            let d = devices
+                .iter()
+                .find(|d| d.name == f.device)
+                .ok_or_else(|| format!("fault names unknown device `{}`", f.device))?;
+            let (kind, addresses) = match &f.register {
+                None => (None, None),
+                Some(name) => {
+                    let r = d
+                        .registers
+                        .iter()
+                        .find(|r| &r.name == name)
+                        .ok_or_else(|| {
+                            format!(
+                                "fault names unknown register `{name}` of device `{}`",
+                                d.name
+                            )
+                        })?;
+                    (
+                        Some(r.kind),
+                        Some((u32::from(r.address.0), r.last_address())),
+                    )
+                }
+            };
+            Ok((
+                d.endpoint(),
+                Scoped {
+                    unit: d.unit_id.0,
+                    kind,
+                    addresses,
+                    action: f.action.clone(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The faults file of `regpoll simulate --faults`:
+///
+/// ```yaml
+/// faults:
+///   - { device: meter-2, delay: 2s }
+///   - { device: boiler-1, register: pressure, exception: 2 }
+/// ```
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFaults {
+    faults: Vec<Spanned<RawFault>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    device: String,
+    register: Option<String>,
+    delay: Option<String>,
+    no_reply: Option<bool>,
+    exception: Option<u8>,
+    drop_every: Option<u32>,
+    garbage: Option<bool>,
+    short_frame: Option<bool>,
+    max_registers: Option<u16>,
+}
+
+const ACTIONS: &str = "delay, no_reply, exception, drop_every, garbage, short_frame, max_registers";
+
+/// Parses a faults file; errors carry `file:line:column`.
+pub fn parse_faults(yaml: &str, file: &str) -> Result<Vec<SimFault>, String> {
+    let raw: RawFaults = serde_saphyr::from_str(yaml).map_err(|e| {
+        let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        format!(
+            "{file}:{line}:{col}: {}",
+            crate::config::describe_parse_error(&e)
+        )
+    })?;
+    raw.faults
+        .into_iter()
+        .map(|f| {
+            let at = format!("{file}:{}:{}", f.referenced.line(), f.referenced.column());
+            let f = f.value;
+            let mut actions = Vec::new();
+            if let Some(d) = &f.delay {
+                actions.push(FaultAction::Delay(
+                    parse_duration(d).map_err(|m| format!("{at}: delay: {m}"))?,
+                ));
+            }
+            if f.no_reply == Some(true) {
+                actions.push(FaultAction::NoReply);
+            }
+            if let Some(c) = f.exception {
+                actions.push(FaultAction::Exception(c));
+            }
+            if let Some(n) = f.drop_every {
+                if n == 0 {
+                    return Err(format!("{at}: drop_every must be at least 1"));
+                }
+                actions.push(FaultAction::DropEvery(n));
+            }
+            if f.garbage == Some(true) {
+                actions.push(FaultAction::Garbage);
+            }
+            if f.short_frame == Some(true) {
+                actions.push(FaultAction::ShortFrame);
+            }
+            if let Some(n) = f.max_registers {
+                actions.push(FaultAction::MaxRegisters(n));
+            }
+            match <[FaultAction; 1]>::try_from(actions) {
+                Ok([action]) => Ok(SimFault {
+                    device: f.device,
+                    register: f.register,
+                    action,
+                }),
+                Err(_) => Err(format!("{at}: a fault needs exactly one of {ACTIONS}")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_faults_file_parses_into_one_action_per_entry() {
+        let f = parse_faults(
+            "faults:\n  - { device: a, delay: 2s }\n  - { device: b, register: r, exception: 2 }\n",
+            "f.yaml",
+        )
+        .unwrap();
+        assert_eq!(f[0].action, FaultAction::Delay(Duration::from_secs(2)));
+        assert_eq!(
+            (f[1].register.as_deref(), &f[1].action),
+            (Some("r"), &FaultAction::Exception(2))
+        );
+    }
+
+    #[test]
+    fn bad_fault_entries_say_where_and_what_is_valid() {
+        let e = parse_faults(
+            "faults:\n  - { device: a, delay: 2s, no_reply: true }\n",
+            "f.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("f.yaml:2:") && e.contains("exactly one of"),
+            "{e}"
+        );
+        let e = parse_faults("faults:\n  - { device: a, slow: true }\n", "f.yaml").unwrap_err();
+        assert!(
+            e.starts_with("f.yaml:2:") && e.contains("unknown field `slow`"),
+            "{e}"
+        );
+    }
+}

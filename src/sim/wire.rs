@@ -1,0 +1,261 @@
+//! Modbus TCP at the frame level, for the simulator. A library server cannot
+//! misbehave on purpose, and the simulator must (see `fault`), so it speaks
+//! the protocol itself. Frames (Modbus messaging on TCP/IP, section 3): a
+//! 7-byte MBAP header (transaction id, protocol id 0, length of what follows,
+//! unit id) and a PDU (function code and data). Only the four read functions
+//! are served.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::fault::{FaultAction, Scoped};
+use crate::registry::RegisterKind;
+
+/// What a unit answers to a read, before faults.
+pub(crate) enum Answer {
+    Registers(Vec<u16>),
+    Bits(Vec<bool>),
+    Exception(u8),
+}
+
+/// Produces the answers of the units behind one endpoint.
+pub(crate) trait Units: Send + Sync + 'static {
+    fn answer(&self, unit: u8, kind: RegisterKind, start: u16, count: u16) -> Answer;
+}
+
+pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, Arc::clone(&units), Arc::clone(&faults)));
+    }
+}
+
+fn kind_of(function: u8) -> Option<RegisterKind> {
+    match function {
+        0x01 => Some(RegisterKind::Coil),
+        0x02 => Some(RegisterKind::Discrete),
+        0x03 => Some(RegisterKind::Holding),
+        0x04 => Some(RegisterKind::Input),
+        _ => None,
+    }
+}
+
+/// Answers one connection's requests in order until it closes, breaks the
+/// protocol, or a fault drops it.
+async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
+    // Requests in scope of each DropEvery fault, on this connection.
+    let mut seen: HashMap<usize, u32> = HashMap::new();
+    loop {
+        let mut header = [0u8; 7];
+        if stream.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let length = usize::from(u16::from_be_bytes([header[4], header[5]]));
+        if header[2..4] != [0, 0] || !(2..=254).contains(&length) {
+            return; // not Modbus TCP: a real server closes too
+        }
+        let mut pdu = vec![0u8; length - 1];
+        if stream.read_exact(&mut pdu).await.is_err() {
+            return;
+        }
+        let (transaction, unit, function) = ([header[0], header[1]], header[6], pdu[0]);
+        let reply = |body: &[u8]| {
+            let mut out = Vec::with_capacity(7 + body.len());
+            out.extend_from_slice(&transaction);
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&(body.len() as u16 + 1).to_be_bytes());
+            out.push(unit);
+            out.extend_from_slice(body);
+            out
+        };
+        let (Some(kind), 5) = (kind_of(function), pdu.len()) else {
+            if stream
+                .write_all(&reply(&[function | 0x80, 0x01]))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        };
+        let start = u16::from_be_bytes([pdu[1], pdu[2]]);
+        let count = u16::from_be_bytes([pdu[3], pdu[4]]);
+        let answer = match check(kind, start, count) {
+            Some(code) => Answer::Exception(code),
+            None => {
+                let mut answer = None;
+                let mut broken = None;
+                for (i, f) in faults
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.applies(unit, kind, start, count))
+                {
+                    match &f.action {
+                        FaultAction::Delay(d) => tokio::time::sleep(*d).await,
+                        FaultAction::NoReply => broken = Some(None),
+                        FaultAction::DropEvery(n) => {
+                            let k = seen.entry(i).or_default();
+                            *k += 1;
+                            if k.is_multiple_of(*n) {
+                                return; // closes the connection unanswered
+                            }
+                        }
+                        FaultAction::Exception(code) => answer = Some(Answer::Exception(*code)),
+                        FaultAction::MaxRegisters(max) if count > *max => {
+                            answer = Some(Answer::Exception(0x03))
+                        }
+                        FaultAction::MaxRegisters(_) => {}
+                        FaultAction::Garbage => {
+                            broken = Some(Some(reply(&[function, 0xFF, 0x13, 0x37])))
+                        }
+                        FaultAction::ShortFrame => {
+                            let full = body(function, &units.answer(unit, kind, start, count));
+                            broken = Some(Some(reply(&full[..full.len().min(3)])));
+                        }
+                    }
+                }
+                match broken {
+                    Some(None) => continue,
+                    Some(Some(bytes)) => {
+                        if stream.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => answer.unwrap_or_else(|| units.answer(unit, kind, start, count)),
+                }
+            }
+        };
+        if stream
+            .write_all(&reply(&body(function, &answer)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Protocol limits (application protocol 6.1–6.4): exception 3 for a bad
+/// quantity, 2 for a range past the end of the address space.
+fn check(kind: RegisterKind, start: u16, count: u16) -> Option<u8> {
+    let max = if kind.is_bit() { 2000 } else { 125 };
+    if count == 0 || count > max {
+        return Some(0x03);
+    }
+    (u32::from(start) + u32::from(count) > 65536).then_some(0x02)
+}
+
+/// The PDU of an answer: function code, byte count and data (bits packed
+/// LSB-first per byte), or the exception form.
+fn body(function: u8, answer: &Answer) -> Vec<u8> {
+    match answer {
+        Answer::Exception(code) => vec![function | 0x80, *code],
+        Answer::Registers(words) => {
+            let mut b = vec![function, (words.len() * 2) as u8];
+            b.extend(words.iter().flat_map(|w| w.to_be_bytes()));
+            b
+        }
+        Answer::Bits(bits) => {
+            let mut b = vec![function, bits.len().div_ceil(8) as u8];
+            b.extend(bits.chunks(8).map(|c| {
+                c.iter()
+                    .enumerate()
+                    .fold(0u8, |acc, (i, &on)| acc | (u8::from(on) << i))
+            }));
+            b
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counting;
+    impl Units for Counting {
+        fn answer(&self, unit: u8, kind: RegisterKind, start: u16, count: u16) -> Answer {
+            match (unit, kind) {
+                (9, _) => Answer::Exception(0x0B),
+                (_, k) if k.is_bit() => {
+                    Answer::Bits((0..count).map(|i| (start + i).is_multiple_of(3)).collect())
+                }
+                _ => Answer::Registers((start..start + count).collect()),
+            }
+        }
+    }
+
+    async fn exchange(request: &[u8], faults: Vec<Scoped>) -> Vec<u8> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, Arc::new(Counting), Arc::new(faults)));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = vec![0u8; 260];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        server.abort();
+        out.truncate(n);
+        out
+    }
+
+    #[tokio::test]
+    async fn holding_reads_are_answered_with_big_endian_words_and_the_same_transaction() {
+        // transaction 0x1234, protocol 0, length 6, unit 1, fc 3, start 0x0100, count 2
+        let r = exchange(&[0x12, 0x34, 0, 0, 0, 6, 1, 3, 0x01, 0x00, 0, 2], vec![]).await;
+        assert_eq!(r, [0x12, 0x34, 0, 0, 0, 7, 1, 3, 4, 0x01, 0x00, 0x01, 0x01]);
+    }
+
+    #[tokio::test]
+    async fn coil_reads_pack_bits_lsb_first() {
+        let r = exchange(&[0, 1, 0, 0, 0, 6, 1, 1, 0, 0, 0, 10], vec![]).await;
+        // bits 0,3,6,9 on → 0b0100_1001, 0b0000_0010
+        assert_eq!(r, [0, 1, 0, 0, 0, 5, 1, 1, 2, 0x49, 0x02]);
+    }
+
+    #[tokio::test]
+    async fn unknown_functions_and_bad_quantities_get_exceptions() {
+        assert_eq!(
+            exchange(&[0, 1, 0, 0, 0, 6, 1, 0x2B, 0, 0, 0, 1], vec![]).await[7..],
+            [0xAB, 1]
+        );
+        assert_eq!(
+            exchange(&[0, 1, 0, 0, 0, 6, 1, 3, 0, 0, 0, 126], vec![]).await[7..],
+            [0x83, 3]
+        );
+        assert_eq!(
+            exchange(&[0, 1, 0, 0, 0, 6, 1, 3, 0xFF, 0xFF, 0, 2], vec![]).await[7..],
+            [0x83, 2]
+        );
+    }
+
+    #[tokio::test]
+    async fn faults_apply_only_within_their_scope() {
+        let fault = Scoped {
+            unit: 1,
+            kind: Some(RegisterKind::Holding),
+            addresses: Some((100, 101)),
+            action: FaultAction::Exception(4),
+        };
+        assert_eq!(
+            exchange(&[0, 1, 0, 0, 0, 6, 1, 3, 0, 101, 0, 1], vec![fault.clone()]).await[7..],
+            [0x83, 4]
+        );
+        assert_eq!(
+            exchange(&[0, 1, 0, 0, 0, 6, 1, 3, 0, 102, 0, 1], vec![fault.clone()]).await[7..],
+            [3, 2, 0, 102]
+        );
+        assert_eq!(
+            exchange(&[0, 1, 0, 0, 0, 6, 2, 3, 0, 101, 0, 1], vec![fault]).await[7..],
+            [3, 2, 0, 101]
+        );
+    }
+}

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use chrono::Utc;
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
@@ -21,8 +23,8 @@ use tokio::task::JoinHandle;
 use crate::db::Db;
 use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
-use crate::registry::{Device, Schedule};
-use crate::schedule::{next_tick, phase, skipped};
+use crate::registry::Device;
+use crate::schedule::{Lateness, Ticker};
 use crate::sink::Sinks;
 use crate::sink::history::{self, BatchSettings, HistoryStats};
 use crate::sink::memory::LatestMemory;
@@ -106,6 +108,7 @@ pub struct Running {
 struct Counters {
     polls: AtomicU64,
     overruns: AtomicU64,
+    lateness: Lateness,
 }
 
 /// Starts the service; it runs until [`Running::shutdown`].
@@ -180,13 +183,20 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
             .or_insert_with(|| Arc::new(Endpoint::new(d.host.clone(), d.port)));
         let device = Arc::new(d);
         devices.push(Arc::clone(&device));
-        let poller = DevicePoller::new(device, Arc::clone(endpoint));
-        pollers.push(tokio::spawn(device_loop(
-            poller,
-            sinks.clone(),
-            stop_rx.clone(),
-            Arc::clone(&counters),
-        )));
+        for (schedule, members) in device.poll_groups() {
+            let ticker = Ticker::new(
+                &schedule,
+                &format!("{}/{}", device.name, schedule.describe()),
+            );
+            let poller = DevicePoller::group(Arc::clone(&device), Arc::clone(endpoint), members);
+            pollers.push(tokio::spawn(group_loop(
+                poller,
+                ticker,
+                sinks.clone(),
+                stop_rx.clone(),
+                Arc::clone(&counters),
+            )));
+        }
     }
     tracing::info!(
         devices = devices.len(),
@@ -212,39 +222,50 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     })
 }
 
-/// Polls one device on its schedule until told to stop. A poll that overruns
-/// its slot skips the ticks it missed (no burst of catch-up polls).
-async fn device_loop(
+/// Polls one poll group on its schedule until told to stop. A poll still
+/// running at its next firing skips that firing (an overrun); there is never
+/// a burst of catch-up polls.
+async fn group_loop(
     poller: DevicePoller,
+    ticker: Ticker,
     sinks: Sinks,
     mut stop: watch::Receiver<bool>,
     counters: Arc<Counters>,
 ) {
-    let Schedule::Every(every) = poller.device().schedule;
-    let phase = phase(&poller.device().name, every);
-    let mut tick = next_tick(SystemTime::now(), every, phase);
-    loop {
-        let wait = tick.duration_since(SystemTime::now()).unwrap_or_default();
+    let mut next = ticker.next_after(Utc::now());
+    while let Some(due) = next {
+        let wait = (due - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
+        counters
+            .lateness
+            .record((Utc::now() - due).to_std().unwrap_or_default());
         let report = poller.poll().await;
         sinks.deliver(report).await;
         counters.polls.fetch_add(1, Ordering::Relaxed);
-        let next = next_tick(SystemTime::now(), every, phase);
-        let missed = skipped(tick, next, every);
+        let (missed, following) = ticker.after_poll(due, Utc::now());
         if missed > 0 {
             counters.overruns.fetch_add(missed, Ordering::Relaxed);
-            tracing::debug!(device = %poller.device().name, missed, "poll overran its interval");
+            tracing::debug!(device = %poller.device().name, missed, "poll overran its schedule; skipped firings");
         }
-        tick = next;
+        next = following;
     }
 }
 
 impl Running {
     pub fn polls(&self) -> u64 {
         self.counters.polls.load(Ordering::Relaxed)
+    }
+
+    pub fn overruns(&self) -> u64 {
+        self.counters.overruns.load(Ordering::Relaxed)
+    }
+
+    /// Quantiles of schedule lateness over recent polls (see `schedule::Lateness`).
+    pub fn lateness(&self, qs: &[f64]) -> Option<Vec<Duration>> {
+        self.counters.lateness.quantiles(qs)
     }
 
     /// Stops polling, flushes every queue and returns what the run did.

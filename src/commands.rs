@@ -10,9 +10,9 @@ use crate::app::{self, DeviceSource, Settings};
 use crate::cli::{Command, DbArgs, DemoArgs, DevicesCommand, RunArgs};
 use crate::config::{self, ConfigErrors};
 use crate::db::Db;
-use crate::modbus::plan::plan;
+use crate::modbus::plan::plan_group;
 use crate::reading::Value;
-use crate::registry::{Device, Schedule, format_duration};
+use crate::registry::Device;
 use crate::sim::{Bind, Simulator};
 use crate::sink::history::BatchSettings;
 
@@ -180,9 +180,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
     let snapshot = running.latest.snapshot();
     let up = snapshot.values().filter(|d| d.state.up).count();
+    let lateness = match running.lateness(&[0.5, 0.99]) {
+        Some(q) => format!(
+            "lateness p50 {:.1} ms p99 {:.1} ms",
+            q[0].as_secs_f64() * 1e3,
+            q[1].as_secs_f64() * 1e3
+        ),
+        None => "lateness —".to_string(),
+    };
     println!(
-        "[{elapsed_s:6.1}s] devices up {up}/{} · {polls_per_s:.1} polls/s",
-        running.devices.len()
+        "[{elapsed_s:6.1}s] devices up {up}/{} · {polls_per_s:.1} polls/s · {lateness} · {} overruns",
+        running.devices.len(),
+        running.overruns()
     );
     for (device, latest) in snapshot.iter() {
         let shown: Vec<String> = latest
@@ -225,35 +234,44 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         println!("  warning: device `{}`: {}", w.device, w.message);
     }
     for d in &devices {
-        let Schedule::Every(every) = d.schedule;
-        let p = plan(&d.registers, &d.limits);
-        let read: u32 = p.iter().map(|r| u32::from(r.count)).sum();
-        let used: u32 = d.registers.iter().map(|r| u32::from(r.width())).sum();
+        let groups = d.poll_groups();
         println!(
-            "  {} ({} unit {}, every {}{}): {} registers in {} requests, {} addresses read, {} used",
+            "  {} ({} unit {}{}): {} registers in {} poll group{}",
             d.name,
             d.endpoint(),
             d.unit_id.0,
-            format_duration(every),
             if d.active { "" } else { ", inactive" },
             d.registers.len(),
-            p.len(),
-            read,
-            used
+            groups.len(),
+            if groups.len() == 1 { "" } else { "s" }
         );
-        for r in &p {
+        for (schedule, members) in groups {
+            let p = plan_group(&d.registers, &members, &d.limits);
+            let read: u32 = p.iter().map(|r| u32::from(r.count)).sum();
+            let used: u32 = members
+                .iter()
+                .map(|&i| u32::from(d.registers[i].width()))
+                .sum();
             println!(
-                "    {:<8} {}..{} ({}): {}",
-                r.kind.as_str(),
-                r.start,
-                u32::from(r.start) + u32::from(r.count) - 1,
-                r.count,
-                r.registers
+                "    {}: {} requests, {read} addresses read, {used} used",
+                schedule.describe(),
+                p.len()
+            );
+            for r in &p {
+                let names: Vec<&str> = r
+                    .registers
                     .iter()
                     .map(|&i| d.registers[i].name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+                    .collect();
+                let last = u32::from(r.start) + u32::from(r.count) - 1;
+                println!(
+                    "      {:<8} {}..{last} ({}): {}",
+                    r.kind.as_str(),
+                    r.start,
+                    r.count,
+                    names.join(", ")
+                );
+            }
         }
     }
     Ok(())
@@ -272,19 +290,18 @@ async fn list(args: &DbArgs) -> anyhow::Result<()> {
     let db = open_db(args).await?;
     let loaded = db.load_devices().await?;
     println!(
-        "{:<20} {:<24} {:>4} {:>8} {:>9} {:>6}",
-        "NAME", "ENDPOINT", "UNIT", "EVERY", "REGISTERS", "ACTIVE"
+        "{:<20} {:<24} {:>4} {:>9} {:>6}  SCHEDULE",
+        "NAME", "ENDPOINT", "UNIT", "REGISTERS", "ACTIVE"
     );
     for d in &loaded.devices {
-        let Schedule::Every(every) = d.schedule;
         println!(
-            "{:<20} {:<24} {:>4} {:>8} {:>9} {:>6}",
+            "{:<20} {:<24} {:>4} {:>9} {:>6}  {}",
             d.name,
             d.endpoint(),
             d.unit_id.0,
-            format_duration(every),
             d.registers.len(),
-            if d.active { "yes" } else { "no" }
+            if d.active { "yes" } else { "no" },
+            d.schedule.describe()
         );
     }
     for p in &loaded.problems {

@@ -11,7 +11,7 @@ use chrono::Utc;
 
 use crate::modbus::decode::decode;
 use crate::modbus::endpoint::{Endpoint, ReadError, Words};
-use crate::modbus::plan::{ReadRequest, plan};
+use crate::modbus::plan::{ReadRequest, plan_group};
 use crate::reading::{PollReport, Quality, Reading, Value};
 use crate::registry::{Device, Register};
 
@@ -23,8 +23,15 @@ pub struct DevicePoller {
 }
 
 impl DevicePoller {
+    /// Polls every register of the device.
     pub fn new(device: Arc<Device>, endpoint: Arc<Endpoint>) -> Self {
-        let plan = plan(&device.registers, &device.limits);
+        let all = (0..device.registers.len()).collect();
+        Self::group(device, endpoint, all)
+    }
+
+    /// Polls only `members` (indices into the device's registers): one poll group.
+    pub fn group(device: Arc<Device>, endpoint: Arc<Endpoint>, members: Vec<usize>) -> Self {
+        let plan = plan_group(&device.registers, &members, &device.limits);
         Self {
             device,
             plan,

@@ -58,6 +58,7 @@ fn register(kind: RegisterKind, address: u16, data_type: DataType, order: WordOr
         valid: ValidRange::default(),
         bit: None,
         length: None,
+        schedule: None,
     }
 }
 

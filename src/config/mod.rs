@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use crate::registry::{
-    Address, DataType, Device, Register, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange,
-    WordOrder, parse_duration,
+    Address, Align, CronSchedule, DataType, Device, Register, RegisterKind, RequestLimits,
+    Schedule, UnitId, ValidRange, WordOrder, parse_duration,
 };
 use raw::{RawDevice, RawFile, RawRegister};
 
@@ -252,12 +252,7 @@ impl<'a> Validator<'a> {
             255,
             DEFAULT_UNIT_ID.into(),
         );
-        let every = self.duration(
-            raw.every.as_ref().or(defaults.every.as_ref()),
-            ctx,
-            "every",
-            DEFAULT_EVERY,
-        );
+        let schedule = self.device_schedule(&raw, defaults, ctx);
         let timeout = self.duration(
             raw.timeout.as_ref().or(defaults.timeout.as_ref()),
             ctx,
@@ -265,23 +260,6 @@ impl<'a> Validator<'a> {
             DEFAULT_TIMEOUT,
         );
         let limits = self.limits(&raw, defaults, ctx);
-        for (field, v) in [
-            ("cron", raw.cron.as_ref().or(defaults.cron.as_ref())),
-            (
-                "timezone",
-                raw.timezone.as_ref().or(defaults.timezone.as_ref()),
-            ),
-        ] {
-            if let Some(v) = v {
-                self.error(
-                    v.referenced,
-                    ctx,
-                    format!(
-                        "`{field}` is not supported yet; use `every:` with an interval such as 5s"
-                    ),
-                );
-            }
-        }
         let active = raw
             .active
             .or(defaults.active.clone())
@@ -318,7 +296,7 @@ impl<'a> Validator<'a> {
             port: port as u16,
             unit_id: UnitId(unit as u8),
             active,
-            schedule: Schedule::Every(every),
+            schedule,
             timeout,
             limits,
             tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
@@ -556,11 +534,13 @@ impl<'a> Validator<'a> {
                 format!("valid range has min {min} above max {max}"),
             );
         }
-        for (field, v) in [("every", &raw.every), ("cron", &raw.cron)] {
-            if let Some(v) = v {
-                self.error(v.referenced, ctx, format!("per-register `{field}` is not supported yet; the register is polled with its device"));
-            }
-        }
+        let schedule = self.schedule(
+            raw.every.as_ref(),
+            raw.cron.as_ref(),
+            raw.timezone.as_ref(),
+            None,
+            ctx,
+        );
         if self.errors.len() > before {
             return None;
         }
@@ -577,7 +557,71 @@ impl<'a> Validator<'a> {
             valid,
             bit,
             length,
+            schedule,
         })
+    }
+
+    /// A device's schedule: its own `every` or `cron` if it has one, else the
+    /// one in `defaults`; `timezone` and `align` likewise.
+    fn device_schedule(&mut self, raw: &RawDevice, defaults: &RawDevice, ctx: Ctx<'_>) -> Schedule {
+        let own = raw.every.is_some() || raw.cron.is_some();
+        let src = if own { raw } else { defaults };
+        let tz = raw.timezone.as_ref().or(defaults.timezone.as_ref());
+        let align = raw.align.as_ref().or(defaults.align.as_ref());
+        self.schedule(src.every.as_ref(), src.cron.as_ref(), tz, align, ctx)
+            .unwrap_or(Schedule::every(DEFAULT_EVERY))
+    }
+
+    /// `every` (with `align`) or `cron` (with `timezone`), never both.
+    fn schedule(
+        &mut self,
+        every: Option<&Spanned<String>>,
+        cron: Option<&Spanned<String>>,
+        timezone: Option<&Spanned<String>>,
+        align: Option<&Spanned<String>>,
+        ctx: Ctx<'_>,
+    ) -> Option<Schedule> {
+        match (every, cron) {
+            (Some(_), Some(c)) => {
+                self.error(c.referenced, ctx, "use either `every` or `cron`, not both");
+                None
+            }
+            (None, Some(c)) => {
+                if let Some(a) = align {
+                    self.error(a.referenced, ctx, "`align` applies to `every` schedules; a cron expression says exactly when to poll");
+                }
+                let tz = timezone.map_or("UTC", |t| t.value.as_str());
+                match CronSchedule::parse(&c.value, tz) {
+                    Ok(s) => Some(Schedule::Cron(Box::new(s))),
+                    Err(m) => {
+                        let at = if m.starts_with("unknown time zone") {
+                            timezone.map_or(c.referenced, |t| t.referenced)
+                        } else {
+                            c.referenced
+                        };
+                        self.error(at, ctx, m);
+                        None
+                    }
+                }
+            }
+            (Some(e), None) => {
+                let every = self.duration(Some(e), ctx, "every", DEFAULT_EVERY);
+                let align = match align.map(|a| (a, a.value.as_str())) {
+                    None | Some((_, "spread")) => Align::Spread,
+                    Some((_, "strict")) => Align::Strict,
+                    Some((a, other)) => {
+                        self.error(
+                            a.referenced,
+                            ctx,
+                            format!("unknown align `{other}`; valid: spread (default), strict"),
+                        );
+                        Align::Spread
+                    }
+                };
+                Some(Schedule::Every { every, align })
+            }
+            (None, None) => None,
+        }
     }
 
     /// `bit: 0..15` picks one bit of a holding or input register (type bool).

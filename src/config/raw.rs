@@ -28,6 +28,7 @@ pub(super) struct RawDevice {
     pub every: Option<Spanned<String>>,
     pub cron: Option<Spanned<String>>,
     pub timezone: Option<Spanned<String>>,
+    pub align: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
@@ -53,6 +54,7 @@ pub(super) struct RawRegister {
     pub valid: Option<Spanned<RawValid>>,
     pub every: Option<Spanned<String>>,
     pub cron: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
     pub bit: Option<Spanned<i64>>,
     pub length: Option<Spanned<i64>>,
 }

@@ -43,7 +43,7 @@ fn a_good_file_yields_devices_with_defaults_applied() {
     assert_eq!(d.name, "boiler-1");
     assert_eq!(d.port, 5020);
     assert_eq!(d.unit_id, UnitId(3));
-    assert_eq!(d.schedule, Schedule::Every(Duration::from_secs(2)));
+    assert_eq!(d.schedule, Schedule::every(Duration::from_secs(2)));
     assert_eq!(d.timeout, DEFAULT_TIMEOUT);
     assert_eq!(d.tags.get("site").map(String::as_str), Some("plant-a"));
     let t = &d.registers[0];
@@ -140,9 +140,91 @@ fn unknown_type_lists_valid_types() {
 }
 
 #[test]
-fn contract_features_not_built_yet_are_refused_not_ignored() {
-    let e = only_error(&GOOD.replace("every: 2s", "cron: \"*/5 * * * * *\""));
-    assert!(e.message.contains("`cron` is not supported yet"), "{e}");
+fn schedules_are_every_or_cron_with_a_zone_and_registers_may_have_their_own() {
+    let yaml = GOOD
+        .replace(
+            "    unit_id: 3\n",
+            "    unit_id: 3\n    cron: \"0 */5 * * * *\"\n    timezone: Europe/Berlin\n",
+        )
+        .replace(
+            "        address: 7\n",
+            "        address: 7\n        every: 500ms\n",
+        );
+    let d = &parse(&yaml, "devices.yaml").unwrap()[0];
+    assert_eq!(
+        d.schedule.describe(),
+        "cron \"0 */5 * * * *\" Europe/Berlin",
+        "the device's own cron wins over defaults' every"
+    );
+    assert_eq!(
+        d.registers[1].schedule,
+        Some(Schedule::every(Duration::from_millis(500)))
+    );
+    let groups = d.poll_groups();
+    assert_eq!(
+        groups
+            .iter()
+            .map(|(s, m)| (s.describe(), m.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (d.schedule.describe(), vec![0]),
+            ("every 500ms".to_string(), vec![1])
+        ]
+    );
+    let strict = parse(
+        &GOOD.replace("  every: 2s\n", "  every: 2s\n  align: strict\n"),
+        "devices.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        strict[0].schedule,
+        Schedule::Every {
+            every: Duration::from_secs(2),
+            align: Align::Strict
+        }
+    );
+}
+
+#[test]
+fn schedule_mistakes_are_explained() {
+    let cases = [
+        (
+            GOOD.replace(
+                "    unit_id: 3\n",
+                "    unit_id: 3\n    every: 1s\n    cron: \"* * * * * *\"\n",
+            ),
+            "either `every` or `cron`",
+        ),
+        (
+            GOOD.replace(
+                "    unit_id: 3\n",
+                "    unit_id: 3\n    cron: \"*/5 * * * *\"\n",
+            ),
+            "six fields, seconds first",
+        ),
+        (
+            GOOD.replace(
+                "    unit_id: 3\n",
+                "    unit_id: 3\n    cron: \"* * * * * *\"\n    timezone: Europe/Atlantis\n",
+            ),
+            "unknown time zone",
+        ),
+        (
+            GOOD.replace(
+                "    unit_id: 3\n",
+                "    unit_id: 3\n    cron: \"* * * * * *\"\n    align: strict\n",
+            ),
+            "`align` applies to `every`",
+        ),
+        (
+            GOOD.replace("  every: 2s\n", "  every: 2s\n  align: sideways\n"),
+            "unknown align `sideways`",
+        ),
+    ];
+    for (yaml, message) in cases {
+        let e = only_error(&yaml);
+        assert!(e.message.contains(message), "expected `{message}` in `{e}`");
+    }
 }
 
 #[test]

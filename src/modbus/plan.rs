@@ -61,6 +61,21 @@ pub fn plan(registers: &[Register], limits: &RequestLimits) -> Vec<ReadRequest> 
     out
 }
 
+/// Plans the reads for `members` (indices into `registers`: one poll group);
+/// the requests refer to registers by their index in `registers`.
+pub fn plan_group(
+    registers: &[Register],
+    members: &[usize],
+    limits: &RequestLimits,
+) -> Vec<ReadRequest> {
+    let subset: Vec<Register> = members.iter().map(|&i| registers[i].clone()).collect();
+    let mut requests = plan(&subset, limits);
+    for req in &mut requests {
+        req.registers.iter_mut().for_each(|i| *i = members[*i]);
+    }
+    requests
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

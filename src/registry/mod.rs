@@ -63,11 +63,95 @@ pub enum WordOrder {
     Dcba,
 }
 
-/// When a device (or, later, a register group) is polled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// When a device, or a group of its registers, is polled.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
-    /// Every `Duration`, aligned to whole multiples on the wall clock.
-    Every(Duration),
+    /// Every `every`, on whole multiples of it on the wall clock.
+    Every { every: Duration, align: Align },
+    /// On the times a cron expression names, in a time zone.
+    Cron(Box<CronSchedule>),
+}
+
+/// Where in its interval a device polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Align {
+    /// At a stable offset derived from the device name, so devices that share
+    /// an interval are spread across it (the default).
+    Spread,
+    /// Exactly on the interval's boundaries.
+    Strict,
+}
+
+impl Schedule {
+    /// An interval schedule, spread across its interval.
+    pub fn every(every: Duration) -> Schedule {
+        Schedule::Every {
+            every,
+            align: Align::Spread,
+        }
+    }
+
+    /// How devices.yaml would write it (`every 5s`, `every 1s strict`,
+    /// `cron "0 */5 * * * *" Europe/Berlin`); also the key of a poll group.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every {
+                every,
+                align: Align::Spread,
+            } => format!("every {}", format_duration(*every)),
+            Schedule::Every {
+                every,
+                align: Align::Strict,
+            } => format!("every {} strict", format_duration(*every)),
+            Schedule::Cron(c) => format!("cron \"{}\" {}", c.pattern, c.timezone.name()),
+        }
+    }
+}
+
+/// A parsed cron expression (seconds field first) and its time zone.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    pub pattern: String,
+    pub timezone: chrono_tz::Tz,
+    cron: croner::Cron,
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern && self.timezone == other.timezone
+    }
+}
+
+impl CronSchedule {
+    /// Parses `pattern` (six fields, seconds first) and an IANA time zone name.
+    pub fn parse(pattern: &str, timezone: &str) -> Result<CronSchedule, String> {
+        let tz: chrono_tz::Tz = timezone
+            .parse()
+            .map_err(|_| format!("unknown time zone `{timezone}`; use an IANA name such as UTC, Europe/Berlin or America/New_York"))?;
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse(pattern)
+            .map_err(|e| format!("invalid cron expression `{pattern}`: {e}; write six fields, seconds first, e.g. \"*/10 * * * * *\""))?;
+        Ok(CronSchedule {
+            pattern: pattern.to_string(),
+            timezone: tz,
+            cron,
+        })
+    }
+
+    /// The first firing strictly after `t`, evaluated on the local clock of
+    /// the time zone (so "02:30 daily" follows the zone across DST changes).
+    pub fn next_after(
+        &self,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let local = t.with_timezone(&self.timezone);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|n| n.with_timezone(&chrono::Utc))
+    }
 }
 
 /// The accepted range of a value after scale and offset; outside it the
@@ -109,6 +193,8 @@ pub struct Register {
     pub bit: Option<u8>,
     /// For `string`: how many registers (two bytes each) the text spans.
     pub length: Option<u16>,
+    /// Its own schedule, when it is polled apart from the device's (a poll group).
+    pub schedule: Option<Schedule>,
 }
 
 impl Register {
@@ -143,6 +229,7 @@ impl Register {
             valid: ValidRange::default(),
             bit: None,
             length: None,
+            schedule: None,
         }
     }
 }
@@ -201,6 +288,22 @@ pub struct Device {
 }
 
 impl Device {
+    /// The device's poll groups: registers with the same effective schedule
+    /// (their own, or the device's), each with the indices of its registers.
+    /// The device's own schedule comes first.
+    pub fn poll_groups(&self) -> Vec<(Schedule, Vec<usize>)> {
+        let mut groups: Vec<(Schedule, Vec<usize>)> = Vec::new();
+        for (i, r) in self.registers.iter().enumerate() {
+            let s = r.schedule.as_ref().unwrap_or(&self.schedule);
+            match groups.iter_mut().find(|(g, _)| g == s) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((s.clone(), vec![i])),
+            }
+        }
+        groups.sort_by_key(|(s, _)| *s != self.schedule);
+        groups
+    }
+
     /// The `host:port` this device is reached through; devices behind one
     /// gateway share it (and its connection).
     pub fn endpoint(&self) -> String {

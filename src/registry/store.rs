@@ -13,7 +13,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::types::Json;
 
-use super::{Address, DataType, Device, Register, RequestLimits, Schedule, UnitId, ValidRange};
+use super::{
+    Address, Align, CronSchedule, DataType, Device, Register, RequestLimits, Schedule, UnitId,
+    ValidRange,
+};
 use crate::db::Db;
 
 /// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body is
@@ -42,6 +45,9 @@ struct DeviceRow {
     max_registers_per_request: i32,
     max_bits_per_request: i32,
     max_gap: i32,
+    cron: Option<String>,
+    timezone: Option<String>,
+    align: String,
     active: bool,
     tags: Json<BTreeMap<String, String>>,
 }
@@ -62,12 +68,16 @@ struct RegisterRow {
     valid_max: Option<f64>,
     bit: Option<i32>,
     length: Option<i32>,
+    every_ms: Option<i64>,
+    cron: Option<String>,
+    timezone: Option<String>,
 }
 
 const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, connect_timeout_ms, retries, \
-     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, active, tags FROM devices ORDER BY name";
+     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, cron, timezone, align, active, tags \
+     FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
-     unit, valid_min, valid_max, bit, length FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
+     unit, valid_min, valid_max, bit, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
 
 /// The registry as stored, and the rows that could not be used (edited by hand
 /// into something invalid); those devices are left out and reported.
@@ -169,21 +179,23 @@ impl Db {
                 }
                 let id: i32 = sqlx::query_scalar(
                     "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags, \
-                     connect_timeout_ms, retries, pause_ms, max_registers_per_request, max_bits_per_request, max_gap) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     connect_timeout_ms, retries, pause_ms, max_registers_per_request, max_bits_per_request, max_gap, \
+                     cron, timezone, align) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
                      ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, \
                      unit_id = excluded.unit_id, every_ms = excluded.every_ms, timeout_ms = excluded.timeout_ms, \
                      active = excluded.active, tags = excluded.tags, connect_timeout_ms = excluded.connect_timeout_ms, \
                      retries = excluded.retries, pause_ms = excluded.pause_ms, \
                      max_registers_per_request = excluded.max_registers_per_request, \
                      max_bits_per_request = excluded.max_bits_per_request, max_gap = excluded.max_gap, \
+                     cron = excluded.cron, timezone = excluded.timezone, align = excluded.align, \
                      updated_at = CURRENT_TIMESTAMP RETURNING id",
                 )
                 .bind(&d.name)
                 .bind(&d.host)
                 .bind(i32::from(d.port))
                 .bind(i32::from(d.unit_id.0))
-                .bind(millis(schedule_every(d.schedule)))
+                .bind(millis(stored_every(&d.schedule)))
                 .bind(millis(d.timeout))
                 .bind(d.active)
                 .bind(Json(&d.tags))
@@ -193,18 +205,22 @@ impl Db {
                 .bind(i32::from(d.limits.max_registers))
                 .bind(i32::from(d.limits.max_bits))
                 .bind(i32::from(d.limits.max_gap))
+                .bind(cron_pattern(&d.schedule))
+                .bind(cron_zone(&d.schedule))
+                .bind(align_name(&d.schedule))
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("cannot store device `{}`", d.name))?;
                 for r in &d.registers {
                     sqlx::query(
                         "INSERT INTO device_register_map (device_id, name, kind, address, data_type, word_order, \
-                         scale, \"offset\", unit, valid_min, valid_max, bit, length, active) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, true) \
+                         scale, \"offset\", unit, valid_min, valid_max, bit, length, every_ms, cron, timezone, active) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, true) \
                          ON CONFLICT (device_id, name) DO UPDATE SET kind = excluded.kind, address = excluded.address, \
                          data_type = excluded.data_type, word_order = excluded.word_order, scale = excluded.scale, \
                          \"offset\" = excluded.\"offset\", unit = excluded.unit, valid_min = excluded.valid_min, \
                          valid_max = excluded.valid_max, bit = excluded.bit, length = excluded.length, \
+                         every_ms = excluded.every_ms, cron = excluded.cron, timezone = excluded.timezone, \
                          active = true, updated_at = CURRENT_TIMESTAMP",
                     )
                     .bind(id)
@@ -220,6 +236,12 @@ impl Db {
                     .bind(r.valid.max)
                     .bind(r.bit.map(i32::from))
                     .bind(r.length.map(i32::from))
+                    .bind(match &r.schedule {
+                        Some(Schedule::Every { every, .. }) => Some(millis(*every)),
+                        _ => None,
+                    })
+                    .bind(r.schedule.as_ref().and_then(cron_pattern))
+                    .bind(r.schedule.as_ref().and_then(cron_zone))
                     .execute(&mut *tx)
                     .await
                     .with_context(|| format!("cannot store register `{}` of device `{}`", r.name, d.name))?;
@@ -250,10 +272,63 @@ impl Db {
     }
 }
 
-fn schedule_every(s: Schedule) -> Duration {
+/// `devices.every_ms` is NOT NULL; for a cron device it holds the default
+/// interval and is not used (the cron column wins).
+fn stored_every(s: &Schedule) -> Duration {
     match s {
-        Schedule::Every(d) => d,
+        Schedule::Every { every, .. } => *every,
+        Schedule::Cron(_) => crate::config::DEFAULT_EVERY,
     }
+}
+
+fn cron_pattern(s: &Schedule) -> Option<&str> {
+    match s {
+        Schedule::Cron(c) => Some(c.pattern.as_str()),
+        Schedule::Every { .. } => None,
+    }
+}
+
+fn cron_zone(s: &Schedule) -> Option<&str> {
+    match s {
+        Schedule::Cron(c) => Some(c.timezone.name()),
+        Schedule::Every { .. } => None,
+    }
+}
+
+fn align_name(s: &Schedule) -> &'static str {
+    match s {
+        Schedule::Every {
+            align: Align::Strict,
+            ..
+        } => "strict",
+        _ => "spread",
+    }
+}
+
+/// A schedule from its columns: cron (with its zone, UTC by default) when set,
+/// else the interval.
+fn schedule_from_columns(
+    every_ms: Option<i64>,
+    cron: Option<&str>,
+    timezone: Option<&str>,
+    align: &str,
+) -> Result<Option<Schedule>, String> {
+    if let Some(pattern) = cron {
+        return CronSchedule::parse(pattern, timezone.unwrap_or("UTC"))
+            .map(|c| Some(Schedule::Cron(Box::new(c))));
+    }
+    let Some(ms) = every_ms else { return Ok(None) };
+    let every = u64::try_from(ms)
+        .ok()
+        .filter(|&v| v > 0)
+        .map(Duration::from_millis)
+        .ok_or(format!("every_ms {ms} must be positive"))?;
+    let align = match align {
+        "spread" => Align::Spread,
+        "strict" => Align::Strict,
+        other => return Err(format!("align `{other}` is neither spread nor strict")),
+    };
+    Ok(Some(Schedule::Every { every, align }))
 }
 
 fn millis(d: Duration) -> i64 {
@@ -301,7 +376,13 @@ fn device_from_rows(row: DeviceRow, regs: Vec<RegisterRow>) -> Result<Device, St
         port,
         unit_id: UnitId(unit),
         active: row.active,
-        schedule: Schedule::Every(ms(row.every_ms, "every_ms")?),
+        schedule: schedule_from_columns(
+            Some(row.every_ms),
+            row.cron.as_deref(),
+            row.timezone.as_deref(),
+            &row.align,
+        )?
+        .expect("every_ms is always set"),
         timeout: ms(row.timeout_ms, "timeout_ms")?,
         limits: RequestLimits {
             max_registers: in_range(
@@ -358,6 +439,12 @@ fn register_from_row(r: RegisterRow) -> Result<Register, String> {
             .length
             .map(|l| in_range(l, 1, 125, "length"))
             .transpose()?,
+        schedule: schedule_from_columns(
+            r.every_ms,
+            r.cron.as_deref(),
+            r.timezone.as_deref(),
+            "spread",
+        )?,
     };
     match (reg.data_type, reg.kind.is_bit(), reg.bit, reg.length) {
         (DataType::String, _, _, None) => return Err("type string needs a length".into()),

@@ -1,30 +1,32 @@
 //! Wires the pieces together and owns startup and graceful shutdown.
 //!
 //! Startup: open the database (migrating it), sync a devices.yaml when one is
-//! given, load the active devices, start the sinks' writers, then one task per
-//! device that polls it on its schedule.
+//! given, load the active devices, start the sinks' writers, then the fleet:
+//! one task per poll group.
+//!
+//! While running, a supervisor reloads the registry when it changes (a
+//! PostgreSQL notification from the registry's triggers, or a check every
+//! `reload_interval`, which also catches SQLite and an edited devices.yaml)
+//! and restarts only the devices whose definition changed.
 //!
 //! Shutdown: stop starting polls, let in-flight polls finish (each request is
 //! bounded by its timeout), close the queues so the writers drain them, and
 //! wait for the writers for at most `shutdown_timeout`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
+use sqlx::postgres::PgListener;
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::db::Db;
-use crate::modbus::endpoint::Endpoint;
-use crate::poller::DevicePoller;
+use crate::fleet::{Counters, Fleet};
 use crate::registry::Device;
-use crate::schedule::{Lateness, Ticker};
 use crate::sink::Sinks;
 use crate::sink::history::{self, BatchSettings, HistoryStats};
 use crate::sink::memory::LatestMemory;
@@ -34,6 +36,9 @@ use crate::sink::redis::{self as redis_sink, RedisStats};
 pub const DEFAULT_SQLITE_PATH: &str = "regpoll.db";
 /// Default bound on how long shutdown waits for the writers to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default period of the registry (and devices.yaml) check; PostgreSQL also
+/// notifies changes at once.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -49,6 +54,7 @@ pub struct Settings {
     pub history_queue: usize,
     pub redis_queue: usize,
     pub shutdown_timeout: Duration,
+    pub reload_interval: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +69,7 @@ impl Default for Settings {
             history_queue: crate::sink::DEFAULT_HISTORY_QUEUE,
             redis_queue: crate::sink::DEFAULT_REDIS_QUEUE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
         }
     }
 }
@@ -91,10 +98,10 @@ pub struct RunSummary {
 pub struct Running {
     pub db: Db,
     pub latest: Arc<LatestMemory>,
-    pub devices: Vec<Arc<Device>>,
+    devices: watch::Receiver<Vec<Arc<Device>>>,
     stop: watch::Sender<bool>,
     abort_writers: watch::Sender<bool>,
-    pollers: Vec<JoinHandle<()>>,
+    supervisor: JoinHandle<()>,
     sinks: Sinks,
     history: JoinHandle<()>,
     redis: Option<JoinHandle<()>>,
@@ -102,13 +109,6 @@ pub struct Running {
     history_stats: Arc<HistoryStats>,
     redis_stats: Arc<RedisStats>,
     shutdown_timeout: Duration,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    polls: AtomicU64,
-    overruns: AtomicU64,
-    lateness: Lateness,
 }
 
 /// Starts the service; it runs until [`Running::shutdown`].
@@ -174,33 +174,14 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
 
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(Counters::default());
-    let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
-    let mut devices = Vec::new();
-    let mut pollers = Vec::new();
-    for d in loaded.devices {
-        let endpoint = endpoints
-            .entry(d.endpoint())
-            .or_insert_with(|| Arc::new(Endpoint::new(d.host.clone(), d.port)));
-        let device = Arc::new(d);
-        devices.push(Arc::clone(&device));
-        for (schedule, members) in device.poll_groups() {
-            let ticker = Ticker::new(
-                &schedule,
-                &format!("{}/{}", device.name, schedule.describe()),
-            );
-            let poller = DevicePoller::group(Arc::clone(&device), Arc::clone(endpoint), members);
-            pollers.push(tokio::spawn(group_loop(
-                poller,
-                ticker,
-                sinks.clone(),
-                stop_rx.clone(),
-                Arc::clone(&counters),
-            )));
-        }
-    }
+    let mut fleet = Fleet::new(sinks.clone(), Arc::clone(&counters));
+    let devices = fleet.devices();
+    fleet.reconcile(loaded.devices).await;
+    let watcher =
+        RegistryWatch::new(&db, settings.devices_file.clone(), settings.reload_interval).await;
+    let supervisor = tokio::spawn(supervise(fleet, db.clone(), watcher, stop_rx));
     tracing::info!(
-        devices = devices.len(),
-        endpoints = endpoints.len(),
+        devices = devices.borrow().len(),
         database = db.kind(),
         redis = settings.redis_url.is_some(),
         "polling started"
@@ -211,7 +192,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         devices,
         stop,
         abort_writers,
-        pollers,
+        supervisor,
         sinks,
         history,
         redis,
@@ -222,39 +203,149 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     })
 }
 
-/// Polls one poll group on its schedule until told to stop. A poll still
-/// running at its next firing skips that firing (an overrun); there is never
-/// a burst of catch-up polls.
-async fn group_loop(
-    poller: DevicePoller,
-    ticker: Ticker,
-    sinks: Sinks,
+/// Keeps the fleet equal to the registry until told to stop, then stops it.
+async fn supervise(
+    mut fleet: Fleet,
+    db: Db,
+    mut watcher: RegistryWatch,
     mut stop: watch::Receiver<bool>,
-    counters: Arc<Counters>,
 ) {
-    let mut next = ticker.next_after(Utc::now());
-    while let Some(due) = next {
-        let wait = (due - Utc::now()).to_std().unwrap_or_default();
+    let mut last_problems = Vec::new();
+    loop {
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => break,
+            () = watcher.changed() => {}
         }
-        counters
-            .lateness
-            .record((Utc::now() - due).to_std().unwrap_or_default());
-        let report = poller.poll().await;
-        sinks.deliver(report).await;
-        counters.polls.fetch_add(1, Ordering::Relaxed);
-        let (missed, following) = ticker.after_poll(due, Utc::now());
-        if missed > 0 {
-            counters.overruns.fetch_add(missed, Ordering::Relaxed);
-            tracing::debug!(device = %poller.device().name, missed, "poll overran its schedule; skipped firings");
+        watcher.sync_file_if_changed(&db).await;
+        let loaded = match db.load_active_devices().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot reload the registry; keeping the devices being polled"
+                );
+                continue;
+            }
+        };
+        if loaded.problems != last_problems {
+            for p in &loaded.problems {
+                tracing::error!(problem = %p, "registry row cannot be used");
+            }
+            last_problems = loaded.problems;
         }
-        next = following;
+        let changes = fleet.reconcile(loaded.devices).await;
+        if !changes.is_empty() {
+            tracing::info!(started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "registry reloaded");
+        }
+    }
+    fleet.stop_all().await;
+}
+
+/// Says when the registry may have changed: at once on a PostgreSQL
+/// notification, otherwise every `interval`; and syncs the devices.yaml given
+/// to `run --devices` when its content changes.
+struct RegistryWatch {
+    listener: Option<PgListener>,
+    interval: Duration,
+    file: Option<(PathBuf, u64)>,
+}
+
+/// Channel the registry triggers notify (migrations/postgres/0005).
+const REGISTRY_CHANNEL: &str = "regpoll_registry";
+
+impl RegistryWatch {
+    async fn new(db: &Db, file: Option<PathBuf>, interval: Duration) -> Self {
+        let listener = match db {
+            Db::Postgres(pool) => Self::listen(pool).await,
+            Db::Sqlite(_) => None,
+        };
+        let file = file.map(|p| {
+            let h = content_hash(&p);
+            (p, h)
+        });
+        Self {
+            listener,
+            interval,
+            file,
+        }
+    }
+
+    async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
+        let result = async {
+            let mut l = PgListener::connect_with(pool).await?;
+            l.listen(REGISTRY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        result
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot LISTEN for registry changes; checking every reload interval"))
+            .ok()
+    }
+
+    async fn changed(&mut self) {
+        let interval = self.interval;
+        let notified = async {
+            match &mut self.listener {
+                Some(l) => l.recv().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let lost = tokio::select! {
+            ok = notified => !ok,
+            () = tokio::time::sleep(interval) => false,
+        };
+        if lost {
+            tracing::warn!(
+                "lost the registry notification channel; checking every reload interval"
+            );
+            self.listener = None;
+        }
+    }
+
+    /// Syncs the devices.yaml into the registry when its content changed. An
+    /// invalid file is reported and changes nothing.
+    async fn sync_file_if_changed(&mut self, db: &Db) {
+        let Some((path, seen)) = &mut self.file else {
+            return;
+        };
+        let now = content_hash(path);
+        if now == *seen {
+            return;
+        }
+        *seen = now;
+        match crate::config::load(path) {
+            Ok(devices) => match db.sync_devices(&devices).await {
+                Ok(report) => {
+                    tracing::info!(file = %path.display(), added = ?report.added, changed = ?report.changed, deactivated = ?report.deactivated, "devices file changed; registry synced")
+                }
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "cannot sync the changed devices file"
+                ),
+            },
+            Err(e) => {
+                tracing::error!(file = %path.display(), errors = %e, "devices file changed but is invalid; keeping the registry as it is")
+            }
+        }
     }
 }
 
+/// FNV-1a of the file's bytes (0 when unreadable): cheap, and catches edits
+/// that keep the size and modification time.
+fn content_hash(path: &std::path::Path) -> u64 {
+    std::fs::read(path).map_or(0, |bytes| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    })
+}
+
 impl Running {
+    /// The devices being polled now (hot reload changes them).
+    pub fn devices(&self) -> Vec<Arc<Device>> {
+        self.devices.borrow().clone()
+    }
+
     pub fn polls(&self) -> u64 {
         self.counters.polls.load(Ordering::Relaxed)
     }
@@ -271,9 +362,7 @@ impl Running {
     /// Stops polling, flushes every queue and returns what the run did.
     pub async fn shutdown(self) -> anyhow::Result<RunSummary> {
         let _ = self.stop.send(true);
-        for p in self.pollers {
-            let _ = p.await;
-        }
+        let _ = self.supervisor.await;
         let redis_skipped = self.sinks.redis_skipped();
         // The last senders: once dropped, the writers drain their queues and end.
         drop(self.sinks);

@@ -95,9 +95,14 @@ pub struct SinkArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// A devices.yaml to sync into the registry before polling.
+    /// A devices.yaml to sync into the registry before polling; edits to it
+    /// are synced while running.
     #[arg(long, env = "REGPOLL_DEVICES")]
     pub devices: Option<PathBuf>,
+    /// How often to check the registry (and the devices file) for changes.
+    /// PostgreSQL also notifies changes at once.
+    #[arg(long, env = "REGPOLL_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

@@ -66,6 +66,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             max_delay: args.sinks.batch_delay,
         },
         shutdown_timeout: args.sinks.shutdown_timeout,
+        reload_interval: args.reload_interval,
         ..Settings::default()
     };
     let running = app::start(&settings, DeviceSource::Registry).await?;
@@ -144,7 +145,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let running = app::start(&settings, DeviceSource::Devices(devices)).await?;
     println!(
         "regpoll demo: simulating and polling {} devices from the {name}; history in {}; Ctrl-C to stop",
-        running.devices.len(),
+        running.devices().len(),
         args.sqlite_path.display()
     );
     let started = Instant::now();
@@ -190,7 +191,7 @@ fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
     };
     println!(
         "[{elapsed_s:6.1}s] devices up {up}/{} · {polls_per_s:.1} polls/s · {lateness} · {} overruns",
-        running.devices.len(),
+        running.devices().len(),
         running.overruns()
     );
     for (device, latest) in snapshot.iter() {

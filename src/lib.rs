@@ -22,6 +22,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod fleet;
 pub mod modbus;
 pub mod poller;
 pub mod reading;

@@ -114,7 +114,7 @@ async fn sync_is_idempotent_and_removals_stop_polling(settings: Settings) {
 
     // Only what is still in the file is polled now; old history stays.
     let running = app::start(&settings, DeviceSource::Registry).await.unwrap();
-    assert_eq!(running.devices.len(), 1);
+    assert_eq!(running.devices().len(), 1);
     common::wait_for_polls(&running, 2).await;
     running.shutdown().await.unwrap();
     let after = readings_per_register(&db).await;

@@ -99,7 +99,7 @@ pub async fn simulate(template: &str, placeholders: &[&str]) -> SimFixture {
 /// completed at least `polls` polls. Panics after 30 s.
 pub async fn wait_for_polls(running: &Running, polls: u64) {
     let mut updates = running.latest.subscribe();
-    let want = running.devices.len();
+    let want = running.devices().len();
     let done = || {
         let snap = running.latest.snapshot();
         snap.len() == want && snap.values().all(|d| d.state.polls >= polls)

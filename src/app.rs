@@ -92,6 +92,8 @@ pub struct RunSummary {
     pub rows_lost: u64,
     pub redis_polls_written: u64,
     pub redis_skipped: u64,
+    /// Schedule lateness p50, p99 and max over recent polls (see `schedule::Lateness`).
+    pub lateness: Option<Vec<Duration>>,
 }
 
 /// A running service.
@@ -392,6 +394,7 @@ impl Running {
             rows_lost: self.history_stats.rows_lost.load(Ordering::Relaxed),
             redis_polls_written: self.redis_stats.polls_written.load(Ordering::Relaxed),
             redis_skipped,
+            lateness: self.counters.lateness.quantiles(&[0.5, 0.99, 1.0]),
         })
     }
 }

@@ -73,11 +73,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     app::shutdown_signal().await;
     tracing::info!("shutting down: finishing polls and flushing queues");
     let summary = running.shutdown().await?;
+    let ms = |i: usize| {
+        summary
+            .lateness
+            .as_ref()
+            .map_or(0.0, |q| q[i].as_secs_f64() * 1e3)
+    };
     tracing::info!(
         polls = summary.polls,
         rows_written = summary.rows_written,
         rows_lost = summary.rows_lost,
         overruns = summary.overruns,
+        lateness_p50_ms = ms(0),
+        lateness_p99_ms = ms(1),
+        lateness_max_ms = ms(2),
         "stopped"
     );
     Ok(())

@@ -66,6 +66,8 @@ pub struct HistoryStats {
     pub rows_written: AtomicU64,
     pub batches: AtomicU64,
     pub failures: AtomicU64,
+    /// Rows of written batches that were already stored (replays), skipped.
+    pub duplicates: AtomicU64,
     /// Rows given up on because the writer was stopped while the database
     /// refused them.
     pub rows_lost: AtomicU64,
@@ -112,10 +114,12 @@ async fn write_with_retry(
     let mut backoff = RETRY_MIN;
     loop {
         match write(db, rows).await {
-            Ok(()) => {
-                stats
-                    .rows_written
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            Ok(new) => {
+                stats.rows_written.fetch_add(new, Ordering::Relaxed);
+                stats.duplicates.fetch_add(
+                    rows.len() as u64 - new.min(rows.len() as u64),
+                    Ordering::Relaxed,
+                );
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -141,9 +145,10 @@ async fn write_with_retry(
     }
 }
 
-/// Writes one batch. Rows already stored (same register and timestamp) are
-/// skipped, so a batch retried after an ambiguous failure is not duplicated.
-pub async fn write(db: &Db, rows: &[Row]) -> anyhow::Result<()> {
+/// Writes one batch and returns how many rows were new. Rows already stored
+/// (same register and timestamp) are skipped, so a batch retried after an
+/// ambiguous failure is not duplicated.
+pub async fn write(db: &Db, rows: &[Row]) -> anyhow::Result<u64> {
     match db {
         Db::Postgres(pool) => super::postgres::write(pool, rows).await,
         Db::Sqlite(pool) => super::sqlite::write(pool, rows).await,

@@ -5,6 +5,7 @@
 
 pub mod history;
 pub mod memory;
+pub mod pgcopy;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;

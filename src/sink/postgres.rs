@@ -1,35 +1,73 @@
-//! History in PostgreSQL/TimescaleDB. A batch is one statement: the columns
-//! travel as arrays and `UNNEST` turns them back into rows, so the statement is
-//! prepared once and costs one round trip whatever the batch size.
+//! History in PostgreSQL/TimescaleDB, by binary COPY (see `pgcopy`).
+//!
+//! COPY cannot skip rows that are already stored, so a batch that hits the
+//! primary key (a replay after an ambiguous failure, or a spool replayed
+//! twice) is written again through a temporary staging table and
+//! `INSERT … ON CONFLICT DO NOTHING`: never dropped, never duplicated.
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{Executor as _, PgPool};
 
 use super::history::Row;
+use super::pgcopy;
 
-const INSERT: &str = "INSERT INTO register_readings (ts, register_id, device_id, value, value_text, quality, detail) \
-     SELECT * FROM UNNEST($1::timestamptz[], $2::int4[], $3::int4[], $4::float8[], $5::text[], $6::text[], $7::text[]) \
-     ON CONFLICT (register_id, ts) DO NOTHING";
+/// SQLSTATE of a unique-key violation.
+const UNIQUE_VIOLATION: &str = "23505";
 
-pub async fn write(pool: &PgPool, rows: &[Row]) -> anyhow::Result<()> {
-    let ts: Vec<DateTime<Utc>> = rows.iter().map(|r| r.ts).collect();
-    let register_id: Vec<i32> = rows.iter().map(|r| r.register_id).collect();
-    let device_id: Vec<i32> = rows.iter().map(|r| r.device_id).collect();
-    let value: Vec<Option<f64>> = rows.iter().map(|r| r.value).collect();
-    let value_text: Vec<Option<&str>> = rows.iter().map(|r| r.value_text.as_deref()).collect();
-    let quality: Vec<&str> = rows.iter().map(|r| r.quality.as_str()).collect();
-    let detail: Vec<Option<&str>> = rows.iter().map(|r| r.detail.as_deref()).collect();
-    sqlx::query(INSERT)
-        .bind(ts)
-        .bind(register_id)
-        .bind(device_id)
-        .bind(value)
-        .bind(value_text)
-        .bind(quality)
-        .bind(detail)
-        .execute(pool)
+/// Writes `rows`; returns how many were new (the rest were already stored).
+pub async fn write(pool: &PgPool, rows: &[Row]) -> anyhow::Result<u64> {
+    let bytes = pgcopy::encode(rows);
+    let mut conn = pool
+        .acquire()
         .await
-        .with_context(|| format!("cannot insert {} readings into PostgreSQL", rows.len()))?;
-    Ok(())
+        .context("no PostgreSQL connection for writing readings")?;
+    let copied = async {
+        let mut copy = conn.copy_in_raw(pgcopy::COPY_STATEMENT).await?;
+        copy.send(bytes.as_slice()).await?;
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(n) => Ok(n),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            tracing::info!(
+                rows = rows.len(),
+                "batch overlaps stored readings; writing it without the duplicates"
+            );
+            write_skipping_duplicates(&mut conn, &bytes).await
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot COPY {} readings into PostgreSQL", rows.len()))
+        }
+    }
+}
+
+async fn write_skipping_duplicates(
+    conn: &mut sqlx::PgConnection,
+    bytes: &[u8],
+) -> anyhow::Result<u64> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    tx.execute(
+        "CREATE TEMP TABLE regpoll_staging (LIKE register_readings INCLUDING DEFAULTS) ON COMMIT DROP",
+    )
+    .await
+    .context("cannot create the staging table")?;
+    let mut copy = tx
+        .copy_in_raw("COPY regpoll_staging (ts, register_id, device_id, value, value_text, quality, detail) FROM STDIN (FORMAT binary)")
+        .await?;
+    copy.send(bytes).await?;
+    copy.finish()
+        .await
+        .context("cannot COPY readings into the staging table")?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO register_readings (ts, register_id, device_id, value, value_text, quality, detail) \
+             SELECT ts, register_id, device_id, value, value_text, quality, detail FROM regpoll_staging \
+             ON CONFLICT (register_id, ts) DO NOTHING",
+        )
+        .await
+        .context("cannot move readings from the staging table")?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(inserted)
 }

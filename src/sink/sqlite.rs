@@ -10,7 +10,9 @@ use super::history::Row;
 /// 7 parameters a row keeps a statement well under SQLite's 32,766 limit.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
-pub async fn write(pool: &SqlitePool, rows: &[Row]) -> anyhow::Result<()> {
+/// Writes `rows`; returns how many were new (the rest were already stored).
+pub async fn write(pool: &SqlitePool, rows: &[Row]) -> anyhow::Result<u64> {
+    let mut inserted = 0;
     let mut tx = pool
         .begin()
         .await
@@ -28,13 +30,15 @@ pub async fn write(pool: &SqlitePool, rows: &[Row]) -> anyhow::Result<()> {
                 .push_bind(r.quality.as_str())
                 .push_bind(r.detail.clone());
         });
-        q.build()
+        inserted += q
+            .build()
             .execute(&mut *tx)
             .await
-            .with_context(|| format!("cannot insert {} readings into SQLite", chunk.len()))?;
+            .with_context(|| format!("cannot insert {} readings into SQLite", chunk.len()))?
+            .rows_affected();
     }
     tx.commit()
         .await
         .context("cannot commit readings to SQLite")?;
-    Ok(())
+    Ok(inserted)
 }

@@ -31,6 +31,7 @@ use crate::sink::Sinks;
 use crate::sink::history::{self, BatchSettings, HistoryStats};
 use crate::sink::memory::LatestMemory;
 use crate::sink::redis::{self as redis_sink, RedisStats};
+use crate::sink::retention;
 
 /// Default SQLite file when no database URL is given.
 pub const DEFAULT_SQLITE_PATH: &str = "regpoll.db";
@@ -55,6 +56,8 @@ pub struct Settings {
     pub redis_queue: usize,
     pub shutdown_timeout: Duration,
     pub reload_interval: Duration,
+    /// How long readings are kept (`None`: forever).
+    pub retention: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             redis_queue: crate::sink::DEFAULT_REDIS_QUEUE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
+            retention: Some(retention::DEFAULT_RETENTION),
         }
     }
 }
@@ -104,6 +108,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     abort_writers: watch::Sender<bool>,
     supervisor: JoinHandle<()>,
+    retention_job: Option<JoinHandle<()>>,
     sinks: Sinks,
     history: JoinHandle<()>,
     redis: Option<JoinHandle<()>>,
@@ -145,6 +150,14 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
             "no active devices in the registry; add some with `regpoll devices sync devices.yaml`"
         );
     }
+
+    let retention_job = match (
+        retention::set_policy(&db, settings.retention).await?,
+        settings.retention,
+    ) {
+        (false, Some(keep)) => Some(tokio::spawn(retention_loop(db.clone(), keep))),
+        _ => None,
+    };
 
     let latest = Arc::new(LatestMemory::default());
     let (abort_writers, abort_rx) = watch::channel(false);
@@ -195,6 +208,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         stop,
         abort_writers,
         supervisor,
+        retention_job,
         sinks,
         history,
         redis,
@@ -203,6 +217,22 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         redis_stats,
         shutdown_timeout: settings.shutdown_timeout,
     })
+}
+
+/// Deletes expired readings every `RETENTION_EVERY` (databases without
+/// TimescaleDB's retention policy). Aborted at shutdown.
+async fn retention_loop(db: Db, keep: Duration) {
+    loop {
+        match retention::delete_older(&db, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired readings deleted"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot delete expired readings; will retry"
+            ),
+        }
+        tokio::time::sleep(retention::RETENTION_EVERY).await;
+    }
 }
 
 /// Keeps the fleet equal to the registry until told to stop, then stops it.
@@ -365,6 +395,9 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<RunSummary> {
         let _ = self.stop.send(true);
         let _ = self.supervisor.await;
+        if let Some(job) = self.retention_job {
+            job.abort();
+        }
         let redis_skipped = self.sinks.redis_skipped();
         // The last senders: once dropped, the writers drain their queues and end.
         drop(self.sinks);

@@ -88,6 +88,11 @@ pub struct SinkArgs {
     /// Longest a reading waits in a partial batch (e.g. 200ms).
     #[arg(long, env = "REGPOLL_BATCH_DELAY", default_value = "200ms", value_parser = parse_duration)]
     pub batch_delay: Duration,
+    /// How long readings are kept: days (365d), weeks (52w), hours (48h) or
+    /// `off`. TimescaleDB drops old chunks by policy; otherwise an hourly job
+    /// deletes expired rows in batches.
+    #[arg(long, env = "REGPOLL_RETENTION", default_value = "365d", value_parser = crate::sink::retention::parse_retention_arg)]
+    pub retention: crate::sink::retention::Retention,
     /// Longest shutdown waits for queued readings to be written (e.g. 10s).
     #[arg(long, env = "REGPOLL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

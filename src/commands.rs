@@ -67,6 +67,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         shutdown_timeout: args.sinks.shutdown_timeout,
         reload_interval: args.reload_interval,
+        retention: args.sinks.retention.0,
         ..Settings::default()
     };
     let running = app::start(&settings, DeviceSource::Registry).await?;

@@ -39,6 +39,9 @@ impl Db {
             .run(&pool)
             .await
             .context("PostgreSQL migrations failed")?;
+        if has_timescaledb(&pool).await? {
+            create_hourly_aggregate(&pool).await?;
+        }
         Ok(Db::Postgres(pool))
     }
 
@@ -87,6 +90,50 @@ impl Db {
             Db::Sqlite(p) => p.close().await,
         }
     }
+}
+
+/// Whether the TimescaleDB extension is installed in this database.
+pub async fn has_timescaledb(pool: &PgPool) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')")
+        .fetch_one(pool)
+        .await
+        .context("cannot ask PostgreSQL for its extensions")
+}
+
+/// The hourly continuous aggregate (avg, min, max, count, last per register,
+/// over good and uncertain values) and its refresh policy. A continuous
+/// aggregate cannot be created inside a transaction block or a function, so
+/// this runs after the migrations, one statement at a time over the simple
+/// protocol, and only when it does not exist yet.
+async fn create_hourly_aggregate(pool: &PgPool) -> anyhow::Result<()> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('register_readings_hourly') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if exists {
+        return Ok(());
+    }
+    sqlx::raw_sql(
+        "CREATE MATERIALIZED VIEW register_readings_hourly WITH (timescaledb.continuous) AS \
+         SELECT register_id, time_bucket(INTERVAL '1 hour', ts) AS bucket, avg(value) AS avg, min(value) AS min, \
+         max(value) AS max, count(value) AS count, last(value, ts) AS last \
+         FROM register_readings WHERE quality IN ('good', 'uncertain') \
+         GROUP BY register_id, time_bucket(INTERVAL '1 hour', ts) WITH NO DATA",
+    )
+    .execute(pool)
+    .await
+    .context("cannot create the continuous aggregate register_readings_hourly")?;
+    // Refresh the last few hours every 30 minutes; the current hour is left
+    // out (it is still being written; queries see it through real-time aggregation).
+    sqlx::raw_sql(
+        "SELECT add_continuous_aggregate_policy('register_readings_hourly', \
+         start_offset => INTERVAL '3 hours', end_offset => INTERVAL '1 hour', \
+         schedule_interval => INTERVAL '30 minutes', if_not_exists => true)",
+    )
+    .execute(pool)
+    .await
+    .context("cannot add the refresh policy of register_readings_hourly")?;
+    Ok(())
 }
 
 /// `url` with any password replaced by `***`, for logs and error messages.

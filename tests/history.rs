@@ -183,3 +183,121 @@ async fn sqlite_replay_is_neither_duplicated_nor_dropped() {
     replay_is_neither_duplicated_nor_dropped(Db::sqlite(&dir.path().join("h.db")).await.unwrap())
         .await;
 }
+
+/// Two registers over two hours; bad readings stay out of the rollup.
+fn hourly_rows(hour0_us: i64) -> Vec<Row> {
+    let h = 3_600_000_000;
+    vec![
+        row(hour0_us + 1, 1, Some(10.0), None, Quality::Good, None),
+        row(
+            hour0_us + 2,
+            1,
+            Some(30.0),
+            None,
+            Quality::Uncertain,
+            Some("outside valid range"),
+        ),
+        row(
+            hour0_us + 3,
+            1,
+            None,
+            None,
+            Quality::Bad,
+            Some("timeout after 1000 ms"),
+        ),
+        row(hour0_us + 4, 1, Some(20.0), None, Quality::Good, None),
+        row(hour0_us + h + 5, 1, Some(5.0), None, Quality::Good, None),
+        row(hour0_us + 6, 2, Some(-1.0), None, Quality::Good, None),
+    ]
+}
+
+async fn hourly_rollup_counts_good_and_uncertain_values(db: Db) {
+    let hour0 = 1_700_002_800_000_000; // a whole hour
+    write(&db, &hourly_rows(hour0)).await.unwrap();
+    let sql = "SELECT register_id, avg, min, max, count, last FROM register_readings_hourly ORDER BY register_id, bucket";
+    type Bucket = (i32, Option<f64>, Option<f64>, Option<f64>, i64, Option<f64>);
+    let got: Vec<Bucket> = match &db {
+        Db::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Db::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+    };
+    assert_eq!(
+        got,
+        [
+            (1, Some(20.0), Some(10.0), Some(30.0), 3, Some(20.0)),
+            (1, Some(5.0), Some(5.0), Some(5.0), 1, Some(5.0)),
+            (2, Some(-1.0), Some(-1.0), Some(-1.0), 1, Some(-1.0))
+        ]
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_hourly_rollup_counts_good_and_uncertain_values() {
+    hourly_rollup_counts_good_and_uncertain_values(
+        Db::postgres(&common::fresh_postgres().await).await.unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_hourly_rollup_counts_good_and_uncertain_values() {
+    let dir = tempfile::tempdir().unwrap();
+    hourly_rollup_counts_good_and_uncertain_values(
+        Db::sqlite(&dir.path().join("h.db")).await.unwrap(),
+    )
+    .await;
+}
+
+async fn retention_deletes_expired_rows_in_batches(db: Db) {
+    use regpoll::sink::retention::{DELETE_BATCH, delete_older};
+    let now = chrono::Utc::now().timestamp_micros();
+    let old_start = now - 40 * 86_400_000_000;
+    let expired = 2 * DELETE_BATCH + 7;
+    let mut rows: Vec<Row> = (0..expired)
+        .map(|i| {
+            row(
+                old_start + i * 1000,
+                (i % 5) as i32,
+                Some(1.0),
+                None,
+                Quality::Good,
+                None,
+            )
+        })
+        .collect();
+    rows.extend((0..10).map(|i| row(now - i * 1000, 9, Some(2.0), None, Quality::Good, None)));
+    for chunk in rows.chunks(5000) {
+        write(&db, chunk).await.unwrap();
+    }
+    let deleted = delete_older(&db, std::time::Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(deleted, expired as u64);
+    let left: i64 = match &db {
+        Db::Postgres(p) => sqlx::query_scalar("SELECT count(*) FROM register_readings")
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        Db::Sqlite(p) => sqlx::query_scalar("SELECT count(*) FROM register_readings")
+            .fetch_one(p)
+            .await
+            .unwrap(),
+    };
+    assert_eq!(left, 10, "recent readings stay");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_retention_deletes_expired_rows_in_batches() {
+    retention_deletes_expired_rows_in_batches(
+        Db::postgres(&common::fresh_postgres().await).await.unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_retention_deletes_expired_rows_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    retention_deletes_expired_rows_in_batches(Db::sqlite(&dir.path().join("h.db")).await.unwrap())
+        .await;
+}

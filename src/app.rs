@@ -53,7 +53,8 @@ pub struct Settings {
     pub devices_file: Option<PathBuf>,
     pub batch: BatchSettings,
     pub history_queue: usize,
-    pub redis_queue: usize,
+    /// Expiry of each device's Redis keys, refreshed at every write.
+    pub redis_ttl: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub reload_interval: Duration,
     /// How long readings are kept (`None`: forever).
@@ -70,7 +71,7 @@ impl Default for Settings {
             devices_file: None,
             batch: BatchSettings::default(),
             history_queue: crate::sink::DEFAULT_HISTORY_QUEUE,
-            redis_queue: crate::sink::DEFAULT_REDIS_QUEUE,
+            redis_ttl: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             retention: Some(retention::DEFAULT_RETENTION),
@@ -95,7 +96,8 @@ pub struct RunSummary {
     pub rows_written: u64,
     pub rows_lost: u64,
     pub redis_polls_written: u64,
-    pub redis_skipped: u64,
+    /// Reports superseded by a newer one of their group before Redis got them.
+    pub redis_coalesced: u64,
     /// Schedule lateness p50, p99 and max over recent polls (see `schedule::Lateness`).
     pub lateness: Option<Vec<Duration>>,
 }
@@ -112,6 +114,7 @@ pub struct Running {
     sinks: Sinks,
     history: JoinHandle<()>,
     redis: Option<JoinHandle<()>>,
+    redis_queue: Option<Arc<redis_sink::Coalescer>>,
     counters: Arc<Counters>,
     history_stats: Arc<HistoryStats>,
     redis_stats: Arc<RedisStats>,
@@ -171,21 +174,25 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         abort_rx,
     ));
     let redis_stats = Arc::new(RedisStats::default());
-    let (redis_tx, redis) = match &settings.redis_url {
+    let (redis_queue, redis) = match &settings.redis_url {
         Some(url) => {
             let con = redis_sink::connect(url)?;
-            let (tx, rx) = mpsc::channel(settings.redis_queue.max(1));
+            let queue = Arc::new(redis_sink::Coalescer::default());
+            let redis_settings = redis_sink::RedisSettings {
+                prefix: settings.redis_prefix.clone(),
+                ttl: settings.redis_ttl,
+            };
             let task = tokio::spawn(redis_sink::run_writer(
                 con,
-                settings.redis_prefix.clone(),
-                rx,
+                redis_settings,
+                Arc::clone(&queue),
                 Arc::clone(&redis_stats),
             ));
-            (Some(tx), Some(task))
+            (Some(queue), Some(task))
         }
         None => (None, None),
     };
-    let sinks = Sinks::new(Arc::clone(&latest), history_tx, redis_tx);
+    let sinks = Sinks::new(Arc::clone(&latest), history_tx, redis_queue.clone());
 
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(Counters::default());
@@ -212,6 +219,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         sinks,
         history,
         redis,
+        redis_queue,
         counters,
         history_stats,
         redis_stats,
@@ -398,7 +406,7 @@ impl Running {
         if let Some(job) = self.retention_job {
             job.abort();
         }
-        let redis_skipped = self.sinks.redis_skipped();
+        self.sinks.close_redis();
         // The last senders: once dropped, the writers drain their queues and end.
         drop(self.sinks);
         let writers = async {
@@ -426,7 +434,10 @@ impl Running {
             rows_written: self.history_stats.rows_written.load(Ordering::Relaxed),
             rows_lost: self.history_stats.rows_lost.load(Ordering::Relaxed),
             redis_polls_written: self.redis_stats.polls_written.load(Ordering::Relaxed),
-            redis_skipped,
+            redis_coalesced: self
+                .redis_queue
+                .as_ref()
+                .map_or(0, |q| q.coalesced.load(Ordering::Relaxed)),
             lateness: self.counters.lateness.quantiles(&[0.5, 0.99, 1.0]),
         })
     }

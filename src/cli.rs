@@ -82,6 +82,10 @@ pub struct SinkArgs {
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "REGPOLL_REDIS_PREFIX", default_value = crate::sink::redis::DEFAULT_PREFIX)]
     pub redis_prefix: String,
+    /// Expiry of each device's Redis keys (e.g. 1h), refreshed at every
+    /// write, so devices that are gone disappear. Default: no expiry.
+    #[arg(long, env = "REGPOLL_REDIS_TTL", value_parser = parse_duration)]
+    pub redis_ttl: Option<Duration>,
     /// Most readings written to history in one batch.
     #[arg(long, env = "REGPOLL_BATCH_ROWS", default_value_t = crate::sink::history::DEFAULT_BATCH_ROWS)]
     pub batch_rows: usize,

@@ -60,6 +60,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sqlite_path: args.db.sqlite_path,
         redis_url: args.sinks.redis_url,
         redis_prefix: args.sinks.redis_prefix,
+        redis_ttl: args.sinks.redis_ttl,
         devices_file: args.devices,
         batch: BatchSettings {
             max_rows: args.sinks.batch_rows.max(1),

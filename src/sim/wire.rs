@@ -27,12 +27,18 @@ pub(crate) trait Units: Send + Sync + 'static {
 }
 
 pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
+    // Connections belong to this future: when the simulator stops (aborts
+    // it), the JoinSet is dropped and every open connection closes with it.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, Arc::clone(&units), Arc::clone(&faults)));
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(connection(stream, Arc::clone(&units), Arc::clone(&faults)));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
 }
 

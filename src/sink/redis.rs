@@ -3,10 +3,13 @@
 //! `<prefix>:device:<device>` (hash: poll state) and one message per poll on
 //! `<prefix>:updates:<device>`. One pipeline per poll.
 //!
-//! Redis must never slow polling or history: reports reach this writer through
-//! a bounded queue that the fan-out never waits on, and `ConnectionManager`
-//! reconnects by itself. A report that finds the queue full is skipped; the
-//! next poll of that device writes every register again.
+//! Redis must never slow polling or history. Reports reach this writer through
+//! a [`Coalescer`]: it keeps only the newest report of each poll group, so a
+//! slow or absent Redis holds at most one pending report per group (never an
+//! unbounded queue) and the fan-out never waits. `ConnectionManager`
+//! reconnects by itself; each report rewrites every register of its group, so
+//! after an outage the latest values are complete again within one poll.
+//! While Redis lags, update messages of superseded polls are not published.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +19,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::{Map, json};
-use tokio::sync::mpsc;
+use std::collections::HashMap;
+
+use tokio::sync::Notify;
 
 use crate::reading::{PollReport, Quality, Reading};
 
@@ -81,37 +86,111 @@ pub struct RedisStats {
     pub failures: AtomicU64,
 }
 
-/// Writes each report it receives until the channel closes.
+/// Reports not yet written, keyed by poll group (device, first register).
+#[derive(Debug, Default)]
+struct Pending {
+    reports: HashMap<(String, usize), Arc<PollReport>>,
+    closed: bool,
+}
+
+/// The newest unwritten report of each poll group, and a wake-up for the writer.
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    pending: std::sync::Mutex<Pending>,
+    wake: Notify,
+    /// Reports replaced by a newer one before they were written.
+    pub coalesced: AtomicU64,
+}
+
+impl Coalescer {
+    /// Keeps `report` as its group's newest (a group is identified by the
+    /// device and its first register: groups do not share registers).
+    pub fn push(&self, report: Arc<PollReport>) {
+        let Some(first) = report.readings.first().map(|r| r.index) else {
+            return;
+        };
+        let key = (report.device.name.clone(), first);
+        let replaced = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reports
+            .insert(key, report);
+        if replaced.is_some() {
+            self.coalesced.fetch_add(1, Ordering::Relaxed);
+        }
+        self.wake.notify_one();
+    }
+
+    /// No more reports will come; the writer ends once it has written the rest.
+    pub fn close(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Everything pending, or `None` once closed and drained.
+    async fn take(&self) -> Option<Vec<Arc<PollReport>>> {
+        loop {
+            {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if !pending.reports.is_empty() {
+                    return Some(pending.reports.drain().map(|(_, r)| r).collect());
+                }
+                if pending.closed {
+                    return None;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Writes what the coalescer holds until it is closed and drained.
 pub async fn run_writer(
     mut con: ConnectionManager,
-    prefix: String,
-    mut rx: mpsc::Receiver<Arc<PollReport>>,
+    settings: RedisSettings,
+    queue: Arc<Coalescer>,
     stats: Arc<RedisStats>,
 ) {
-    while let Some(report) = rx.recv().await {
-        match write_report(&mut con, &prefix, &report).await {
-            Ok(()) => {
-                stats.polls_written.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                // Log the first failure of a run of failures, not every one.
-                if stats
-                    .failures
-                    .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(100)
-                {
-                    tracing::warn!(error = %e, device = %report.device.name, "cannot write latest values to Redis");
+    while let Some(reports) = queue.take().await {
+        for report in reports {
+            match write_report(&mut con, &settings, &report).await {
+                Ok(()) => {
+                    stats.polls_written.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // Log the first failure of a run of failures, not every one.
+                    if stats
+                        .failures
+                        .fetch_add(1, Ordering::Relaxed)
+                        .is_multiple_of(100)
+                    {
+                        tracing::warn!(error = %e, device = %report.device.name, "cannot write latest values to Redis");
+                    }
                 }
             }
         }
     }
 }
 
+/// Key naming and expiry.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub prefix: String,
+    /// Expiry set on a device's keys at every write, so devices that are gone
+    /// disappear; `None` keeps them.
+    pub ttl: Option<Duration>,
+}
+
 async fn write_report(
     con: &mut ConnectionManager,
-    prefix: &str,
+    settings: &RedisSettings,
     report: &PollReport,
 ) -> redis::RedisResult<()> {
+    let prefix = settings.prefix.as_str();
     let device = &report.device.name;
     let values: Vec<(String, String)> = report
         .readings
@@ -138,16 +217,21 @@ async fn write_report(
         state.push(("last_success", rfc3339(report.started)));
     }
     let state_key = format!("{prefix}:device:{device}");
+    let latest_key = format!("{prefix}:latest:{device}");
     let mut pipe = redis::pipe();
     if !values.is_empty() {
-        pipe.hset_multiple(format!("{prefix}:latest:{device}"), &values)
-            .ignore();
+        pipe.hset_multiple(&latest_key, &values).ignore();
     }
     pipe.hset_multiple(&state_key, &state).ignore();
     match &report.error {
         Some(e) => pipe.hset(&state_key, "error", e).ignore(),
         None => pipe.hdel(&state_key, "error").ignore(),
     };
+    if let Some(ttl) = settings.ttl {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        pipe.expire(&latest_key, secs).ignore();
+        pipe.expire(&state_key, secs).ignore();
+    }
     pipe.publish(
         format!("{prefix}:updates:{device}"),
         update_message(report).to_string(),

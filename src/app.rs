@@ -95,6 +95,8 @@ pub struct RunSummary {
     pub overruns: u64,
     pub rows_written: u64,
     pub rows_lost: u64,
+    /// Rows of written batches that were already stored (replays), skipped.
+    pub duplicates: u64,
     pub redis_polls_written: u64,
     /// Reports superseded by a newer one of their group before Redis got them.
     pub redis_coalesced: u64,
@@ -433,6 +435,7 @@ impl Running {
             overruns: self.counters.overruns.load(Ordering::Relaxed),
             rows_written: self.history_stats.rows_written.load(Ordering::Relaxed),
             rows_lost: self.history_stats.rows_lost.load(Ordering::Relaxed),
+            duplicates: self.history_stats.duplicates.load(Ordering::Relaxed),
             redis_polls_written: self.redis_stats.polls_written.load(Ordering::Relaxed),
             redis_coalesced: self
                 .redis_queue

@@ -97,6 +97,10 @@ pub struct RunSummary {
     pub rows_lost: u64,
     /// Rows of written batches that were already stored (replays), skipped.
     pub duplicates: u64,
+    /// Rows that went through the disk spool, and stretches of damage found in it.
+    pub rows_spooled: u64,
+    pub rows_replayed: u64,
+    pub spool_damage: u64,
     pub redis_polls_written: u64,
     /// Reports superseded by a newer one of their group before Redis got them.
     pub redis_coalesced: u64,
@@ -171,7 +175,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let history = tokio::spawn(history::run_writer(
         db.clone(),
         history_rx,
-        settings.batch,
+        settings.batch.clone(),
         Arc::clone(&history_stats),
         abort_rx,
     ));
@@ -436,6 +440,9 @@ impl Running {
             rows_written: self.history_stats.rows_written.load(Ordering::Relaxed),
             rows_lost: self.history_stats.rows_lost.load(Ordering::Relaxed),
             duplicates: self.history_stats.duplicates.load(Ordering::Relaxed),
+            rows_spooled: self.history_stats.rows_spooled.load(Ordering::Relaxed),
+            rows_replayed: self.history_stats.rows_replayed.load(Ordering::Relaxed),
+            spool_damage: self.history_stats.spool_damage.load(Ordering::Relaxed),
             redis_polls_written: self.redis_stats.polls_written.load(Ordering::Relaxed),
             redis_coalesced: self
                 .redis_queue

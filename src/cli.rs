@@ -89,6 +89,14 @@ pub struct SinkArgs {
     /// Most readings written to history in one batch.
     #[arg(long, env = "REGPOLL_BATCH_ROWS", default_value_t = crate::sink::history::DEFAULT_BATCH_ROWS)]
     pub batch_rows: usize,
+    /// Directory for regpoll's own files; the spool lives in its `spool`
+    /// subdirectory.
+    #[arg(long, env = "REGPOLL_DATA_DIR", default_value = "regpoll-data")]
+    pub data_dir: PathBuf,
+    /// Unwritten readings kept in memory while the database refuses them,
+    /// before the oldest go to the disk spool.
+    #[arg(long, env = "REGPOLL_SPOOL_AFTER", default_value_t = crate::sink::history::DEFAULT_SPOOL_AFTER)]
+    pub spool_after: usize,
     /// Longest a reading waits in a partial batch (e.g. 200ms).
     #[arg(long, env = "REGPOLL_BATCH_DELAY", default_value = "200ms", value_parser = parse_duration)]
     pub batch_delay: Duration,

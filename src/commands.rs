@@ -63,6 +63,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         redis_ttl: args.sinks.redis_ttl,
         devices_file: args.devices,
         batch: BatchSettings {
+            spool_after: args.sinks.spool_after,
+            spool_dir: Some(args.sinks.data_dir.join("spool")),
             max_rows: args.sinks.batch_rows.max(1),
             max_delay: args.sinks.batch_delay,
         },
@@ -86,6 +88,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rows_written = summary.rows_written,
         rows_lost = summary.rows_lost,
         duplicates = summary.duplicates,
+        rows_spooled = summary.rows_spooled,
+        rows_replayed = summary.rows_replayed,
+        spool_damage = summary.spool_damage,
         redis_polls_written = summary.redis_polls_written,
         redis_coalesced = summary.redis_coalesced,
         overruns = summary.overruns,

@@ -301,3 +301,92 @@ async fn sqlite_retention_deletes_expired_rows_in_batches() {
     retention_deletes_expired_rows_in_batches(Db::sqlite(&dir.path().join("h.db")).await.unwrap())
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_left_by_an_earlier_run_is_replayed_at_start_around_its_damage() {
+    use regpoll::app::{self, DeviceSource, Settings};
+    use regpoll::sink::history::BatchSettings;
+    use regpoll::sink::spool::Spool;
+
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let batches: Vec<Vec<Row>> = (0..3)
+        .map(|b| {
+            (0..20)
+                .map(|i| {
+                    row(
+                        1_700_000_000_000_000 + b * 1000 + i,
+                        1,
+                        Some(i as f64),
+                        None,
+                        Quality::Good,
+                        None,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    {
+        let mut spool = Spool::open(&spool_dir).unwrap();
+        for b in &batches {
+            spool.append(b).unwrap();
+        }
+    }
+    let segment = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55; // inside the second record
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let url = common::fresh_postgres().await;
+    let settings = Settings {
+        database_url: Some(url.clone()),
+        batch: BatchSettings {
+            spool_dir: Some(spool_dir.clone()),
+            ..BatchSettings::default()
+        },
+        ..Settings::default()
+    };
+    let running = app::start(&settings, DeviceSource::Devices(Vec::new()))
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut waited = 0;
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM register_readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        < 40
+    {
+        assert!(waited < 100, "the spool was not replayed at start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the writer runs on its own
+        waited += 1;
+    }
+    let summary = running.shutdown().await.unwrap();
+    assert_eq!(
+        (summary.rows_replayed, summary.spool_damage),
+        (40, 1),
+        "{summary:?}"
+    );
+    let stored: Vec<i64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM ts) * 1000000)::bigint FROM register_readings ORDER BY ts",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let want: Vec<i64> = batches[0]
+        .iter()
+        .chain(&batches[2])
+        .map(|r| r.ts.timestamp_micros())
+        .collect();
+    assert_eq!(
+        stored, want,
+        "the first and third batches, not the damaged second"
+    );
+    assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
+}

@@ -1,7 +1,13 @@
 //! The history writer: collects readings from a bounded queue into batches
-//! (bounded by rows and by time) and writes each batch with one statement per
-//! batch, never one INSERT per reading. A batch that fails is retried with
-//! backoff until it is written or the writer is told to stop.
+//! (bounded by rows and by time) and writes each batch in one go, never one
+//! INSERT per reading.
+//!
+//! When the database refuses a batch, the writer keeps collecting: unwritten
+//! batches wait in memory up to `spool_after` rows, then the oldest go to the
+//! disk spool. Writing is retried with backoff; once it works, the spool is
+//! replayed first, then the memory backlog, in order, while new readings keep
+//! arriving. On shutdown whatever the database has not taken is spooled, and
+//! replayed by the next run. Replays are duplicate-safe (see `write`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +15,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
+use std::collections::VecDeque;
+
+use super::spool::Spool;
 use crate::db::Db;
 use crate::reading::{PollReport, Quality};
 
@@ -46,17 +55,26 @@ pub fn rows_of(report: &PollReport, out: &mut Vec<Row>) {
     }));
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BatchSettings {
     pub max_rows: usize,
     pub max_delay: Duration,
+    /// Unwritten rows kept in memory before the oldest go to the spool.
+    pub spool_after: usize,
+    /// Where the spool lives; `None`: no spool (unwritten rows wait in memory).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
+
+/// Default `spool_after`: about 10 s of 1,000 devices × 10 registers at 1 s.
+pub const DEFAULT_SPOOL_AFTER: usize = 100_000;
 
 impl Default for BatchSettings {
     fn default() -> Self {
         Self {
             max_rows: DEFAULT_BATCH_ROWS,
             max_delay: DEFAULT_BATCH_DELAY,
+            spool_after: DEFAULT_SPOOL_AFTER,
+            spool_dir: None,
         }
     }
 }
@@ -69,12 +87,17 @@ pub struct HistoryStats {
     /// Rows of written batches that were already stored (replays), skipped.
     pub duplicates: AtomicU64,
     /// Rows given up on because the writer was stopped while the database
-    /// refused them.
+    /// refused them and there was no spool to keep them.
     pub rows_lost: AtomicU64,
+    /// Rows written to the spool, replayed from it, and stretches of damaged
+    /// spool bytes skipped.
+    pub rows_spooled: AtomicU64,
+    pub rows_replayed: AtomicU64,
+    pub spool_damage: AtomicU64,
 }
 
-/// Runs until `rx` closes (every sender dropped) and the last batch is
-/// written, or until `abort` turns true while a batch cannot be written.
+/// Runs until `rx` closes (every sender dropped) and everything is written
+/// or, when `abort` turns true with the database still refusing, spooled.
 pub async fn run_writer(
     db: Db,
     mut rx: mpsc::Receiver<Arc<PollReport>>,
@@ -82,66 +105,200 @@ pub async fn run_writer(
     stats: Arc<HistoryStats>,
     mut abort: watch::Receiver<bool>,
 ) {
-    let mut rows: Vec<Row> = Vec::with_capacity(settings.max_rows);
+    let mut spool = settings.spool_dir.as_deref().and_then(|dir| {
+        Spool::open(dir)
+            .inspect_err(|e| tracing::error!(dir = %dir.display(), error = %e, "cannot open the spool; unwritten readings will wait in memory only"))
+            .ok()
+    });
+    let mut backlog = Backlog::default();
+    // A spool left by an earlier run is replayed at once, not after the first poll.
+    let mut retry: Option<(Instant, Duration)> = spool
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|_| (Instant::now(), RETRY_MIN));
+    let mut closed = false;
     loop {
-        let Some(first) = rx.recv().await else { break };
-        rows_of(&first, &mut rows);
-        let deadline = Instant::now() + settings.max_delay;
-        let mut closed = false;
-        while rows.len() < settings.max_rows {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(r) => rows_of(&r, &mut rows),
-                    None => { closed = true; break; }
-                },
-                () = sleep_until(deadline) => break,
+        // Without a spool, memory is the only place for unwritten rows: past
+        // the bound, stop taking reports (pollers wait) until writing works.
+        let full = spool.is_none() && backlog.rows > settings.spool_after;
+        if full && let Some((at, _)) = retry {
+            sleep_until(at).await;
+        } else if !closed {
+            let (rows, ended) = collect(&mut rx, &settings, retry.map(|(at, _)| at)).await;
+            closed = ended;
+            backlog.push(rows);
+        }
+        let due = retry.is_none_or(|(at, _)| Instant::now() >= at);
+        if due {
+            match flush(&db, spool.as_mut(), &mut backlog, &stats).await {
+                Ok(()) => retry = None,
+                Err(e) => {
+                    let backoff = retry.map_or(RETRY_MIN, |(_, b)| (b * 2).min(RETRY_MAX));
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        waiting_rows = backlog.rows,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "cannot write readings; keeping them and retrying"
+                    );
+                    retry = Some((Instant::now() + backoff, backoff));
+                }
             }
         }
-        write_with_retry(&db, &rows, &stats, &mut abort).await;
-        rows.clear();
+        if let Some(spool) = spool.as_mut() {
+            while backlog.rows > settings.spool_after {
+                let Some(oldest) = backlog.pop() else { break };
+                spill(spool, &oldest, &stats);
+            }
+        }
+        let spool_empty = spool.as_ref().is_none_or(Spool::is_empty);
+        if closed && backlog.rows == 0 && (retry.is_none() || spool_empty) {
+            break;
+        }
         if closed {
+            // Shutting down with the database refusing: wait for the next try,
+            // unless told to give up, then keep what is left on disk.
+            let until = retry.map_or_else(Instant::now, |(at, _)| at);
+            tokio::select! {
+                () = sleep_until(until) => continue,
+                _ = abort.wait_for(|a| *a) => {}
+            }
+            while let Some(batch) = backlog.pop() {
+                match spool.as_mut() {
+                    Some(spool) => spill(spool, &batch, &stats),
+                    None => {
+                        stats
+                            .rows_lost
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        tracing::error!(
+                            rows = batch.len(),
+                            "stopping with readings the database did not accept and no spool; they are lost"
+                        );
+                    }
+                }
+            }
             break;
         }
     }
+    if let Some(spool) = spool.as_mut() {
+        spool.seal();
+    }
 }
 
-async fn write_with_retry(
-    db: &Db,
-    rows: &[Row],
-    stats: &HistoryStats,
-    abort: &mut watch::Receiver<bool>,
-) {
-    let mut backoff = RETRY_MIN;
-    loop {
-        match write(db, rows).await {
-            Ok(new) => {
-                stats.rows_written.fetch_add(new, Ordering::Relaxed);
-                stats.duplicates.fetch_add(
-                    rows.len() as u64 - new.min(rows.len() as u64),
-                    Ordering::Relaxed,
-                );
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    rows = rows.len(),
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "cannot write readings; retrying"
-                );
-            }
+/// Unwritten batches in memory, oldest first.
+#[derive(Default)]
+struct Backlog {
+    batches: VecDeque<Vec<Row>>,
+    rows: usize,
+}
+
+impl Backlog {
+    fn push(&mut self, rows: Vec<Row>) {
+        if !rows.is_empty() {
+            self.rows += rows.len();
+            self.batches.push_back(rows);
         }
+    }
+    fn pop(&mut self) -> Option<Vec<Row>> {
+        let b = self.batches.pop_front()?;
+        self.rows -= b.len();
+        Some(b)
+    }
+}
+
+/// One batch: waits for the first report (or until `wake`, when a retry is
+/// due), then takes more until `max_rows` or `max_delay`. Also says whether
+/// the queue has closed.
+async fn collect(
+    rx: &mut mpsc::Receiver<Arc<PollReport>>,
+    settings: &BatchSettings,
+    wake: Option<Instant>,
+) -> (Vec<Row>, bool) {
+    let mut rows = Vec::new();
+    let first = match wake {
+        Some(at) => tokio::select! {
+            r = rx.recv() => r,
+            () = sleep_until(at) => return (rows, false),
+        },
+        None => rx.recv().await,
+    };
+    let Some(first) = first else {
+        return (rows, true);
+    };
+    rows_of(&first, &mut rows);
+    let deadline = Instant::now() + settings.max_delay;
+    while rows.len() < settings.max_rows {
         tokio::select! {
-            () = sleep(backoff) => {}
-            _ = abort.wait_for(|a| *a) => {
-                stats.rows_lost.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                tracing::error!(rows = rows.len(), "stopping with readings the database did not accept; they are lost");
-                return;
-            }
+            next = rx.recv() => match next {
+                Some(r) => rows_of(&r, &mut rows),
+                None => return (rows, true),
+            },
+            () = sleep_until(deadline) => break,
         }
-        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+    (rows, false)
+}
+
+/// Writes what waits, oldest first: spooled segments, then the backlog.
+/// Stops at the first failure; nothing is removed before it is stored.
+async fn flush(
+    db: &Db,
+    spool: Option<&mut Spool>,
+    backlog: &mut Backlog,
+    stats: &HistoryStats,
+) -> anyhow::Result<()> {
+    if let Some(spool) = spool {
+        spool.seal();
+        for path in spool.segments()? {
+            let segment = Spool::read(&path)?;
+            if segment.damaged > 0 {
+                stats
+                    .spool_damage
+                    .fetch_add(segment.damaged as u64, Ordering::Relaxed);
+                tracing::error!(segment = %path.display(), damaged = segment.damaged, "spool segment is damaged; replaying the good records around the damage");
+            }
+            for batch in &segment.batches {
+                write_counted(db, batch, stats).await?;
+                stats
+                    .rows_replayed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            spool.remove(&path)?;
+        }
+    }
+    while let Some(batch) = backlog.batches.front() {
+        write_counted(db, batch, stats).await?;
+        backlog.pop();
+    }
+    Ok(())
+}
+
+async fn write_counted(db: &Db, rows: &[Row], stats: &HistoryStats) -> anyhow::Result<()> {
+    let new = write(db, rows).await?;
+    stats.rows_written.fetch_add(new, Ordering::Relaxed);
+    stats.duplicates.fetch_add(
+        rows.len() as u64 - new.min(rows.len() as u64),
+        Ordering::Relaxed,
+    );
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Moves a batch to the spool; if even the disk refuses, the rows are lost
+/// and counted as such.
+fn spill(spool: &mut Spool, batch: &[Row], stats: &HistoryStats) {
+    match spool.append(batch) {
+        Ok(()) => {
+            stats
+                .rows_spooled
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats
+                .rows_lost
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            tracing::error!(rows = batch.len(), error = %e, "cannot write to the spool; readings lost");
+        }
     }
 }
 

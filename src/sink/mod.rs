@@ -9,6 +9,7 @@ pub mod pgcopy;
 pub mod postgres;
 pub mod redis;
 pub mod retention;
+pub mod spool;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -1,0 +1,334 @@
+//! The on-disk spool: readings the database could not take yet, kept in
+//! append-only segment files until they are replayed.
+//!
+//! A segment is a sequence of records, each `[u32 length][u32 CRC32][payload]`
+//! (little-endian), the payload one batch of rows. Segments are named by a
+//! growing sequence number, so replay in name order is replay in write order.
+//! A damaged record (bad length or checksum, as after a crash mid-write or a
+//! bad disk block) is reported and skipped: the reader searches forward for
+//! the next record whose checksum holds, so good records after the damage are
+//! still replayed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use chrono::DateTime;
+
+use super::history::Row;
+use crate::reading::Quality;
+
+/// Size at which a segment is closed and a new one started.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// A record longer than this is taken for damage, not data.
+const MAX_RECORD: u32 = 256 * 1024 * 1024;
+
+pub struct Spool {
+    dir: PathBuf,
+    next_seq: u64,
+    current: Option<(File, u64)>,
+}
+
+/// What reading one segment found.
+#[derive(Debug, Default)]
+pub struct Segment {
+    pub batches: Vec<Vec<Row>>,
+    /// Stretches of damaged bytes that were skipped.
+    pub damaged: usize,
+}
+
+impl Spool {
+    /// Opens (creating) the spool directory; segments left by an earlier run
+    /// stay and are replayed first.
+    pub fn open(dir: &Path) -> io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        let next_seq = Self::list(dir)?
+            .last()
+            .and_then(|p| seq_of(p))
+            .map_or(0, |s| s + 1);
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            next_seq,
+            current: None,
+        })
+    }
+
+    /// Segment files, oldest first.
+    fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| seq_of(p).is_some())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    pub fn segments(&self) -> io::Result<Vec<PathBuf>> {
+        Self::list(&self.dir)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments().map_or(true, |s| s.is_empty())
+    }
+
+    /// Bytes on disk, for reporting.
+    pub fn bytes(&self) -> u64 {
+        self.segments()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Appends one batch as one record, durably (fsync): the spool exists for
+    /// the times things go wrong.
+    pub fn append(&mut self, rows: &[Row]) -> io::Result<()> {
+        let payload = encode(rows);
+        let mut record = Vec::with_capacity(8 + payload.len());
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        record.extend_from_slice(&payload);
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|(_, size)| *size >= SEGMENT_BYTES)
+        {
+            let path = self.dir.join(format!("spool-{:020}.seg", self.next_seq));
+            self.next_seq += 1;
+            self.current = Some((OpenOptions::new().create(true).append(true).open(path)?, 0));
+        }
+        let (file, size) = self.current.as_mut().expect("segment was just opened");
+        file.write_all(&record)?;
+        file.sync_data()?;
+        *size += record.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the segment being written, so that every segment can be replayed.
+    pub fn seal(&mut self) {
+        self.current = None;
+    }
+
+    /// Reads one segment, skipping damage.
+    pub fn read(path: &Path) -> io::Result<Segment> {
+        let bytes = fs::read(path)?;
+        let mut out = Segment::default();
+        let mut at = 0;
+        let mut in_damage = false;
+        while at < bytes.len() {
+            match record_at(&bytes, at) {
+                Some((rows, next)) => {
+                    out.batches.push(rows);
+                    at = next;
+                    in_damage = false;
+                }
+                None => {
+                    if !in_damage {
+                        out.damaged += 1;
+                        in_damage = true;
+                    }
+                    at += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a segment once all of it is stored.
+    pub fn remove(&mut self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+}
+
+fn seq_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix("spool-")?
+        .strip_suffix(".seg")?
+        .parse()
+        .ok()
+}
+
+/// The record starting at `at`, if its length and checksum hold, and where the next one starts.
+fn record_at(bytes: &[u8], at: usize) -> Option<(Vec<Row>, usize)> {
+    let header = bytes.get(at..at + 8)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?);
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let payload = bytes.get(at + 8..at + 8 + len as usize)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    Some((decode(payload)?, at + 8 + len as usize))
+}
+
+fn encode(rows: &[Row]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 40);
+    out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+    for r in rows {
+        out.extend_from_slice(&r.ts.timestamp_micros().to_le_bytes());
+        out.extend_from_slice(&r.register_id.to_le_bytes());
+        out.extend_from_slice(&r.device_id.to_le_bytes());
+        match r.value {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        text(&mut out, r.value_text.as_deref());
+        out.push(match r.quality {
+            Quality::Good => 0,
+            Quality::Bad => 1,
+            Quality::Uncertain => 2,
+        });
+        text(&mut out, r.detail.as_deref());
+    }
+    out
+}
+
+fn text(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
+}
+
+/// Reads what `encode` wrote; `None` for anything malformed (the checksum
+/// should have caught it, but a reader never trusts its input).
+fn decode(b: &[u8]) -> Option<Vec<Row>> {
+    let mut r = Reader { b, at: 0 };
+    let n = r.u32()? as usize;
+    let mut rows = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        let ts = DateTime::from_timestamp_micros(i64::from_le_bytes(r.take(8)?.try_into().ok()?))?;
+        let register_id = i32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let device_id = i32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let value = match r.take(1)?[0] {
+            0 => None,
+            1 => Some(f64::from_bits(u64::from_le_bytes(
+                r.take(8)?.try_into().ok()?,
+            ))),
+            _ => return None,
+        };
+        let value_text = r.text()?;
+        let quality = match r.take(1)?[0] {
+            0 => Quality::Good,
+            1 => Quality::Bad,
+            2 => Quality::Uncertain,
+            _ => return None,
+        };
+        let detail = r.text()?;
+        rows.push(Row {
+            ts,
+            register_id,
+            device_id,
+            value,
+            value_text,
+            quality,
+            detail,
+        });
+    }
+    (r.at == b.len()).then_some(rows)
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.b.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn text(&mut self) -> Option<Option<String>> {
+        match self.u32()? {
+            u32::MAX => Some(None),
+            n => Some(Some(
+                String::from_utf8(self.take(n as usize)?.to_vec()).ok()?,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(start: i64, n: i64) -> Vec<Row> {
+        (start..start + n)
+            .map(|i| Row {
+                ts: DateTime::from_timestamp_micros(1_700_000_000_000_000 + i).unwrap(),
+                register_id: i as i32,
+                device_id: 1,
+                value: (i % 3 != 0).then_some(i as f64 / 3.0),
+                value_text: (i % 5 == 0).then(|| format!("text {i} ✓")),
+                quality: if i % 3 == 0 {
+                    Quality::Bad
+                } else {
+                    Quality::Good
+                },
+                detail: (i % 3 == 0).then(|| "timeout after 1000 ms".to_string()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_come_back_in_order_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path()).unwrap();
+        spool.append(&batch(0, 10)).unwrap();
+        spool.append(&batch(10, 5)).unwrap();
+        spool.seal();
+        let segs = spool.segments().unwrap();
+        assert_eq!(segs.len(), 1);
+        let seg = Spool::read(&segs[0]).unwrap();
+        assert_eq!(seg.damaged, 0);
+        assert_eq!(seg.batches, [batch(0, 10), batch(10, 5)]);
+        // A reopened spool continues after the existing segments.
+        let mut again = Spool::open(dir.path()).unwrap();
+        again.append(&batch(15, 1)).unwrap();
+        assert_eq!(again.segments().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_corrupted_record_is_reported_and_the_good_ones_around_it_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path()).unwrap();
+        for i in 0..3 {
+            spool.append(&batch(i * 10, 10)).unwrap();
+        }
+        let path = spool.segments().unwrap().remove(0);
+        let mut bytes = fs::read(&path).unwrap();
+        let record = bytes.len() / 3;
+        bytes[record + record / 2] ^= 0xFF; // inside the second record
+        fs::write(&path, &bytes).unwrap();
+        let seg = Spool::read(&path).unwrap();
+        assert_eq!(seg.damaged, 1);
+        assert_eq!(seg.batches, [batch(0, 10), batch(20, 10)]);
+    }
+
+    #[test]
+    fn a_truncated_tail_keeps_every_complete_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path()).unwrap();
+        spool.append(&batch(0, 10)).unwrap();
+        spool.append(&batch(10, 10)).unwrap();
+        let path = spool.segments().unwrap().remove(0);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 7]).unwrap();
+        let seg = Spool::read(&path).unwrap();
+        assert_eq!((seg.batches.len(), seg.damaged), (1, 1));
+        assert_eq!(seg.batches[0], batch(0, 10));
+    }
+}

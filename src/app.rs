@@ -101,10 +101,14 @@ pub struct RunSummary {
     pub rows_spooled: u64,
     pub rows_replayed: u64,
     pub spool_damage: u64,
+    /// Bytes left in the spool at the end (0 unless the database was down).
+    pub spool_bytes: u64,
+    /// History write latency p50, p99 and max over recent batches.
+    pub write_latency: Option<Vec<Duration>>,
     pub redis_polls_written: u64,
     /// Reports superseded by a newer one of their group before Redis got them.
     pub redis_coalesced: u64,
-    /// Schedule lateness p50, p99 and max over recent polls (see `schedule::Lateness`).
+    /// Schedule lateness p50, p99 and max over recent polls (see `schedule::Durations`).
     pub lateness: Option<Vec<Duration>>,
 }
 
@@ -387,6 +391,11 @@ fn content_hash(path: &std::path::Path) -> u64 {
 }
 
 impl Running {
+    /// Poll reports waiting for the history writer now.
+    pub fn history_queue_depth(&self) -> usize {
+        self.sinks.history_queue_depth()
+    }
+
     /// The devices being polled now (hot reload changes them).
     pub fn devices(&self) -> Vec<Arc<Device>> {
         self.devices.borrow().clone()
@@ -400,7 +409,7 @@ impl Running {
         self.counters.overruns.load(Ordering::Relaxed)
     }
 
-    /// Quantiles of schedule lateness over recent polls (see `schedule::Lateness`).
+    /// Quantiles of schedule lateness over recent polls (see `schedule::Durations`).
     pub fn lateness(&self, qs: &[f64]) -> Option<Vec<Duration>> {
         self.counters.lateness.quantiles(qs)
     }
@@ -443,6 +452,11 @@ impl Running {
             rows_spooled: self.history_stats.rows_spooled.load(Ordering::Relaxed),
             rows_replayed: self.history_stats.rows_replayed.load(Ordering::Relaxed),
             spool_damage: self.history_stats.spool_damage.load(Ordering::Relaxed),
+            spool_bytes: self.history_stats.spool_bytes.load(Ordering::Relaxed),
+            write_latency: self
+                .history_stats
+                .write_latency
+                .quantiles(&[0.5, 0.99, 1.0]),
             redis_polls_written: self.redis_stats.polls_written.load(Ordering::Relaxed),
             redis_coalesced: self
                 .redis_queue

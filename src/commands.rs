@@ -77,12 +77,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     app::shutdown_signal().await;
     tracing::info!("shutting down: finishing polls and flushing queues");
     let summary = running.shutdown().await?;
-    let ms = |i: usize| {
-        summary
-            .lateness
-            .as_ref()
-            .map_or(0.0, |q| q[i].as_secs_f64() * 1e3)
-    };
     tracing::info!(
         polls = summary.polls,
         rows_written = summary.rows_written,
@@ -91,15 +85,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rows_spooled = summary.rows_spooled,
         rows_replayed = summary.rows_replayed,
         spool_damage = summary.spool_damage,
+        spool_bytes = summary.spool_bytes,
+        write_p50_ms = quantile_ms(&summary.write_latency, 0),
+        write_p99_ms = quantile_ms(&summary.write_latency, 1),
         redis_polls_written = summary.redis_polls_written,
         redis_coalesced = summary.redis_coalesced,
         overruns = summary.overruns,
-        lateness_p50_ms = ms(0),
-        lateness_p99_ms = ms(1),
-        lateness_max_ms = ms(2),
+        lateness_p50_ms = quantile_ms(&summary.lateness, 0),
+        lateness_p99_ms = quantile_ms(&summary.lateness, 1),
+        lateness_max_ms = quantile_ms(&summary.lateness, 2),
         "stopped"
     );
     Ok(())
+}
+
+/// Quantile `i` of a run's recorded durations, in milliseconds (0 when none).
+fn quantile_ms(q: &Option<Vec<std::time::Duration>>, i: usize) -> f64 {
+    q.as_ref().map_or(0.0, |q| q[i].as_secs_f64() * 1e3)
 }
 
 async fn simulate(file: &std::path::Path, faults: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
 use crate::registry::Device;
-use crate::schedule::{Lateness, Ticker};
+use crate::schedule::{Durations, Ticker};
 use crate::sink::Sinks;
 
 /// Counters every poll group updates.
@@ -24,7 +24,7 @@ use crate::sink::Sinks;
 pub struct Counters {
     pub polls: AtomicU64,
     pub overruns: AtomicU64,
-    pub lateness: Lateness,
+    pub lateness: Durations,
 }
 
 struct Polled {

@@ -76,6 +76,12 @@ async fn a_20_second_outage_loses_nothing_and_duplicates_nothing() {
     );
     assert!(summary.rows_replayed >= summary.rows_spooled, "{summary:?}");
     assert_eq!(summary.spool_damage, 0);
+    assert_eq!(
+        summary.spool_bytes, 0,
+        "the spool was emptied by the replay"
+    );
+    let write = summary.write_latency.clone().expect("batches were written");
+    assert!(write[0] <= write[1] && write[1] <= write[2], "{write:?}");
 
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")

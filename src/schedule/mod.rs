@@ -109,17 +109,18 @@ impl Ticker {
     }
 }
 
-/// Schedule lateness (actual start − scheduled firing) of recent polls, for
-/// percentiles. A bounded ring: memory stays flat however long it runs.
+/// Recent durations for percentiles: schedule lateness (actual start −
+/// scheduled firing) of polls, write latency of history batches. A bounded
+/// ring: memory stays flat however long it runs.
 #[derive(Debug)]
-pub struct Lateness {
+pub struct Durations {
     samples: std::sync::Mutex<(Vec<u32>, usize)>,
 }
 
-/// How many recent polls the lateness percentiles cover.
-pub const LATENESS_WINDOW: usize = 100_000;
+/// How many recent samples the percentiles cover.
+pub const DURATIONS_WINDOW: usize = 100_000;
 
-impl Default for Lateness {
+impl Default for Durations {
     fn default() -> Self {
         Self {
             samples: std::sync::Mutex::new((Vec::new(), 0)),
@@ -127,21 +128,21 @@ impl Default for Lateness {
     }
 }
 
-impl Lateness {
+impl Durations {
     pub fn record(&self, late: Duration) {
         let us = u32::try_from(late.as_micros()).unwrap_or(u32::MAX);
         let mut guard = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let (samples, next) = &mut *guard;
-        if samples.len() < LATENESS_WINDOW {
+        if samples.len() < DURATIONS_WINDOW {
             samples.push(us);
         } else {
             samples[*next] = us;
-            *next = (*next + 1) % LATENESS_WINDOW;
+            *next = (*next + 1) % DURATIONS_WINDOW;
         }
     }
 
-    /// The given quantiles (0.5 = median) of the recorded lateness, or `None`
-    /// before the first poll.
+    /// The given quantiles (0.5 = median) of the recorded durations, or
+    /// `None` before the first sample.
     pub fn quantiles(&self, qs: &[f64]) -> Option<Vec<Duration>> {
         let mut sorted = self
             .samples
@@ -337,7 +338,7 @@ mod tests {
 
     #[test]
     fn lateness_quantiles_cover_the_recorded_polls() {
-        let l = Lateness::default();
+        let l = Durations::default();
         assert_eq!(l.quantiles(&[0.5]), None);
         for ms in 1..=100 {
             l.record(Duration::from_millis(ms));

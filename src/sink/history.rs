@@ -94,6 +94,10 @@ pub struct HistoryStats {
     pub rows_spooled: AtomicU64,
     pub rows_replayed: AtomicU64,
     pub spool_damage: AtomicU64,
+    /// Bytes in the spool after its last change.
+    pub spool_bytes: AtomicU64,
+    /// How long written batches took to write.
+    pub write_latency: crate::schedule::Durations,
 }
 
 /// Runs until `rx` closes (every sender dropped) and everything is written
@@ -264,6 +268,7 @@ async fn flush(
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
             spool.remove(&path)?;
+            stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
         }
     }
     while let Some(batch) = backlog.batches.front() {
@@ -274,7 +279,9 @@ async fn flush(
 }
 
 async fn write_counted(db: &Db, rows: &[Row], stats: &HistoryStats) -> anyhow::Result<()> {
+    let started = Instant::now();
     let new = write(db, rows).await?;
+    stats.write_latency.record(started.elapsed());
     stats.rows_written.fetch_add(new, Ordering::Relaxed);
     stats.duplicates.fetch_add(
         rows.len() as u64 - new.min(rows.len() as u64),

@@ -55,6 +55,11 @@ impl Sinks {
         }
     }
 
+    /// Poll reports waiting for the history writer.
+    pub fn history_queue_depth(&self) -> usize {
+        self.history.max_capacity() - self.history.capacity()
+    }
+
     /// Tells the Redis writer that no more reports will come.
     pub fn close_redis(&self) {
         if let Some(redis) = &self.redis {

@@ -40,7 +40,13 @@ pub enum Command {
     Check {
         /// The devices.yaml to check.
         file: PathBuf,
+        /// Also read every register of every device once and print value and
+        /// quality per register.
+        #[arg(long)]
+        probe: bool,
     },
+    /// Read registers of a device once and print them, to check a device by hand.
+    Read(ReadArgs),
     /// Manage the device registry.
     #[command(subcommand)]
     Devices(DevicesCommand),
@@ -137,4 +143,38 @@ pub struct DemoArgs {
     /// Seconds between two summaries.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub every: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["holding", "input", "coil", "discrete"])))]
+pub struct ReadArgs {
+    /// HOST or HOST:PORT of the device or gateway (port 502 when left out).
+    pub endpoint: String,
+    /// Modbus unit id.
+    #[arg(long, default_value_t = 1)]
+    pub unit: u8,
+    /// Read holding registers (0x03) from this 0-based address.
+    #[arg(long, value_name = "ADDR")]
+    pub holding: Option<u16>,
+    /// Read input registers (0x04) from this 0-based address.
+    #[arg(long, value_name = "ADDR")]
+    pub input: Option<u16>,
+    /// Read coils (0x01) from this 0-based address.
+    #[arg(long, value_name = "ADDR")]
+    pub coil: Option<u16>,
+    /// Read discrete inputs (0x02) from this 0-based address.
+    #[arg(long, value_name = "ADDR")]
+    pub discrete: Option<u16>,
+    /// How many values to read.
+    #[arg(long, default_value_t = 1)]
+    pub count: u16,
+    /// Type of each value: bool u16 i16 u32 i32 u64 i64 f32 f64.
+    #[arg(long = "type", default_value = "u16")]
+    pub data_type: String,
+    /// Byte order of multi-word values (ABCD, CDAB, BADC, DCBA or the 64-bit names).
+    #[arg(long, default_value = "ABCD")]
+    pub order: String,
+    /// Bound on the connect and on the request.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }

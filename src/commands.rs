@@ -7,12 +7,21 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 use crate::app::{self, DeviceSource, Settings};
-use crate::cli::{Command, DbArgs, DemoArgs, DevicesCommand, RunArgs};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cli::{Command, DbArgs, DemoArgs, DevicesCommand, ReadArgs, RunArgs};
 use crate::config::{self, ConfigErrors};
 use crate::db::Db;
+use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::plan_group;
+use crate::poller::DevicePoller;
 use crate::reading::Value;
 use crate::registry::Device;
+use crate::registry::{
+    Address, DataType, Register, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange,
+    WordOrder,
+};
 use crate::sim::{Bind, Simulator};
 use crate::sink::history::BatchSettings;
 
@@ -24,7 +33,8 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Run(args) => run(args).await,
         Command::Simulate { file, faults } => simulate(&file, faults.as_deref()).await,
         Command::Demo(args) => demo(args).await,
-        Command::Check { file } => check(&file),
+        Command::Check { file, probe } => check(&file, probe).await,
+        Command::Read(args) => read(args).await,
         Command::Devices(DevicesCommand::Sync { file, db }) => sync(&file, &db).await,
         Command::Devices(DevicesCommand::List(db)) => list(&db).await,
         Command::Migrate(db) => migrate(&db).await,
@@ -221,12 +231,7 @@ fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
             .iter()
             .take(3)
             .map(|(reg, v)| {
-                let value = match &v.value {
-                    Value::None => "—".to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    Value::Number(n) => format!("{n:.2}"),
-                    Value::Text(t) => format!("{t:?}"),
-                };
+                let value = show(&v.value);
                 format!(
                     "{reg}={value}{} ({})",
                     v.unit
@@ -241,7 +246,150 @@ fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
     }
 }
 
-fn check(file: &std::path::Path) -> anyhow::Result<()> {
+/// A value for people: numbers with two decimals, strings quoted, — for none.
+fn show(value: &Value) -> String {
+    match value {
+        Value::None => "—".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => format!("{n:.2}"),
+        Value::Text(t) => format!("{t:?}"),
+    }
+}
+
+/// Prints one poll's readings, one register a line.
+fn print_readings(report: &crate::reading::PollReport, indent: &str) {
+    for r in &report.readings {
+        let reg = report.register(r);
+        let unit = reg
+            .unit
+            .as_deref()
+            .map(|u| format!(" {u}"))
+            .unwrap_or_default();
+        let detail = r
+            .detail
+            .as_deref()
+            .map(|d| format!("  {d}"))
+            .unwrap_or_default();
+        println!(
+            "{indent}{:<16} {:>6} {:>14}{unit:<6} {:<9}{detail}",
+            reg.name,
+            reg.address.0,
+            show(&r.value),
+            r.quality.as_str()
+        );
+    }
+}
+
+async fn read(args: ReadArgs) -> anyhow::Result<()> {
+    let (host, port) = match args.endpoint.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse::<u16>()
+                .with_context(|| format!("`{p}` is not a port"))?,
+        ),
+        None => (args.endpoint.clone(), 502),
+    };
+    let (kind, start) = match (args.holding, args.input, args.coil, args.discrete) {
+        (Some(a), _, _, _) => (RegisterKind::Holding, a),
+        (_, Some(a), _, _) => (RegisterKind::Input, a),
+        (_, _, Some(a), _) => (RegisterKind::Coil, a),
+        (_, _, _, Some(a)) => (RegisterKind::Discrete, a),
+        _ => anyhow::bail!("say what to read: --holding, --input, --coil or --discrete ADDR"),
+    };
+    let data_type: DataType = if kind.is_bit() {
+        DataType::Bool
+    } else {
+        args.data_type.parse().map_err(anyhow::Error::msg)?
+    };
+    if !kind.is_bit() && matches!(data_type, DataType::Bool | DataType::String) {
+        anyhow::bail!(
+            "--type {} is not readable this way; use a number type (u16 … f64), or --coil/--discrete for bits",
+            data_type.as_str()
+        );
+    }
+    let (order, _) = WordOrder::parse(&args.order).map_err(anyhow::Error::msg)?;
+    let width = u32::from(data_type.width());
+    let last = u32::from(start) + u32::from(args.count.max(1)) * width - 1;
+    anyhow::ensure!(
+        last <= 65535,
+        "{} values of {} from {start} run past address 65535",
+        args.count,
+        data_type.as_str()
+    );
+    let registers = (0..u32::from(args.count.max(1)))
+        .map(|i| {
+            let address = (u32::from(start) + i * width) as u16;
+            Register {
+                id: 0,
+                name: format!("{}[{address}]", kind.as_str()),
+                kind,
+                address: Address(address),
+                data_type,
+                order,
+                scale: 1.0,
+                offset: 0.0,
+                unit: None,
+                valid: ValidRange::default(),
+                bit: None,
+                length: None,
+                schedule: None,
+            }
+        })
+        .collect();
+    let device = Device {
+        id: 0,
+        name: "read".into(),
+        host: host.clone(),
+        port,
+        unit_id: UnitId(args.unit),
+        active: true,
+        schedule: Schedule::every(std::time::Duration::from_secs(1)),
+        timeout: args.timeout,
+        limits: RequestLimits {
+            connect_timeout: args.timeout,
+            retries: 0,
+            ..RequestLimits::DEFAULT
+        },
+        tags: Default::default(),
+        registers,
+    };
+    let report = DevicePoller::new(Arc::new(device), Arc::new(Endpoint::new(host, port)))
+        .poll()
+        .await;
+    println!(
+        "{:<16} {:>6} {:>14}{:<6} {:<9}DETAIL",
+        "REGISTER", "ADDR", "VALUE", "", "QUALITY"
+    );
+    print_readings(&report, "");
+    Ok(())
+}
+
+async fn check(file: &std::path::Path, probe: bool) -> anyhow::Result<()> {
+    check_plan(file)?;
+    if probe {
+        let devices = load_file(file)?;
+        let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
+        println!("probe (one read of every register):");
+        for d in devices {
+            let endpoint = Arc::clone(
+                endpoints
+                    .entry(d.endpoint())
+                    .or_insert_with(|| Arc::new(Endpoint::new(d.host.clone(), d.port))),
+            );
+            let report = DevicePoller::new(Arc::new(d), endpoint).poll().await;
+            println!(
+                "  {} ({}, {:.1} ms)",
+                report.device.name,
+                if report.reachable { "up" } else { "down" },
+                report.latency.as_secs_f64() * 1e3
+            );
+            print_readings(&report, "    ");
+        }
+    }
+    Ok(())
+}
+
+fn check_plan(file: &std::path::Path) -> anyhow::Result<()> {
     let devices = load_file(file)?;
     let registers: usize = devices.iter().map(|d| d.registers.len()).sum();
     let warnings = config::lint::warnings(&devices);

@@ -112,3 +112,93 @@ fn demo_shows_live_values_and_exits_cleanly_on_ctrl_c() {
     );
     assert!(dir.path().join("regpoll.db").exists());
 }
+
+const PROBED: &str = "devices:\n  - name: boiler\n    host: 127.0.0.1\n    port: {A}\n    registers:\n      - { name: temp, kind: holding, address: 100, type: f32, unit: \"°C\", valid: { min: 0, max: 150 } }\n      - { name: pressure, kind: input, address: 0, type: u16, scale: 0.01, unit: bar }\n";
+
+/// The simulator for `PROBED`, with `pressure` answering exception 2.
+async fn probed_device() -> (common::SimFixture, regpoll::sim::Simulator, u16) {
+    use regpoll::sim::{Bind, FaultAction, SimFault, Simulator};
+    let fixture = common::simulate(PROBED, &["{A}"]).await;
+    let fault = SimFault {
+        device: "boiler".into(),
+        register: Some("pressure".into()),
+        action: FaultAction::Exception(2),
+    };
+    let sim = Simulator::start_with_faults(&fixture.devices, Bind::Ephemeral, vec![fault])
+        .await
+        .unwrap();
+    let port = sim.addr_of(&fixture.devices[0]).unwrap().port();
+    (fixture, sim, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_prints_a_value_and_an_exception_by_name() {
+    let (fixture, _sim, port) = probed_device().await;
+    let dir = tempfile::tempdir().unwrap();
+    let before = chrono::Utc::now();
+    let out = regpoll(
+        &[
+            "read",
+            &format!("127.0.0.1:{port}"),
+            "--holding",
+            "100",
+            "--type",
+            "f32",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("holding[100]"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let reg = &fixture.devices[0].registers[0];
+    let candidates: Vec<String> = [before, before + chrono::Duration::seconds(1)]
+        .iter()
+        .map(|&t| match regpoll::sim::expected_value("boiler", reg, t) {
+            regpoll::reading::Value::Number(n) => format!("{n:.2}"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        candidates.iter().any(|c| line.contains(c.as_str())) && line.contains("good"),
+        "{line} vs {candidates:?}"
+    );
+
+    let out = regpoll(
+        &["read", &format!("127.0.0.1:{port}"), "--input", "0"],
+        dir.path(),
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("bad") && stdout.contains("exception 2 (illegal data address)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probe_reads_every_register_once() {
+    let (fixture, _sim, port) = probed_device().await;
+    let yaml = fixture.yaml.replace(
+        &format!("port: {}", fixture.devices[0].port),
+        &format!("port: {port}"),
+    );
+    let (dir, _) = common::write_yaml(&yaml);
+    let out = regpoll(&["check", "devices.yaml", "--probe"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let temp = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("temp "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(temp.contains("°C") && temp.contains("good"), "{temp}");
+    let pressure = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("pressure "))
+        .unwrap();
+    assert!(
+        pressure.contains("bad") && pressure.ends_with("exception 2 (illegal data address)"),
+        "{pressure}"
+    );
+}

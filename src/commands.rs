@@ -19,8 +19,7 @@ use crate::poller::DevicePoller;
 use crate::reading::Value;
 use crate::registry::Device;
 use crate::registry::{
-    Address, DataType, Register, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange,
-    WordOrder,
+    DataType, Register, RegisterKind, RequestLimits, Schedule, UnitId, WordOrder,
 };
 use crate::sim::{Bind, Simulator};
 use crate::sink::history::BatchSettings;
@@ -319,21 +318,13 @@ async fn read(args: ReadArgs) -> anyhow::Result<()> {
     let registers = (0..u32::from(args.count.max(1)))
         .map(|i| {
             let address = (u32::from(start) + i * width) as u16;
-            Register {
-                id: 0,
-                name: format!("{}[{address}]", kind.as_str()),
+            Register::plain(
+                format!("{}[{address}]", kind.as_str()),
                 kind,
-                address: Address(address),
+                address,
                 data_type,
                 order,
-                scale: 1.0,
-                offset: 0.0,
-                unit: None,
-                valid: ValidRange::default(),
-                bit: None,
-                length: None,
-                schedule: None,
-            }
+            )
         })
         .collect();
     let device = Device {

@@ -9,9 +9,7 @@ use regpoll::modbus::decode::{decode, encode};
 use regpoll::modbus::endpoint::Endpoint;
 use regpoll::modbus::plan::plan;
 use regpoll::reading::Value;
-use regpoll::registry::{
-    Address, DataType, Register, RegisterKind, RequestLimits, UnitId, ValidRange, WordOrder,
-};
+use regpoll::registry::{DataType, Register, RegisterKind, RequestLimits, UnitId, WordOrder};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const KINDS: [RegisterKind; 4] = [
@@ -45,21 +43,13 @@ fn register(kind: RegisterKind, address: u16, data_type: DataType, order: WordOr
     };
     // Keep the value inside the address space, as config validation does.
     let address = address.min((65536 - u32::from(data_type.width())) as u16);
-    Register {
-        id: 0,
-        name: format!("{kind:?}{address}"),
+    Register::plain(
+        format!("{kind:?}{address}"),
         kind,
-        address: Address(address),
+        address,
         data_type,
         order,
-        scale: 1.0,
-        offset: 0.0,
-        unit: None,
-        valid: ValidRange::default(),
-        bit: None,
-        length: None,
-        schedule: None,
-    }
+    )
 }
 
 fn any_register() -> impl Strategy<Value = Register> {

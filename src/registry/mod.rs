@@ -212,17 +212,23 @@ impl Register {
     }
 }
 
-#[cfg(test)]
 impl Register {
-    /// A plain register for unit tests: scale 1, no unit, no range.
-    pub(crate) fn test(kind: RegisterKind, address: u16, data_type: DataType) -> Register {
+    /// A register with no scaling, unit, range or schedule of its own: what
+    /// `regpoll read` asks for, and a starting point for tests.
+    pub fn plain(
+        name: impl Into<String>,
+        kind: RegisterKind,
+        address: u16,
+        data_type: DataType,
+        order: WordOrder,
+    ) -> Register {
         Register {
             id: 0,
-            name: format!("r{address}"),
+            name: name.into(),
             kind,
             address: Address(address),
             data_type,
-            order: WordOrder::Abcd,
+            order,
             scale: 1.0,
             offset: 0.0,
             unit: None,
@@ -231,6 +237,18 @@ impl Register {
             length: None,
             schedule: None,
         }
+    }
+
+    /// A plain register named after its address, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn test(kind: RegisterKind, address: u16, data_type: DataType) -> Register {
+        Register::plain(
+            format!("r{address}"),
+            kind,
+            address,
+            data_type,
+            WordOrder::Abcd,
+        )
     }
 }
 

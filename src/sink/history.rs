@@ -251,7 +251,7 @@ async fn flush(
     backlog: &mut Backlog,
     stats: &HistoryStats,
 ) -> anyhow::Result<()> {
-    if let Some(spool) = spool {
+    if let Some(spool) = spool.filter(|s| !s.is_empty()) {
         spool.seal();
         for path in spool.segments()? {
             let segment = Spool::read(&path)?;

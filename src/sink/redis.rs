@@ -50,12 +50,10 @@ pub fn value_json(report: &PollReport, r: &Reading) -> serde_json::Value {
 }
 
 /// The message published on `<prefix>:updates:<device>` after each poll.
-pub fn update_message(report: &PollReport) -> serde_json::Value {
-    let values: Map<String, serde_json::Value> = report
-        .readings
-        .iter()
-        .map(|r| (report.register(r).name.clone(), value_json(report, r)))
-        .collect();
+pub fn update_message(
+    report: &PollReport,
+    values: Map<String, serde_json::Value>,
+) -> serde_json::Value {
     json!({
         "device": report.device.name,
         "ts": rfc3339(report.started),
@@ -192,15 +190,16 @@ async fn write_report(
 ) -> redis::RedisResult<()> {
     let prefix = settings.prefix.as_str();
     let device = &report.device.name;
-    let values: Vec<(String, String)> = report
+    // Each register's JSON is built once: it goes into the hash and, whole,
+    // into the update message.
+    let values: Map<String, serde_json::Value> = report
         .readings
         .iter()
-        .map(|r| {
-            (
-                report.register(r).name.clone(),
-                value_json(report, r).to_string(),
-            )
-        })
+        .map(|r| (report.register(r).name.clone(), value_json(report, r)))
+        .collect();
+    let fields: Vec<(&str, String)> = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_string()))
         .collect();
     let mut state: Vec<(&str, String)> = vec![
         (
@@ -220,7 +219,7 @@ async fn write_report(
     let latest_key = format!("{prefix}:latest:{device}");
     let mut pipe = redis::pipe();
     if !values.is_empty() {
-        pipe.hset_multiple(&latest_key, &values).ignore();
+        pipe.hset_multiple(&latest_key, &fields).ignore();
     }
     pipe.hset_multiple(&state_key, &state).ignore();
     match &report.error {
@@ -234,7 +233,7 @@ async fn write_report(
     }
     pipe.publish(
         format!("{prefix}:updates:{device}"),
-        update_message(report).to_string(),
+        update_message(report, values).to_string(),
     )
     .ignore();
     pipe.query_async::<()>(con).await

@@ -27,6 +27,9 @@ pub struct Spool {
     dir: PathBuf,
     next_seq: u64,
     current: Option<(File, u64)>,
+    /// Whether any segment exists, kept here so that the writer's per-batch
+    /// check costs no directory listing while the database is healthy.
+    holds_data: bool,
 }
 
 /// What reading one segment found.
@@ -42,14 +45,13 @@ impl Spool {
     /// stay and are replayed first.
     pub fn open(dir: &Path) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
-        let next_seq = Self::list(dir)?
-            .last()
-            .and_then(|p| seq_of(p))
-            .map_or(0, |s| s + 1);
+        let existing = Self::list(dir)?;
+        let next_seq = existing.last().and_then(|p| seq_of(p)).map_or(0, |s| s + 1);
         Ok(Spool {
             dir: dir.to_path_buf(),
             next_seq,
             current: None,
+            holds_data: !existing.is_empty(),
         })
     }
 
@@ -68,7 +70,7 @@ impl Spool {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.segments().map_or(true, |s| s.is_empty())
+        !self.holds_data
     }
 
     /// Bytes on disk, for reporting.
@@ -99,6 +101,7 @@ impl Spool {
             self.current = Some((OpenOptions::new().create(true).append(true).open(path)?, 0));
         }
         let (file, size) = self.current.as_mut().expect("segment was just opened");
+        self.holds_data = true;
         file.write_all(&record)?;
         file.sync_data()?;
         *size += record.len() as u64;
@@ -137,7 +140,9 @@ impl Spool {
 
     /// Removes a segment once all of it is stored.
     pub fn remove(&mut self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
+        fs::remove_file(path)?;
+        self.holds_data = !Self::list(&self.dir)?.is_empty();
+        Ok(())
     }
 }
 

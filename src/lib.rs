@@ -6,7 +6,9 @@
 //!   file:line:column errors.
 //! - [`registry`] holds those types (`Device`, `Register`, `Schedule`) and stores
 //!   them in PostgreSQL or SQLite (`devices`, `device_register_map`).
-//! - [`schedule`] decides when each device is polled.
+//! - [`db`] opens PostgreSQL or SQLite and runs their migrations.
+//! - [`schedule`] decides when each poll group fires; [`fleet`] runs one task
+//!   per poll group and reconciles them with the registry (hot reload).
 //! - [`modbus`] plans the read requests for a device, talks to endpoints
 //!   (one connection per host:port) and decodes words into values.
 //! - [`poller`] runs one poll of one device and turns the outcome into
@@ -15,7 +17,7 @@
 //!   (PostgreSQL, SQLite), behind bounded queues so polling never waits on them.
 //! - [`sim`] is a Modbus TCP simulator for the demo, the tests and benchmarks.
 //! - [`app`] wires everything together and owns startup and shutdown;
-//!   [`cli`] defines the command line.
+//!   [`cli`] defines the command line and [`commands`] carries it out.
 
 pub mod app;
 pub mod cli;

@@ -2,7 +2,7 @@
 //! `regpoll simulate`, `regpoll demo`, the tests and the benchmarks.
 //!
 //! Values change once per second and are a pure function of the device, the
-//! register and the Unix second ([`engineering_value`]), so a test can compute
+//! register and the Unix second ([`expected_value`]), so a test can compute
 //! what any reading should hold from its timestamp alone. Values are encoded
 //! with each register's type and order, exactly as a device would send them.
 

@@ -13,6 +13,7 @@
 //! bounded by its timeout), close the queues so the writers drain them, and
 //! wait for the writers for at most `shutdown_timeout`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::api::{self, ApiState};
 use crate::db::Db;
 use crate::fleet::{Counters, Fleet};
 use crate::registry::Device;
@@ -59,6 +61,10 @@ pub struct Settings {
     pub reload_interval: Duration,
     /// How long readings are kept (`None`: forever).
     pub retention: Option<Duration>,
+    /// Where the HTTP API listens (`None`: no HTTP). The command line
+    /// defaults to `api::DEFAULT_HTTP`; the library default is off so that
+    /// embedded and test services never compete for a port.
+    pub http: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -75,6 +81,7 @@ impl Default for Settings {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             retention: Some(retention::DEFAULT_RETENTION),
+            http: None,
         }
     }
 }
@@ -129,6 +136,10 @@ pub struct Running {
     history_stats: Arc<HistoryStats>,
     redis_stats: Arc<RedisStats>,
     shutdown_timeout: Duration,
+    /// Turns false when shutdown begins (`/ready` then answers 503).
+    scheduling: watch::Sender<bool>,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+    stop_http: watch::Sender<bool>,
 }
 
 /// Starts the service; it runs until [`Running::shutdown`].
@@ -184,9 +195,11 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         abort_rx,
     ));
     let redis_stats = Arc::new(RedisStats::default());
+    let mut redis_con = None;
     let (redis_queue, redis) = match &settings.redis_url {
         Some(url) => {
             let con = redis_sink::connect(url)?;
+            redis_con = Some(con.clone());
             let queue = Arc::new(redis_sink::Coalescer::default());
             let redis_settings = redis_sink::RedisSettings {
                 prefix: settings.redis_prefix.clone(),
@@ -212,6 +225,36 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let watcher =
         RegistryWatch::new(&db, settings.devices_file.clone(), settings.reload_interval).await;
     let supervisor = tokio::spawn(supervise(fleet, db.clone(), watcher, stop_rx));
+    let (scheduling, scheduling_rx) = watch::channel(true);
+    let (stop_http, stop_http_rx) = watch::channel(false);
+    let http = match settings.http {
+        Some(addr) => {
+            let state = ApiState::new(
+                db.clone(),
+                Arc::clone(&latest),
+                devices.clone(),
+                redis_con,
+                Arc::clone(&counters),
+                Arc::clone(&history_stats),
+                sinks.history_depth_probe(),
+                Arc::clone(&redis_stats),
+                redis_queue.clone(),
+                scheduling_rx,
+            );
+            let (bound, task) = match api::serve(addr, state, stop_http_rx).await {
+                Ok(served) => served,
+                Err(e) => {
+                    // Leave nothing running behind the error.
+                    let _ = stop.send(true);
+                    let _ = supervisor.await;
+                    return Err(e);
+                }
+            };
+            tracing::info!(address = %bound, "HTTP API listening");
+            Some((bound, task))
+        }
+        None => None,
+    };
     tracing::info!(
         devices = devices.borrow().len(),
         database = db.kind(),
@@ -234,6 +277,9 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         history_stats,
         redis_stats,
         shutdown_timeout: settings.shutdown_timeout,
+        scheduling,
+        http,
+        stop_http,
     })
 }
 
@@ -414,8 +460,14 @@ impl Running {
         self.counters.lateness.quantiles(qs)
     }
 
+    /// Where the HTTP API listens, when it does.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(a, _)| *a)
+    }
+
     /// Stops polling, flushes every queue and returns what the run did.
     pub async fn shutdown(self) -> anyhow::Result<RunSummary> {
+        let _ = self.scheduling.send(false);
         let _ = self.stop.send(true);
         let _ = self.supervisor.await;
         if let Some(job) = self.retention_job {
@@ -441,6 +493,16 @@ impl Running {
             );
             let _ = self.abort_writers.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut writers).await;
+        }
+        // The API stays up until the writers are done, so probes see the
+        // shutdown (503 from /ready) and metrics stay readable meanwhile.
+        let _ = self.stop_http.send(true);
+        if let Some((_, task)) = self.http
+            && tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!("HTTP connections still open at shutdown; closing them");
         }
         self.db.close().await;
         Ok(RunSummary {

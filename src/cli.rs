@@ -50,6 +50,10 @@ pub enum Command {
     /// Manage the device registry.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Read stored history: the latest value of every register of a device, or
+    /// a time range of one register, raw or per bucket.
+    #[command(subcommand)]
+    Query(QueryCommand),
     /// Create or upgrade the database schema, then exit.
     Migrate(DbArgs),
 }
@@ -68,23 +72,88 @@ pub enum DevicesCommand {
     List(DbArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// The newest stored reading of every register of DEVICE.
+    Latest {
+        device: String,
+        #[command(flatten)]
+        format: FormatArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Readings of one register over a time range, raw or aggregated per bucket
+    /// (avg, min, max, count of good and uncertain values).
+    Range {
+        device: String,
+        register: String,
+        /// Start of the range: a duration back from now (1h, 30m, 7d) or an
+        /// RFC 3339 time.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// End of the range (exclusive): `now`, a duration back from now, or an
+        /// RFC 3339 time.
+        #[arg(long, default_value = "now")]
+        until: String,
+        /// Aggregate per bucket of this width (e.g. 1m, 1h).
+        #[arg(long, value_parser = parse_duration)]
+        bucket: Option<Duration>,
+        /// Most rows to return; more matching rows is an error that says how
+        /// to narrow the query.
+        #[arg(long, default_value_t = crate::query::DEFAULT_LIMIT)]
+        limit: usize,
+        #[command(flatten)]
+        format: FormatArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// How `query` prints its rows: an aligned table unless one of these is given.
+#[derive(Debug, Clone, Copy, Args)]
+#[group(multiple = false)]
+pub struct FormatArgs {
+    /// Print a JSON array of rows.
+    #[arg(long)]
+    pub json: bool,
+    /// Print CSV with a header line.
+    #[arg(long)]
+    pub csv: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// PostgreSQL URL (TimescaleDB is used when installed). Without it, an
-    /// embedded SQLite file keeps the registry and history.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    /// PostgreSQL URL (TimescaleDB is used when installed); `DATABASE_URL` is
+    /// read too when REGPOLL_DATABASE_URL is unset. Without it, an embedded
+    /// SQLite file keeps the registry and history.
+    #[arg(long, env = "REGPOLL_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// SQLite file used when no database URL is given.
     #[arg(long, env = "REGPOLL_SQLITE_PATH", default_value = crate::app::DEFAULT_SQLITE_PATH)]
     pub sqlite_path: PathBuf,
 }
 
+impl DbArgs {
+    /// The database URL from the flag, REGPOLL_DATABASE_URL or DATABASE_URL.
+    pub fn database_url(&self) -> Option<String> {
+        self.database_url
+            .clone()
+            .or_else(|| env_fallback("DATABASE_URL"))
+    }
+}
+
+/// A conventional unprefixed variable, read when the REGPOLL_ one is unset.
+fn env_fallback(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct SinkArgs {
-    /// Redis URL for the latest-value cache. Without it, latest values are
-    /// kept in memory only.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    /// Redis URL for the latest-value cache; `REDIS_URL` is read too when
+    /// REGPOLL_REDIS_URL is unset. Without it, latest values are kept in
+    /// memory only.
+    #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "REGPOLL_REDIS_PREFIX", default_value = crate::sink::redis::DEFAULT_PREFIX)]
     pub redis_prefix: String,
@@ -116,6 +185,26 @@ pub struct SinkArgs {
     pub shutdown_timeout: Duration,
 }
 
+impl SinkArgs {
+    /// The Redis URL from the flag, REGPOLL_REDIS_URL or REDIS_URL.
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis_url.clone().or_else(|| env_fallback("REDIS_URL"))
+    }
+}
+
+/// Where the HTTP API listens: `host:port`, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_http(text: &str) -> Result<HttpAddr, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(HttpAddr(None));
+    }
+    text.parse().map(|a| HttpAddr(Some(a))).map_err(|_| {
+        format!("`{text}` is not an address; use IP:PORT (127.0.0.1:8080, 0.0.0.0:8080) or `off`")
+    })
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// A devices.yaml to sync into the registry before polling; edits to it
@@ -126,6 +215,10 @@ pub struct RunArgs {
     /// PostgreSQL also notifies changes at once.
     #[arg(long, env = "REGPOLL_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+    /// Address of the HTTP API and status page (IP:PORT), or `off`. It has
+    /// no authentication: keep it on loopback or behind a proxy.
+    #[arg(long, env = "REGPOLL_HTTP", default_value = crate::api::DEFAULT_HTTP, value_parser = parse_http)]
+    pub http: HttpAddr,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
@@ -143,6 +236,10 @@ pub struct DemoArgs {
     /// Seconds between two summaries.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub every: Duration,
+    /// Address of the HTTP API and status page, or `off`. When the port is
+    /// taken, the demo picks a free one and prints it.
+    #[arg(long, env = "REGPOLL_HTTP", default_value = crate::api::DEFAULT_HTTP, value_parser = parse_http)]
+    pub http: HttpAddr,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -10,12 +10,15 @@ use crate::app::{self, DeviceSource, Settings};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::cli::{Command, DbArgs, DemoArgs, DevicesCommand, ReadArgs, RunArgs};
+use crate::cli::{
+    Command, DbArgs, DemoArgs, DevicesCommand, FormatArgs, QueryCommand, ReadArgs, RunArgs,
+};
 use crate::config::{self, ConfigErrors};
 use crate::db::Db;
 use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::plan_group;
 use crate::poller::DevicePoller;
+use crate::query;
 use crate::reading::Value;
 use crate::registry::Device;
 use crate::registry::{
@@ -23,6 +26,7 @@ use crate::registry::{
 };
 use crate::sim::{Bind, Simulator};
 use crate::sink::history::BatchSettings;
+use crate::sink::redis::rfc3339;
 
 /// The devices.yaml shipped with regpoll, used by `regpoll demo`.
 pub const BUNDLED_DEVICES: &str = include_str!("../devices.yaml");
@@ -36,6 +40,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Read(args) => read(args).await,
         Command::Devices(DevicesCommand::Sync { file, db }) => sync(&file, &db).await,
         Command::Devices(DevicesCommand::List(db)) => list(&db).await,
+        Command::Query(q) => query(q).await,
         Command::Migrate(db) => migrate(&db).await,
     };
     match result {
@@ -56,7 +61,7 @@ fn load_file(path: &std::path::Path) -> anyhow::Result<Vec<Device>> {
 }
 
 async fn open_db(db: &DbArgs) -> anyhow::Result<Db> {
-    Db::open(db.database_url.as_deref(), &db.sqlite_path).await
+    Db::open(db.database_url().as_deref(), &db.sqlite_path).await
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -65,9 +70,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         load_file(path)?;
     }
     let settings = Settings {
-        database_url: args.db.database_url,
+        database_url: args.db.database_url(),
+        redis_url: args.sinks.redis_url(),
         sqlite_path: args.db.sqlite_path,
-        redis_url: args.sinks.redis_url,
         redis_prefix: args.sinks.redis_prefix,
         redis_ttl: args.sinks.redis_ttl,
         devices_file: args.devices,
@@ -80,6 +85,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown_timeout: args.sinks.shutdown_timeout,
         reload_interval: args.reload_interval,
         retention: args.sinks.retention.0,
+        http: args.http.0,
         ..Settings::default()
     };
     let running = app::start(&settings, DeviceSource::Registry).await?;
@@ -168,16 +174,32 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         d.host = addr.ip().to_string();
         d.port = addr.port();
     }
-    let settings = Settings {
+    let mut settings = Settings {
         sqlite_path: args.sqlite_path.clone(),
+        http: args.http.0,
         ..Settings::default()
     };
-    let running = app::start(&settings, DeviceSource::Devices(devices)).await?;
+    // The demo must start wherever it is run: when the API's port is taken,
+    // take a free one rather than fail.
+    if let Some(addr) = settings.http
+        && addr.port() != 0
+        && std::net::TcpListener::bind(addr).is_err()
+    {
+        println!(
+            "port {} is taken; serving the status page on a free port",
+            addr.port()
+        );
+        settings.http = Some(std::net::SocketAddr::new(addr.ip(), 0));
+    }
+    let running = app::start(&settings, DeviceSource::Devices(devices.clone())).await?;
     println!(
         "regpoll demo: simulating and polling {} devices from the {name}; history in {}; Ctrl-C to stop",
         running.devices().len(),
         args.sqlite_path.display()
     );
+    if let Some(addr) = running.http_addr() {
+        println!("status page: http://{addr}/   (API: /api/devices, /metrics, /ready)");
+    }
     let started = Instant::now();
     let mut ticker = tokio::time::interval(args.every);
     ticker.tick().await;
@@ -477,4 +499,193 @@ async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
     println!("{} schema is up to date", db.kind());
     db.close().await;
     Ok(())
+}
+
+async fn query(command: QueryCommand) -> anyhow::Result<()> {
+    match command {
+        QueryCommand::Latest { device, format, db } => {
+            let db = open_db(&db).await?;
+            let rows = query::latest(&db, &device).await;
+            db.close().await;
+            let rows = rows?;
+            print_rows(
+                &rows,
+                format,
+                &["REGISTER", "VALUE", "UNIT", "QUALITY", "TS", "DETAIL"],
+                |r| {
+                    vec![
+                        r.register.clone(),
+                        json_cell(&r.value),
+                        r.unit.clone().unwrap_or_default(),
+                        r.quality.clone().unwrap_or_else(|| "—".into()),
+                        r.ts.map(rfc3339).unwrap_or_else(|| "never".into()),
+                        r.detail.clone().unwrap_or_default(),
+                    ]
+                },
+            )
+        }
+        QueryCommand::Range {
+            device,
+            register,
+            since,
+            until,
+            bucket,
+            limit,
+            format,
+            db,
+        } => {
+            let now = chrono::Utc::now();
+            // `--since 1h` means an hour ago; an RFC 3339 time is taken as is.
+            let instant = |flag: &str, text: &str| {
+                let relative = crate::registry::parse_duration(text).is_ok();
+                let text = if relative {
+                    format!("now-{text}")
+                } else {
+                    text.to_string()
+                };
+                query::parse_instant(&text, now).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+            };
+            let q = query::RangeQuery {
+                device,
+                register: Some(register),
+                from: instant("since", &since)?,
+                to: instant("until", &until)?,
+                bucket,
+                limit,
+            };
+            query::validate(&q)?;
+            let db = open_db(&db).await?;
+            let rows = query::range(&db, &q).await;
+            db.close().await;
+            match rows? {
+                query::Rows::Raw(rows) => {
+                    print_rows(&rows, format, &["TS", "VALUE", "QUALITY", "DETAIL"], |r| {
+                        vec![
+                            rfc3339(r.ts),
+                            r.value_text
+                                .clone()
+                                .or(r.value.map(|v| v.to_string()))
+                                .unwrap_or_default(),
+                            r.quality.clone(),
+                            r.detail.clone().unwrap_or_default(),
+                        ]
+                    })
+                }
+                query::Rows::Buckets(rows) => print_rows(
+                    &rows,
+                    format,
+                    &["BUCKET", "AVG", "MIN", "MAX", "COUNT"],
+                    |r| {
+                        vec![
+                            rfc3339(r.bucket),
+                            format!("{:.4}", r.avg),
+                            r.min.to_string(),
+                            r.max.to_string(),
+                            r.count.to_string(),
+                        ]
+                    },
+                ),
+            }
+        }
+    }
+}
+
+fn json_cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as JSON (their serde form), CSV (the serde field names as the
+/// header) or an aligned table with the given columns.
+fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    format: FormatArgs,
+    columns: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if format.json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    if format.csv {
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
+            .iter()
+            .map(|r| match serde_json::to_value(r) {
+                Ok(serde_json::Value::Object(m)) => Ok(m),
+                Ok(_) => anyhow::bail!("a row is not an object"),
+                Err(e) => Err(e.into()),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let header: Vec<String> = match objects.first() {
+            Some(first) => first.keys().cloned().collect(),
+            None => columns.iter().map(|c| c.to_lowercase()).collect(),
+        };
+        println!("{}", csv_line(header.iter().map(String::as_str)));
+        for o in &objects {
+            let cells: Vec<String> = header
+                .iter()
+                .map(|k| o.get(k).map(json_cell).unwrap_or_default())
+                .collect();
+            println!("{}", csv_line(cells.iter().map(String::as_str)));
+        }
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows.iter().map(&cells).collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([columns[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.to_vec());
+    for r in &table {
+        line(r.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        eprintln!("no readings in that range");
+    }
+    Ok(())
+}
+
+/// One CSV record (RFC 4180): fields with a comma, quote or line break are
+/// quoted, quotes doubled.
+fn csv_line<'a>(fields: impl Iterator<Item = &'a str>) -> String {
+    fields
+        .map(|f| {
+            if f.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_line;
+
+    #[test]
+    fn csv_quotes_only_what_needs_it() {
+        assert_eq!(
+            csv_line(["a", "b,c", "say \"hi\"", "x\ny"].into_iter()),
+            "a,\"b,c\",\"say \"\"hi\"\"\",\"x\ny\""
+        );
+    }
 }

@@ -15,16 +15,45 @@ use tokio::task::JoinHandle;
 
 use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
+use crate::reading::{PollReport, Quality};
 use crate::registry::Device;
 use crate::schedule::{Durations, Ticker};
 use crate::sink::Sinks;
+use crate::telemetry::{Endpoints, Histogram};
 
 /// Counters every poll group updates.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub polls: AtomicU64,
+    /// Firings skipped because the group's previous poll was still running.
     pub overruns: AtomicU64,
+    /// Schedule lateness: recent samples for exact quantiles, and a histogram
+    /// over the whole run for `/metrics`.
     pub lateness: Durations,
+    pub lateness_histogram: Histogram,
+    /// Readings by quality: good, uncertain, bad.
+    pub readings: [AtomicU64; 3],
+    /// Modbus request stats of every endpoint the fleet has used.
+    pub endpoints: Endpoints,
+}
+
+impl Counters {
+    fn record_poll(&self, report: &PollReport) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        let mut by_quality = [0u64; 3];
+        for r in &report.readings {
+            by_quality[r.quality.index()] += 1;
+        }
+        for (counter, n) in self.readings.iter().zip(by_quality) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn readings(&self, quality: Quality) -> u64 {
+        self.readings[quality.index()].load(Ordering::Relaxed)
+    }
 }
 
 struct Polled {
@@ -117,11 +146,13 @@ impl Fleet {
     }
 
     fn spawn(&mut self, device: Device) {
-        let endpoint = Arc::clone(
-            self.endpoints
-                .entry(device.endpoint())
-                .or_insert_with(|| Arc::new(Endpoint::new(device.host.clone(), device.port))),
-        );
+        let endpoint = Arc::clone(self.endpoints.entry(device.endpoint()).or_insert_with(|| {
+            let e = Arc::new(Endpoint::new(device.host.clone(), device.port));
+            self.counters
+                .endpoints
+                .insert(device.endpoint(), Arc::clone(e.stats()));
+            e
+        }));
         let device = Arc::new(device);
         let (stop, stop_rx) = watch::channel(false);
         let tasks = device
@@ -184,12 +215,12 @@ async fn group_loop(
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        counters
-            .lateness
-            .record((Utc::now() - due).to_std().unwrap_or_default());
+        let late = (Utc::now() - due).to_std().unwrap_or_default();
+        counters.lateness.record(late);
+        counters.lateness_histogram.record(late);
         let report = poller.poll().await;
+        counters.record_poll(&report);
         sinks.deliver(report).await;
-        counters.polls.fetch_add(1, Ordering::Relaxed);
         let (missed, following) = ticker.after_poll(due, Utc::now());
         if missed > 0 {
             counters.overruns.fetch_add(missed, Ordering::Relaxed);

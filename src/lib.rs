@@ -15,10 +15,14 @@
 //!   [`reading::Reading`]s with a quality.
 //! - [`sink`] delivers readings: latest values (memory, Redis) and history
 //!   (PostgreSQL, SQLite), behind bounded queues so polling never waits on them.
+//! - [`api`] serves HTTP: health, readiness, Prometheus metrics (from
+//!   [`telemetry`]), devices, latest values, history ranges ([`query`]) and
+//!   the status page.
 //! - [`sim`] is a Modbus TCP simulator for the demo, the tests and benchmarks.
 //! - [`app`] wires everything together and owns startup and shutdown;
 //!   [`cli`] defines the command line and [`commands`] carries it out.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod commands;
@@ -27,8 +31,10 @@ pub mod db;
 pub mod fleet;
 pub mod modbus;
 pub mod poller;
+pub mod query;
 pub mod reading;
 pub mod registry;
 pub mod schedule;
 pub mod sim;
 pub mod sink;
+pub mod telemetry;

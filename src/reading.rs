@@ -25,6 +25,17 @@ pub enum Quality {
 }
 
 impl Quality {
+    pub const ALL: [Quality; 3] = [Quality::Good, Quality::Uncertain, Quality::Bad];
+
+    /// Position in [`Quality::ALL`], for per-quality counters.
+    pub fn index(self) -> usize {
+        match self {
+            Quality::Good => 0,
+            Quality::Uncertain => 1,
+            Quality::Bad => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Quality::Good => "good",

@@ -93,6 +93,11 @@ fn demo_shows_live_values_and_exits_cleanly_on_ctrl_c() {
             "no live values within 10 s: {seen:#?}"
         );
     };
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("status page: http://127.0.0.1:")),
+        "{seen:#?}"
+    );
     assert!(all_up.contains("polls/s"));
     let values = lines.next().unwrap().unwrap();
     assert!(values.contains("(good)"), "{values}");
@@ -200,5 +205,165 @@ async fn check_probe_reads_every_register_once() {
     assert!(
         pressure.contains("bad") && pressure.ends_with("exception 2 (illegal data address)"),
         "{pressure}"
+    );
+}
+
+/// History for `query`: polls `PROBED` (with its exception register) into a
+/// fresh database, then stops, so the rows are fixed while queried.
+async fn polled_history(database_url: Option<String>, sqlite: &std::path::Path) -> u64 {
+    let (fixture, _sim, port) = probed_device().await;
+    let mut devices = fixture.devices.clone();
+    devices[0].port = port;
+    devices[0].schedule = regpoll::registry::Schedule::every(Duration::from_millis(200));
+    let settings = regpoll::app::Settings {
+        database_url,
+        sqlite_path: sqlite.to_path_buf(),
+        ..Default::default()
+    };
+    let running = regpoll::app::start(&settings, regpoll::app::DeviceSource::Devices(devices))
+        .await
+        .unwrap();
+    common::wait_for_polls(&running, 3).await;
+    let summary = running.shutdown().await.unwrap();
+    summary.rows_written
+}
+
+fn query(args: &[&str], db: &[&str], dir: &std::path::Path) -> (bool, String, String) {
+    let all: Vec<&str> = ["query"].iter().chain(args).chain(db).copied().collect();
+    let out = regpoll(&all, dir);
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_prints_latest_and_ranges_as_table_json_and_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::fresh_postgres().await;
+    let rows = polled_history(Some(url.clone()), &dir.path().join("unused.db")).await;
+    assert!(rows >= 6, "{rows} rows written");
+    let db = ["--database-url", url.as_str()];
+
+    let (ok, out, err) = query(&["latest", "boiler"], &db, dir.path());
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("REGISTER"), "{out}");
+    let temp = lines
+        .iter()
+        .find(|l| l.starts_with("temp "))
+        .expect("temp row");
+    assert!(temp.contains("°C") && temp.contains("good"), "{temp}");
+    let pressure = lines
+        .iter()
+        .find(|l| l.starts_with("pressure "))
+        .expect("pressure row");
+    assert!(
+        pressure.contains("bad") && pressure.contains("exception 2 (illegal data address)"),
+        "{pressure}"
+    );
+
+    let (ok, out, err) = query(&["latest", "boiler", "--json"], &db, dir.path());
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let temp = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["register"] == "temp")
+        .unwrap();
+    assert!(
+        temp["value"].is_number() && temp["quality"] == "good",
+        "{temp}"
+    );
+
+    // A raw range: as many rows as the history holds for the register.
+    let (ok, out, err) = query(
+        &["range", "boiler", "temp", "--since", "1h", "--csv"],
+        &db,
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("register,ts,value,value_text,quality,detail")
+    );
+    let data: Vec<&str> = lines.collect();
+    assert_eq!(data.len() as u64, rows / 2, "{out}");
+    assert!(
+        data.iter()
+            .all(|l| l.starts_with("temp,") && l.contains(",good,")),
+        "{out}"
+    );
+
+    // Per bucket: the counts add up to the good rows.
+    let (ok, out, err) = query(
+        &[
+            "range", "boiler", "temp", "--since", "1h", "--bucket", "1m", "--json",
+        ],
+        &db,
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let buckets: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let counted: i64 = buckets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(counted as u64, rows / 2, "{out}");
+
+    let (ok, out, err) = query(
+        &["range", "boiler", "temp", "--bucket", "1m"],
+        &db,
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("BUCKET"), "{out}");
+
+    // Mistakes: a clear message and exit status 1.
+    for (args, says) in [
+        (vec!["latest", "nobody"], "no device named `nobody`"),
+        (
+            vec!["range", "boiler", "nothing"],
+            "no register named `nothing`",
+        ),
+        (
+            vec!["range", "boiler", "temp", "--since", "soon"],
+            "--since: `soon` is not a time",
+        ),
+        (
+            vec!["range", "boiler", "temp", "--limit", "1"],
+            "more than 1 rows match",
+        ),
+    ] {
+        let (ok, _, err) = query(&args, &db, dir.path());
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_reads_the_embedded_sqlite_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    let rows = polled_history(None, &path).await;
+    let db = ["--sqlite-path", path.to_str().unwrap()];
+    let (ok, out, err) = query(
+        &["range", "boiler", "temp", "--since", "1h", "--json"],
+        &db,
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let raw: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(raw.as_array().unwrap().len() as u64, rows / 2);
+    let (ok, out, err) = query(&["latest", "boiler", "--csv"], &db, dir.path());
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("register,unit,ts,value,quality,detail\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"exception 2 (illegal data address)\"")
+            || out.contains(",exception 2 (illegal data address)"),
+        "{out}"
     );
 }

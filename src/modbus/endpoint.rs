@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +23,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::registry::{RegisterKind, RequestLimits, UnitId};
+use crate::telemetry::EndpointStats;
 
 /// First wait before reconnecting after a failed connect; doubles per failure.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -99,6 +101,7 @@ pub struct Endpoint {
     host: String,
     port: u16,
     conn: Mutex<Connection>,
+    stats: Arc<EndpointStats>,
 }
 
 /// The connection and, after failed connects, when the next attempt may be made.
@@ -153,7 +156,13 @@ impl Endpoint {
             host: host.into(),
             port,
             conn: Mutex::new(Connection::default()),
+            stats: Arc::default(),
         }
+    }
+
+    /// Request counts, errors by kind and latency of this endpoint.
+    pub fn stats(&self) -> &Arc<EndpointStats> {
+        &self.stats
     }
 
     /// Takes the endpoint for one poll: requests of different devices on the
@@ -189,9 +198,13 @@ impl Session<'_> {
         let mut attempt = 0;
         loop {
             let sent = Utc::now();
+            let clock = Instant::now();
             let result = self
                 .attempt(unit, kind, start, count, timeout, limits.connect_timeout)
                 .await;
+            self.endpoint
+                .stats
+                .record(clock.elapsed(), result.as_ref().map(|_| ()));
             match &result {
                 Err(e) if e.is_retryable() && attempt < limits.retries => {
                     attempt += 1;

@@ -98,6 +98,8 @@ pub struct HistoryStats {
     pub spool_bytes: AtomicU64,
     /// How long written batches took to write.
     pub write_latency: crate::schedule::Durations,
+    /// The same over the whole run, for `/metrics`.
+    pub write_histogram: crate::telemetry::Histogram,
 }
 
 /// Runs until `rx` closes (every sender dropped) and everything is written
@@ -281,7 +283,9 @@ async fn flush(
 async fn write_counted(db: &Db, rows: &[Row], stats: &HistoryStats) -> anyhow::Result<()> {
     let started = Instant::now();
     let new = write(db, rows).await?;
-    stats.write_latency.record(started.elapsed());
+    let took = started.elapsed();
+    stats.write_latency.record(took);
+    stats.write_histogram.record(took);
     stats.rows_written.fetch_add(new, Ordering::Relaxed);
     stats.duplicates.fetch_add(
         rows.len() as u64 - new.min(rows.len() as u64),

@@ -22,6 +22,19 @@ pub struct LatestValue {
     pub detail: Option<String>,
 }
 
+impl LatestValue {
+    /// The same JSON as the Redis hash field.
+    pub fn to_json(&self) -> serde_json::Value {
+        crate::sink::redis::latest_json(
+            &self.value,
+            self.quality,
+            self.ts,
+            self.unit.as_deref(),
+            self.detail.as_deref(),
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceState {
     pub up: bool,

@@ -60,10 +60,29 @@ impl Sinks {
         self.history.max_capacity() - self.history.capacity()
     }
 
+    /// A handle that reads the history queue's depth without keeping the
+    /// queue open (the writer ends when the last real sender is dropped).
+    pub fn history_depth_probe(&self) -> HistoryDepth {
+        HistoryDepth(self.history.downgrade())
+    }
+
     /// Tells the Redis writer that no more reports will come.
     pub fn close_redis(&self) {
         if let Some(redis) = &self.redis {
             redis.close();
         }
+    }
+}
+
+/// See [`Sinks::history_depth_probe`].
+#[derive(Clone)]
+pub struct HistoryDepth(mpsc::WeakSender<Arc<PollReport>>);
+
+impl HistoryDepth {
+    /// Poll reports waiting for the history writer (0 once it is closed).
+    pub fn get(&self) -> usize {
+        self.0
+            .upgrade()
+            .map_or(0, |s| s.max_capacity() - s.capacity())
     }
 }

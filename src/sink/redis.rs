@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use tokio::sync::Notify;
 
-use crate::reading::{PollReport, Quality, Reading};
+use crate::reading::{PollReport, Quality, Reading, Value};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "regpoll";
@@ -36,15 +36,32 @@ pub fn rfc3339(ts: DateTime<Utc>) -> String {
 
 /// The JSON of one register's latest value.
 pub fn value_json(report: &PollReport, r: &Reading) -> serde_json::Value {
-    let reg = report.register(r);
+    latest_json(
+        &r.value,
+        r.quality,
+        r.ts,
+        report.register(r).unit.as_deref(),
+        r.detail.as_deref(),
+    )
+}
+
+/// A latest value as JSON (the Redis hash field contract, also served by the
+/// HTTP API): `detail` only when the quality is not good.
+pub fn latest_json(
+    value: &Value,
+    quality: Quality,
+    ts: DateTime<Utc>,
+    unit: Option<&str>,
+    detail: Option<&str>,
+) -> serde_json::Value {
     let mut v = json!({
-        "value": r.value.to_json(),
-        "quality": r.quality.as_str(),
-        "ts": rfc3339(r.ts),
-        "unit": reg.unit,
+        "value": value.to_json(),
+        "quality": quality.as_str(),
+        "ts": rfc3339(ts),
+        "unit": unit,
     });
-    if r.quality != Quality::Good {
-        v["detail"] = json!(r.detail);
+    if quality != Quality::Good {
+        v["detail"] = json!(detail);
     }
     v
 }
@@ -82,6 +99,9 @@ pub fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
 pub struct RedisStats {
     pub polls_written: AtomicU64,
     pub failures: AtomicU64,
+    /// From the end of a poll (its last response) to Redis acknowledging its
+    /// values: how stale a dashboard reading Redis can be beyond the schedule.
+    pub visible: crate::telemetry::Histogram,
 }
 
 /// Reports not yet written, keyed by poll group (device, first register).
@@ -158,6 +178,11 @@ pub async fn run_writer(
             match write_report(&mut con, &settings, &report).await {
                 Ok(()) => {
                     stats.polls_written.fetch_add(1, Ordering::Relaxed);
+                    let answered = report.started
+                        + chrono::Duration::from_std(report.latency).unwrap_or_default();
+                    stats
+                        .visible
+                        .record((Utc::now() - answered).to_std().unwrap_or_default());
                 }
                 Err(e) => {
                     // Log the first failure of a run of failures, not every one.

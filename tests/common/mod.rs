@@ -129,3 +129,46 @@ pub fn write_yaml(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     std::fs::write(&path, yaml).unwrap();
     (dir, path)
 }
+
+/// An HTTP answer: status, body, and the body as JSON when it is JSON.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// GET `path` from `addr` over HTTP/1.0 (so the answer is never chunked and
+/// ends when the server closes): enough for testing the API without a client
+/// library.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the API at {addr}: {e}"));
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("the API did not answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("the answer is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head}"));
+    HttpAnswer {
+        status,
+        body: body.to_string(),
+    }
+}

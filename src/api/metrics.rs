@@ -1,0 +1,379 @@
+//! `/metrics`: the Prometheus text exposition format (version 0.0.4), written
+//! by hand from the service's own counters (see `telemetry` for why there is
+//! no global recorder).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use crate::reading::Quality;
+use crate::telemetry::{ErrorKind, Histogram};
+
+use super::ApiState;
+
+/// Builds one exposition: each family's HELP and TYPE once, then its samples.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        write_labels(&mut self.0, labels, None);
+        let _ = writeln!(self.0, " {}", number(value));
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let (buckets, sum) = h.cumulative();
+        let count = buckets.last().map_or(0, |b| b.1);
+        for (le, n) in buckets {
+            let le = if le.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                number(le)
+            };
+            let _ = write!(self.0, "{name}_bucket");
+            write_labels(&mut self.0, labels, Some(&le));
+            let _ = writeln!(self.0, " {n}");
+        }
+        for (suffix, v) in [("_sum", sum), ("_count", count as f64)] {
+            let _ = write!(self.0, "{name}{suffix}");
+            write_labels(&mut self.0, labels, None);
+            let _ = writeln!(self.0, " {}", number(v));
+        }
+    }
+}
+
+fn number(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
+    if labels.is_empty() && le.is_none() {
+        return;
+    }
+    out.push('{');
+    let mut first = true;
+    for (k, v) in labels.iter().copied().chain(le.map(|le| ("le", le))) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, "{k}=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// CPU seconds (user + system) and resident memory of this process, from
+/// /proc (Linux); `None` elsewhere.
+pub fn process_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    // Clock ticks are USER_HZ, which Linux fixes at 100 for user space.
+    Some(((utime + stime) / 100.0, rss_kb * 1024))
+}
+
+pub fn render(state: &ApiState) -> String {
+    let s = &state.0;
+    let mut t = Text::default();
+    let c = &s.counters;
+    let devices = s.devices.borrow().len();
+    let up = s.latest.snapshot().values().filter(|d| d.state.up).count();
+
+    t.single(
+        "regpoll_devices",
+        "gauge",
+        "Devices being polled.",
+        devices as f64,
+    );
+    t.single(
+        "regpoll_devices_up",
+        "gauge",
+        "Devices whose last poll reached them.",
+        up as f64,
+    );
+    t.single(
+        "regpoll_polls_total",
+        "counter",
+        "Polls completed (one per poll group firing).",
+        c.polls.load(Ordering::Relaxed) as f64,
+    );
+    t.single(
+        "regpoll_overruns_total",
+        "counter",
+        "Firings skipped because the previous poll of the group was still running (missed polls).",
+        c.overruns.load(Ordering::Relaxed) as f64,
+    );
+    t.family(
+        "regpoll_schedule_lateness_seconds",
+        "histogram",
+        "How late polls started after their scheduled instant.",
+    );
+    t.histogram(
+        "regpoll_schedule_lateness_seconds",
+        &[],
+        &c.lateness_histogram,
+    );
+    t.family(
+        "regpoll_readings_total",
+        "counter",
+        "Readings produced, by quality.",
+    );
+    for q in Quality::ALL {
+        t.sample(
+            "regpoll_readings_total",
+            &[("quality", q.as_str())],
+            c.readings(q) as f64,
+        );
+    }
+
+    let endpoints = c.endpoints.snapshot();
+    t.family(
+        "regpoll_modbus_requests_total",
+        "counter",
+        "Modbus requests sent (retries included), by endpoint.",
+    );
+    for (e, st) in &endpoints {
+        t.sample(
+            "regpoll_modbus_requests_total",
+            &[("endpoint", e)],
+            st.requests.load(Ordering::Relaxed) as f64,
+        );
+    }
+    t.family(
+        "regpoll_modbus_errors_total",
+        "counter",
+        "Failed Modbus requests by endpoint and kind (timeout, connect, exception, transport, protocol, short_response).",
+    );
+    for (e, st) in &endpoints {
+        for kind in ErrorKind::ALL {
+            t.sample(
+                "regpoll_modbus_errors_total",
+                &[("endpoint", e), ("kind", kind.as_str())],
+                st.errors(kind) as f64,
+            );
+        }
+    }
+    t.family(
+        "regpoll_modbus_request_duration_seconds",
+        "histogram",
+        "Time from sending a Modbus request (connecting first when needed) to its answer or failure, by endpoint.",
+    );
+    for (e, st) in &endpoints {
+        t.histogram(
+            "regpoll_modbus_request_duration_seconds",
+            &[("endpoint", e)],
+            &st.latency,
+        );
+    }
+
+    let h = &s.history_stats;
+    for (name, help, v) in [
+        (
+            "regpoll_history_rows_written_total",
+            "Readings stored in history.",
+            &h.rows_written,
+        ),
+        (
+            "regpoll_history_batches_total",
+            "History batches written.",
+            &h.batches,
+        ),
+        (
+            "regpoll_history_write_failures_total",
+            "History writes the database refused (they are retried or spooled).",
+            &h.failures,
+        ),
+        (
+            "regpoll_history_duplicates_total",
+            "Rows of replayed batches that were already stored, skipped.",
+            &h.duplicates,
+        ),
+        (
+            "regpoll_history_rows_lost_total",
+            "Readings given up on (writer stopped while the database refused them and no spool could hold them).",
+            &h.rows_lost,
+        ),
+        (
+            "regpoll_spool_rows_written_total",
+            "Readings written to the disk spool during database outages.",
+            &h.rows_spooled,
+        ),
+        (
+            "regpoll_spool_rows_replayed_total",
+            "Readings replayed from the disk spool into the database.",
+            &h.rows_replayed,
+        ),
+        (
+            "regpoll_spool_damage_total",
+            "Stretches of damaged spool bytes skipped.",
+            &h.spool_damage,
+        ),
+    ] {
+        t.single(name, "counter", help, v.load(Ordering::Relaxed) as f64);
+    }
+    t.single(
+        "regpoll_spool_bytes",
+        "gauge",
+        "Bytes in the disk spool (0 unless the database was down).",
+        h.spool_bytes.load(Ordering::Relaxed) as f64,
+    );
+    t.single(
+        "regpoll_history_queue_depth",
+        "gauge",
+        "Poll reports waiting for the history writer.",
+        s.history_depth.get() as f64,
+    );
+    t.family(
+        "regpoll_history_write_duration_seconds",
+        "histogram",
+        "Time to write one history batch.",
+    );
+    t.histogram(
+        "regpoll_history_write_duration_seconds",
+        &[],
+        &h.write_histogram,
+    );
+
+    if s.redis.is_some() {
+        let r = &s.redis_stats;
+        t.single(
+            "regpoll_redis_polls_written_total",
+            "counter",
+            "Poll reports written to Redis.",
+            r.polls_written.load(Ordering::Relaxed) as f64,
+        );
+        t.single(
+            "regpoll_redis_failures_total",
+            "counter",
+            "Poll reports Redis refused (the next poll rewrites the same keys).",
+            r.failures.load(Ordering::Relaxed) as f64,
+        );
+        t.single(
+            "regpoll_redis_coalesced_total",
+            "counter",
+            "Poll reports superseded by a newer one of their group before Redis took them.",
+            s.coalesced() as f64,
+        );
+        t.family(
+            "regpoll_redis_visible_seconds",
+            "histogram",
+            "From a poll's last response to Redis acknowledging its values.",
+        );
+        t.histogram("regpoll_redis_visible_seconds", &[], &r.visible);
+    }
+
+    t.family(
+        "regpoll_http_requests_total",
+        "counter",
+        "HTTP requests served, by route and status.",
+    );
+    let http = s.http.snapshot();
+    for (route, status, n, _) in &http {
+        t.sample(
+            "regpoll_http_requests_total",
+            &[("route", route), ("status", &status.to_string())],
+            *n as f64,
+        );
+    }
+    t.family(
+        "regpoll_http_request_duration_seconds",
+        "histogram",
+        "Time to serve HTTP requests, by route.",
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for (route, _, _, hist) in &http {
+        if seen.insert(route.clone()) {
+            t.histogram(
+                "regpoll_http_request_duration_seconds",
+                &[("route", route)],
+                hist,
+            );
+        }
+    }
+
+    if let Some((cpu, rss)) = process_usage() {
+        t.single(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of this process.",
+            cpu,
+        );
+        t.single(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of this process.",
+            rss as f64,
+        );
+    }
+    t.single(
+        "process_start_time_seconds",
+        "gauge",
+        "When this process started, in seconds since the Unix epoch.",
+        s.started_at,
+    );
+    t.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped_and_histograms_end_with_inf() {
+        let mut t = Text::default();
+        let h = Histogram::new(&[0.5]);
+        h.record(std::time::Duration::from_millis(100));
+        t.histogram("x_seconds", &[("endpoint", "a\"b\\c")], &h);
+        assert!(
+            t.0.contains("x_seconds_bucket{endpoint=\"a\\\"b\\\\c\",le=\"0.5\"} 1"),
+            "{}",
+            t.0
+        );
+        assert!(t.0.contains("le=\"+Inf\"} 1"), "{}", t.0);
+        assert!(
+            t.0.contains("x_seconds_count{endpoint=\"a\\\"b\\\\c\"} 1"),
+            "{}",
+            t.0
+        );
+    }
+
+    #[test]
+    fn own_process_usage_is_readable() {
+        let (cpu, rss) = process_usage().expect("/proc/self/stat");
+        assert!(cpu >= 0.0);
+        assert!(rss > 1 << 20, "rss {rss}");
+    }
+}

@@ -1,0 +1,467 @@
+//! Reading history back: the latest stored value of each register of a device,
+//! and a time range of one or all registers, raw or aggregated per bucket.
+//! Shared by the HTTP API (`/api/readings`) and `regpoll query`, on
+//! PostgreSQL (with or without TimescaleDB) and SQLite alike.
+//!
+//! Every query goes through the primary key `(register_id, ts)`: one range
+//! scan per register, never a scan by device. Buckets are aligned to the Unix
+//! epoch on both databases (`date_bin` on PostgreSQL, integer division of the
+//! microsecond timestamps on SQLite), so both return the same buckets.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::db::Db;
+use crate::registry::{format_duration, parse_duration};
+
+/// Rows returned when the caller does not say.
+pub const DEFAULT_LIMIT: usize = 10_000;
+/// The most rows one query may return.
+pub const MAX_LIMIT: usize = 100_000;
+/// Smallest bucket accepted.
+pub const MIN_BUCKET: Duration = Duration::from_millis(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The device or register does not exist (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is wrong (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for QueryError {
+    fn from(e: sqlx::Error) -> Self {
+        QueryError::Db(anyhow::Error::new(e).context("history query failed"))
+    }
+}
+
+/// A time range of readings of one device.
+#[derive(Debug, Clone)]
+pub struct RangeQuery {
+    pub device: String,
+    /// One register, or every register of the device.
+    pub register: Option<String>,
+    /// Inclusive start and exclusive end.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Aggregate per bucket of this width instead of returning raw rows.
+    pub bucket: Option<Duration>,
+    pub limit: usize,
+}
+
+/// One stored reading.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RawRow {
+    pub register: String,
+    #[serde(serialize_with = "ts_json")]
+    pub ts: DateTime<Utc>,
+    pub value: Option<f64>,
+    pub value_text: Option<String>,
+    pub quality: String,
+    pub detail: Option<String>,
+}
+
+/// Aggregates of one register over one bucket, over its good and uncertain
+/// readings (like `register_readings_hourly`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BucketRow {
+    pub register: String,
+    #[serde(serialize_with = "ts_json")]
+    pub bucket: DateTime<Utc>,
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Rows {
+    Raw(Vec<RawRow>),
+    Buckets(Vec<BucketRow>),
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Raw(r) => r.len(),
+            Rows::Buckets(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The newest stored reading of one register (`None` fields when it has none).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatestRow {
+    pub register: String,
+    pub unit: Option<String>,
+    #[serde(serialize_with = "opt_ts_json")]
+    pub ts: Option<DateTime<Utc>>,
+    /// A number, `true`/`false` for bit registers, a string, or null.
+    pub value: serde_json::Value,
+    pub quality: Option<String>,
+    pub detail: Option<String>,
+}
+
+fn ts_json<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::sink::redis::rfc3339(*ts))
+}
+
+fn opt_ts_json<S: serde::Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => ts_json(ts, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// A register of the registry, as queries need it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct RegisterRow {
+    id: i32,
+    name: String,
+    unit: Option<String>,
+    data_type: String,
+}
+
+/// The device's registers (inactive ones too: their history stays queryable),
+/// or `NotFound` naming the device.
+async fn registers(db: &Db, device: &str) -> Result<Vec<RegisterRow>, QueryError> {
+    const DEVICE: &str = "SELECT id FROM devices WHERE name = $1";
+    const REGISTERS: &str = "SELECT id, name, unit, data_type FROM device_register_map \
+                             WHERE device_id = $1 ORDER BY address, name";
+    let id: Option<i32> = match db {
+        Db::Postgres(p) => {
+            sqlx::query_scalar(DEVICE)
+                .bind(device)
+                .fetch_optional(p)
+                .await?
+        }
+        Db::Sqlite(p) => {
+            sqlx::query_scalar(DEVICE)
+                .bind(device)
+                .fetch_optional(p)
+                .await?
+        }
+    };
+    let id = id.ok_or_else(|| {
+        QueryError::NotFound(format!(
+            "no device named `{device}` in the registry (`regpoll devices list` shows them)"
+        ))
+    })?;
+    Ok(match db {
+        Db::Postgres(p) => sqlx::query_as(REGISTERS).bind(id).fetch_all(p).await?,
+        Db::Sqlite(p) => sqlx::query_as(REGISTERS).bind(id).fetch_all(p).await?,
+    })
+}
+
+fn micros(ts: DateTime<Utc>) -> i64 {
+    ts.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+/// The newest stored reading of every register of `device`.
+pub async fn latest(db: &Db, device: &str) -> Result<Vec<LatestRow>, QueryError> {
+    const PG: &str = "SELECT ts, value, value_text, quality, detail FROM register_readings \
+                      WHERE register_id = $1 ORDER BY ts DESC LIMIT 1";
+    type Stored<T> = Option<(T, Option<f64>, Option<String>, String, Option<String>)>;
+    let mut out = Vec::new();
+    for reg in registers(db, device).await? {
+        let row: Stored<DateTime<Utc>> = match db {
+            Db::Postgres(p) => sqlx::query_as(PG).bind(reg.id).fetch_optional(p).await?,
+            Db::Sqlite(p) => {
+                let r: Stored<i64> = sqlx::query_as(PG).bind(reg.id).fetch_optional(p).await?;
+                r.map(|(ts, v, t, q, d)| (from_micros(ts), v, t, q, d))
+            }
+        };
+        let (ts, value, text, quality, detail) = match row {
+            Some((ts, v, t, q, d)) => (Some(ts), v, t, Some(q), d),
+            None => (None, None, None, None, None),
+        };
+        let value = match (text, value) {
+            (Some(t), _) => json!(t),
+            (None, Some(v)) if reg.data_type == "bool" => json!(v != 0.0),
+            (None, Some(v)) => json!(v),
+            (None, None) => serde_json::Value::Null,
+        };
+        out.push(LatestRow {
+            register: reg.name,
+            unit: reg.unit,
+            ts,
+            value,
+            quality,
+            detail,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks the query's own parameters, before touching the database.
+pub fn validate(q: &RangeQuery) -> Result<(), QueryError> {
+    if q.from >= q.to {
+        return Err(QueryError::Invalid(format!(
+            "from ({}) must be before to ({})",
+            crate::sink::redis::rfc3339(q.from),
+            crate::sink::redis::rfc3339(q.to)
+        )));
+    }
+    if q.limit == 0 || q.limit > MAX_LIMIT {
+        return Err(QueryError::Invalid(format!(
+            "limit must be between 1 and {MAX_LIMIT}, not {}",
+            q.limit
+        )));
+    }
+    if let Some(b) = q.bucket
+        && b < MIN_BUCKET
+    {
+        return Err(QueryError::Invalid(format!(
+            "bucket must be at least {}, e.g. 1m",
+            format_duration(MIN_BUCKET)
+        )));
+    }
+    Ok(())
+}
+
+/// Readings of the query's range, raw or per bucket, ordered by register
+/// (in address order) and time. More matching rows than `limit` is an error
+/// that says how to narrow the query, never a silently cut result.
+pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
+    validate(q)?;
+    let mut regs = registers(db, &q.device).await?;
+    if let Some(name) = &q.register {
+        regs.retain(|r| &r.name == name);
+        if regs.is_empty() {
+            return Err(QueryError::NotFound(format!(
+                "device `{}` has no register named `{name}`",
+                q.device
+            )));
+        }
+    }
+    // One more than allowed, to tell "exactly the limit" from "too many".
+    let mut left = q.limit + 1;
+    let mut rows = match q.bucket {
+        None => Rows::Raw(Vec::new()),
+        Some(_) => Rows::Buckets(Vec::new()),
+    };
+    for reg in &regs {
+        let n = match (&mut rows, q.bucket) {
+            (Rows::Raw(out), _) => raw(db, reg, q, left, out).await?,
+            (Rows::Buckets(out), Some(bucket)) => buckets(db, reg, q, bucket, left, out).await?,
+            (Rows::Buckets(_), None) => unreachable!("bucket rows only with a bucket"),
+        };
+        left -= n;
+        if left == 0 {
+            let hint = if q.bucket.is_some() {
+                "a coarser bucket"
+            } else {
+                "a bucket (e.g. bucket=1m)"
+            };
+            return Err(QueryError::Invalid(format!(
+                "more than {} rows match; narrow from/to, pick one register, use {hint}, or raise limit (at most {MAX_LIMIT})",
+                q.limit
+            )));
+        }
+    }
+    Ok(rows)
+}
+
+async fn raw(
+    db: &Db,
+    reg: &RegisterRow,
+    q: &RangeQuery,
+    limit: usize,
+    out: &mut Vec<RawRow>,
+) -> Result<usize, QueryError> {
+    const SQL: &str = "SELECT ts, value, value_text, quality, detail FROM register_readings \
+                       WHERE register_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4";
+    type Stored<T> = (T, Option<f64>, Option<String>, String, Option<String>);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<Stored<DateTime<Utc>>> = match db {
+        Db::Postgres(p) => {
+            sqlx::query_as(SQL)
+                .bind(reg.id)
+                .bind(q.from)
+                .bind(q.to)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }
+        Db::Sqlite(p) => {
+            let rows: Vec<Stored<i64>> = sqlx::query_as(SQL)
+                .bind(reg.id)
+                .bind(micros(q.from))
+                .bind(micros(q.to))
+                .bind(limit)
+                .fetch_all(p)
+                .await?;
+            rows.into_iter()
+                .map(|(ts, v, t, q, d)| (from_micros(ts), v, t, q, d))
+                .collect()
+        }
+    };
+    let n = rows.len();
+    out.extend(
+        rows.into_iter()
+            .map(|(ts, value, value_text, quality, detail)| RawRow {
+                register: reg.name.clone(),
+                ts,
+                value,
+                value_text,
+                quality,
+                detail,
+            }),
+    );
+    Ok(n)
+}
+
+async fn buckets(
+    db: &Db,
+    reg: &RegisterRow,
+    q: &RangeQuery,
+    bucket: Duration,
+    limit: usize,
+    out: &mut Vec<BucketRow>,
+) -> Result<usize, QueryError> {
+    // Good and uncertain values, as in register_readings_hourly; buckets with
+    // no numeric value (strings, only bad readings) are left out.
+    const PG: &str = "SELECT date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b, \
+         avg(value), min(value), max(value), count(value) FROM register_readings \
+         WHERE register_id = $1 AND ts >= $3 AND ts < $4 AND quality IN ('good', 'uncertain') \
+         GROUP BY b HAVING count(value) > 0 ORDER BY b LIMIT $5";
+    const SQLITE: &str = "SELECT (ts / $2) * $2 AS b, avg(value), min(value), max(value), count(value) \
+         FROM register_readings \
+         WHERE register_id = $1 AND ts >= $3 AND ts < $4 AND quality IN ('good', 'uncertain') \
+         GROUP BY b HAVING count(value) > 0 ORDER BY b LIMIT $5";
+    type Agg<T> = (T, f64, f64, f64, i64);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<Agg<DateTime<Utc>>> = match db {
+        Db::Postgres(p) => {
+            sqlx::query_as(PG)
+                .bind(reg.id)
+                .bind(bucket.as_secs_f64())
+                .bind(q.from)
+                .bind(q.to)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }
+        Db::Sqlite(p) => {
+            let width = i64::try_from(bucket.as_micros()).unwrap_or(i64::MAX);
+            let rows: Vec<Agg<i64>> = sqlx::query_as(SQLITE)
+                .bind(reg.id)
+                .bind(width)
+                .bind(micros(q.from))
+                .bind(micros(q.to))
+                .bind(limit)
+                .fetch_all(p)
+                .await?;
+            rows.into_iter()
+                .map(|(b, avg, min, max, n)| (from_micros(b), avg, min, max, n))
+                .collect()
+        }
+    };
+    let n = rows.len();
+    out.extend(rows.into_iter().map(|(b, avg, min, max, count)| BucketRow {
+        register: reg.name.clone(),
+        bucket: b,
+        avg,
+        min,
+        max,
+        count,
+    }));
+    Ok(n)
+}
+
+/// Parses an instant: RFC 3339 (`2026-11-23T10:00:00Z`), `now`, or `now-1h`
+/// (any duration regpoll accepts).
+pub fn parse_instant(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if text == "now" {
+        return Ok(now);
+    }
+    if let Some(ago) = text.strip_prefix("now-") {
+        let d = parse_duration(ago)?;
+        return chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .ok_or_else(|| format!("`{text}` is too far back"));
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            format!(
+                "`{text}` is not a time; use RFC 3339 (2026-11-23T10:00:00Z), `now` or `now-1h`"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn instants_parse_in_three_forms() {
+        let now = at("2026-11-23T10:00:00Z");
+        assert_eq!(parse_instant("now", now).unwrap(), now);
+        assert_eq!(
+            parse_instant("now-90m", now).unwrap(),
+            at("2026-11-23T08:30:00Z")
+        );
+        assert_eq!(
+            parse_instant("2026-11-23T11:00:00+01:00", now).unwrap(),
+            now
+        );
+        let e = parse_instant("yesterday", now).unwrap_err();
+        assert!(e.contains("RFC 3339"), "{e}");
+        assert!(parse_instant("now-1x", now).is_err());
+    }
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        let now = at("2026-11-23T10:00:00Z");
+        let ok = RangeQuery {
+            device: "d".into(),
+            register: None,
+            from: at("2026-11-23T09:00:00Z"),
+            to: now,
+            bucket: None,
+            limit: DEFAULT_LIMIT,
+        };
+        assert!(validate(&ok).is_ok());
+        let backwards = RangeQuery {
+            from: now,
+            to: at("2026-11-23T09:00:00Z"),
+            ..ok.clone()
+        };
+        assert!(
+            matches!(validate(&backwards), Err(QueryError::Invalid(m)) if m.contains("must be before"))
+        );
+        let too_many = RangeQuery {
+            limit: MAX_LIMIT + 1,
+            ..ok.clone()
+        };
+        assert!(matches!(validate(&too_many), Err(QueryError::Invalid(m)) if m.contains("limit")));
+        let tiny = RangeQuery {
+            bucket: Some(Duration::from_micros(10)),
+            ..ok
+        };
+        assert!(matches!(validate(&tiny), Err(QueryError::Invalid(m)) if m.contains("bucket")));
+    }
+}

@@ -13,6 +13,11 @@ use crate::registry::parse_duration;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log filter in tracing's env-filter syntax: a level (error, warn, info,
+    /// debug, trace) or per-module directives (`info,regpoll::sink=debug`).
+    /// Logs go to standard error.
+    #[arg(long, global = true, env = "REGPOLL_LOG", default_value = "info")]
+    pub log: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions as _, Connection as _};
 
 /// How long to wait for a connection from the pool before giving up.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,12 +30,23 @@ impl Db {
     pub async fn postgres(url: &str) -> anyhow::Result<Db> {
         let opts = PgConnectOptions::from_str(url)
             .with_context(|| format!("invalid DATABASE_URL {}", redact_url(url)))?;
+        let cannot = || format!("cannot connect to PostgreSQL at {}", redact_url(url));
+        // One plain connection first: when the server is down or refuses the
+        // login, this fails at once with the cause ("connection refused",
+        // "password authentication failed"), where the pool would wait its
+        // whole acquire timeout and report only that it timed out.
+        let probe = tokio::time::timeout(ACQUIRE_TIMEOUT, opts.connect())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {ACQUIRE_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(cannot)?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(opts)
             .await
-            .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
+            .with_context(cannot)?;
         PG_MIGRATIONS
             .run(&pool)
             .await

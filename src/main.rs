@@ -6,7 +6,16 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = regpoll::cli::Cli::parse();
-    let filter = EnvFilter::try_from_env("REGPOLL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "error: --log / REGPOLL_LOG `{}` is not a log filter ({e}); use a level such as info or debug, or directives such as info,regpoll::sink=debug",
+                cli.log
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

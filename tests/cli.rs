@@ -367,3 +367,68 @@ async fn query_reads_the_embedded_sqlite_history() {
         "{out}"
     );
 }
+
+/// Passwords inside database and Redis URLs never reach logs or errors, for
+/// a refused connection, an unparsable URL and a Redis that is down.
+#[test]
+fn passwords_in_urls_never_appear_in_output() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "postgres://regpoll:topsecret@127.0.0.1:1/regpoll",
+        "postgres://regpoll:topsecret@127.0.0.1:notaport/regpoll",
+    ] {
+        let out = regpoll(&["run", "--database-url", url, "--http", "off"], dir.path());
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(!err.contains("topsecret"), "{err}");
+        assert!(
+            (err.contains("PostgreSQL at postgres://regpoll:***@127.0.0.1:1/regpoll")
+                && err.contains("refused"))
+                || err.contains("invalid DATABASE_URL"),
+            "{err}"
+        );
+    }
+
+    let (_file_dir, devices) = common::write_yaml(GOOD);
+    let child = Command::new(env!("CARGO_BIN_EXE_regpoll"))
+        .args(["run", "--http", "off", "--devices"])
+        .arg(&devices)
+        .args([
+            "--redis-url",
+            "redis://:topsecret@127.0.0.1:1/",
+            "--log",
+            "debug",
+        ])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REGPOLL_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("Redis"), "the Redis failure is logged: {all}");
+    assert!(!all.contains("topsecret"), "{all}");
+}
+
+#[test]
+fn a_bad_log_filter_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = regpoll(
+        &["--log", "info,regpoll=loud", "check", "x.yaml"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("REGPOLL_LOG") && err.contains("info,regpoll"),
+        "{err}"
+    );
+}

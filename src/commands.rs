@@ -19,7 +19,6 @@ use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::plan_group;
 use crate::poller::DevicePoller;
 use crate::query;
-use crate::reading::Value;
 use crate::registry::Device;
 use crate::registry::{
     DataType, Register, RegisterKind, RequestLimits, Schedule, UnitId, WordOrder,
@@ -142,6 +141,15 @@ async fn simulate(file: &std::path::Path, faults: Option<&std::path::Path>) -> a
         );
     }
     let sim = Simulator::start_with_faults(&devices, Bind::AsConfigured, faults).await?;
+    print_served(&sim, &devices);
+    println!("simulating {} devices; Ctrl-C to stop", devices.len());
+    app::shutdown_signal().await;
+    Ok(())
+}
+
+/// One line per listening address with the devices (and unit ids) behind
+/// it, so they can be read by hand (`regpoll read ADDR --unit N …`).
+fn print_served(sim: &Simulator, devices: &[Device]) {
     let mut endpoints: Vec<_> = sim.endpoints().collect();
     endpoints.sort();
     for (endpoint, addr) in endpoints {
@@ -152,9 +160,6 @@ async fn simulate(file: &std::path::Path, faults: Option<&std::path::Path>) -> a
             .collect();
         println!("serving {addr}: {}", units.join(", "));
     }
-    println!("simulating {} devices; Ctrl-C to stop", devices.len());
-    app::shutdown_signal().await;
-    Ok(())
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -167,6 +172,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     // Free ports chosen now, so the demo never collides with anything running.
     let sim = Simulator::start(&devices, Bind::Ephemeral).await?;
+    print_served(&sim, &devices);
     for d in &mut devices {
         let addr = sim
             .addr_of(d)
@@ -252,7 +258,7 @@ fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
             .iter()
             .take(3)
             .map(|(reg, v)| {
-                let value = show(&v.value);
+                let value = v.value.for_people();
                 format!(
                     "{reg}={value}{} ({})",
                     v.unit
@@ -264,16 +270,6 @@ fn print_summary(running: &app::Running, elapsed_s: f64, polls_per_s: f64) {
             })
             .collect();
         println!("    {device:<14} {}", shown.join("  "));
-    }
-}
-
-/// A value for people: numbers with two decimals, strings quoted, — for none.
-fn show(value: &Value) -> String {
-    match value {
-        Value::None => "—".to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => format!("{n:.2}"),
-        Value::Text(t) => format!("{t:?}"),
     }
 }
 
@@ -295,7 +291,7 @@ fn print_readings(report: &crate::reading::PollReport, indent: &str) {
             "{indent}{:<16} {:>6} {:>14}{unit:<6} {:<9}{detail}",
             reg.name,
             reg.address.0,
-            show(&r.value),
+            r.value.for_people(),
             r.quality.as_str()
         );
     }
@@ -537,7 +533,7 @@ async fn query(command: QueryCommand) -> anyhow::Result<()> {
             let now = chrono::Utc::now();
             // `--since 1h` means an hour ago; an RFC 3339 time is taken as is.
             let instant = |flag: &str, text: &str| {
-                let relative = crate::registry::parse_duration(text).is_ok();
+                let relative = query::parse_lookback(text).is_ok();
                 let text = if relative {
                     format!("now-{text}")
                 } else {
@@ -564,7 +560,7 @@ async fn query(command: QueryCommand) -> anyhow::Result<()> {
                             rfc3339(r.ts),
                             r.value_text
                                 .clone()
-                                .or(r.value.map(|v| v.to_string()))
+                                .or(r.value.map(number))
                                 .unwrap_or_default(),
                             r.quality.clone(),
                             r.detail.clone().unwrap_or_default(),
@@ -578,9 +574,9 @@ async fn query(command: QueryCommand) -> anyhow::Result<()> {
                     |r| {
                         vec![
                             rfc3339(r.bucket),
-                            format!("{:.4}", r.avg),
-                            r.min.to_string(),
-                            r.max.to_string(),
+                            number(r.avg),
+                            number(r.min),
+                            number(r.max),
                             r.count.to_string(),
                         ]
                     },
@@ -588,6 +584,11 @@ async fn query(command: QueryCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// A number in a table, as people read it (see [`crate::reading::Value::for_people`]).
+fn number(n: f64) -> String {
+    crate::reading::Value::Number(n).for_people()
 }
 
 fn json_cell(v: &serde_json::Value) -> String {

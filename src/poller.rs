@@ -136,7 +136,7 @@ fn evaluate(reg: &Register, req: &ReadRequest, words: &Words) -> (Value, Quality
             Some(format!("{what} float")),
         );
     }
-    let value = n * reg.scale + reg.offset;
+    let value = reg.engineering(n);
     if !reg.valid.contains(value) {
         return (
             Value::Number(value),

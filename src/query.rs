@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::db::Db;
-use crate::registry::{format_duration, parse_duration};
+use crate::registry::format_duration;
 
 /// Rows returned when the caller does not say.
 pub const DEFAULT_LIMIT: usize = 10_000;
@@ -385,15 +385,21 @@ async fn buckets(
     Ok(n)
 }
 
-/// Parses an instant: RFC 3339 (`2026-11-23T10:00:00Z`), `now`, or `now-1h`
-/// (any duration regpoll accepts).
+/// How far back a query reaches: a duration like `30m`, `6h`, `7d` or `52w`
+/// (at most 100 years).
+pub fn parse_lookback(text: &str) -> Result<std::time::Duration, String> {
+    crate::registry::parse_span(text, 100 * 366 * 86_400_000, "100 years")
+}
+
+/// Parses an instant: RFC 3339 (`2026-11-23T10:00:00Z`), `now`, or `now-` and
+/// a [`parse_lookback`] duration (`now-1h`, `now-7d`).
 pub fn parse_instant(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     let text = text.trim();
     if text == "now" {
         return Ok(now);
     }
     if let Some(ago) = text.strip_prefix("now-") {
-        let d = parse_duration(ago)?;
+        let d = parse_lookback(ago)?;
         return chrono::Duration::from_std(d)
             .ok()
             .and_then(|d| now.checked_sub_signed(d))
@@ -431,6 +437,15 @@ mod tests {
         let e = parse_instant("yesterday", now).unwrap_err();
         assert!(e.contains("RFC 3339"), "{e}");
         assert!(parse_instant("now-1x", now).is_err());
+        // Analysts look back days and weeks, beyond devices.yaml's 7-day cap.
+        assert_eq!(
+            parse_instant("now-30d", now).unwrap(),
+            at("2026-10-24T10:00:00Z")
+        );
+        assert_eq!(
+            parse_instant("now-2w", now).unwrap(),
+            at("2026-11-09T10:00:00Z")
+        );
     }
 
     #[test]

@@ -63,6 +63,42 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value for people: numbers without float noise (`-4.8`, not
+    /// `-4.800000000000001`; integers without decimals), tiny and huge
+    /// numbers in exponent form (a float read with the wrong word order shows
+    /// as `1.2e-40`, not `0`), strings quoted, `—` for none.
+    pub fn for_people(&self) -> String {
+        match self {
+            Value::None => "—".to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => {
+                // Six decimals cover every scale in use (0.001 and finer is
+                // rare); trailing zeros carry no information.
+                fn trim(digits: &str) -> &str {
+                    if digits.contains('.') {
+                        digits.trim_end_matches('0').trim_end_matches('.')
+                    } else {
+                        digits
+                    }
+                }
+                let n = *n;
+                if !n.is_finite() {
+                    n.to_string()
+                } else if n != 0.0 && !(1e-4..1e15).contains(&n.abs()) {
+                    let e = format!("{n:.6e}");
+                    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
+                    format!("{}e{exp}", trim(mantissa))
+                } else {
+                    match trim(&format!("{n:.6}")) {
+                        "-0" => "0".to_string(),
+                        s => s.to_string(),
+                    }
+                }
+            }
+            Value::Text(t) => format!("{t:?}"),
+        }
+    }
+
     /// The value as stored in `register_readings.value` (bool as 0/1).
     pub fn as_f64(&self) -> Option<f64> {
         match self {
@@ -126,5 +162,28 @@ pub struct PollReport {
 impl PollReport {
     pub fn register(&self, r: &Reading) -> &Register {
         &self.device.registers[r.index]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Value;
+
+    #[test]
+    fn values_for_people_drop_float_noise_but_not_information() {
+        let n = |x: f64| Value::Number(x).for_people();
+        assert_eq!(n(-48.0 * 0.1), "-4.8");
+        assert_eq!(n(114.0), "114");
+        assert_eq!(n(7_733_248.0), "7733248");
+        assert_eq!(n(87.5), "87.5");
+        assert_eq!(n(0.001), "0.001");
+        assert_eq!(n(0.0), "0");
+        assert_eq!(n(-0.0), "0");
+        assert_eq!(n(1.2e-40), "1.2e-40");
+        assert_eq!(n(3.0e20), "3e20");
+        assert_eq!(n(f64::NAN), "NaN");
+        assert_eq!(Value::Bool(true).for_people(), "true");
+        assert_eq!(Value::None.for_people(), "—");
+        assert_eq!(Value::Text("SN-1".into()).for_people(), "\"SN-1\"");
     }
 }

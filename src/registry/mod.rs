@@ -210,6 +210,21 @@ impl Register {
     pub fn last_address(&self) -> u32 {
         u32::from(self.address.0) + u32::from(self.width()) - 1
     }
+
+    /// The engineering value of a decoded number: `raw × scale + offset`.
+    /// A decimal scale (0.1, 0.01, 0.001) divides by its reciprocal instead:
+    /// 0.01 has no exact binary form, so 330 × 0.01 is 3.3000000000000003,
+    /// while 330 / 100 is the double nearest 3.3, which is what analysts
+    /// expect to find in the database.
+    pub fn engineering(&self, raw: f64) -> f64 {
+        let divisor = (1.0 / self.scale).round();
+        let scaled = if divisor > 1.0 && (divisor * self.scale - 1.0).abs() < 1e-12 {
+            raw / divisor
+        } else {
+            raw * self.scale
+        };
+        scaled + self.offset
+    }
 }
 
 impl Register {
@@ -480,7 +495,13 @@ impl FromStr for WordOrder {
 
 /// Parses durations as written in devices.yaml: `500ms`, `5s`, `1.5s`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let hint = "write a number followed by ms, s, m or h, e.g. 500ms, 5s, 1m";
+    parse_span(s, 7 * 24 * 3_600_000, "7 days")
+}
+
+/// A span of any length up to `max_ms` (named `max_text` in errors):
+/// a number followed by ms, s, m (or min), h, d or w.
+pub fn parse_span(s: &str, max_ms: u64, max_text: &str) -> Result<Duration, String> {
+    let hint = "write a number followed by ms, s, m, h or d, e.g. 500ms, 5s, 1m, 1d";
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -494,14 +515,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1_000.0,
         "m" | "min" => 60_000.0,
         "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        "w" => 7.0 * 86_400_000.0,
         _ => return Err(format!("`{s}` has an unknown unit; {hint}")),
     };
     let ms = n * factor_ms;
     if ms < 1.0 {
         return Err(format!("`{s}` must be at least 1ms"));
     }
-    if ms > 7.0 * 24.0 * 3_600_000.0 {
-        return Err(format!("`{s}` is longer than 7 days"));
+    if ms > max_ms as f64 {
+        return Err(format!("`{s}` is longer than {max_text}"));
     }
     Ok(Duration::from_millis(ms.round() as u64))
 }
@@ -523,6 +546,31 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_scales_give_the_nearest_double_of_the_decimal() {
+        let mut reg = Register::plain(
+            "r",
+            RegisterKind::Holding,
+            0,
+            DataType::U16,
+            WordOrder::Abcd,
+        );
+        for (scale, raw, want) in [
+            (0.01, 330.0, 3.3),
+            (0.1, -48.0, -4.8),
+            (0.001, 1234.0, 1.234),
+        ] {
+            reg.scale = scale;
+            assert_eq!(reg.engineering(raw), want, "{raw} × {scale}");
+        }
+        reg.scale = 2.5;
+        reg.offset = -1.0;
+        assert_eq!(reg.engineering(4.0), 9.0);
+        reg.scale = 1.0;
+        reg.offset = 0.0;
+        assert_eq!(reg.engineering(65535.0), 65535.0);
+    }
 
     #[test]
     fn durations_parse_with_units_and_reject_zero_or_garbage() {

@@ -209,7 +209,7 @@ fn raw_value(seed: u64, reg: &Register, t: DateTime<Utc>) -> Value {
 pub fn expected_value(device: &str, reg: &Register, t: DateTime<Utc>) -> Value {
     let raw = raw_value(seed(device, &reg.name), reg, t);
     match decode(&encode(&raw, reg), reg) {
-        Value::Number(n) => Value::Number(n * reg.scale + reg.offset),
+        Value::Number(n) => Value::Number(reg.engineering(n)),
         other => other,
     }
 }

@@ -110,12 +110,12 @@ pub struct RunSummary {
     pub spool_damage: u64,
     /// Bytes left in the spool at the end (0 unless the database was down).
     pub spool_bytes: u64,
-    /// History write latency p50, p99 and max over recent batches.
+    /// History write latency p50, p99 and max over the run.
     pub write_latency: Option<Vec<Duration>>,
     pub redis_polls_written: u64,
     /// Reports superseded by a newer one of their group before Redis got them.
     pub redis_coalesced: u64,
-    /// Schedule lateness p50, p99 and max over recent polls (see `schedule::Durations`).
+    /// Schedule lateness p50, p99 and max over the run (see `telemetry::Distribution`).
     pub lateness: Option<Vec<Duration>>,
 }
 
@@ -455,7 +455,7 @@ impl Running {
         self.counters.overruns.load(Ordering::Relaxed)
     }
 
-    /// Quantiles of schedule lateness over recent polls (see `schedule::Durations`).
+    /// Quantiles of schedule lateness over the run (see `telemetry::Distribution`).
     pub fn lateness(&self, qs: &[f64]) -> Option<Vec<Duration>> {
         self.counters.lateness.quantiles(qs)
     }

@@ -17,9 +17,9 @@ use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
 use crate::reading::{PollReport, Quality};
 use crate::registry::Device;
-use crate::schedule::{Durations, Ticker};
+use crate::schedule::Ticker;
 use crate::sink::Sinks;
-use crate::telemetry::{Endpoints, Histogram};
+use crate::telemetry::{Distribution, Endpoints, Histogram};
 
 /// Counters every poll group updates.
 #[derive(Debug, Default)]
@@ -27,9 +27,9 @@ pub struct Counters {
     pub polls: AtomicU64,
     /// Firings skipped because the group's previous poll was still running.
     pub overruns: AtomicU64,
-    /// Schedule lateness: recent samples for exact quantiles, and a histogram
-    /// over the whole run for `/metrics`.
-    pub lateness: Durations,
+    /// Schedule lateness over the whole run: fine-grained for quantiles (the
+    /// summaries, `/api/stats`), and in Prometheus' buckets for `/metrics`.
+    pub lateness: Distribution,
     pub lateness_histogram: Histogram,
     /// Readings by quality: good, uncertain, bad.
     pub readings: [AtomicU64; 3],

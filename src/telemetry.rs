@@ -71,6 +71,186 @@ impl Histogram {
     }
 }
 
+/// Sub-buckets per power of two in a [`Distribution`]: values are kept to
+/// within 1/32 (about 3 %).
+const SUB_BITS: u32 = 5;
+const SUB: u64 = 1 << SUB_BITS;
+/// Values from 2^40 µs (about 12 days) up share the last bucket.
+const TOP_BIT: u32 = 40;
+const DIST_BUCKETS: usize = (2 * SUB + (TOP_BIT as u64 - SUB_BITS as u64 - 1) * SUB) as usize;
+
+/// A distribution of durations over a whole run, for exact-enough quantiles:
+/// microseconds in log-linear buckets (every value below 64 µs exactly, above
+/// that within 3 %), as in HdrHistogram. Recording is two relaxed atomic
+/// operations, with no lock and no allocation, so it can sit on every poll;
+/// it takes 9 KiB whatever the run's length. Two snapshots subtract, which
+/// gives the quantiles of a time window (what `regpoll bench` reports).
+#[derive(Debug)]
+pub struct Distribution {
+    counts: Box<[AtomicU64]>,
+    max_us: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Self {
+            counts: (0..DIST_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max_us: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The bucket of a value in microseconds.
+fn bucket_of(us: u64) -> usize {
+    if us < 2 * SUB {
+        return us as usize;
+    }
+    let top = (63 - us.leading_zeros()).min(TOP_BIT - 1);
+    let us = us.min((1 << (top + 1)) - 1);
+    let sub = (us >> (top - SUB_BITS)) & (SUB - 1);
+    (2 * SUB + u64::from(top - SUB_BITS - 1) * SUB + sub) as usize
+}
+
+/// The largest value (µs) that falls into bucket `i`.
+fn bucket_top(i: usize) -> u64 {
+    let i = i as u64;
+    if i < 2 * SUB {
+        return i;
+    }
+    let top = (i - 2 * SUB) / SUB + u64::from(SUB_BITS) + 1;
+    let sub = (i - 2 * SUB) % SUB;
+    let width = 1u64 << (top - u64::from(SUB_BITS));
+    ((SUB + sub) << (top - u64::from(SUB_BITS))) + width - 1
+}
+
+impl Distribution {
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.counts[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The given quantiles (0.5 = median, 1.0 = max) of everything recorded,
+    /// or `None` before the first value.
+    pub fn quantiles(&self, qs: &[f64]) -> Option<Vec<Duration>> {
+        self.snapshot().quantiles(qs)
+    }
+
+    pub fn snapshot(&self) -> DistributionSnapshot {
+        DistributionSnapshot {
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            max_us: self.max_us.load(Ordering::Relaxed),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The counts of a [`Distribution`] at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistributionSnapshot {
+    counts: Vec<u64>,
+    max_us: u64,
+    sum_us: u64,
+}
+
+impl DistributionSnapshot {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us
+    }
+
+    /// Quantiles, each the top of its bucket (so never under the truth by
+    /// more than a bucket width), capped at the largest value recorded.
+    pub fn quantiles(&self, qs: &[f64]) -> Option<Vec<Duration>> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        Some(
+            qs.iter()
+                .map(|&q| {
+                    // The rank of the q-quantile: the smallest value with at
+                    // least q of all values at or below it.
+                    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+                    let mut seen = 0;
+                    let at = self
+                        .counts
+                        .iter()
+                        .position(|&c| {
+                            seen += c;
+                            seen >= rank
+                        })
+                        .unwrap_or(self.counts.len() - 1);
+                    Duration::from_micros(bucket_top(at).min(self.max_us))
+                })
+                .collect(),
+        )
+    }
+
+    /// What was recorded after `earlier` (a snapshot of the same
+    /// distribution). The maximum is the top of the highest bucket that
+    /// grew, capped at the overall maximum.
+    pub fn since(&self, earlier: &DistributionSnapshot) -> DistributionSnapshot {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .zip(&earlier.counts)
+            .map(|(now, then)| now.saturating_sub(*then))
+            .collect();
+        let max_us = counts
+            .iter()
+            .rposition(|&c| c > 0)
+            .map_or(0, |i| bucket_top(i).min(self.max_us));
+        DistributionSnapshot {
+            counts,
+            max_us,
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+        }
+    }
+
+    /// `[[bucket top in µs, count], …]` of the non-empty buckets, plus max
+    /// and sum: the JSON form `/api/stats` serves.
+    pub fn to_json(&self) -> serde_json::Value {
+        let buckets: Vec<[u64; 2]> = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| [bucket_top(i), *c])
+            .collect();
+        serde_json::json!({
+            "count": self.count(),
+            "sum_us": self.sum_us,
+            "max_us": self.max_us,
+            "buckets": buckets,
+        })
+    }
+
+    /// Reads the form [`Self::to_json`] writes.
+    pub fn from_json(v: &serde_json::Value) -> Option<DistributionSnapshot> {
+        let mut counts = vec![0; DIST_BUCKETS];
+        for b in v.get("buckets")?.as_array()? {
+            let top = b.get(0)?.as_u64()?;
+            counts[bucket_of(top)] += b.get(1)?.as_u64()?;
+        }
+        Some(DistributionSnapshot {
+            counts,
+            max_us: v.get("max_us")?.as_u64()?,
+            sum_us: v.get("sum_us")?.as_u64()?,
+        })
+    }
+}
+
 /// What went wrong with a Modbus request, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -172,6 +352,50 @@ impl Endpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distribution_buckets_tile_the_range_within_three_percent() {
+        let mut prev_top = None;
+        for i in 0..DIST_BUCKETS {
+            let top = bucket_top(i);
+            assert_eq!(bucket_of(top), i, "top of bucket {i}");
+            if let Some(p) = prev_top {
+                assert_eq!(bucket_of(p + 1), i, "bucket {i} starts after {p}");
+                // Width relative to the bucket's values: at most 1/32.
+                assert!(
+                    (top - p) as f64 <= (p + 1) as f64 / 32.0 + 1.0,
+                    "{i}: {p}..{top}"
+                );
+            }
+            prev_top = Some(top);
+        }
+        assert_eq!(bucket_of(u64::MAX), DIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn distribution_quantiles_and_windows() {
+        let d = Distribution::default();
+        assert_eq!(d.quantiles(&[0.5]), None);
+        for us in 1..=1000u64 {
+            d.record(Duration::from_micros(us));
+        }
+        let q = d.quantiles(&[0.5, 0.99, 1.0]).unwrap();
+        let us = |d: Duration| d.as_micros() as f64;
+        assert!((us(q[0]) - 500.0).abs() <= 500.0 / 32.0, "{q:?}");
+        assert!((us(q[1]) - 990.0).abs() <= 990.0 / 32.0, "{q:?}");
+        assert_eq!(q[2], Duration::from_micros(1000));
+
+        let before = d.snapshot();
+        for _ in 0..100 {
+            d.record(Duration::from_millis(7));
+        }
+        let window = d.snapshot().since(&before);
+        assert_eq!(window.count(), 100);
+        let q = window.quantiles(&[0.5, 1.0]).unwrap();
+        assert!((us(q[0]) - 7000.0).abs() <= 7000.0 / 32.0, "{q:?}");
+        let back = DistributionSnapshot::from_json(&window.to_json()).unwrap();
+        assert_eq!(back, window);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_inclusive() {

@@ -315,6 +315,29 @@ async fn every_endpoint_answers_with_real_services() {
     assert!(value("process_resident_memory_bytes ") > 0.0);
     assert!(text.contains("# TYPE regpoll_modbus_request_duration_seconds histogram"));
 
+    // Stats: the same totals as JSON, with distributions that subtract.
+    let stats = http_get(addr, "/api/stats").await;
+    assert_eq!(stats.status, 200);
+    let stats = stats.json();
+    assert_eq!(stats["devices"], 2);
+    assert!(stats["polls"].as_u64().unwrap() >= 6, "{stats}");
+    assert!(stats["readings"]["good"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["modbus_errors"].as_u64().unwrap() > 0, "{stats}");
+    let lateness =
+        regpoll::telemetry::DistributionSnapshot::from_json(&stats["distributions"]["lateness"])
+            .expect("lateness distribution");
+    // Lateness is recorded as a poll starts, the poll counted as it ends.
+    assert!(
+        lateness.count() >= stats["polls"].as_u64().unwrap(),
+        "{stats}"
+    );
+    assert!(lateness.quantiles(&[0.99]).is_some());
+    let visible = regpoll::telemetry::DistributionSnapshot::from_json(
+        &stats["distributions"]["redis_visible"],
+    )
+    .unwrap();
+    assert!(visible.count() > 0);
+
     // The status page is served as HTML.
     let page = http_get(addr, "/").await;
     assert_eq!(page.status, 200);

@@ -173,6 +173,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/api/stats", get(stats))
         .route("/api/devices", get(devices))
         .route("/api/devices/{name}/latest", get(device_latest))
         .route("/api/readings", get(readings))
@@ -299,6 +300,58 @@ async fn metrics_text(State(state): State<ApiState>) -> Response {
         metrics::render(&state),
     )
         .into_response()
+}
+
+/// Totals since start and fine-grained distributions (see
+/// `telemetry::Distribution`): what `/metrics` shows, in a form from which
+/// exact-enough quantiles of any time window can be computed by subtracting
+/// two answers (`regpoll bench` does).
+async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &state.0;
+    let c = &s.counters;
+    let h = &s.history_stats;
+    let r = &s.redis_stats;
+    let (mut requests, mut errors) = (0, 0);
+    for (_, e) in c.endpoints.snapshot() {
+        requests += e.requests.load(Relaxed);
+        errors += crate::telemetry::ErrorKind::ALL
+            .iter()
+            .map(|k| e.errors(*k))
+            .sum::<u64>();
+    }
+    let devices = s.devices.borrow().len();
+    let readings: Map<String, serde_json::Value> = crate::reading::Quality::ALL
+        .iter()
+        .map(|q| (q.as_str().to_string(), json!(c.readings(*q))))
+        .collect();
+    Json(json!({
+        "at": rfc3339(Utc::now()),
+        "devices": devices,
+        "polls": c.polls.load(Relaxed),
+        "overruns": c.overruns.load(Relaxed),
+        "readings": readings,
+        "modbus_requests": requests,
+        "modbus_errors": errors,
+        "history": {
+            "rows_written": h.rows_written.load(Relaxed),
+            "batches": h.batches.load(Relaxed),
+            "failures": h.failures.load(Relaxed),
+            "rows_lost": h.rows_lost.load(Relaxed),
+            "rows_spooled": h.rows_spooled.load(Relaxed),
+            "queue_depth": s.history_depth.get(),
+        },
+        "redis": {
+            "polls_written": r.polls_written.load(Relaxed),
+            "failures": r.failures.load(Relaxed),
+            "coalesced": s.coalesced(),
+        },
+        "distributions": {
+            "lateness": c.lateness.snapshot().to_json(),
+            "history_write": h.write_latency.snapshot().to_json(),
+            "redis_visible": r.visible_distribution.snapshot().to_json(),
+        },
+    }))
 }
 
 fn opt_ts(ts: Option<chrono::DateTime<Utc>>) -> serde_json::Value {

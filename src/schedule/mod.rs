@@ -109,60 +109,6 @@ impl Ticker {
     }
 }
 
-/// Recent durations for percentiles: schedule lateness (actual start −
-/// scheduled firing) of polls, write latency of history batches. A bounded
-/// ring: memory stays flat however long it runs.
-#[derive(Debug)]
-pub struct Durations {
-    samples: std::sync::Mutex<(Vec<u32>, usize)>,
-}
-
-/// How many recent samples the percentiles cover.
-pub const DURATIONS_WINDOW: usize = 100_000;
-
-impl Default for Durations {
-    fn default() -> Self {
-        Self {
-            samples: std::sync::Mutex::new((Vec::new(), 0)),
-        }
-    }
-}
-
-impl Durations {
-    pub fn record(&self, late: Duration) {
-        let us = u32::try_from(late.as_micros()).unwrap_or(u32::MAX);
-        let mut guard = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let (samples, next) = &mut *guard;
-        if samples.len() < DURATIONS_WINDOW {
-            samples.push(us);
-        } else {
-            samples[*next] = us;
-            *next = (*next + 1) % DURATIONS_WINDOW;
-        }
-    }
-
-    /// The given quantiles (0.5 = median) of the recorded durations, or
-    /// `None` before the first sample.
-    pub fn quantiles(&self, qs: &[f64]) -> Option<Vec<Duration>> {
-        let mut sorted = self
-            .samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone();
-        if sorted.is_empty() {
-            return None;
-        }
-        sorted.sort_unstable();
-        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-        Some(
-            qs.iter()
-                .map(|&q| Duration::from_micros(u64::from(at(q))))
-                .collect(),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,19 +279,6 @@ mod tests {
         assert_eq!(
             c.after_poll(at(1_000_000), at(3_500_000)),
             (2, Some(at(4_000_000)))
-        );
-    }
-
-    #[test]
-    fn lateness_quantiles_cover_the_recorded_polls() {
-        let l = Durations::default();
-        assert_eq!(l.quantiles(&[0.5]), None);
-        for ms in 1..=100 {
-            l.record(Duration::from_millis(ms));
-        }
-        assert_eq!(
-            l.quantiles(&[0.5, 0.99]).unwrap(),
-            [Duration::from_millis(51), Duration::from_millis(99)]
         );
     }
 

@@ -97,7 +97,7 @@ pub struct HistoryStats {
     /// Bytes in the spool after its last change.
     pub spool_bytes: AtomicU64,
     /// How long written batches took to write.
-    pub write_latency: crate::schedule::Durations,
+    pub write_latency: crate::telemetry::Distribution,
     /// The same over the whole run, for `/metrics`.
     pub write_histogram: crate::telemetry::Histogram,
 }

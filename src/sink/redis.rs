@@ -102,6 +102,8 @@ pub struct RedisStats {
     /// From the end of a poll (its last response) to Redis acknowledging its
     /// values: how stale a dashboard reading Redis can be beyond the schedule.
     pub visible: crate::telemetry::Histogram,
+    /// The same, fine-grained for quantiles (`/api/stats`).
+    pub visible_distribution: crate::telemetry::Distribution,
 }
 
 /// Reports not yet written, keyed by poll group (device, first register).
@@ -180,9 +182,9 @@ pub async fn run_writer(
                     stats.polls_written.fetch_add(1, Ordering::Relaxed);
                     let answered = report.started
                         + chrono::Duration::from_std(report.latency).unwrap_or_default();
-                    stats
-                        .visible
-                        .record((Utc::now() - answered).to_std().unwrap_or_default());
+                    let visible = (Utc::now() - answered).to_std().unwrap_or_default();
+                    stats.visible.record(visible);
+                    stats.visible_distribution.record(visible);
                 }
                 Err(e) => {
                     // Log the first failure of a run of failures, not every one.

@@ -87,9 +87,41 @@ pub fn load(path: &Path) -> Result<Vec<Device>, ConfigErrors> {
     parse(&text, &file)
 }
 
+/// serde-saphyr's default budget (250,000 nodes, 1,000,000 parser events) is
+/// there against alias bombs, but it also refuses honest files: 10,000
+/// devices × 10 registers is about 450,000 nodes, and a register map shared
+/// through an anchor (`registers: *meter`) expands to far more nodes than
+/// the text has bytes. The caps on nodes, events and replayed alias events
+/// grow with the text instead, 64 nodes per byte, so the work stays linear
+/// in the file's size. The alias-to-anchor ratio check is off: one map
+/// shared by thousands of devices is the normal case here, and the linear
+/// caps already bound what aliases can expand to.
+fn yaml_options(text: &str) -> serde_saphyr::Options {
+    let defaults = serde_saphyr::Budget::default();
+    let nodes = defaults.max_nodes.max(text.len().saturating_mul(64));
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: nodes,
+            max_events: defaults.max_events.max(nodes.saturating_mul(2)),
+            enforce_alias_anchor_ratio: false,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: defaults.max_events.max(nodes.saturating_mul(2)),
+        },
+    }
+}
+
 /// Parses and validates devices.yaml text; `file` is only used in messages.
+///
+/// Two passes over the text keep memory proportional to the result, not to
+/// the raw YAML: a raw register with the location of every field is about
+/// 1 KB, so holding 10,000 raw devices × 10 registers took 180 MB at the
+/// peak (and glibc kept it). The first pass reads only `defaults` (skipping
+/// `devices` without building anything), because every device is checked
+/// against them and the two keys may come in either order; the second
+/// streams `devices`, turning each raw entry into a `Device` and dropping it.
 pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
-    let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| {
+    let parse_error = |e: serde_saphyr::Error| {
         let loc = e.location();
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),
@@ -99,12 +131,26 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
             register: None,
             message: raw::describe_parse_error(&e),
         }])
-    })?;
+    };
+    let head: RawFile =
+        serde_saphyr::from_str_with_options(text, yaml_options(text)).map_err(parse_error)?;
     let mut v = Validator {
         file,
         errors: Vec::new(),
     };
-    let devices = v.file(raw);
+    let defaults = v.defaults(head.defaults);
+    let devices =
+        serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(text), |de| {
+            serde::de::DeserializeSeed::deserialize(
+                raw::DevicesOf {
+                    each: |dev: Spanned<RawDevice>, seen: &mut HashMap<String, u64>| {
+                        v.device(dev.value, &defaults, dev.referenced, seen)
+                    },
+                },
+                de,
+            )
+        })
+        .map_err(parse_error)?;
     if v.errors.is_empty() {
         Ok(devices)
     } else {
@@ -156,40 +202,30 @@ impl<'a> Validator<'a> {
         });
     }
 
-    fn file(&mut self, raw: RawFile) -> Vec<Device> {
-        let defaults = match raw.defaults {
-            Some(d) => {
-                let none = Ctx {
-                    device: None,
-                    register: None,
-                };
-                if let Some(n) = &d.value.name {
-                    self.error(
-                        n.referenced,
-                        none,
-                        "`defaults` cannot set `name`; names are per device",
-                    );
-                }
-                if let Some(r) = &d.value.registers {
-                    self.error(
-                        r.referenced,
-                        none,
-                        "`defaults` cannot set `registers`; registers are per device",
-                    );
-                }
-                d.value
-            }
-            None => RawDevice::default(),
+    /// The `defaults` block, with the keys it may not set reported.
+    fn defaults(&mut self, raw: Option<Spanned<RawDevice>>) -> RawDevice {
+        let Some(d) = raw else {
+            return RawDevice::default();
         };
-        let mut seen: HashMap<String, u64> = HashMap::new();
-        let mut out = Vec::new();
-        for dev in raw.devices {
-            let at = dev.referenced;
-            if let Some(d) = self.device(dev.value, &defaults, at, &mut seen) {
-                out.push(d);
-            }
+        let none = Ctx {
+            device: None,
+            register: None,
+        };
+        if let Some(n) = &d.value.name {
+            self.error(
+                n.referenced,
+                none,
+                "`defaults` cannot set `name`; names are per device",
+            );
         }
-        out
+        if let Some(r) = &d.value.registers {
+            self.error(
+                r.referenced,
+                none,
+                "`defaults` cannot set `registers`; registers are per device",
+            );
+        }
+        d.value
     }
 
     fn device(

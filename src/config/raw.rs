@@ -2,17 +2,107 @@
 //! validation (in `config`) can say precisely what is missing and where;
 //! `deny_unknown_fields` turns typos into errors instead of silent defaults.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
+/// The file's first pass: `defaults` in full, `devices` only checked to be
+/// there and skipped over (see `config::parse`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
     #[serde(default)]
     pub defaults: Option<Spanned<RawDevice>>,
-    pub devices: Vec<Spanned<RawDevice>>,
+    #[allow(dead_code)] // read only to require the key; the second pass takes the entries
+    pub devices: IgnoredAny,
+}
+
+/// The file's second pass: hands each entry of `devices` to `each` as soon as
+/// it is read, so only one raw device is alive at a time, and collects what
+/// `each` makes of it. `each` also gets the names seen so far, to report
+/// duplicates.
+pub(super) struct DevicesOf<F> {
+    pub each: F,
+}
+
+impl<'de, F, T> DeserializeSeed<'de> for DevicesOf<F>
+where
+    F: FnMut(Spanned<RawDevice>, &mut HashMap<String, u64>) -> Option<T>,
+{
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Vec<T>, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de, F, T> Visitor<'de> for DevicesOf<F>
+where
+    F: FnMut(Spanned<RawDevice>, &mut HashMap<String, u64>) -> Option<T>,
+{
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map with `devices` and optionally `defaults`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+        let mut each = self.each;
+        let mut out = Vec::new();
+        // The first pass has already refused unknown and missing keys.
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "devices" {
+                out = map.next_value_seed(EachDevice {
+                    each: &mut each,
+                    _out: std::marker::PhantomData,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct EachDevice<'f, F, T> {
+    each: &'f mut F,
+    _out: std::marker::PhantomData<T>,
+}
+
+impl<'de, F, T> DeserializeSeed<'de> for EachDevice<'_, F, T>
+where
+    F: FnMut(Spanned<RawDevice>, &mut HashMap<String, u64>) -> Option<T>,
+{
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Vec<T>, D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de, F, T> Visitor<'de> for EachDevice<'_, F, T>
+where
+    F: FnMut(Spanned<RawDevice>, &mut HashMap<String, u64>) -> Option<T>,
+{
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of devices")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<T>, S::Error> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(dev) = seq.next_element::<Spanned<RawDevice>>()? {
+            if let Some(d) = (self.each)(dev, &mut seen) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A device entry, and also the `defaults` block (which may set every field but

@@ -377,3 +377,52 @@ fn request_limits_are_device_settings_with_defaults() {
     let e = only_error(&limited);
     assert!(e.message.contains("length 5 is outside 1..4"), "{e}");
 }
+
+#[test]
+fn a_large_fleet_is_not_refused_by_the_yaml_budget() {
+    // 3,000 devices × 10 registers, about 2 MB and 300,000 YAML nodes: past
+    // serde-saphyr's default cap of 250,000 nodes, which refused such files
+    // (10,000 devices failed at device 2,500).
+    let mut yaml = String::from("defaults: { host: 127.0.0.1, every: 1s }\ndevices:\n");
+    for d in 0..3_000 {
+        yaml.push_str(&format!(
+            "  - name: dev-{d}\n    port: {}\n    unit_id: {}\n    registers:\n",
+            10_000 + d / 100,
+            d % 100 + 1
+        ));
+        for r in 0..10 {
+            yaml.push_str(&format!(
+                "      - {{ name: r{r}, kind: holding, address: {r}, type: u16 }}\n"
+            ));
+        }
+    }
+    let devices = parse(&yaml, "fleet.yaml").expect("a large honest file parses");
+    assert_eq!(devices.len(), 3_000);
+    assert_eq!(devices[2_999].registers.len(), 10);
+}
+
+#[test]
+fn a_register_map_can_be_shared_through_a_yaml_anchor() {
+    // 2,000 devices × 100 registers from about 100 KB of text: 1.4 million
+    // nodes once the aliases are expanded.
+    // The first device defines the anchor; the others refer to it.
+    let mut yaml = String::from(
+        "defaults: { host: 127.0.0.1, every: 1s }\ndevices:\n  - name: m0\n    port: 10000\n    unit_id: 1\n    registers: &meter\n",
+    );
+    for r in 0..100 {
+        yaml.push_str(&format!(
+            "    - {{ name: r{r}, kind: holding, address: {r}, type: u16 }}\n"
+        ));
+    }
+    for d in 1..2_000 {
+        yaml.push_str(&format!(
+            "  - {{ name: m{d}, port: {}, unit_id: {}, registers: *meter }}\n",
+            10_000 + d / 100,
+            d % 100 + 1
+        ));
+    }
+    let devices = parse(&yaml, "fleet.yaml").expect("anchored register maps parse");
+    assert_eq!(devices.len(), 2_000);
+    assert_eq!(devices[1_999].registers.len(), 100);
+    assert_eq!(devices[1_999].registers[99].name, "r99");
+}

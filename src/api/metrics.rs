@@ -110,7 +110,7 @@ pub fn render(state: &ApiState) -> String {
     let mut t = Text::default();
     let c = &s.counters;
     let devices = s.devices.borrow().len();
-    let up = s.latest.snapshot().values().filter(|d| d.state.up).count();
+    let up = s.latest.up_count();
 
     t.single(
         "regpoll_devices",

@@ -307,12 +307,21 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_problems = Vec::new();
+    let mut fingerprint = db.registry_fingerprint().await.ok().flatten();
     loop {
-        tokio::select! {
+        let notified = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
-            () = watcher.changed() => {}
-        }
+            n = watcher.changed() => n,
+        };
         watcher.sync_file_if_changed(&db).await;
+        // A notification always reloads. The periodic check reloads only when
+        // the registry's fingerprint moved: loading 10,000 devices every
+        // 2 s for nothing would cost more CPU than polling some of them.
+        let now = db.registry_fingerprint().await.ok().flatten();
+        if !notified && now.is_some() && now == fingerprint {
+            continue;
+        }
+        fingerprint = now;
         let loaded = match db.load_active_devices().await {
             Ok(l) => l,
             Err(e) => {
@@ -378,7 +387,8 @@ impl RegistryWatch {
             .ok()
     }
 
-    async fn changed(&mut self) {
+    /// Waits for the next check; true when a notification caused it.
+    async fn changed(&mut self) -> bool {
         let interval = self.interval;
         let notified = async {
             match &mut self.listener {
@@ -386,9 +396,9 @@ impl RegistryWatch {
                 None => std::future::pending().await,
             }
         };
-        let lost = tokio::select! {
-            ok = notified => !ok,
-            () = tokio::time::sleep(interval) => false,
+        let (notified, lost) = tokio::select! {
+            ok = notified => (ok, !ok),
+            () = tokio::time::sleep(interval) => (false, false),
         };
         if lost {
             tracing::warn!(
@@ -396,6 +406,7 @@ impl RegistryWatch {
             );
             self.listener = None;
         }
+        notified
     }
 
     /// Syncs the devices.yaml into the registry when its content changed. An

@@ -1,7 +1,7 @@
 //! The Redis latest-value cache (keys and JSON as in DESIGN.md):
 //! `<prefix>:latest:<device>` (hash: register → JSON value),
 //! `<prefix>:device:<device>` (hash: poll state) and one message per poll on
-//! `<prefix>:updates:<device>`. One pipeline per poll.
+//! `<prefix>:updates:<device>`. Polls pending together share one pipeline.
 //!
 //! Redis must never slow polling or history. Reports reach this writer through
 //! a [`Coalescer`]: it keeps only the newest report of each poll group, so a
@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde_json::{Map, json};
+use serde_json::json;
 use std::collections::HashMap;
 
 use tokio::sync::Notify;
@@ -29,20 +29,13 @@ use crate::reading::{PollReport, Quality, Reading, Value};
 pub const DEFAULT_PREFIX: &str = "regpoll";
 /// Time allowed for connecting to Redis and for each pipeline.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most poll reports written in one pipeline.
+const PIPELINE_REPORTS: usize = 256;
+/// How long the writer lets reports gather before writing them together.
+const LINGER: Duration = Duration::from_millis(2);
 
 pub fn rfc3339(ts: DateTime<Utc>) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// The JSON of one register's latest value.
-pub fn value_json(report: &PollReport, r: &Reading) -> serde_json::Value {
-    latest_json(
-        &r.value,
-        r.quality,
-        r.ts,
-        report.register(r).unit.as_deref(),
-        r.detail.as_deref(),
-    )
 }
 
 /// A latest value as JSON (the Redis hash field contract, also served by the
@@ -66,19 +59,148 @@ pub fn latest_json(
     v
 }
 
-/// The message published on `<prefix>:updates:<device>` after each poll.
-pub fn update_message(
-    report: &PollReport,
-    values: Map<String, serde_json::Value>,
-) -> serde_json::Value {
-    json!({
-        "device": report.device.name,
-        "ts": rfc3339(report.started),
-        "state": if report.reachable { "up" } else { "down" },
-        "latency_ms": report.latency.as_secs_f64() * 1000.0,
-        "error": report.error,
-        "values": values,
-    })
+/// Writes `ts` as `rfc3339` does (UTC, milliseconds, `Z`) without the
+/// formatting machinery: it runs for every value of every poll.
+fn push_rfc3339(out: &mut Vec<u8>, ts: DateTime<Utc>) {
+    use chrono::{Datelike as _, Timelike as _};
+    let year = ts.year();
+    if !(0..=9999).contains(&year) {
+        out.extend_from_slice(rfc3339(ts).as_bytes());
+        return;
+    }
+    let digits = |out: &mut Vec<u8>, v: u32, n: u32| {
+        for i in (0..n).rev() {
+            out.push(b'0' + ((v / 10u32.pow(i)) % 10) as u8);
+        }
+    };
+    digits(out, year as u32, 4);
+    out.push(b'-');
+    digits(out, ts.month(), 2);
+    out.push(b'-');
+    digits(out, ts.day(), 2);
+    out.push(b'T');
+    digits(out, ts.hour(), 2);
+    out.push(b':');
+    digits(out, ts.minute(), 2);
+    out.push(b':');
+    // A leap second shows as :60, as chrono writes it.
+    let nanos = ts.nanosecond();
+    digits(out, ts.second() + nanos / 1_000_000_000, 2);
+    out.push(b'.');
+    digits(out, (nanos % 1_000_000_000) / 1_000_000, 3);
+    out.push(b'Z');
+}
+
+/// A JSON string or number, written by serde_json (escaping, shortest
+/// round-trip floats) without building a `serde_json::Value`.
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing a string or a number into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// The bytes of [`latest_json`] for one reading, written straight into `out`.
+fn push_latest_json(out: &mut Vec<u8>, report: &PollReport, r: &Reading) {
+    out.extend_from_slice(b"{\"value\":");
+    match &r.value {
+        Value::None => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) if n.is_finite() => push_json(out, n),
+        Value::Number(_) => out.extend_from_slice(b"null"),
+        Value::Text(t) => push_json(out, t.as_str()),
+    }
+    out.extend_from_slice(b",\"quality\":\"");
+    out.extend_from_slice(r.quality.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"ts\":\"");
+    push_rfc3339(out, r.ts);
+    out.extend_from_slice(b"\",\"unit\":");
+    match &report.register(r).unit {
+        Some(u) => push_json(out, u.as_str()),
+        None => out.extend_from_slice(b"null"),
+    }
+    if r.quality != Quality::Good {
+        out.extend_from_slice(b",\"detail\":");
+        match &r.detail {
+            Some(d) => push_json(out, d.as_str()),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b'}');
+}
+
+/// Appends one poll's commands to `pipe`: the latest values, the device
+/// state, expiry, and the update message. Each register's JSON is built once,
+/// straight into bytes; the update message embeds the same bytes.
+fn add_report(pipe: &mut redis::Pipeline, settings: &RedisSettings, report: &PollReport) {
+    let prefix = settings.prefix.as_str();
+    let device = &report.device.name;
+    let mut values: Vec<(&str, Vec<u8>)> = Vec::with_capacity(report.readings.len());
+    for r in &report.readings {
+        let mut json = Vec::with_capacity(96);
+        push_latest_json(&mut json, report, r);
+        values.push((report.register(r).name.as_str(), json));
+    }
+    let mut started = Vec::with_capacity(24);
+    push_rfc3339(&mut started, report.started);
+    let started = String::from_utf8(started).unwrap_or_default();
+    let latency_ms = report.latency.as_secs_f64() * 1000.0;
+    let state_key = format!("{prefix}:device:{device}");
+    let latest_key = format!("{prefix}:latest:{device}");
+    if !values.is_empty() {
+        pipe.hset_multiple(&latest_key, &values).ignore();
+    }
+    let mut state: Vec<(&str, String)> = vec![
+        (
+            "state",
+            if report.reachable { "up" } else { "down" }.to_string(),
+        ),
+        ("last_poll", started.clone()),
+        ("latency_ms", format!("{latency_ms:.3}")),
+    ];
+    if report.reachable {
+        state.push(("last_success", started.clone()));
+    }
+    pipe.hset_multiple(&state_key, &state).ignore();
+    match &report.error {
+        Some(e) => pipe.hset(&state_key, "error", e).ignore(),
+        None => pipe.hdel(&state_key, "error").ignore(),
+    };
+    if let Some(ttl) = settings.ttl {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        pipe.expire(&latest_key, secs).ignore();
+        pipe.expire(&state_key, secs).ignore();
+    }
+    // {"device","ts","state","latency_ms","error","values":{…}}, as DESIGN.md.
+    let mut msg = Vec::with_capacity(
+        128 + values
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>(),
+    );
+    msg.extend_from_slice(b"{\"device\":");
+    push_json(&mut msg, device.as_str());
+    msg.extend_from_slice(b",\"ts\":\"");
+    msg.extend_from_slice(started.as_bytes());
+    msg.extend_from_slice(b"\",\"state\":\"");
+    msg.extend_from_slice(if report.reachable { b"up" } else { b"down" });
+    msg.extend_from_slice(b"\",\"latency_ms\":");
+    push_json(&mut msg, &latency_ms);
+    msg.extend_from_slice(b",\"error\":");
+    match &report.error {
+        Some(e) => push_json(&mut msg, e.as_str()),
+        None => msg.extend_from_slice(b"null"),
+    }
+    msg.extend_from_slice(b",\"values\":{");
+    for (i, (name, json)) in values.iter().enumerate() {
+        if i > 0 {
+            msg.push(b',');
+        }
+        push_json(&mut msg, *name);
+        msg.push(b':');
+        msg.extend_from_slice(json);
+    }
+    msg.extend_from_slice(b"}}");
+    pipe.publish(format!("{prefix}:updates:{device}"), msg)
+        .ignore();
 }
 
 /// Connects lazily: the writer starts even while Redis is down.
@@ -151,6 +273,23 @@ impl Coalescer {
         self.wake.notify_one();
     }
 
+    /// Waits until something is pending (true) or the queue is closed and
+    /// drained (false).
+    async fn wait(&self) -> bool {
+        loop {
+            {
+                let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if !pending.reports.is_empty() {
+                    return true;
+                }
+                if pending.closed {
+                    return false;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+
     /// Everything pending, or `None` once closed and drained.
     async fn take(&self) -> Option<Vec<Arc<PollReport>>> {
         loop {
@@ -175,25 +314,43 @@ pub async fn run_writer(
     queue: Arc<Coalescer>,
     stats: Arc<RedisStats>,
 ) {
-    while let Some(reports) = queue.take().await {
-        for report in reports {
-            match write_report(&mut con, &settings, &report).await {
+    while queue.wait().await {
+        // Let polls gather for a moment, then write them all in one
+        // pipeline, one round trip: at thousands of polls a second a round
+        // trip per poll costs more CPU than the polls themselves. The linger
+        // bounds what it adds to a value's way into Redis. (Skipping it when
+        // reports arrived during the last write halved the p50 at 10,000
+        // devices but not the p99, and cost 20 % more CPU per reading.)
+        tokio::time::sleep(LINGER).await;
+        let Some(reports) = queue.take().await else {
+            break;
+        };
+        for chunk in reports.chunks(PIPELINE_REPORTS) {
+            let mut pipe = redis::pipe();
+            for report in chunk {
+                add_report(&mut pipe, &settings, report);
+            }
+            match pipe.query_async::<()>(&mut con).await {
                 Ok(()) => {
-                    stats.polls_written.fetch_add(1, Ordering::Relaxed);
-                    let answered = report.started
-                        + chrono::Duration::from_std(report.latency).unwrap_or_default();
-                    let visible = (Utc::now() - answered).to_std().unwrap_or_default();
-                    stats.visible.record(visible);
-                    stats.visible_distribution.record(visible);
+                    let now = Utc::now();
+                    stats
+                        .polls_written
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    for report in chunk {
+                        let answered = report.started
+                            + chrono::Duration::from_std(report.latency).unwrap_or_default();
+                        let visible = (now - answered).to_std().unwrap_or_default();
+                        stats.visible.record(visible);
+                        stats.visible_distribution.record(visible);
+                    }
                 }
                 Err(e) => {
                     // Log the first failure of a run of failures, not every one.
-                    if stats
+                    let before = stats
                         .failures
-                        .fetch_add(1, Ordering::Relaxed)
-                        .is_multiple_of(100)
-                    {
-                        tracing::warn!(error = %e, device = %report.device.name, "cannot write latest values to Redis");
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    if before / 100 != (before + chunk.len() as u64) / 100 || before == 0 {
+                        tracing::warn!(error = %e, polls = chunk.len(), "cannot write latest values to Redis");
                     }
                 }
             }
@@ -210,58 +367,115 @@ pub struct RedisSettings {
     pub ttl: Option<Duration>,
 }
 
-async fn write_report(
-    con: &mut ConnectionManager,
-    settings: &RedisSettings,
-    report: &PollReport,
-) -> redis::RedisResult<()> {
-    let prefix = settings.prefix.as_str();
-    let device = &report.device.name;
-    // Each register's JSON is built once: it goes into the hash and, whole,
-    // into the update message.
-    let values: Map<String, serde_json::Value> = report
-        .readings
-        .iter()
-        .map(|r| (report.register(r).name.clone(), value_json(report, r)))
-        .collect();
-    let fields: Vec<(&str, String)> = values
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.to_string()))
-        .collect();
-    let mut state: Vec<(&str, String)> = vec![
-        (
-            "state",
-            if report.reachable { "up" } else { "down" }.to_string(),
-        ),
-        ("last_poll", rfc3339(report.started)),
-        (
-            "latency_ms",
-            format!("{:.3}", report.latency.as_secs_f64() * 1000.0),
-        ),
-    ];
-    if report.reachable {
-        state.push(("last_success", rfc3339(report.started)));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> PollReport {
+        let yaml = "devices:\n  - name: boiler-1\n    host: 127.0.0.1\n    port: 502\n    registers:\n      - { name: t, kind: holding, address: 0, type: f32, unit: \"°C\" }\n      - { name: on, kind: coil, address: 0 }\n      - { name: sn, kind: holding, address: 10, type: string, length: 2 }\n      - { name: p, kind: holding, address: 20 }\n";
+        let device = Arc::new(crate::config::parse(yaml, "t").unwrap().remove(0));
+        let ts = DateTime::parse_from_rfc3339("2026-11-23T10:00:00.1239Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let reading = |index, value, quality, detail: Option<&str>| Reading {
+            index,
+            ts,
+            value,
+            quality,
+            detail: detail.map(str::to_string),
+        };
+        PollReport {
+            device,
+            started: ts,
+            latency: Duration::from_micros(1500),
+            error: Some("exception 2 (illegal data address)".into()),
+            reachable: true,
+            readings: vec![
+                reading(0, Value::Number(21.5), Quality::Good, None),
+                reading(1, Value::Bool(true), Quality::Good, None),
+                reading(
+                    2,
+                    Value::Text("A\"\n".into()),
+                    Quality::Uncertain,
+                    Some("odd"),
+                ),
+                reading(
+                    3,
+                    Value::None,
+                    Quality::Bad,
+                    Some("exception 2 (illegal data address)"),
+                ),
+            ],
+        }
     }
-    let state_key = format!("{prefix}:device:{device}");
-    let latest_key = format!("{prefix}:latest:{device}");
-    let mut pipe = redis::pipe();
-    if !values.is_empty() {
-        pipe.hset_multiple(&latest_key, &fields).ignore();
+
+    #[test]
+    fn timestamps_are_written_as_rfc3339_writes_them() {
+        for text in [
+            "2026-11-23T10:00:00.1239Z",
+            "1999-12-31T23:59:59.999999Z",
+            "2024-02-29T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+        ] {
+            let ts = DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc);
+            let mut out = Vec::new();
+            push_rfc3339(&mut out, ts);
+            assert_eq!(String::from_utf8(out).unwrap(), rfc3339(ts));
+        }
     }
-    pipe.hset_multiple(&state_key, &state).ignore();
-    match &report.error {
-        Some(e) => pipe.hset(&state_key, "error", e).ignore(),
-        None => pipe.hdel(&state_key, "error").ignore(),
-    };
-    if let Some(ttl) = settings.ttl {
-        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        pipe.expire(&latest_key, secs).ignore();
-        pipe.expire(&state_key, secs).ignore();
+
+    #[test]
+    fn the_byte_writer_matches_the_json_contract() {
+        let report = report();
+        for r in &report.readings {
+            let mut out = Vec::new();
+            push_latest_json(&mut out, &report, r);
+            let want = latest_json(
+                &r.value,
+                r.quality,
+                r.ts,
+                report.register(r).unit.as_deref(),
+                r.detail.as_deref(),
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), want.to_string());
+        }
     }
-    pipe.publish(
-        format!("{prefix}:updates:{device}"),
-        update_message(report, values).to_string(),
-    )
-    .ignore();
-    pipe.query_async::<()>(con).await
+
+    #[test]
+    fn a_pipeline_carries_the_hashes_and_the_update_message() {
+        let report = report();
+        let settings = RedisSettings {
+            prefix: "p".into(),
+            ttl: Some(Duration::from_secs(60)),
+        };
+        let mut pipe = redis::pipe();
+        add_report(&mut pipe, &settings, &report);
+        let packed = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
+        assert!(packed.contains("p:latest:boiler-1"));
+        assert!(packed.contains("EXPIRE"));
+        let message = packed
+            .split("\r\n")
+            .find(|l| l.starts_with("{\"device\""))
+            .expect("update message");
+        let parsed: serde_json::Value = serde_json::from_str(message).unwrap();
+        assert_eq!(parsed["device"], "boiler-1");
+        assert_eq!(parsed["ts"], "2026-11-23T10:00:00.123Z");
+        assert_eq!(parsed["state"], "up");
+        assert_eq!(parsed["latency_ms"], 1.5);
+        assert_eq!(parsed["error"], "exception 2 (illegal data address)");
+        assert_eq!(parsed["values"]["t"]["value"], 21.5);
+        assert_eq!(parsed["values"]["t"]["unit"], "°C");
+        assert_eq!(parsed["values"]["sn"]["value"], "A\"\n");
+        assert_eq!(
+            parsed["values"]["p"]["detail"],
+            "exception 2 (illegal data address)"
+        );
+        let keys: Vec<&String> = parsed.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["device", "ts", "state", "latency_ms", "error", "values"]
+        );
+    }
 }

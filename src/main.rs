@@ -3,6 +3,13 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: a poll allocates and frees a few
+/// small buffers on one worker thread and they are freed on another, which
+/// glibc handles with arena locks and keeps as fragmented heap; measured with
+/// `regpoll bench` at 10,000 devices, see BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = regpoll::cli::Cli::parse();

@@ -437,13 +437,13 @@ impl RegistryWatch {
     }
 }
 
-/// FNV-1a of the file's bytes (0 when unreadable): cheap, and catches edits
-/// that keep the size and modification time.
+/// The file's length and CRC-32 (`u64::MAX` when unreadable): catches edits that keep
+/// the size and modification time, which a metadata check would miss.
+/// CRC-32 because it runs at memory speed: a byte-wise hash of a 6.5 MB file
+/// of 10,000 devices every reload interval was 0.9 % of regpoll's CPU.
 fn content_hash(path: &std::path::Path) -> u64 {
-    std::fs::read(path).map_or(0, |bytes| {
-        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+    std::fs::read(path).map_or(u64::MAX, |bytes| {
+        ((bytes.len() as u64) << 32) | u64::from(crc32fast::hash(&bytes))
     })
 }
 

@@ -326,9 +326,10 @@ pub enum BenchCommand {
         name: String,
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
-        /// Rounds of writer then psql; the medians are compared. Disk
-        /// timings on a VM vary by ±20 % between rounds, so keep it odd and ≥ 5.
-        #[arg(long, default_value_t = 5)]
+        /// Rounds of writer then psql; the median of the per-round ratios is
+        /// reported. Single rounds on a VM's disk range from 60 % to 130 %,
+        /// so keep it odd and large.
+        #[arg(long, default_value_t = 9)]
         rounds: usize,
         /// Admin URL of a PostgreSQL server; a fresh database is created on it.
         #[arg(long, env = "REGPOLL_DATABASE_URL", hide_env_values = true)]

@@ -647,7 +647,7 @@ async fn through_writer(
     db: &Db,
     reports: &[Arc<PollReport>],
     batch_rows: usize,
-) -> anyhow::Result<(Duration, f64)> {
+) -> anyhow::Result<(Duration, f64, u64)> {
     let stats = Arc::new(HistoryStats::default());
     let (tx, rx) = tokio::sync::mpsc::channel(crate::sink::DEFAULT_HISTORY_QUEUE);
     let (_abort, abort_rx) = tokio::sync::watch::channel(false);
@@ -676,7 +676,8 @@ async fn through_writer(
     if failures > 0 {
         bail!("the writer had {failures} failed batches");
     }
-    Ok((took, cpu))
+    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+    Ok((took, cpu, batches))
 }
 
 async fn count_and_truncate(db: &Db) -> anyhow::Result<u64> {
@@ -716,7 +717,7 @@ pub async fn ingest(spec: &IngestSpec) -> anyhow::Result<Json> {
     let mut psql_s = Vec::new();
     let result = async {
         for round in 1..=spec.rounds {
-            let (took, cpu) = through_writer(&db, reports, spec.batch_rows).await?;
+            let (took, cpu, batches) = through_writer(&db, reports, spec.batch_rows).await?;
             let stored = count_and_truncate(&db).await?;
             if stored != rows_n {
                 bail!("the writer stored {stored} of {rows_n} rows");
@@ -738,7 +739,7 @@ pub async fn ingest(spec: &IngestSpec) -> anyhow::Result<Json> {
                 bail!("psql stored {stored} of {rows_n} rows");
             }
             say(format!(
-                "round {round}: writer {:.2} s ({:.0} rows/s, {:.2} µs CPU/row), psql COPY {:.2} s ({:.0} rows/s): {:.1} %",
+                "round {round}: writer {:.2} s ({:.0} rows/s, {:.2} µs CPU/row, {batches} COPYs), psql COPY {:.2} s ({:.0} rows/s): {:.1} %",
                 took.as_secs_f64(),
                 rows_n as f64 / took.as_secs_f64(),
                 cpu * 1e6 / rows_n as f64,

@@ -33,6 +33,9 @@ pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(200);
 /// ingest`: at 10 the writer reached 91 % of psql's single COPY, at 40 it is
 /// level with it (BENCHMARKS.md).
 const BACKLOG_FACTOR: usize = 40;
+/// How long a writer that found the queue full waits for the next report
+/// before it writes what it has (see `collect`).
+const BACKLOG_WAIT: Duration = Duration::from_millis(2);
 /// Retry backoff bounds for a batch the database refused.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -256,13 +259,27 @@ async fn collect(
     // transaction and a commit, so writing a backlog in fewer, larger ones is
     // what lets the writer keep pace with psql's single COPY. This does not
     // widen the loss bound: the queued reports were unwritten either way.
+    //
+    // When the queue is full, pollers are waiting to hand over their reports:
+    // keep taking them as they come (each one taken lets a poller go on)
+    // until the cap, or until none comes within BACKLOG_WAIT. Draining only
+    // what was queued at this instant would end every COPY at the queue's
+    // size (about 41,000 rows) however far behind the writer is.
     if rows.len() >= settings.max_rows {
         let cap = settings.max_rows.saturating_mul(BACKLOG_FACTOR);
+        let queue_full = rx.capacity() == 0;
         while rows.len() < cap {
             match rx.try_recv() {
                 Ok(r) => rows_of(&r, &mut rows),
-                Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return (rows, true),
+                Err(mpsc::error::TryRecvError::Empty) if queue_full => {
+                    match tokio::time::timeout(BACKLOG_WAIT, rx.recv()).await {
+                        Ok(Some(r)) => rows_of(&r, &mut rows),
+                        Ok(None) => return (rows, true),
+                        Err(_) => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
             }
         }
     }

@@ -132,7 +132,7 @@ async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
     let mut conn = sqlx::PgConnection::connect(admin_url)
         .await
         .with_context(|| format!("cannot connect to {}", crate::db::redact_url(admin_url)))?;
-    // The name is ours (a fixed prefix and the scenario name checked below).
+    // The name is ours (a fixed prefix and the scenario name checked above).
     conn.execute(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
     )))
@@ -171,15 +171,19 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / clock_ticks())
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux build).
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux build),
+/// asked once: `cpu_seconds` runs in every snapshot and round.
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// A `/proc/<pid>/status` field in KiB (VmHWM: peak resident set; VmRSS).

@@ -125,7 +125,9 @@ async fn binary_copy_round_trips_every_column_type_and_null() {
 }
 
 async fn replay_is_neither_duplicated_nor_dropped(db: Db) {
-    let first: Vec<Row> = (0..100)
+    // More rows than fit in two pieces of a PostgreSQL COPY (8,192 rows each),
+    // so that both the COPY and the staged rewrite span several pieces.
+    let first: Vec<Row> = (0..20_000)
         .map(|i| {
             row(
                 1_700_000_000_000_000 + i * 1000,
@@ -137,10 +139,10 @@ async fn replay_is_neither_duplicated_nor_dropped(db: Db) {
             )
         })
         .collect();
-    assert_eq!(write(&db, &first).await.unwrap(), 100);
-    // The same 100 again, plus 50 new ones, in one batch.
+    assert_eq!(write(&db, &first).await.unwrap(), 20_000);
+    // The same 20,000 again, plus 5,000 new ones, in one batch.
     let mut replay = first.clone();
-    replay.extend((100..150).map(|i| {
+    replay.extend((20_000..25_000).map(|i| {
         row(
             1_700_000_000_000_000 + i * 1000,
             (i % 7) as i32,
@@ -152,7 +154,7 @@ async fn replay_is_neither_duplicated_nor_dropped(db: Db) {
     }));
     assert_eq!(
         write(&db, &replay).await.unwrap(),
-        50,
+        5_000,
         "only the new rows are written"
     );
     let count: i64 = match &db {
@@ -165,7 +167,7 @@ async fn replay_is_neither_duplicated_nor_dropped(db: Db) {
             .await
             .unwrap(),
     };
-    assert_eq!(count, 150);
+    assert_eq!(count, 25_000);
     db.close().await;
 }
 

@@ -23,28 +23,47 @@ pub const COPY_STATEMENT: &str = "COPY register_readings (ts, register_id, devic
 /// Encodes `rows` as one complete PGCOPY stream.
 pub fn encode(rows: &[Row]) -> Vec<u8> {
     // ~60 bytes a row without text; one allocation for most batches.
-    let mut out = Vec::with_capacity(19 + rows.len() * 72 + 2);
+    let mut out = Vec::with_capacity(HEADER_LEN + rows.len() * 72 + 2);
+    header(&mut out);
+    tuples(&mut out, rows);
+    trailer(&mut out);
+    out
+}
+
+/// Length of the stream's header.
+pub const HEADER_LEN: usize = 19;
+
+/// Appends the stream's header: what comes before the first tuple.
+pub fn header(out: &mut Vec<u8>) {
     out.extend_from_slice(SIGNATURE);
     out.extend_from_slice(&0i32.to_be_bytes());
     out.extend_from_slice(&0i32.to_be_bytes());
+}
+
+/// Appends one tuple per row. A stream may be sent in pieces, each a run
+/// of tuples, between `header` and `trailer`.
+pub fn tuples(out: &mut Vec<u8>, rows: &[Row]) {
     for r in rows {
         out.extend_from_slice(&FIELDS.to_be_bytes());
-        timestamptz(&mut out, r.ts);
-        int4(&mut out, r.register_id);
-        int4(&mut out, r.device_id);
+        timestamptz(out, r.ts);
+        int4(out, r.register_id);
+        int4(out, r.device_id);
         match r.value {
             Some(v) => {
                 out.extend_from_slice(&8i32.to_be_bytes());
                 out.extend_from_slice(&v.to_bits().to_be_bytes());
             }
-            None => null(&mut out),
+            None => null(out),
         }
-        text(&mut out, r.value_text.as_deref());
-        text(&mut out, Some(r.quality.as_str()));
-        text(&mut out, r.detail.as_deref());
+        text(out, r.value_text.as_deref());
+        text(out, Some(r.quality.as_str()));
+        text(out, r.detail.as_deref());
     }
+}
+
+/// Appends the end-of-data marker.
+pub fn trailer(out: &mut Vec<u8>) {
     out.extend_from_slice(&(-1i16).to_be_bytes());
-    out
 }
 
 fn null(out: &mut Vec<u8>) {

@@ -14,27 +14,26 @@ use super::pgcopy;
 /// SQLSTATE of a unique-key violation.
 const UNIQUE_VIOLATION: &str = "23505";
 
+/// Rows per piece of a COPY: about 0.5 MB encoded. A COPY is encoded and
+/// sent piece by piece, because the connection keeps its send buffer at the
+/// largest message it ever sent: a 200,000-row COPY sent whole held 12 MB
+/// there, for as long as the connection lived, next to the 12 MB encoding.
+const PIECE_ROWS: usize = 8_192;
+
 /// Writes `rows`; returns how many were new (the rest were already stored).
 pub async fn write(pool: &PgPool, rows: &[Row]) -> anyhow::Result<u64> {
-    let bytes = pgcopy::encode(rows);
     let mut conn = pool
         .acquire()
         .await
         .context("no PostgreSQL connection for writing readings")?;
-    let copied = async {
-        let mut copy = conn.copy_in_raw(pgcopy::COPY_STATEMENT).await?;
-        copy.send(bytes.as_slice()).await?;
-        copy.finish().await
-    }
-    .await;
-    match copied {
+    match copy(&mut conn, pgcopy::COPY_STATEMENT, rows).await {
         Ok(n) => Ok(n),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
             tracing::info!(
                 rows = rows.len(),
                 "batch overlaps stored readings; writing it without the duplicates"
             );
-            write_skipping_duplicates(&mut conn, &bytes).await
+            write_skipping_duplicates(&mut conn, rows).await
         }
         Err(e) => {
             Err(e).with_context(|| format!("cannot COPY {} readings into PostgreSQL", rows.len()))
@@ -42,9 +41,28 @@ pub async fn write(pool: &PgPool, rows: &[Row]) -> anyhow::Result<u64> {
     }
 }
 
+/// Runs `statement` (a binary COPY … FROM STDIN) with `rows` as its data.
+async fn copy(
+    conn: &mut sqlx::PgConnection,
+    statement: &str,
+    rows: &[Row],
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    let mut piece = Vec::with_capacity(pgcopy::HEADER_LEN + rows.len().min(PIECE_ROWS) * 72 + 2);
+    pgcopy::header(&mut piece);
+    for rows in rows.chunks(PIECE_ROWS) {
+        pgcopy::tuples(&mut piece, rows);
+        copy.send(piece.as_slice()).await?;
+        piece.clear();
+    }
+    pgcopy::trailer(&mut piece);
+    copy.send(piece.as_slice()).await?;
+    copy.finish().await
+}
+
 async fn write_skipping_duplicates(
     conn: &mut sqlx::PgConnection,
-    bytes: &[u8],
+    rows: &[Row],
 ) -> anyhow::Result<u64> {
     let mut tx = sqlx::Connection::begin(conn).await?;
     tx.execute(
@@ -52,13 +70,13 @@ async fn write_skipping_duplicates(
     )
     .await
     .context("cannot create the staging table")?;
-    let mut copy = tx
-        .copy_in_raw("COPY regpoll_staging (ts, register_id, device_id, value, value_text, quality, detail) FROM STDIN (FORMAT binary)")
-        .await?;
-    copy.send(bytes).await?;
-    copy.finish()
-        .await
-        .context("cannot COPY readings into the staging table")?;
+    copy(
+        &mut tx,
+        "COPY regpoll_staging (ts, register_id, device_id, value, value_text, quality, detail) FROM STDIN (FORMAT binary)",
+        rows,
+    )
+    .await
+    .context("cannot COPY readings into the staging table")?;
     let inserted = tx
         .execute(
             "INSERT INTO register_readings (ts, register_id, device_id, value, value_text, quality, detail) \

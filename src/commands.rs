@@ -438,11 +438,7 @@ fn check_plan(file: &std::path::Path) -> anyhow::Result<()> {
                 p.len()
             );
             for r in &p {
-                let names: Vec<&str> = r
-                    .registers
-                    .iter()
-                    .map(|&i| d.registers[i].name.as_str())
-                    .collect();
+                let names: Vec<&str> = r.registers.iter().map(|&i| &*d.registers[i].name).collect();
                 let last = u32::from(r.start) + u32::from(r.count) - 1;
                 println!(
                     "      {:<8} {}..{last} ({}): {}",

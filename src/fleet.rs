@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
@@ -58,7 +59,9 @@ impl Counters {
 
 struct Polled {
     device: Arc<Device>,
-    stop: watch::Sender<bool>,
+    /// Shared by the device's group tasks. A token rather than a watch
+    /// channel: at 10,000 devices a watch channel each took 3.4 MB.
+    stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -118,7 +121,7 @@ impl Fleet {
         }
         for name in changes.restarted.iter().chain(&changes.stopped) {
             let p = self.polled.remove(name).expect("listed from polled");
-            let _ = p.stop.send(true);
+            p.stop.cancel();
             stopping.push(p);
         }
         // Every stopping device finishes its in-flight poll, in parallel.
@@ -154,26 +157,25 @@ impl Fleet {
             e
         }));
         let device = Arc::new(device);
-        let (stop, stop_rx) = watch::channel(false);
-        let tasks = device
-            .poll_groups()
-            .into_iter()
-            .map(|(schedule, members)| {
-                let ticker = Ticker::new(
-                    &schedule,
-                    &format!("{}/{}", device.name, schedule.describe()),
-                );
-                let poller =
-                    DevicePoller::group(Arc::clone(&device), Arc::clone(&endpoint), members);
-                tokio::spawn(group_loop(
-                    poller,
-                    ticker,
-                    self.sinks.clone(),
-                    stop_rx.clone(),
-                    Arc::clone(&self.counters),
-                ))
-            })
-            .collect();
+        let stop = CancellationToken::new();
+        let groups = device.poll_groups();
+        // Collected into a Vec of its own size: collecting from the groups'
+        // iterator would reuse the groups' larger allocation for the handles.
+        let mut tasks = Vec::with_capacity(groups.len());
+        for (schedule, members) in groups {
+            let ticker = Ticker::new(
+                &schedule,
+                &format!("{}/{}", device.name, schedule.describe()),
+            );
+            let poller = DevicePoller::group(Arc::clone(&device), Arc::clone(&endpoint), members);
+            tasks.push(tokio::spawn(group_loop(
+                poller,
+                ticker,
+                self.sinks.clone(),
+                stop.clone(),
+                Arc::clone(&self.counters),
+            )));
+        }
         self.polled.insert(
             device.name.clone(),
             Polled {
@@ -188,7 +190,7 @@ impl Fleet {
     pub async fn stop_all(&mut self) {
         let all: Vec<Polled> = std::mem::take(&mut self.polled).into_values().collect();
         for p in &all {
-            let _ = p.stop.send(true);
+            p.stop.cancel();
         }
         for p in all {
             for t in p.tasks {
@@ -205,7 +207,7 @@ async fn group_loop(
     poller: DevicePoller,
     ticker: Ticker,
     sinks: Sinks,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     counters: Arc<Counters>,
 ) {
     let mut next = ticker.next_after(Utc::now());
@@ -213,7 +215,7 @@ async fn group_loop(
         let wait = (due - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => break,
+            () = stop.cancelled() => break,
         }
         let late = (Utc::now() - due).to_std().unwrap_or_default();
         counters.lateness.record(late);

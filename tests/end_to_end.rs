@@ -97,7 +97,7 @@ fn matches_simulator(device: &Device, row: &StoredRow) -> bool {
     let reg = device
         .registers
         .iter()
-        .find(|r| r.name == row.register)
+        .find(|r| *r.name == *row.register)
         .unwrap();
     [row.ts(), row.ts() + ChronoDuration::seconds(1)]
         .iter()
@@ -134,7 +134,7 @@ fn assert_history_matches(devices: &[Device], latest: &LatestMemory, rows: &[Sto
         assert!(polls >= 3, "{} polled {polls} times", d.name);
         for r in &d.registers {
             assert_eq!(
-                counts.get(&(d.name.as_str(), r.name.as_str())).copied(),
+                counts.get(&(d.name.as_str(), &*r.name)).copied(),
                 Some(polls),
                 "rows of {}.{}",
                 d.name,
@@ -185,10 +185,10 @@ async fn postgres_history_and_redis_latest_match_the_simulator() {
         for r in &d.registers {
             let newest = rows
                 .iter()
-                .filter(|x| x.device == d.name && x.register == r.name)
+                .filter(|x| x.device == d.name && *x.register == *r.name)
                 .max_by_key(|x| x.ts_us)
                 .unwrap();
-            let json: serde_json::Value = serde_json::from_str(&hash[&r.name]).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&hash[&*r.name]).unwrap();
             let expected_value = match r.data_type {
                 DataType::Bool => serde_json::json!(newest.value == Some(1.0)),
                 _ => serde_json::json!(newest.value.unwrap()),

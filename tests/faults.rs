@@ -78,7 +78,7 @@ fn reading<'a>(report: &'a PollReport, register: &str) -> &'a regpoll::reading::
     report
         .readings
         .iter()
-        .find(|r| report.register(r).name == register)
+        .find(|r| *report.register(r).name == *register)
         .unwrap()
 }
 
@@ -131,7 +131,7 @@ async fn with_fault(
         healthy.latency
     );
     for r in &faulty.readings {
-        let name = faulty.register(r).name.as_str();
+        let name = &*faulty.register(r).name;
         if affected.contains(&name) {
             assert_eq!(r.quality, Quality::Bad, "{name}");
             assert_eq!(r.value, Value::None, "{name}");

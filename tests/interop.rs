@@ -191,7 +191,7 @@ async fn every_type_and_order_decodes_exactly_from_an_independent_server() {
         let r = report
             .readings
             .iter()
-            .find(|r| report.register(r).name == name)
+            .find(|r| *report.register(r).name == *name)
             .unwrap_or_else(|| panic!("no reading for {name}"));
         assert_eq!(r.quality, Quality::Good, "{name}: {:?}", r.detail);
         r.value.clone()

@@ -56,7 +56,7 @@ async fn sync_is_idempotent_and_removals_stop_polling(settings: Settings) {
         ),
         (0, 0, 0, 2)
     );
-    let ids_before: Vec<(String, i32)> = db
+    let ids_before: Vec<(Box<str>, i32)> = db
         .load_devices()
         .await
         .unwrap()
@@ -98,13 +98,13 @@ async fn sync_is_idempotent_and_removals_stop_polling(settings: Settings) {
         boiler
             .registers
             .iter()
-            .map(|r| r.name.as_str())
+            .map(|r| &*r.name)
             .collect::<Vec<_>>(),
         ["supply_temp"]
     );
     let kept_id = ids_before
         .iter()
-        .find(|(n, _)| n == "supply_temp")
+        .find(|(n, _)| &**n == "supply_temp")
         .unwrap()
         .1;
     assert_eq!(

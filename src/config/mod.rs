@@ -582,18 +582,18 @@ impl<'a> Validator<'a> {
         }
         Some(Register {
             id: 0,
-            name: name.value.clone(),
+            name: name.value.as_str().into(),
             kind: kind?,
             address: Address(address?.value as u16),
             data_type: data_type?,
             order: order?,
             scale,
             offset,
-            unit: raw.unit.map(|u| u.value),
+            unit: raw.unit.map(|u| u.value.into()),
             valid,
             bit,
             length,
-            schedule,
+            schedule: schedule.map(Box::new),
         })
     }
 

@@ -158,7 +158,7 @@ fn schedules_are_every_or_cron_with_a_zone_and_registers_may_have_their_own() {
     );
     assert_eq!(
         d.registers[1].schedule,
-        Some(Schedule::every(Duration::from_millis(500)))
+        Some(Box::new(Schedule::every(Duration::from_millis(500))))
     );
     let groups = d.poll_groups();
     assert_eq!(
@@ -269,7 +269,7 @@ fn every_type_order_bit_field_and_string_is_accepted() {
     let yaml = with_register("{ name: total, kind: input, address: 0, type: u64, order: GHEFCDAB }")
         .replace("      - name: pump_on\n", "      - { name: alarm, kind: holding, address: 200, bit: 15 }\n      - { name: serial, kind: holding, address: 300, type: string, length: 8, order: BADC }\n      - { name: energy, kind: input, address: 10, type: f64, order: DCBA }\n      - name: pump_on\n");
     let d = &parse(&yaml, "devices.yaml").unwrap()[0];
-    let by = |n: &str| d.registers.iter().find(|r| r.name == n).unwrap().clone();
+    let by = |n: &str| d.registers.iter().find(|r| *r.name == *n).unwrap().clone();
     assert_eq!(
         (by("total").data_type, by("total").order),
         (DataType::U64, WordOrder::Cdab)
@@ -424,5 +424,5 @@ fn a_register_map_can_be_shared_through_a_yaml_anchor() {
     let devices = parse(&yaml, "fleet.yaml").expect("anchored register maps parse");
     assert_eq!(devices.len(), 2_000);
     assert_eq!(devices[1_999].registers.len(), 100);
-    assert_eq!(devices[1_999].registers[99].name, "r99");
+    assert_eq!(&*devices[1_999].registers[99].name, "r99");
 }

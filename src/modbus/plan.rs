@@ -72,7 +72,11 @@ pub fn plan_group(
     let mut requests = plan(&subset, limits);
     for req in &mut requests {
         req.registers.iter_mut().for_each(|i| *i = members[*i]);
+        // A plan lives as long as its device is polled: at 10,000 devices
+        // the room left by growing these lists was 1.5 MB.
+        req.registers.shrink_to_fit();
     }
+    requests.shrink_to_fit();
     requests
 }
 

@@ -180,21 +180,24 @@ impl fmt::Display for ValidRange {
 pub struct Register {
     /// `device_register_map.id`; 0 until the register has been stored.
     pub id: i32,
-    pub name: String,
+    pub name: Box<str>,
     pub kind: RegisterKind,
     pub address: Address,
     pub data_type: DataType,
     pub order: WordOrder,
     pub scale: f64,
     pub offset: f64,
-    pub unit: Option<String>,
+    pub unit: Option<Box<str>>,
     pub valid: ValidRange,
     /// For `bool` on a holding or input register: which bit (0 = least significant).
     pub bit: Option<u8>,
     /// For `string`: how many registers (two bytes each) the text spans.
     pub length: Option<u16>,
     /// Its own schedule, when it is polled apart from the device's (a poll group).
-    pub schedule: Option<Schedule>,
+    /// Boxed, like the names: most registers have none, and a device holds
+    /// its registers for as long as it is polled (136 bytes a register before,
+    /// 104 now; 3 MB at 10,000 devices of 10 registers).
+    pub schedule: Option<Box<Schedule>>,
 }
 
 impl Register {
@@ -231,7 +234,7 @@ impl Register {
     /// A register with no scaling, unit, range or schedule of its own: what
     /// `regpoll read` asks for, and a starting point for tests.
     pub fn plain(
-        name: impl Into<String>,
+        name: impl Into<Box<str>>,
         kind: RegisterKind,
         address: u16,
         data_type: DataType,
@@ -327,7 +330,7 @@ impl Device {
     pub fn poll_groups(&self) -> Vec<(Schedule, Vec<usize>)> {
         let mut groups: Vec<(Schedule, Vec<usize>)> = Vec::new();
         for (i, r) in self.registers.iter().enumerate() {
-            let s = r.schedule.as_ref().unwrap_or(&self.schedule);
+            let s = r.schedule.as_deref().unwrap_or(&self.schedule);
             match groups.iter_mut().find(|(g, _)| g == s) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((s.clone(), vec![i])),

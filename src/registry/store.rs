@@ -256,18 +256,18 @@ impl Db {
                     .bind(r.valid.max)
                     .bind(r.bit.map(i32::from))
                     .bind(r.length.map(i32::from))
-                    .bind(match &r.schedule {
+                    .bind(match r.schedule.as_deref() {
                         Some(Schedule::Every { every, .. }) => Some(millis(*every)),
                         _ => None,
                     })
-                    .bind(r.schedule.as_ref().and_then(cron_pattern))
-                    .bind(r.schedule.as_ref().and_then(cron_zone))
+                    .bind(r.schedule.as_deref().and_then(cron_pattern))
+                    .bind(r.schedule.as_deref().and_then(cron_zone))
                     .execute(&mut *tx)
                     .await
                     .with_context(|| format!("cannot store register `{}` of device `{}`", r.name, d.name))?;
                 }
-                let keep: HashSet<&str> = d.registers.iter().map(|r| r.name.as_str()).collect();
-                for gone in old.into_iter().flat_map(|o| &o.registers).filter(|r| !keep.contains(r.name.as_str())) {
+                let keep: HashSet<&str> = d.registers.iter().map(|r| &*r.name).collect();
+                for gone in old.into_iter().flat_map(|o| &o.registers).filter(|r| !keep.contains(&*r.name)) {
                     sqlx::query("UPDATE device_register_map SET active = false, updated_at = CURRENT_TIMESTAMP WHERE id = $1")
                         .bind(gone.id)
                         .execute(&mut *tx)
@@ -439,14 +439,14 @@ fn register_from_row(r: RegisterRow) -> Result<Register, String> {
     let data_type = r.data_type.parse()?;
     let reg = Register {
         id: r.id,
-        name: r.name,
+        name: r.name.into(),
         kind: r.kind.parse()?,
         address: Address(address),
         data_type,
         order: r.word_order.parse()?,
         scale: r.scale,
         offset: r.offset,
-        unit: r.unit,
+        unit: r.unit.map(Into::into),
         valid: ValidRange {
             min: r.valid_min,
             max: r.valid_max,
@@ -465,7 +465,8 @@ fn register_from_row(r: RegisterRow) -> Result<Register, String> {
             r.cron.as_deref(),
             r.timezone.as_deref(),
             "spread",
-        )?,
+        )?
+        .map(Box::new),
     };
     match (reg.data_type, reg.kind.is_bit(), reg.bit, reg.length) {
         (DataType::String, _, _, None) => return Err("type string needs a length".into()),

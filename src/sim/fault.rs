@@ -75,7 +75,7 @@ pub(crate) fn resolve(
                     let r = d
                         .registers
                         .iter()
-                        .find(|r| &r.name == name)
+                        .find(|r| *r.name == **name)
                         .ok_or_else(|| {
                             format!(
                                 "fault names unknown register `{name}` of device `{}`",

@@ -89,12 +89,12 @@ impl Entry {
             .filter_map(|(reg, v)| {
                 let v = v.as_ref()?;
                 Some((
-                    reg.name.clone(),
+                    reg.name.to_string(),
                     LatestValue {
                         value: v.value.clone(),
                         quality: v.quality,
                         ts: v.ts,
-                        unit: reg.unit.clone(),
+                        unit: reg.unit.as_deref().map(str::to_string),
                         detail: v.detail.clone(),
                     },
                 ))
@@ -117,12 +117,12 @@ impl Entry {
             .registers
             .iter()
             .zip(self.values.drain(..))
-            .filter_map(|(reg, v)| Some((reg.name.as_str(), v?)))
+            .filter_map(|(reg, v)| Some((&*reg.name, v?)))
             .collect();
         let values = device
             .registers
             .iter()
-            .map(|reg| old.remove(reg.name.as_str()))
+            .map(|reg| old.remove(&*reg.name))
             .collect();
         drop(old);
         self.values = values;

@@ -114,7 +114,7 @@ fn push_latest_json(out: &mut Vec<u8>, report: &PollReport, r: &Reading) {
     push_rfc3339(out, r.ts);
     out.extend_from_slice(b"\",\"unit\":");
     match &report.register(r).unit {
-        Some(u) => push_json(out, u.as_str()),
+        Some(u) => push_json(out, u),
         None => out.extend_from_slice(b"null"),
     }
     if r.quality != Quality::Good {
@@ -137,7 +137,7 @@ fn add_report(pipe: &mut redis::Pipeline, settings: &RedisSettings, report: &Pol
     for r in &report.readings {
         let mut json = Vec::with_capacity(96);
         push_latest_json(&mut json, report, r);
-        values.push((report.register(r).name.as_str(), json));
+        values.push((&*report.register(r).name, json));
     }
     let mut started = Vec::with_capacity(24);
     push_rfc3339(&mut started, report.started);

@@ -165,3 +165,72 @@ async fn sqlite_sync_is_idempotent_and_removals_stop_polling() {
     };
     sync_is_idempotent_and_removals_stop_polling(settings).await;
 }
+
+/// A register row edited by hand into something unusable: its device is left
+/// out with a problem that names it, and the devices loaded before and after
+/// it (register rows are read as one stream) keep all their registers.
+async fn an_unusable_register_row_skips_only_its_device(db: Db) {
+    let yaml = r#"
+defaults: { host: 127.0.0.1, port: 5020, every: 1s }
+devices:
+  - name: a
+    registers:
+      - { name: r0, kind: holding, address: 0, type: u16 }
+      - { name: r1, kind: holding, address: 1, type: u16 }
+  - name: b
+    unit_id: 2
+    registers:
+      - { name: r0, kind: holding, address: 0, type: u16 }
+      - { name: r1, kind: holding, address: 1, type: u16 }
+      - { name: r2, kind: holding, address: 2, type: u16 }
+  - name: c
+    unit_id: 3
+    registers:
+      - { name: r0, kind: holding, address: 0, type: u16 }
+"#;
+    let devices = config::parse(yaml, "devices.yaml").unwrap();
+    db.sync_devices(&devices).await.unwrap();
+    let sql = "UPDATE device_register_map SET data_type = 'u17' \
+               WHERE name = 'r1' AND device_id = (SELECT id FROM devices WHERE name = 'b')";
+    let edited = match &db {
+        Db::Postgres(p) => sqlx::query(sql).execute(p).await.unwrap().rows_affected(),
+        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.unwrap().rows_affected(),
+    };
+    assert_eq!(edited, 1);
+    let loaded = db.load_devices().await.unwrap();
+    let got: Vec<(&str, Vec<&str>)> = loaded
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.name.as_str(),
+                d.registers.iter().map(|r| &*r.name).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("a", vec!["r0", "r1"]), ("c", vec!["r0"])]);
+    assert_eq!(loaded.problems.len(), 1, "{:?}", loaded.problems);
+    let problem = &loaded.problems[0];
+    assert!(
+        problem.starts_with("device `b` is skipped: register `r1`:") && problem.contains("u17"),
+        "{problem}"
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_an_unusable_register_row_skips_only_its_device() {
+    an_unusable_register_row_skips_only_its_device(
+        Db::postgres(&common::fresh_postgres().await).await.unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_an_unusable_register_row_skips_only_its_device() {
+    let dir = tempfile::tempdir().unwrap();
+    an_unusable_register_row_skips_only_its_device(
+        Db::sqlite(&dir.path().join("regpoll.db")).await.unwrap(),
+    )
+    .await;
+}

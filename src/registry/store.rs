@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::TryStreamExt as _;
 use sqlx::types::Json;
 
 use super::{
@@ -120,21 +121,39 @@ impl fmt::Display for SyncReport {
 
 impl Db {
     /// Every device (active and inactive) with its active registers.
+    ///
+    /// Register rows are streamed and turned into registers one device at a
+    /// time: holding every row of 100,000 registers at once, as text columns,
+    /// was the largest thing in regpoll's memory at start-up and at every
+    /// reload (about 60 MB at 10,000 devices, over the registry itself).
     pub async fn load_devices(&self) -> anyhow::Result<Loaded> {
-        let (devices, registers): (Vec<DeviceRow>, Vec<RegisterRow>) = on_pool!(self, pool => {
-            let d = sqlx::query_as(SELECT_DEVICES).fetch_all(pool).await;
-            let r = sqlx::query_as(SELECT_REGISTERS).fetch_all(pool).await;
-            (d.context("cannot read devices")?, r.context("cannot read device_register_map")?)
+        let mut registers: HashMap<i32, Result<Vec<Register>, String>> = HashMap::new();
+        let devices: Vec<DeviceRow> = on_pool!(self, pool => {
+            let devices = sqlx::query_as(SELECT_DEVICES)
+                .fetch_all(pool)
+                .await
+                .context("cannot read devices")?;
+            let mut rows = sqlx::query_as::<_, RegisterRow>(SELECT_REGISTERS).fetch(pool);
+            let mut device = DeviceRegisters::default();
+            while let Some(row) = rows
+                .try_next()
+                .await
+                .context("cannot read device_register_map")?
+            {
+                if let Some((id, done)) = device.next(row) {
+                    registers.insert(id, done);
+                }
+            }
+            if let Some((id, done)) = device.finish() {
+                registers.insert(id, done);
+            }
+            devices
         });
-        let mut by_device: HashMap<i32, Vec<RegisterRow>> = HashMap::new();
-        for r in registers {
-            by_device.entry(r.device_id).or_default().push(r);
-        }
         let mut loaded = Loaded::default();
         for row in devices {
-            let regs = by_device.remove(&row.id).unwrap_or_default();
+            let regs = registers.remove(&row.id).unwrap_or_else(|| Ok(Vec::new()));
             let name = row.name.clone();
-            match device_from_rows(row, regs) {
+            match regs.and_then(|regs| device_from_rows(row, regs)) {
                 Ok(d) => loaded.devices.push(d),
                 Err(e) => loaded
                     .problems
@@ -368,15 +387,44 @@ fn same_config(a: &Device, b: &Device) -> bool {
     strip(a) == strip(b)
 }
 
-fn device_from_rows(row: DeviceRow, regs: Vec<RegisterRow>) -> Result<Device, String> {
-    // Collected into exactly the room it needs: collecting a `Result`
-    // iterator cannot know the length and doubles its way up, which left
-    // 10-register devices with room for 16 (800 bytes each, 8 MB at 10,000).
-    let mut registers = Vec::with_capacity(regs.len());
-    for r in regs {
-        let name = r.name.clone();
-        registers.push(register_from_row(r).map_err(|e| format!("register `{name}`: {e}"))?);
+/// Gathers the registers of one device at a time from rows ordered by
+/// device (as `SELECT_REGISTERS` returns them).
+#[derive(Default)]
+struct DeviceRegisters {
+    device_id: Option<i32>,
+    registers: Vec<Register>,
+    error: Option<String>,
+}
+
+impl DeviceRegisters {
+    /// Takes the next row; when it belongs to another device, hands back
+    /// the previous device's registers (or its first unusable one).
+    fn next(&mut self, row: RegisterRow) -> Option<(i32, Result<Vec<Register>, String>)> {
+        let done = match self.device_id {
+            Some(id) if id != row.device_id => self.finish(),
+            _ => None,
+        };
+        self.device_id = Some(row.device_id);
+        if self.error.is_none() {
+            let name = row.name.clone();
+            match register_from_row(row) {
+                Ok(r) => self.registers.push(r),
+                Err(e) => self.error = Some(format!("register `{name}`: {e}")),
+            }
+        }
+        done
     }
+
+    fn finish(&mut self) -> Option<(i32, Result<Vec<Register>, String>)> {
+        let id = self.device_id.take()?;
+        // Drained into a list of exactly its length (a device keeps it as
+        // long as it is polled); the buffer is reused for the next device.
+        let registers: Vec<Register> = self.registers.drain(..).collect();
+        Some((id, self.error.take().map_or(Ok(registers), Err)))
+    }
+}
+
+fn device_from_rows(row: DeviceRow, registers: Vec<Register>) -> Result<Device, String> {
     let port = u16::try_from(row.port)
         .ok()
         .filter(|&p| p > 0)

@@ -392,3 +392,115 @@ async fn a_spool_left_by_an_earlier_run_is_replayed_at_start_around_its_damage()
     );
     assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
 }
+
+/// While a COPY waits on the database (here a lock held by another session;
+/// in production a disk stall), the writer keeps taking reports, so pollers
+/// handing over theirs do not wait; everything is written once it clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pollers_do_not_wait_while_a_copy_is_stalled() {
+    use regpoll::reading::{PollReport, Reading, Value};
+    use regpoll::sink::history::{BatchSettings, HistoryStats, run_writer};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let url = common::fresh_postgres().await;
+    let db = Db::postgres(&url).await.unwrap();
+    let yaml = r#"
+defaults: { host: 127.0.0.1, port: 5020, every: 1s }
+devices:
+  - name: meter
+    registers:
+      - { name: a, kind: holding, address: 0, type: u16 }
+      - { name: b, kind: holding, address: 1, type: u16 }
+"#;
+    let mut device = regpoll::config::parse(yaml, "devices.yaml")
+        .unwrap()
+        .remove(0);
+    device.id = 1;
+    for (i, r) in device.registers.iter_mut().enumerate() {
+        r.id = i as i32 + 1;
+    }
+    let device = Arc::new(device);
+    let report = |n: i64| {
+        let ts = DateTime::from_timestamp_micros(1_700_000_000_000_000 + n * 1000).unwrap();
+        Arc::new(PollReport {
+            device: Arc::clone(&device),
+            started: ts,
+            latency: Duration::from_millis(1),
+            error: None,
+            reachable: true,
+            readings: (0..2)
+                .map(|index| Reading {
+                    index,
+                    ts,
+                    value: Value::Number(n as f64),
+                    quality: Quality::Good,
+                    detail: None,
+                })
+                .collect(),
+        })
+    };
+
+    // Another session holds the table, so the writer's first COPY waits.
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("LOCK TABLE register_readings IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let stats = Arc::new(HistoryStats::default());
+    let (_abort, abort_rx) = tokio::sync::watch::channel(false);
+    let settings = BatchSettings {
+        max_rows: 2,
+        max_delay: Duration::from_millis(5),
+        ..BatchSettings::default()
+    };
+    let writer = tokio::spawn(run_writer(
+        db.clone(),
+        rx,
+        settings,
+        Arc::clone(&stats),
+        abort_rx,
+    ));
+    tx.send(report(0)).await.unwrap();
+    let mut waited = 0;
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY register_readings%' AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap()
+        == 0
+    {
+        assert!(waited < 200, "the writer's COPY never started waiting");
+        tokio::time::sleep(Duration::from_millis(50)).await; // another session's state
+        waited += 1;
+    }
+
+    // 100 reports through a queue of 2, while the COPY is still stuck.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for n in 1..=100 {
+            tx.send(report(n)).await.unwrap();
+        }
+    })
+    .await
+    .expect("pollers waited on the stalled COPY");
+    assert_eq!(
+        stats
+            .rows_written
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    lock.rollback().await.unwrap();
+    drop(tx);
+    writer.await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(stored, 202);
+    db.close().await;
+}

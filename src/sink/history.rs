@@ -2,6 +2,9 @@
 //! (bounded by rows and by time) and writes each batch in one go, never one
 //! INSERT per reading.
 //!
+//! While a batch is being written the writer keeps taking reports (into the
+//! next batch), so a slow write does not hold up polling.
+//!
 //! When the database refuses a batch, the writer keeps collecting: unwritten
 //! batches wait in memory up to `spool_after` rows, then the oldest go to the
 //! disk spool. Writing is retried with backoff; once it works, the spool is
@@ -132,6 +135,9 @@ pub async fn run_writer(
         .filter(|s| !s.is_empty())
         .map(|_| (Instant::now(), RETRY_MIN));
     let mut closed = false;
+    // Reports taken while a COPY runs join the next batch, up to what one
+    // COPY of a backlog may take.
+    let merge_cap = settings.max_rows.saturating_mul(BACKLOG_FACTOR);
     loop {
         // Without a spool, memory is the only place for unwritten rows: past
         // the bound, stop taking reports (pollers wait) until writing works.
@@ -141,11 +147,20 @@ pub async fn run_writer(
         } else if !closed {
             let (rows, ended) = collect(&mut rx, &settings, retry.map(|(at, _)| at)).await;
             closed = ended;
-            backlog.push(rows);
+            backlog.push_merged(rows, merge_cap);
         }
         let due = retry.is_none_or(|(at, _)| Instant::now() >= at);
         if due {
-            match flush(&db, spool.as_mut(), &mut backlog, &stats).await {
+            let room = settings.spool_after.saturating_sub(backlog.rows);
+            let (flushed, taken) = flush_taking(
+                flush(&db, spool.as_mut(), &mut backlog, &stats),
+                &mut rx,
+                room,
+                &mut closed,
+            )
+            .await;
+            backlog.push_merged(taken, merge_cap);
+            match flushed {
                 Ok(()) => retry = None,
                 Err(e) => {
                     let backoff = retry.map_or(RETRY_MIN, |(_, b)| (b * 2).min(RETRY_MAX));
@@ -208,10 +223,16 @@ struct Backlog {
 }
 
 impl Backlog {
-    fn push(&mut self, rows: Vec<Row>) {
-        if !rows.is_empty() {
-            self.rows += rows.len();
-            self.batches.push_back(rows);
+    /// Adds `rows` as the newest batch, or to the newest batch while that
+    /// stays within `cap` rows, so that they go in one COPY.
+    fn push_merged(&mut self, mut rows: Vec<Row>, cap: usize) {
+        if rows.is_empty() {
+            return;
+        }
+        self.rows += rows.len();
+        match self.batches.back_mut() {
+            Some(last) if last.len() + rows.len() <= cap => last.append(&mut rows),
+            _ => self.batches.push_back(rows),
         }
     }
     fn pop(&mut self) -> Option<Vec<Row>> {
@@ -284,6 +305,31 @@ async fn collect(
         }
     }
     (rows, false)
+}
+
+/// Runs `flushing` while taking up to `room` rows of new reports, so that
+/// pollers do not wait on the database: a COPY can take a second when the
+/// disk stalls, longer than the queue lasts at 100,000 readings a second.
+/// Returns the flush's outcome and the rows taken; notes when the queue
+/// closed.
+async fn flush_taking(
+    flushing: impl std::future::Future<Output = anyhow::Result<()>>,
+    rx: &mut mpsc::Receiver<Arc<PollReport>>,
+    room: usize,
+    closed: &mut bool,
+) -> (anyhow::Result<()>, Vec<Row>) {
+    let mut taken = Vec::new();
+    tokio::pin!(flushing);
+    loop {
+        tokio::select! {
+            biased;
+            flushed = &mut flushing => return (flushed, taken),
+            report = rx.recv(), if !*closed && taken.len() < room => match report {
+                Some(r) => rows_of(&r, &mut taken),
+                None => *closed = true,
+            },
+        }
+    }
 }
 
 /// Writes what waits, oldest first: spooled segments, then the backlog.

@@ -290,20 +290,10 @@ impl Coalescer {
         }
     }
 
-    /// Everything pending, or `None` once closed and drained.
-    async fn take(&self) -> Option<Vec<Arc<PollReport>>> {
-        loop {
-            {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                if !pending.reports.is_empty() {
-                    return Some(pending.reports.drain().map(|(_, r)| r).collect());
-                }
-                if pending.closed {
-                    return None;
-                }
-            }
-            self.wake.notified().await;
-        }
+    /// Everything pending (after `wait` said there is some).
+    fn drain(&self) -> Vec<Arc<PollReport>> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.reports.drain().map(|(_, r)| r).collect()
     }
 }
 
@@ -322,9 +312,7 @@ pub async fn run_writer(
         // reports arrived during the last write halved the p50 at 10,000
         // devices but not the p99, and cost 20 % more CPU per reading.)
         tokio::time::sleep(LINGER).await;
-        let Some(reports) = queue.take().await else {
-            break;
-        };
+        let reports = queue.drain();
         for chunk in reports.chunks(PIPELINE_REPORTS) {
             let mut pipe = redis::pipe();
             for report in chunk {

@@ -135,9 +135,8 @@ pub async fn run_writer(
         .filter(|s| !s.is_empty())
         .map(|_| (Instant::now(), RETRY_MIN));
     let mut closed = false;
-    // Reports taken while a COPY runs join the next batch, up to what one
-    // COPY of a backlog may take.
-    let merge_cap = settings.max_rows.saturating_mul(BACKLOG_FACTOR);
+    // Rows taken while the last batch was written: the start of the next.
+    let mut taken: Vec<Row> = Vec::new();
     loop {
         // Without a spool, memory is the only place for unwritten rows: past
         // the bound, stop taking reports (pollers wait) until writing works.
@@ -145,21 +144,27 @@ pub async fn run_writer(
         if full && let Some((at, _)) = retry {
             sleep_until(at).await;
         } else if !closed {
-            let (rows, ended) = collect(&mut rx, &settings, retry.map(|(at, _)| at)).await;
+            let wake = retry.map(|(at, _)| at);
+            let (rows, ended) = collect(&mut rx, &settings, wake, std::mem::take(&mut taken)).await;
             closed = ended;
-            backlog.push_merged(rows, merge_cap);
+            backlog.push(rows);
         }
         let due = retry.is_none_or(|(at, _)| Instant::now() >= at);
         if due {
             let room = settings.spool_after.saturating_sub(backlog.rows);
-            let (flushed, taken) = flush_taking(
+            let flushed;
+            (flushed, taken) = flush_taking(
                 flush(&db, spool.as_mut(), &mut backlog, &stats),
                 &mut rx,
                 room,
                 &mut closed,
             )
             .await;
-            backlog.push_merged(taken, merge_cap);
+            // They start the next batch, unless there will be none to
+            // collect (closed) or writing failed: then they wait with the rest.
+            if closed || flushed.is_err() {
+                backlog.push(std::mem::take(&mut taken));
+            }
             match flushed {
                 Ok(()) => retry = None,
                 Err(e) => {
@@ -223,16 +228,10 @@ struct Backlog {
 }
 
 impl Backlog {
-    /// Adds `rows` as the newest batch, or to the newest batch while that
-    /// stays within `cap` rows, so that they go in one COPY.
-    fn push_merged(&mut self, mut rows: Vec<Row>, cap: usize) {
-        if rows.is_empty() {
-            return;
-        }
-        self.rows += rows.len();
-        match self.batches.back_mut() {
-            Some(last) if last.len() + rows.len() <= cap => last.append(&mut rows),
-            _ => self.batches.push_back(rows),
+    fn push(&mut self, rows: Vec<Row>) {
+        if !rows.is_empty() {
+            self.rows += rows.len();
+            self.batches.push_back(rows);
         }
     }
     fn pop(&mut self) -> Option<Vec<Row>> {
@@ -242,26 +241,29 @@ impl Backlog {
     }
 }
 
-/// One batch: waits for the first report (or until `wake`, when a retry is
-/// due), then takes more until `max_rows` or `max_delay`. Also says whether
-/// the queue has closed.
+/// One batch, starting with `rows` (taken while the last batch was
+/// written): unless there are some, waits for the first report (or until
+/// `wake`, when a retry is due); then takes more until `max_rows` or
+/// `max_delay`. Also says whether the queue has closed.
 async fn collect(
     rx: &mut mpsc::Receiver<Arc<PollReport>>,
     settings: &BatchSettings,
     wake: Option<Instant>,
+    mut rows: Vec<Row>,
 ) -> (Vec<Row>, bool) {
-    let mut rows = Vec::new();
-    let first = match wake {
-        Some(at) => tokio::select! {
-            r = rx.recv() => r,
-            () = sleep_until(at) => return (rows, false),
-        },
-        None => rx.recv().await,
-    };
-    let Some(first) = first else {
-        return (rows, true);
-    };
-    rows_of(&first, &mut rows);
+    if rows.is_empty() {
+        let first = match wake {
+            Some(at) => tokio::select! {
+                r = rx.recv() => r,
+                () = sleep_until(at) => return (rows, false),
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = first else {
+            return (rows, true);
+        };
+        rows_of(&first, &mut rows);
+    }
     let deadline = Instant::now() + settings.max_delay;
     let sleep = sleep_until(deadline);
     tokio::pin!(sleep);

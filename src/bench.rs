@@ -613,10 +613,12 @@ fn ingest_reports(rows: usize) -> anyhow::Result<Vec<Arc<PollReport>>> {
     let mut id = 0;
     for (d, device) in devices.iter_mut().enumerate() {
         device.id = d as i32 + 1;
-        for r in &mut device.registers {
-            id += 1;
-            r.id = id;
-        }
+        device.register_ids = (0..device.registers.len())
+            .map(|_| {
+                id += 1;
+                id
+            })
+            .collect();
     }
     let devices: Vec<Arc<crate::registry::Device>> = devices.into_iter().map(Arc::new).collect();
     let base: DateTime<Utc> = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default();

@@ -334,7 +334,7 @@ async fn read(args: ReadArgs) -> anyhow::Result<()> {
         args.count,
         data_type.as_str()
     );
-    let registers = (0..u32::from(args.count.max(1)))
+    let registers: Vec<Register> = (0..u32::from(args.count.max(1)))
         .map(|i| {
             let address = (u32::from(start) + i * width) as u16;
             Register::plain(
@@ -361,7 +361,8 @@ async fn read(args: ReadArgs) -> anyhow::Result<()> {
             ..RequestLimits::DEFAULT
         },
         tags: Default::default(),
-        registers,
+        registers: registers.into(),
+        register_ids: Box::default(),
     };
     let report = DevicePoller::new(Arc::new(device), Arc::new(Endpoint::new(host, port)))
         .poll()

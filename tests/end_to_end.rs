@@ -132,7 +132,7 @@ fn assert_history_matches(devices: &[Device], latest: &LatestMemory, rows: &[Sto
     for d in devices {
         let polls = snapshot[&d.name].state.polls;
         assert!(polls >= 3, "{} polled {polls} times", d.name);
-        for r in &d.registers {
+        for r in d.registers.iter() {
             assert_eq!(
                 counts.get(&(d.name.as_str(), &*r.name)).copied(),
                 Some(polls),
@@ -182,7 +182,7 @@ async fn postgres_history_and_redis_latest_match_the_simulator() {
             .await
             .unwrap();
         assert_eq!(hash.len(), d.registers.len(), "fields of {}", d.name);
-        for r in &d.registers {
+        for r in d.registers.iter() {
             let newest = rows
                 .iter()
                 .filter(|x| x.device == d.name && *x.register == *r.name)

@@ -417,9 +417,7 @@ devices:
         .unwrap()
         .remove(0);
     device.id = 1;
-    for (i, r) in device.registers.iter_mut().enumerate() {
-        r.id = i as i32 + 1;
-    }
+    device.register_ids = (1..=device.registers.len() as i32).collect();
     let device = Arc::new(device);
     let report = |n: i64| {
         let ts = DateTime::from_timestamp_micros(1_700_000_000_000_000 + n * 1000).unwrap();

@@ -62,7 +62,12 @@ async fn sync_is_idempotent_and_removals_stop_polling(settings: Settings) {
         .unwrap()
         .devices
         .iter()
-        .flat_map(|d| d.registers.iter().map(|r| (r.name.clone(), r.id)))
+        .flat_map(|d| {
+            d.registers
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), d.register_id(i)))
+        })
         .collect();
 
     // Poll once with both devices so there is history to keep.
@@ -108,7 +113,8 @@ async fn sync_is_idempotent_and_removals_stop_polling(settings: Settings) {
         .unwrap()
         .1;
     assert_eq!(
-        boiler.registers[0].id, kept_id,
+        boiler.register_id(0),
+        kept_id,
         "a register keeps its id across syncs"
     );
 
@@ -230,6 +236,84 @@ async fn postgres_an_unusable_register_row_skips_only_its_device() {
 async fn sqlite_an_unusable_register_row_skips_only_its_device() {
     let dir = tempfile::tempdir().unwrap();
     an_unusable_register_row_skips_only_its_device(
+        Db::sqlite(&dir.path().join("regpoll.db")).await.unwrap(),
+    )
+    .await;
+}
+
+/// Devices of one model (the same register map) share one list of registers
+/// in memory, while each keeps its own register ids, so readings are stored
+/// under the right device's rows; a device whose map differs in anything
+/// (here a scale) gets its own list.
+async fn devices_of_one_model_share_their_registers(db: Db) {
+    let yaml = r#"
+defaults: { host: 127.0.0.1, port: 5020, every: 1s }
+devices:
+  - name: a
+    registers: &meter
+      - { name: r0, kind: holding, address: 0, type: u16 }
+      - { name: r1, kind: holding, address: 1, type: f32, unit: kWh }
+  - name: b
+    unit_id: 2
+    registers: *meter
+  - name: c
+    unit_id: 3
+    registers:
+      - { name: r0, kind: holding, address: 0, type: u16 }
+      - { name: r1, kind: holding, address: 1, type: f32, unit: kWh }
+  - name: d
+    unit_id: 4
+    registers:
+      - { name: r0, kind: holding, address: 0, type: u16, scale: 0.1 }
+      - { name: r1, kind: holding, address: 1, type: f32, unit: kWh }
+"#;
+    let parsed = config::parse(yaml, "devices.yaml").unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &parsed[0].registers,
+        &parsed[2].registers
+    ));
+    db.sync_devices(&parsed).await.unwrap();
+    let loaded = db.load_devices().await.unwrap().devices;
+    let by_name = |n: &str| loaded.iter().find(|d| d.name == n).unwrap();
+    let (a, b, c, d) = (by_name("a"), by_name("b"), by_name("c"), by_name("d"));
+    assert!(std::sync::Arc::ptr_eq(&a.registers, &b.registers));
+    assert!(std::sync::Arc::ptr_eq(&a.registers, &c.registers));
+    assert!(!std::sync::Arc::ptr_eq(&a.registers, &d.registers));
+    assert_eq!(d.registers[0].scale, 0.1);
+
+    let sql = "SELECT d.name, r.name, r.id FROM device_register_map r \
+               JOIN devices d ON d.id = r.device_id ORDER BY 1, 2";
+    let rows: Vec<(String, String, i32)> = match &db {
+        Db::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Db::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+    };
+    let mut held: Vec<(String, String, i32)> = loaded
+        .iter()
+        .flat_map(|d| {
+            d.registers
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (d.name.clone(), r.name.to_string(), d.register_id(i)))
+        })
+        .collect();
+    held.sort();
+    assert_eq!(held, rows, "every device keeps its own register ids");
+    assert!(rows.iter().all(|(_, _, id)| *id > 0));
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_devices_of_one_model_share_their_registers() {
+    devices_of_one_model_share_their_registers(
+        Db::postgres(&common::fresh_postgres().await).await.unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_devices_of_one_model_share_their_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    devices_of_one_model_share_their_registers(
         Db::sqlite(&dir.path().join("regpoll.db")).await.unwrap(),
     )
     .await;

@@ -15,7 +15,7 @@ pub struct Warning {
 pub fn warnings(devices: &[Device]) -> Vec<Warning> {
     let mut out = Vec::new();
     for d in devices {
-        for r in &d.registers {
+        for r in d.registers.iter() {
             if let Some(message) = modicon(r) {
                 out.push(Warning {
                     device: d.name.clone(),

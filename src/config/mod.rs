@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use crate::registry::{
-    Address, Align, CronSchedule, DataType, Device, Register, RegisterKind, RequestLimits,
-    Schedule, UnitId, ValidRange, WordOrder, parse_duration,
+    Address, Align, CronSchedule, DataType, Device, Register, RegisterKind, RegisterMaps,
+    RequestLimits, Schedule, UnitId, ValidRange, WordOrder, parse_duration,
 };
 use raw::{RawDevice, RawFile, RawRegister};
 
@@ -137,6 +137,7 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
     let mut v = Validator {
         file,
         errors: Vec::new(),
+        maps: RegisterMaps::default(),
     };
     let defaults = v.defaults(head.defaults);
     let devices =
@@ -181,6 +182,9 @@ fn check_name(name: &str) -> Result<(), String> {
 struct Validator<'a> {
     file: &'a str,
     errors: Vec<ConfigError>,
+    /// Devices with the same registers (an anchor, or the same model written
+    /// out again) share one list.
+    maps: RegisterMaps,
 }
 
 /// Where in the file, and in which device/register, a check is running.
@@ -336,7 +340,8 @@ impl<'a> Validator<'a> {
             timeout,
             limits,
             tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
-            registers,
+            registers: self.maps.share(registers),
+            register_ids: Box::default(),
         })
     }
 
@@ -581,7 +586,6 @@ impl<'a> Validator<'a> {
             return None;
         }
         Some(Register {
-            id: 0,
             name: name.value.as_str().into(),
             kind: kind?,
             address: Address(address?.value as u16),

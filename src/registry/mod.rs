@@ -5,9 +5,11 @@
 
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Modbus unit identifier (the "slave id" on serial lines, the gateway target on TCP).
@@ -175,11 +177,11 @@ impl fmt::Display for ValidRange {
     }
 }
 
-/// One configured register of a device.
+/// One configured register of a device. It carries no database id, so
+/// devices with the same register map share one list of registers (see
+/// [`RegisterMaps`]); the ids are [`Device::register_ids`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Register {
-    /// `device_register_map.id`; 0 until the register has been stored.
-    pub id: i32,
     pub name: Box<str>,
     pub kind: RegisterKind,
     pub address: Address,
@@ -241,7 +243,6 @@ impl Register {
         order: WordOrder,
     ) -> Register {
         Register {
-            id: 0,
             name: name.into(),
             kind,
             address: Address(address),
@@ -320,7 +321,13 @@ pub struct Device {
     pub timeout: Duration,
     pub limits: RequestLimits,
     pub tags: BTreeMap<String, String>,
-    pub registers: Vec<Register>,
+    /// Shared with every device of the same register map: a fleet is mostly
+    /// a few models of meter, and at 10,000 devices of 10 registers a list
+    /// of its own per device was 10 MB, the largest thing regpoll held.
+    pub registers: Arc<[Register]>,
+    /// `device_register_map.id` of each register, by index; empty until the
+    /// device has been stored.
+    pub register_ids: Box<[i32]>,
 }
 
 impl Device {
@@ -340,10 +347,43 @@ impl Device {
         groups
     }
 
+    /// The `device_register_map.id` of register `index`; 0 until stored.
+    pub fn register_id(&self, index: usize) -> i32 {
+        self.register_ids.get(index).copied().unwrap_or(0)
+    }
+
     /// The `host:port` this device is reached through; devices behind one
     /// gateway share it (and its connection).
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Hands out one shared list per distinct register map, so devices of the
+/// same model hold a pointer rather than a copy. One is used per load (of a
+/// devices.yaml or of the registry); equal maps from two loads stay
+/// separate, which only costs memory until the older devices are gone.
+#[derive(Default)]
+pub struct RegisterMaps {
+    /// By a hash of each map's names and addresses; equal hashes are
+    /// compared whole, so a collision only costs a comparison.
+    maps: HashMap<u64, Vec<Arc<[Register]>>>,
+}
+
+impl RegisterMaps {
+    pub fn share(&mut self, registers: Vec<Register>) -> Arc<[Register]> {
+        let mut h = std::hash::DefaultHasher::new();
+        for r in &registers {
+            (&r.name, r.address, r.kind, r.data_type).hash(&mut h);
+            (r.scale.to_bits(), r.offset.to_bits()).hash(&mut h);
+        }
+        let same = self.maps.entry(h.finish()).or_default();
+        if let Some(shared) = same.iter().find(|m| ***m == *registers) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<[Register]> = registers.into();
+        same.push(Arc::clone(&shared));
+        shared
     }
 }
 

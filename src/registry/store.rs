@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,8 +16,8 @@ use futures::TryStreamExt as _;
 use sqlx::types::Json;
 
 use super::{
-    Address, Align, CronSchedule, DataType, Device, Register, RequestLimits, Schedule, UnitId,
-    ValidRange,
+    Address, Align, CronSchedule, DataType, Device, Register, RegisterMaps, RequestLimits,
+    Schedule, UnitId, ValidRange,
 };
 use crate::db::Db;
 
@@ -127,7 +128,7 @@ impl Db {
     /// was the largest thing in regpoll's memory at start-up and at every
     /// reload (about 60 MB at 10,000 devices, over the registry itself).
     pub async fn load_devices(&self) -> anyhow::Result<Loaded> {
-        let mut registers: HashMap<i32, Result<Vec<Register>, String>> = HashMap::new();
+        let mut registers: HashMap<i32, Result<DeviceMap, String>> = HashMap::new();
         let devices: Vec<DeviceRow> = on_pool!(self, pool => {
             let devices = sqlx::query_as(SELECT_DEVICES)
                 .fetch_all(pool)
@@ -150,10 +151,13 @@ impl Db {
             devices
         });
         let mut loaded = Loaded::default();
+        let mut maps = RegisterMaps::default();
         for row in devices {
-            let regs = registers.remove(&row.id).unwrap_or_else(|| Ok(Vec::new()));
+            let regs = registers
+                .remove(&row.id)
+                .unwrap_or_else(|| Ok(DeviceMap::default()));
             let name = row.name.clone();
-            match regs.and_then(|regs| device_from_rows(row, regs)) {
+            match regs.and_then(|regs| device_from_rows(row, regs, &mut maps)) {
                 Ok(d) => loaded.devices.push(d),
                 Err(e) => loaded
                     .problems
@@ -250,7 +254,7 @@ impl Db {
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("cannot store device `{}`", d.name))?;
-                for r in &d.registers {
+                for r in d.registers.iter() {
                     sqlx::query(
                         "INSERT INTO device_register_map (device_id, name, kind, address, data_type, word_order, \
                          scale, \"offset\", unit, valid_min, valid_max, bit, length, every_ms, cron, timezone, active) \
@@ -286,9 +290,12 @@ impl Db {
                     .with_context(|| format!("cannot store register `{}` of device `{}`", r.name, d.name))?;
                 }
                 let keep: HashSet<&str> = d.registers.iter().map(|r| &*r.name).collect();
-                for gone in old.into_iter().flat_map(|o| &o.registers).filter(|r| !keep.contains(&*r.name)) {
+                let gone: Vec<i32> = old.into_iter().flat_map(|o| {
+                    o.registers.iter().enumerate().filter(|(_, r)| !keep.contains(&*r.name)).map(|(i, _)| o.register_id(i))
+                }).collect();
+                for gone in gone {
                     sqlx::query("UPDATE device_register_map SET active = false, updated_at = CURRENT_TIMESTAMP WHERE id = $1")
-                        .bind(gone.id)
+                        .bind(gone)
                         .execute(&mut *tx)
                         .await
                         .context("cannot deactivate a removed register")?;
@@ -378,13 +385,23 @@ fn millis(d: Duration) -> i64 {
 /// the order registers are listed in.
 fn same_config(a: &Device, b: &Device) -> bool {
     let strip = |d: &Device| {
-        let mut d = d.clone();
-        d.id = 0;
-        d.registers.iter_mut().for_each(|r| r.id = 0);
-        d.registers.sort_by(|x, y| x.name.cmp(&y.name));
-        d
+        let mut registers = d.registers.to_vec();
+        registers.sort_by(|x, y| x.name.cmp(&y.name));
+        Device {
+            id: 0,
+            registers: Arc::from(registers),
+            register_ids: Box::default(),
+            ..d.clone()
+        }
     };
     strip(a) == strip(b)
+}
+
+/// One device's registers as loaded, with their `device_register_map.id`s.
+#[derive(Default)]
+struct DeviceMap {
+    registers: Vec<Register>,
+    ids: Vec<i32>,
 }
 
 /// Gathers the registers of one device at a time from rows ordered by
@@ -392,39 +409,44 @@ fn same_config(a: &Device, b: &Device) -> bool {
 #[derive(Default)]
 struct DeviceRegisters {
     device_id: Option<i32>,
-    registers: Vec<Register>,
+    map: DeviceMap,
     error: Option<String>,
 }
 
 impl DeviceRegisters {
     /// Takes the next row; when it belongs to another device, hands back
     /// the previous device's registers (or its first unusable one).
-    fn next(&mut self, row: RegisterRow) -> Option<(i32, Result<Vec<Register>, String>)> {
+    fn next(&mut self, row: RegisterRow) -> Option<(i32, Result<DeviceMap, String>)> {
         let done = match self.device_id {
             Some(id) if id != row.device_id => self.finish(),
             _ => None,
         };
         self.device_id = Some(row.device_id);
         if self.error.is_none() {
-            let name = row.name.clone();
+            let (name, id) = (row.name.clone(), row.id);
             match register_from_row(row) {
-                Ok(r) => self.registers.push(r),
+                Ok(r) => {
+                    self.map.registers.push(r);
+                    self.map.ids.push(id);
+                }
                 Err(e) => self.error = Some(format!("register `{name}`: {e}")),
             }
         }
         done
     }
 
-    fn finish(&mut self) -> Option<(i32, Result<Vec<Register>, String>)> {
+    fn finish(&mut self) -> Option<(i32, Result<DeviceMap, String>)> {
         let id = self.device_id.take()?;
-        // Drained into a list of exactly its length (a device keeps it as
-        // long as it is polled); the buffer is reused for the next device.
-        let registers: Vec<Register> = self.registers.drain(..).collect();
-        Some((id, self.error.take().map_or(Ok(registers), Err)))
+        let map = std::mem::take(&mut self.map);
+        Some((id, self.error.take().map_or(Ok(map), Err)))
     }
 }
 
-fn device_from_rows(row: DeviceRow, registers: Vec<Register>) -> Result<Device, String> {
+fn device_from_rows(
+    row: DeviceRow,
+    map: DeviceMap,
+    maps: &mut RegisterMaps,
+) -> Result<Device, String> {
     let port = u16::try_from(row.port)
         .ok()
         .filter(|&p| p > 0)
@@ -470,7 +492,10 @@ fn device_from_rows(row: DeviceRow, registers: Vec<Register>) -> Result<Device, 
             ),
         },
         tags: row.tags.0,
-        registers,
+        // Shared with the devices that have the same map; the ids are the
+        // device's own, so they are kept apart (and sized exactly).
+        registers: maps.share(map.registers),
+        register_ids: map.ids.into_boxed_slice(),
     })
 }
 
@@ -486,7 +511,6 @@ fn register_from_row(r: RegisterRow) -> Result<Register, String> {
         .map_err(|_| format!("address {} is outside 0..65535", r.address))?;
     let data_type = r.data_type.parse()?;
     let reg = Register {
-        id: r.id,
         name: r.name.into(),
         kind: r.kind.parse()?,
         address: Address(address),

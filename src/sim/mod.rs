@@ -71,7 +71,7 @@ impl Simulator {
         for d in devices {
             let units = by_endpoint.entry(d.endpoint()).or_default();
             let table = units.entry(d.unit_id.0).or_default();
-            for r in &d.registers {
+            for r in d.registers.iter() {
                 table.registers.push((seed(&d.name, &r.name), r.clone()));
             }
         }

@@ -58,7 +58,7 @@ pub struct Row {
 pub fn rows_of(report: &PollReport, out: &mut Vec<Row>) {
     out.extend(report.readings.iter().map(|r| Row {
         ts: r.ts,
-        register_id: report.register(r).id,
+        register_id: report.device.register_id(r.index),
         device_id: report.device.id,
         value: r.value.as_f64(),
         value_text: r.value.as_text().map(str::to_string),

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
@@ -59,9 +58,12 @@ impl Counters {
 
 struct Polled {
     device: Arc<Device>,
-    /// Shared by the device's group tasks. A token rather than a watch
-    /// channel: at 10,000 devices a watch channel each took 3.4 MB.
-    stop: CancellationToken,
+    /// One per group task; dropping it tells the task to stop. A oneshot
+    /// rather than a shared token or watch channel: the task waits on it
+    /// through a pointer, where waiting on a `CancellationToken` kept a
+    /// waiter inside every task (the task was 536 bytes, now 472; a watch
+    /// channel each took 3.4 MB at 10,000 devices).
+    stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -120,8 +122,8 @@ impl Fleet {
             }
         }
         for name in changes.restarted.iter().chain(&changes.stopped) {
-            let p = self.polled.remove(name).expect("listed from polled");
-            p.stop.cancel();
+            let mut p = self.polled.remove(name).expect("listed from polled");
+            p.stops.clear();
             stopping.push(p);
         }
         // Every stopping device finishes its in-flight poll, in parallel.
@@ -157,22 +159,24 @@ impl Fleet {
             e
         }));
         let device = Arc::new(device);
-        let stop = CancellationToken::new();
         let groups = device.poll_groups();
-        // Collected into a Vec of its own size: collecting from the groups'
+        // Collected into Vecs of their own size: collecting from the groups'
         // iterator would reuse the groups' larger allocation for the handles.
         let mut tasks = Vec::with_capacity(groups.len());
+        let mut stops = Vec::with_capacity(groups.len());
         for (schedule, members) in groups {
             let ticker = Ticker::new(
                 &schedule,
                 &format!("{}/{}", device.name, schedule.describe()),
             );
             let poller = DevicePoller::group(Arc::clone(&device), Arc::clone(&endpoint), members);
+            let (stop, stopped) = oneshot::channel();
+            stops.push(stop);
             tasks.push(tokio::spawn(group_loop(
                 poller,
                 ticker,
                 self.sinks.clone(),
-                stop.clone(),
+                stopped,
                 Arc::clone(&self.counters),
             )));
         }
@@ -180,7 +184,7 @@ impl Fleet {
             device.name.clone(),
             Polled {
                 device,
-                stop,
+                stops,
                 tasks,
             },
         );
@@ -188,9 +192,9 @@ impl Fleet {
 
     /// Stops every device, letting in-flight polls finish.
     pub async fn stop_all(&mut self) {
-        let all: Vec<Polled> = std::mem::take(&mut self.polled).into_values().collect();
-        for p in &all {
-            p.stop.cancel();
+        let mut all: Vec<Polled> = std::mem::take(&mut self.polled).into_values().collect();
+        for p in &mut all {
+            p.stops.clear();
         }
         for p in all {
             for t in p.tasks {
@@ -203,34 +207,52 @@ impl Fleet {
 /// Polls one poll group on its schedule until told to stop. A poll still
 /// running at its next firing skips that firing (an overrun); there is never
 /// a burst of catch-up polls.
-async fn group_loop(
+///
+/// A function returning an `async move` block, not an `async fn`: an `async
+/// fn` keeps its arguments in the task and copies them into the body's own
+/// variables, so every task held both. With that and the poll boxed together
+/// with its delivery (below), the loop is 272 bytes instead of 536 and a
+/// task with tokio's header (which rounds to 128 bytes) 384 instead of 640
+/// (rustc -Zprint-type-sizes): 2.5 MB at 10,000 devices.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice; see above"
+)]
+fn group_loop(
     poller: DevicePoller,
     ticker: Ticker,
     sinks: Sinks,
-    stop: CancellationToken,
+    mut stop: oneshot::Receiver<()>,
     counters: Arc<Counters>,
-) {
-    let mut next = ticker.next_after(Utc::now());
-    while let Some(due) = next {
-        let wait = (due - Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => break,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let mut next = ticker.next_after(Utc::now());
+        while let Some(due) = next {
+            let wait = (due - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                // Fleet drops the sender to stop the device.
+                _ = &mut stop => break,
+            }
+            let late = (Utc::now() - due).to_std().unwrap_or_default();
+            counters.lateness.record(late);
+            counters.lateness_histogram.record(late);
+            // The poll and its delivery in one boxed future, so that a loop
+            // asleep between polls, which is where thousands of them spend
+            // their time, holds a pointer rather than room for their largest
+            // state (about 1 KB) and for the report between them.
+            Box::pin(async {
+                let report = poller.poll().await;
+                counters.record_poll(&report);
+                sinks.deliver(report).await;
+            })
+            .await;
+            let (missed, following) = ticker.after_poll(due, Utc::now());
+            if missed > 0 {
+                counters.overruns.fetch_add(missed, Ordering::Relaxed);
+                tracing::debug!(device = %poller.device().name, missed, "poll overran its schedule; skipped firings");
+            }
+            next = following;
         }
-        let late = (Utc::now() - due).to_std().unwrap_or_default();
-        counters.lateness.record(late);
-        counters.lateness_histogram.record(late);
-        // Boxed so that a loop asleep between polls, which is where
-        // thousands of them spend their time, holds a pointer rather than
-        // room for the poll's largest state (about 1 KB a device).
-        let report = Box::pin(poller.poll()).await;
-        counters.record_poll(&report);
-        Box::pin(sinks.deliver(report)).await;
-        let (missed, following) = ticker.after_poll(due, Utc::now());
-        if missed > 0 {
-            counters.overruns.fetch_add(missed, Ordering::Relaxed);
-            tracing::debug!(device = %poller.device().name, missed, "poll overran its schedule; skipped firings");
-        }
-        next = following;
     }
 }

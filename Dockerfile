@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# regpoll container image: a build stage that compiles the release binary,
-# and a small Debian runtime that only holds the binary, curl for the
-# healthcheck and an example devices.yaml.
+# regpoll container image: a build stage that compiles the binary (the
+# `dist` profile: release, optimised as one program), and a small Debian
+# runtime that only holds the binary, curl for the healthcheck and an example
+# devices.yaml.
 #
 #   docker build -t regpoll .
 #   docker run --rm -p 127.0.0.1:8080:8080 -v regpoll:/var/lib/regpoll regpoll
@@ -40,14 +41,14 @@ COPY devices.yaml ./
 #    (docker compose builds this file for two services); cargo's own lock
 #    lives in CARGO_HOME outside the mount and would not protect it.
 # --locked: build exactly Cargo.lock; fail rather than resolve new versions.
-# objcopy: the release profile keeps line tables (debug = 1) for backtraces;
-# compressing them shrinks the binary ~2.5x (87 MB to 34 MB) and backtraces
+# objcopy: the dist profile keeps release's line tables (debug = 1) for
+# backtraces; compressing them shrinks the binary ~2.5x (87 MB to 34 MB) and backtraces
 # still show file:line.
 RUN --mount=type=cache,id=regpoll-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=regpoll-target,target=/work/target,sharing=locked \
     touch src/lib.rs src/main.rs \
- && cargo build --release --locked \
- && install -D -m 0755 target/release/regpoll /out/regpoll \
+ && cargo build --profile dist --locked \
+ && install -D -m 0755 target/dist/regpoll /out/regpoll \
  && objcopy --compress-debug-sections=zlib /out/regpoll
 
 # ---------------------------------------------------------------------------

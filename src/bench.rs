@@ -610,15 +610,12 @@ pub struct IngestSpec {
 fn ingest_reports(rows: usize) -> anyhow::Result<Vec<Arc<PollReport>>> {
     let spec = FleetSpec::layout(100, 10);
     let mut devices = crate::config::parse(&fleet_yaml(&spec, &[502]), "ingest.yaml")?;
-    let mut id = 0;
+    let mut last_id = 0;
     for (d, device) in devices.iter_mut().enumerate() {
         device.id = d as i32 + 1;
-        device.register_ids = (0..device.registers.len())
-            .map(|_| {
-                id += 1;
-                id
-            })
-            .collect();
+        let first = last_id + 1;
+        last_id += device.registers.len() as i32;
+        device.register_ids = (first..=last_id).collect();
     }
     let devices: Vec<Arc<crate::registry::Device>> = devices.into_iter().map(Arc::new).collect();
     let base: DateTime<Utc> = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default();

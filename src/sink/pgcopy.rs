@@ -48,16 +48,16 @@ pub fn tuples(out: &mut Vec<u8>, rows: &[Row]) {
         timestamptz(out, r.ts);
         int4(out, r.register_id);
         int4(out, r.device_id);
-        match r.value {
+        match r.value() {
             Some(v) => {
                 out.extend_from_slice(&8i32.to_be_bytes());
                 out.extend_from_slice(&v.to_bits().to_be_bytes());
             }
             None => null(out),
         }
-        text(out, r.value_text.as_deref());
+        text(out, r.value_text());
         text(out, Some(r.quality.as_str()));
-        text(out, r.detail.as_deref());
+        text(out, r.detail());
     }
 }
 
@@ -97,15 +97,15 @@ mod tests {
 
     #[test]
     fn one_row_is_laid_out_as_the_format_says() {
-        let row = Row {
-            ts: DateTime::from_timestamp_micros(PG_EPOCH_OFFSET_US + 1).unwrap(),
-            register_id: 7,
-            device_id: 3,
-            value: None,
-            value_text: Some("é".into()),
-            quality: Quality::Bad,
-            detail: None,
-        };
+        let row = Row::new(
+            DateTime::from_timestamp_micros(PG_EPOCH_OFFSET_US + 1).unwrap(),
+            7,
+            3,
+            None,
+            Some("é"),
+            Quality::Bad,
+            None,
+        );
         let b = encode(&[row]);
         let mut want = b"PGCOPY\n\xff\r\n\0".to_vec();
         want.extend([0, 0, 0, 0, 0, 0, 0, 0]); // flags, extension length

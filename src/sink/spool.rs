@@ -176,20 +176,20 @@ fn encode(rows: &[Row]) -> Vec<u8> {
         out.extend_from_slice(&r.ts.timestamp_micros().to_le_bytes());
         out.extend_from_slice(&r.register_id.to_le_bytes());
         out.extend_from_slice(&r.device_id.to_le_bytes());
-        match r.value {
+        match r.value() {
             Some(v) => {
                 out.push(1);
                 out.extend_from_slice(&v.to_bits().to_le_bytes());
             }
             None => out.push(0),
         }
-        text(&mut out, r.value_text.as_deref());
+        text(&mut out, r.value_text());
         out.push(match r.quality {
             Quality::Good => 0,
             Quality::Bad => 1,
             Quality::Uncertain => 2,
         });
-        text(&mut out, r.detail.as_deref());
+        text(&mut out, r.detail());
     }
     out
 }
@@ -229,15 +229,15 @@ fn decode(b: &[u8]) -> Option<Vec<Row>> {
             _ => return None,
         };
         let detail = r.text()?;
-        rows.push(Row {
+        rows.push(Row::new(
             ts,
             register_id,
             device_id,
             value,
-            value_text,
+            value_text.as_deref(),
             quality,
-            detail,
-        });
+            detail.as_deref(),
+        ));
     }
     (r.at == b.len()).then_some(rows)
 }
@@ -272,18 +272,20 @@ mod tests {
 
     fn batch(start: i64, n: i64) -> Vec<Row> {
         (start..start + n)
-            .map(|i| Row {
-                ts: DateTime::from_timestamp_micros(1_700_000_000_000_000 + i).unwrap(),
-                register_id: i as i32,
-                device_id: 1,
-                value: (i % 3 != 0).then_some(i as f64 / 3.0),
-                value_text: (i % 5 == 0).then(|| format!("text {i} ✓")),
-                quality: if i % 3 == 0 {
-                    Quality::Bad
-                } else {
-                    Quality::Good
-                },
-                detail: (i % 3 == 0).then(|| "timeout after 1000 ms".to_string()),
+            .map(|i| {
+                Row::new(
+                    DateTime::from_timestamp_micros(1_700_000_000_000_000 + i).unwrap(),
+                    i as i32,
+                    1,
+                    (i % 3 != 0).then_some(i as f64 / 3.0),
+                    (i % 5 == 0).then(|| format!("text {i} ✓")).as_deref(),
+                    if i % 3 == 0 {
+                        Quality::Bad
+                    } else {
+                        Quality::Good
+                    },
+                    (i % 3 == 0).then_some("timeout after 1000 ms"),
+                )
             })
             .collect()
     }

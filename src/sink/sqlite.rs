@@ -25,10 +25,10 @@ pub async fn write(pool: &SqlitePool, rows: &[Row]) -> anyhow::Result<u64> {
             b.push_bind(r.ts.timestamp_micros())
                 .push_bind(r.register_id)
                 .push_bind(r.device_id)
-                .push_bind(r.value)
-                .push_bind(r.value_text.clone())
+                .push_bind(r.value())
+                .push_bind(r.value_text())
                 .push_bind(r.quality.as_str())
-                .push_bind(r.detail.clone());
+                .push_bind(r.detail());
         });
         inserted += q
             .build()

@@ -21,6 +21,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::json;
 use std::collections::HashMap;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+
 use tokio::sync::Notify;
 
 use crate::reading::{PollReport, Quality, Reading, Value};
@@ -33,6 +36,9 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const PIPELINE_REPORTS: usize = 256;
 /// How long the writer lets reports gather before writing them together.
 const LINGER: Duration = Duration::from_millis(2);
+/// Most pipelines waiting for Redis's answer at once (see `run_writer`);
+/// past it, reports gather in the coalescer, newest per poll group.
+const MAX_IN_FLIGHT: usize = 4;
 
 pub fn rfc3339(ts: DateTime<Utc>) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -299,48 +305,95 @@ impl Coalescer {
 
 /// Writes what the coalescer holds until it is closed and drained.
 pub async fn run_writer(
-    mut con: ConnectionManager,
+    con: ConnectionManager,
     settings: RedisSettings,
     queue: Arc<Coalescer>,
     stats: Arc<RedisStats>,
 ) {
-    while queue.wait().await {
-        // Let polls gather for a moment, then write them all in one
-        // pipeline, one round trip: at thousands of polls a second a round
-        // trip per poll costs more CPU than the polls themselves. The linger
-        // bounds what it adds to a value's way into Redis. (Skipping it when
-        // reports arrived during the last write halved the p50 at 10,000
-        // devices but not the p99, and cost 20 % more CPU per reading.)
-        tokio::time::sleep(LINGER).await;
-        let reports = queue.drain();
-        for chunk in reports.chunks(PIPELINE_REPORTS) {
-            let mut pipe = redis::pipe();
-            for report in chunk {
-                add_report(&mut pipe, &settings, report);
+    // Pipelines still waiting for Redis's answer. A new one is sent without
+    // waiting for them (the connection is multiplexed and Redis runs them in
+    // the order sent, so a newer report still lands last): a report that
+    // arrives while one is in flight would otherwise wait out that round
+    // trip as well as its own, which was the tail of response -> Redis at
+    // 10,000 devices (round trips of 1-7 ms on a busy box, BENCHMARKS.md).
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            Some((chunk, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                record(&stats, &chunk, result);
             }
-            match pipe.query_async::<()>(&mut con).await {
-                Ok(()) => {
-                    let now = Utc::now();
-                    stats
-                        .polls_written
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            more = queue.wait(), if open && in_flight.len() < MAX_IN_FLIGHT => {
+                if !more {
+                    open = false;
+                    continue;
+                }
+                // Let polls gather for a moment, then write them all in one
+                // pipeline: at thousands of polls a second a round trip per
+                // poll costs more CPU than the polls themselves. The linger
+                // bounds what it adds to a value's way into Redis. (Skipping
+                // it when reports arrived during the last write halved the
+                // p50 at 10,000 devices but not the p99, and cost 20 % more
+                // CPU per reading.) Answers that come meanwhile are taken as
+                // they come, so their time to visible is not stretched.
+                let linger = tokio::time::sleep(LINGER);
+                tokio::pin!(linger);
+                loop {
+                    tokio::select! {
+                        () = &mut linger => break,
+                        Some((chunk, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                            record(&stats, &chunk, result);
+                        }
+                    }
+                }
+                let reports = queue.drain();
+                for chunk in reports.chunks(PIPELINE_REPORTS) {
+                    let mut pipe = redis::pipe();
                     for report in chunk {
-                        let answered = report.started
-                            + chrono::Duration::from_std(report.latency).unwrap_or_default();
-                        let visible = (now - answered).to_std().unwrap_or_default();
-                        stats.visible.record(visible);
-                        stats.visible_distribution.record(visible);
+                        add_report(&mut pipe, &settings, report);
                     }
+                    let chunk = chunk.to_vec();
+                    let mut con = con.clone();
+                    in_flight.push(Box::pin(async move {
+                        let result = pipe.query_async::<()>(&mut con).await;
+                        (chunk, result)
+                    }));
                 }
-                Err(e) => {
-                    // Log the first failure of a run of failures, not every one.
-                    let before = stats
-                        .failures
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    if before / 100 != (before + chunk.len() as u64) / 100 || before == 0 {
-                        tracing::warn!(error = %e, polls = chunk.len(), "cannot write latest values to Redis");
-                    }
-                }
+            }
+            else => break,
+        }
+    }
+}
+
+/// A pipeline sent to Redis, with the reports it carries.
+type InFlight = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Vec<Arc<PollReport>>, redis::RedisResult<()>)> + Send>,
+>;
+
+/// Counts one pipeline's outcome: each report's time from its last response
+/// to now, when Redis has acknowledged it, or a failure.
+fn record(stats: &RedisStats, chunk: &[Arc<PollReport>], result: redis::RedisResult<()>) {
+    match result {
+        Ok(()) => {
+            let now = Utc::now();
+            stats
+                .polls_written
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            for report in chunk {
+                let answered =
+                    report.started + chrono::Duration::from_std(report.latency).unwrap_or_default();
+                let visible = (now - answered).to_std().unwrap_or_default();
+                stats.visible.record(visible);
+                stats.visible_distribution.record(visible);
+            }
+        }
+        Err(e) => {
+            // Log the first failure of a run of failures, not every one.
+            let before = stats
+                .failures
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if before / 100 != (before + chunk.len() as u64) / 100 || before == 0 {
+                tracing::warn!(error = %e, polls = chunk.len(), "cannot write latest values to Redis");
             }
         }
     }

@@ -186,6 +186,38 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// Seconds the threads of a process have waited on a run queue for a CPU
+/// (the second field of `/proc/<pid>/task/<tid>/schedstat`). On a box where
+/// everything shares two cores this is where scheduling tails come from:
+/// a thread that is runnable but not running.
+pub fn run_queue_wait_s(pid: u32) -> anyhow::Result<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread may end between listing and reading; it is not counted.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("unreadable schedstat")?;
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// Seconds during which at least one runnable task on the machine waited for
+/// a CPU (pressure stall information, `/proc/pressure/cpu` "some total");
+/// `None` on a kernel without it.
+pub fn cpu_pressure_s() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    let total = some
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("total="))?;
+    Some(total.parse::<f64>().ok()? / 1e6)
+}
+
 /// A `/proc/<pid>/status` field in KiB (VmHWM: peak resident set; VmRSS).
 pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -214,14 +246,24 @@ async fn get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Json
 struct Snapshot {
     at: Instant,
     stats: Json,
+    /// regpoll's CPU seconds and its threads' run-queue wait.
     cpu: f64,
+    run_wait: f64,
+    /// The same of the simulator, which shares the cores.
+    sim_cpu: f64,
+    sim_run_wait: f64,
+    pressure: Option<f64>,
 }
 
-async fn snapshot(addr: std::net::SocketAddr, pid: u32) -> anyhow::Result<Snapshot> {
+async fn snapshot(addr: std::net::SocketAddr, pid: u32, sim: u32) -> anyhow::Result<Snapshot> {
     let stats = get_json(addr, "/api/stats").await?;
     Ok(Snapshot {
         at: Instant::now(),
         cpu: cpu_seconds(pid)?,
+        run_wait: run_queue_wait_s(pid)?,
+        sim_cpu: cpu_seconds(sim)?,
+        sim_run_wait: run_queue_wait_s(sim)?,
+        pressure: cpu_pressure_s(),
         stats,
     })
 }
@@ -367,10 +409,11 @@ async fn fleet_in(spec: &FleetSpec, exe: &Path, work: &Path) -> anyhow::Result<J
         spec.warmup
     ));
     tokio::time::sleep(spec.warmup).await;
-    let s0 = snapshot(http, pid).await?;
+    let sim_pid = sim.0.id();
+    let s0 = snapshot(http, pid, sim_pid).await?;
     say(format!("measuring for {:?}", spec.duration));
     tokio::time::sleep(spec.duration).await;
-    let s1 = snapshot(http, pid).await?;
+    let s1 = snapshot(http, pid, sim_pid).await?;
     let hwm_kib = status_kib(pid, "VmHWM")?;
     let rss_kib = status_kib(pid, "VmRSS")?;
 
@@ -445,6 +488,16 @@ async fn fleet_in(spec: &FleetSpec, exe: &Path, work: &Path) -> anyhow::Result<J
         "cpu_s": cpu,
         "cpu_s_per_million_readings": cpu / (readings / 1e6),
         "cpu_us_per_reading": cpu * 1e6 / readings,
+        // How busy the shared box was: the share of the window in which
+        // some runnable task waited for a CPU, and how long each process's
+        // threads waited in all, per second.
+        "box": {
+            "cpu_pressure_some_pct": s1.pressure.zip(s0.pressure).map(|(b, a)| (b - a) * 100.0 / secs),
+            "regpoll_cpu_pct": cpu * 100.0 / secs,
+            "regpoll_run_queue_wait_ms_per_s": (s1.run_wait - s0.run_wait) * 1e3 / secs,
+            "simulator_cpu_pct": (s1.sim_cpu - s0.sim_cpu) * 100.0 / secs,
+            "simulator_run_queue_wait_ms_per_s": (s1.sim_run_wait - s0.sim_run_wait) * 1e3 / secs,
+        },
         "peak_rss_kib": hwm_kib,
         "rss_kib": rss_kib,
         "peak_rss_kib_per_device": hwm_kib as f64 / spec.devices as f64,
@@ -843,6 +896,28 @@ pub fn report(results: &[Json]) -> (String, bool) {
             );
         }
     }
+    if !fleets.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nWhat the shared box was doing in the same windows:\n\n| scenario | some task waiting for a CPU (% of the window) | regpoll CPU % | regpoll threads' run-queue wait (ms/s) | simulator CPU % | simulator's run-queue wait (ms/s) | history write p99 / max (ms) |\n|---|---|---|---|---|---|---|"
+        );
+        for r in &fleets {
+            let b = &r["box"];
+            let num = |v: &Json, k: &str| f(v, k).map_or("—".into(), |x| format!("{x:.1}"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} / {} |",
+                r["scenario"].as_str().unwrap_or("?"),
+                num(b, "cpu_pressure_some_pct"),
+                num(b, "regpoll_cpu_pct"),
+                num(b, "regpoll_run_queue_wait_ms_per_s"),
+                num(b, "simulator_cpu_pct"),
+                num(b, "simulator_run_queue_wait_ms_per_s"),
+                num(&r["history_write"], "p99_ms"),
+                num(&r["history_write"], "max_ms"),
+            );
+        }
+    }
     for r in results.iter().filter(|r| r["kind"] == "ingest") {
         let _ = writeln!(
             out,
@@ -931,6 +1006,17 @@ mod tests {
     fn proc_figures_of_this_process_are_read() {
         assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
         assert!(status_kib(std::process::id(), "VmHWM").unwrap() > 0);
+        // Every thread's wait is summed: a busy thread of ours adds its own.
+        let before = run_queue_wait_s(std::process::id()).unwrap();
+        let spin = std::thread::spawn(|| {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(20) {}
+        });
+        spin.join().unwrap();
+        assert!(run_queue_wait_s(std::process::id()).unwrap() >= before);
+        if let Some(p) = cpu_pressure_s() {
+            assert!(p >= 0.0);
+        }
     }
 
     #[test]
@@ -939,9 +1025,16 @@ mod tests {
             "polls_per_s":10000.0,"modbus_requests_per_s":10000.0,"rows_written_per_s":100000.0,
             "lateness":{"p50_ms":1.0,"p99_ms":2.0,"p999_ms":3.0,"max_ms":4.0},"overruns":0.0,"missed_polls":0.0,
             "cpu_s_per_million_readings":1.5,"cpu_us_per_reading":1.5,"peak_rss_kib":30000.0,
-            "peak_rss_kib_per_device":3.0,"redis_visible":{"p99_ms":4.0},"rows_lost":0});
+            "peak_rss_kib_per_device":3.0,"redis_visible":{"p99_ms":4.0},"rows_lost":0,
+            "box":{"cpu_pressure_some_pct":21.25,"regpoll_cpu_pct":31.0,"regpoll_run_queue_wait_ms_per_s":48.5,
+                "simulator_cpu_pct":19.0,"simulator_run_queue_wait_ms_per_s":12.0},
+            "history_write":{"p99_ms":54.3,"max_ms":63.9}});
         let (table, ok) = report(std::slice::from_ref(&fleet));
         assert!(ok, "{table}");
+        assert!(
+            table.contains("| c | 21.2 | 31.0 | 48.5 | 19.0 | 12.0 | 54.3 / 63.9 |"),
+            "{table}"
+        );
         let mut slow = fleet.clone();
         slow["lateness"]["p99_ms"] = json!(7.5);
         let (table, ok) = report(&[slow]);

@@ -7,7 +7,7 @@ mod common;
 use chrono::{DateTime, Utc};
 use regpoll::db::Db;
 use regpoll::reading::Quality;
-use regpoll::sink::history::{Row, write};
+use regpoll::sink::history::{Row, write, write_pieces};
 
 fn row(
     ts_us: i64,
@@ -156,8 +156,11 @@ async fn replay_is_neither_duplicated_nor_dropped(db: Db) {
             None,
         )
     }));
+    // Written as the writer holds a batch, in pieces (uneven here, so the
+    // COPY's own pieces straddle them): still one batch.
+    let pieces = [&replay[..3_000], &replay[3_000..3_001], &replay[3_001..]];
     assert_eq!(
-        write(&db, &replay).await.unwrap(),
+        write_pieces(&db, &pieces).await.unwrap(),
         5_000,
         "only the new rows are written"
     );

@@ -20,40 +20,47 @@ const UNIQUE_VIOLATION: &str = "23505";
 /// there, for as long as the connection lived, next to the 12 MB encoding.
 const PIECE_ROWS: usize = 8_192;
 
-/// Writes `rows`; returns how many were new (the rest were already stored).
-pub async fn write(pool: &PgPool, rows: &[Row]) -> anyhow::Result<u64> {
+/// Writes the rows of `pieces` in one COPY; returns how many were new (the
+/// rest were already stored).
+pub async fn write(pool: &PgPool, pieces: &[&[Row]]) -> anyhow::Result<u64> {
+    let rows: usize = pieces.iter().map(|p| p.len()).sum();
     let mut conn = pool
         .acquire()
         .await
         .context("no PostgreSQL connection for writing readings")?;
-    match copy(&mut conn, pgcopy::COPY_STATEMENT, rows).await {
+    match copy(&mut conn, pgcopy::COPY_STATEMENT, pieces).await {
         Ok(n) => Ok(n),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
             tracing::info!(
-                rows = rows.len(),
+                rows,
                 "batch overlaps stored readings; writing it without the duplicates"
             );
-            write_skipping_duplicates(&mut conn, rows).await
+            write_skipping_duplicates(&mut conn, pieces).await
         }
-        Err(e) => {
-            Err(e).with_context(|| format!("cannot COPY {} readings into PostgreSQL", rows.len()))
-        }
+        Err(e) => Err(e).with_context(|| format!("cannot COPY {rows} readings into PostgreSQL")),
     }
 }
 
-/// Runs `statement` (a binary COPY … FROM STDIN) with `rows` as its data.
+/// Runs `statement` (a binary COPY … FROM STDIN) with the rows of `pieces`
+/// as its data, sent in pieces of about `PIECE_ROWS` rows.
 async fn copy(
     conn: &mut sqlx::PgConnection,
     statement: &str,
-    rows: &[Row],
+    pieces: &[&[Row]],
 ) -> Result<u64, sqlx::Error> {
     let mut copy = conn.copy_in_raw(statement).await?;
-    let mut piece = Vec::with_capacity(pgcopy::HEADER_LEN + rows.len().min(PIECE_ROWS) * 72 + 2);
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut piece = Vec::with_capacity(pgcopy::HEADER_LEN + total.min(PIECE_ROWS) * 72 + 2);
     pgcopy::header(&mut piece);
-    for rows in rows.chunks(PIECE_ROWS) {
+    let mut in_piece = 0;
+    for rows in pieces.iter().flat_map(|p| p.chunks(PIECE_ROWS)) {
         pgcopy::tuples(&mut piece, rows);
-        copy.send(piece.as_slice()).await?;
-        piece.clear();
+        in_piece += rows.len();
+        if in_piece >= PIECE_ROWS {
+            copy.send(piece.as_slice()).await?;
+            piece.clear();
+            in_piece = 0;
+        }
     }
     pgcopy::trailer(&mut piece);
     copy.send(piece.as_slice()).await?;
@@ -62,7 +69,7 @@ async fn copy(
 
 async fn write_skipping_duplicates(
     conn: &mut sqlx::PgConnection,
-    rows: &[Row],
+    pieces: &[&[Row]],
 ) -> anyhow::Result<u64> {
     let mut tx = sqlx::Connection::begin(conn).await?;
     tx.execute(
@@ -73,7 +80,7 @@ async fn write_skipping_duplicates(
     copy(
         &mut tx,
         "COPY regpoll_staging (ts, register_id, device_id, value, value_text, quality, detail) FROM STDIN (FORMAT binary)",
-        rows,
+        pieces,
     )
     .await
     .context("cannot COPY readings into the staging table")?;

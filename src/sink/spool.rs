@@ -86,7 +86,12 @@ impl Spool {
     /// Appends one batch as one record, durably (fsync): the spool exists for
     /// the times things go wrong.
     pub fn append(&mut self, rows: &[Row]) -> io::Result<()> {
-        let payload = encode(rows);
+        self.append_pieces(&[rows])
+    }
+
+    /// [`Spool::append`] of one batch held in pieces: one record.
+    pub fn append_pieces(&mut self, pieces: &[&[Row]]) -> io::Result<()> {
+        let payload = encode(pieces);
         let mut record = Vec::with_capacity(8 + payload.len());
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -169,10 +174,11 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Vec<Row>, usize)> {
     Some((decode(payload)?, at + 8 + len as usize))
 }
 
-fn encode(rows: &[Row]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rows.len() * 40);
-    out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
-    for r in rows {
+fn encode(pieces: &[&[Row]]) -> Vec<u8> {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(len * 40);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    for r in pieces.iter().flat_map(|p| p.iter()) {
         out.extend_from_slice(&r.ts.timestamp_micros().to_le_bytes());
         out.extend_from_slice(&r.register_id.to_le_bytes());
         out.extend_from_slice(&r.device_id.to_le_bytes());

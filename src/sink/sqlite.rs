@@ -10,14 +10,15 @@ use super::history::Row;
 /// 7 parameters a row keeps a statement well under SQLite's 32,766 limit.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
-/// Writes `rows`; returns how many were new (the rest were already stored).
-pub async fn write(pool: &SqlitePool, rows: &[Row]) -> anyhow::Result<u64> {
+/// Writes the rows of `pieces` in one transaction; returns how many were new
+/// (the rest were already stored).
+pub async fn write(pool: &SqlitePool, pieces: &[&[Row]]) -> anyhow::Result<u64> {
     let mut inserted = 0;
     let mut tx = pool
         .begin()
         .await
         .context("cannot start a SQLite transaction")?;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    for chunk in pieces.iter().flat_map(|p| p.chunks(ROWS_PER_STATEMENT)) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT OR IGNORE INTO register_readings (ts, register_id, device_id, value, value_text, quality, detail) ",
         );

@@ -110,7 +110,7 @@ impl Row {
     }
 }
 
-/// Rows kept in pieces of at most `PIECE_ROWS`, each allocated whole when
+/// Rows kept in pieces of at most `ROWS_PER_PIECE`, each allocated whole when
 /// it is started. A batch grows while the writer waits for the database
 /// (100,000 rows a second at 10,000 devices, for as long as a COPY stalls):
 /// as one `Vec` it doubled, copying itself each time and holding up to
@@ -122,8 +122,9 @@ pub struct Rows {
     len: usize,
 }
 
-/// Rows of one piece of [`Rows`]: 160 KiB at 40 bytes a row.
-const PIECE_ROWS: usize = 4_096;
+/// Rows of one piece of [`Rows`]: 160 KiB at 40 bytes a row. (Not the
+/// COPY's own pieces, `postgres::PIECE_ROWS`, which are what is sent at once.)
+const ROWS_PER_PIECE: usize = 4_096;
 
 impl Rows {
     pub fn len(&self) -> usize {
@@ -138,7 +139,7 @@ impl Rows {
         match self.pieces.last_mut() {
             Some(piece) if piece.len() < piece.capacity() => piece.push(row),
             _ => {
-                let mut piece = Vec::with_capacity(PIECE_ROWS);
+                let mut piece = Vec::with_capacity(ROWS_PER_PIECE);
                 piece.push(row);
                 self.pieces.push(piece);
             }
@@ -566,19 +567,19 @@ mod tests {
     #[test]
     fn rows_grow_in_whole_pieces_and_keep_their_order() {
         let mut rows = Rows::default();
-        rows.extend(numbered(2 * PIECE_ROWS + 5));
-        assert_eq!(rows.len(), 2 * PIECE_ROWS + 5);
+        rows.extend(numbered(2 * ROWS_PER_PIECE + 5));
+        assert_eq!(rows.len(), 2 * ROWS_PER_PIECE + 5);
         let pieces = rows.pieces();
         assert_eq!(pieces.len(), 3);
-        assert!(rows.pieces.iter().all(|p| p.capacity() == PIECE_ROWS));
+        assert!(rows.pieces.iter().all(|p| p.capacity() == ROWS_PER_PIECE));
         assert_eq!(ids(&rows), (0..rows.len() as i32).collect::<Vec<_>>());
 
         // Appending moves the other's pieces, partial ones included.
         let mut more = Rows::from(numbered(3));
         more.append(Rows::default());
         rows.append(more);
-        assert_eq!(rows.len(), 2 * PIECE_ROWS + 8);
-        assert_eq!(ids(&rows)[2 * PIECE_ROWS + 5..], [0, 1, 2]);
+        assert_eq!(rows.len(), 2 * ROWS_PER_PIECE + 8);
+        assert_eq!(ids(&rows)[2 * ROWS_PER_PIECE + 5..], [0, 1, 2]);
         assert!(Rows::from(Vec::new()).pieces().is_empty());
     }
 

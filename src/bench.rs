@@ -50,6 +50,70 @@ pub struct FleetSpec {
     pub units_per_port: usize,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    /// Stalls of the history table made during the window (`--stall`).
+    pub stall: Option<Stall>,
+}
+
+/// A disk stall made on purpose: `register_readings` held locked for `hold`
+/// once every `every`, so the history writer's COPY waits as it does when
+/// the database waits for its disk. On a VM's disk real stalls come and go
+/// by the hour; this makes the memory and the tails of a stalled writer
+/// measurable on demand.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stall {
+    pub hold: Duration,
+    pub every: Duration,
+}
+
+/// Parses `HOLD/EVERY`, e.g. `800ms/4s`.
+pub fn parse_stall(s: &str) -> Result<Stall, String> {
+    let (hold, every) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not HOLD/EVERY; write e.g. 800ms/4s"))?;
+    let hold = crate::registry::parse_duration(hold.trim())?;
+    let every = crate::registry::parse_duration(every.trim())?;
+    if hold.is_zero() || hold >= every {
+        return Err(format!(
+            "`{s}`: the hold must be longer than 0 and shorter than the time between stalls, e.g. 800ms/4s"
+        ));
+    }
+    Ok(Stall { hold, every })
+}
+
+/// Holds `register_readings` locked for `hold` in a transaction of its own.
+pub async fn stall_once(conn: &mut sqlx::PgConnection, hold: Duration) -> anyhow::Result<()> {
+    let mut tx = conn.begin().await?;
+    tx.execute("LOCK TABLE register_readings IN ACCESS EXCLUSIVE MODE")
+        .await
+        .context("cannot lock register_readings")?;
+    sqlx::query("SELECT pg_sleep($1)")
+        .bind(hold.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Makes stalls until told to stop (it ends the one under way first);
+/// returns how many it made.
+async fn make_stalls(
+    url: String,
+    stall: Stall,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<u64> {
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    let mut made = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(stall.every - stall.hold) => {
+                stall_once(&mut conn, stall.hold).await?;
+                made += 1;
+            }
+            _ = &mut stop => break,
+        }
+    }
+    conn.close().await?;
+    Ok(made)
 }
 
 impl FleetSpec {
@@ -66,6 +130,7 @@ impl FleetSpec {
             units_per_port: 100,
             database_url: None,
             redis_url: None,
+            stall: None,
         }
     }
 }
@@ -309,6 +374,9 @@ async fn fleet_in(spec: &FleetSpec, exe: &Path, work: &Path) -> anyhow::Result<J
     let ports = free_ports(spec.devices.div_ceil(spec.units_per_port))?;
     let yaml = work.join("devices.yaml");
     std::fs::write(&yaml, fleet_yaml(spec, &ports))?;
+    if spec.stall.is_some() && spec.database_url.is_none() {
+        bail!("--stall needs --database-url: it locks the PostgreSQL history table");
+    }
     let database_url = match &spec.database_url {
         Some(admin) => Some(fresh_database(admin, &spec.name).await?),
         None => None,
@@ -411,9 +479,34 @@ async fn fleet_in(spec: &FleetSpec, exe: &Path, work: &Path) -> anyhow::Result<J
     tokio::time::sleep(spec.warmup).await;
     let sim_pid = sim.0.id();
     let s0 = snapshot(http, pid, sim_pid).await?;
-    say(format!("measuring for {:?}", spec.duration));
+    let stalls = match (spec.stall, &database_url) {
+        (Some(stall), Some(url)) => {
+            say(format!(
+                "measuring for {:?}, register_readings locked for {:?} every {:?}",
+                spec.duration, stall.hold, stall.every
+            ));
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            Some((
+                stall,
+                stop,
+                tokio::spawn(make_stalls(url.clone(), stall, stopped)),
+            ))
+        }
+        _ => {
+            say(format!("measuring for {:?}", spec.duration));
+            None
+        }
+    };
     tokio::time::sleep(spec.duration).await;
     let s1 = snapshot(http, pid, sim_pid).await?;
+    let stalls = match stalls {
+        Some((stall, stop, task)) => {
+            let _ = stop.send(());
+            let made = task.await.context("the stall task panicked")??;
+            json!({ "hold_ms": stall.hold.as_millis() as u64, "every_ms": stall.every.as_millis() as u64, "made": made })
+        }
+        None => Json::Null,
+    };
     let hwm_kib = status_kib(pid, "VmHWM")?;
     let rss_kib = status_kib(pid, "VmRSS")?;
 
@@ -506,6 +599,7 @@ async fn fleet_in(spec: &FleetSpec, exe: &Path, work: &Path) -> anyhow::Result<J
         "rows_lost": field("rows_lost"),
         "rows_in_database": stored,
         "history_queue_depth_at_end": counter(&s1.stats, &["history", "queue_depth"]),
+        "stalls": stalls,
     });
     if !status.success() {
         bail!(
@@ -1054,6 +1148,26 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("| 4.25 | 1.75 |"), "{table}");
+    }
+
+    #[test]
+    fn stalls_are_written_hold_slash_every() {
+        assert_eq!(
+            parse_stall("800ms/4s"),
+            Ok(Stall {
+                hold: Duration::from_millis(800),
+                every: Duration::from_secs(4)
+            })
+        );
+        for bad in ["800ms", "4s/800ms", "0s/1s", "1s/1s", "x/4s"] {
+            let e = parse_stall(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        assert!(
+            parse_stall("4s/800ms")
+                .unwrap_err()
+                .contains("e.g. 800ms/4s")
+        );
     }
 
     #[test]

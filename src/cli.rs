@@ -315,6 +315,12 @@ pub enum BenchCommand {
         database_url: Option<String>,
         #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
         redis_url: Option<String>,
+        /// Stall the history writer on purpose during the window: hold
+        /// register_readings locked for HOLD once every EVERY (HOLD/EVERY,
+        /// e.g. 800ms/4s), as a disk stall holds up a COPY. Needs
+        /// --database-url.
+        #[arg(long, value_name = "HOLD/EVERY", value_parser = crate::bench::parse_stall)]
+        stall: Option<crate::bench::Stall>,
         /// Where to write the result as JSON.
         #[arg(long)]
         out: Option<PathBuf>,

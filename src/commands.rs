@@ -701,6 +701,7 @@ async fn bench(command: crate::cli::BenchCommand) -> anyhow::Result<()> {
             units_per_port,
             database_url,
             redis_url,
+            stall,
             out,
         } => {
             let spec = bench::FleetSpec {
@@ -713,6 +714,7 @@ async fn bench(command: crate::cli::BenchCommand) -> anyhow::Result<()> {
                 units_per_port: units_per_port.max(1),
                 database_url,
                 redis_url,
+                stall,
             };
             write(out.as_deref(), &bench::fleet(&spec).await?)
         }

@@ -470,19 +470,12 @@ devices:
         abort_rx,
     ));
     tx.send(report(0)).await.unwrap();
-    let mut waited = 0;
-    while sqlx::query_scalar::<_, i64>(
+    until_activity(
+        &admin,
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY register_readings%' AND wait_event_type = 'Lock'",
+        "the writer's COPY waiting for the lock",
     )
-    .fetch_one(&admin)
-    .await
-    .unwrap()
-        == 0
-    {
-        assert!(waited < 200, "the writer's COPY never started waiting");
-        tokio::time::sleep(Duration::from_millis(50)).await; // another session's state
-        waited += 1;
-    }
+    .await;
 
     // 100 reports through a queue of 2, while the COPY is still stuck.
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -508,4 +501,61 @@ devices:
         .unwrap();
     assert_eq!(stored, 202);
     db.close().await;
+}
+
+/// The benchmark's `--stall` holds the history table as a disk stall would:
+/// a write started during one waits until it ends, then goes through.
+#[tokio::test]
+async fn a_made_stall_holds_writes_until_it_ends() {
+    use sqlx::Connection as _;
+    use std::time::{Duration, Instant};
+
+    let url = common::fresh_postgres().await;
+    let db = Db::postgres(&url).await.unwrap();
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let hold = Duration::from_millis(600);
+    let stall = tokio::spawn(async move {
+        regpoll::bench::stall_once(&mut conn, hold).await.unwrap();
+    });
+    until_activity(
+        &admin,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'",
+        "the stall",
+    )
+    .await;
+    let started = Instant::now();
+    let rows = [row(
+        1_700_000_000_000_000,
+        1,
+        Some(1.0),
+        None,
+        Quality::Good,
+        None,
+    )];
+    assert_eq!(write(&db, &rows).await.unwrap(), 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "the write did not wait for the stall: {:?}",
+        started.elapsed()
+    );
+    stall.await.unwrap();
+    db.close().await;
+}
+
+/// Waits until `count_sql`, a count over `pg_stat_activity`, finds another
+/// session in the state it asks for. That state cannot be awaited from here,
+/// so it is polled, for up to 10 s; `what` names it in the failure.
+async fn until_activity(admin: &sqlx::PgPool, count_sql: &'static str, what: &str) {
+    for _ in 0..400 {
+        let found: i64 = sqlx::query_scalar(count_sql)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        if found > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{what} never began");
 }

@@ -147,12 +147,6 @@ impl Rows {
         self.len += 1;
     }
 
-    /// Moves every row of `other` to the end of these, without copying them.
-    pub fn append(&mut self, mut other: Rows) {
-        self.len += other.len;
-        self.pieces.append(&mut other.pieces);
-    }
-
     /// The rows, piece by piece, in order.
     pub fn pieces(&self) -> Vec<&[Row]> {
         self.pieces.iter().map(Vec::as_slice).collect()
@@ -167,17 +161,9 @@ impl Extend<Row> for Rows {
     }
 }
 
-impl From<Vec<Row>> for Rows {
-    fn from(rows: Vec<Row>) -> Rows {
-        Rows {
-            len: rows.len(),
-            pieces: if rows.is_empty() {
-                Vec::new()
-            } else {
-                vec![rows]
-            },
-        }
-    }
+/// How many rows a batch held in pieces has.
+pub fn rows_in(pieces: &[&[Row]]) -> usize {
+    pieces.iter().map(|p| p.len()).sum()
 }
 
 pub fn rows_of(report: &PollReport, out: &mut impl Extend<Row>) {
@@ -499,7 +485,7 @@ async fn flush(
 async fn write_counted(db: &Db, pieces: &[&[Row]], stats: &HistoryStats) -> anyhow::Result<()> {
     let started = Instant::now();
     let new = write_pieces(db, pieces).await?;
-    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    let len = rows_in(pieces);
     let took = started.elapsed();
     stats.write_latency.record(took);
     stats.write_histogram.record(took);
@@ -573,14 +559,8 @@ mod tests {
         assert_eq!(pieces.len(), 3);
         assert!(rows.pieces.iter().all(|p| p.capacity() == ROWS_PER_PIECE));
         assert_eq!(ids(&rows), (0..rows.len() as i32).collect::<Vec<_>>());
-
-        // Appending moves the other's pieces, partial ones included.
-        let mut more = Rows::from(numbered(3));
-        more.append(Rows::default());
-        rows.append(more);
-        assert_eq!(rows.len(), 2 * ROWS_PER_PIECE + 8);
-        assert_eq!(ids(&rows)[2 * ROWS_PER_PIECE + 5..], [0, 1, 2]);
-        assert!(Rows::from(Vec::new()).pieces().is_empty());
+        assert_eq!(rows_in(&pieces), rows.len());
+        assert!(Rows::default().pieces().is_empty());
     }
 
     #[test]

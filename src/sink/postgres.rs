@@ -8,7 +8,7 @@
 use anyhow::Context as _;
 use sqlx::{Executor as _, PgPool};
 
-use super::history::Row;
+use super::history::{Row, rows_in};
 use super::pgcopy;
 
 /// SQLSTATE of a unique-key violation.
@@ -23,7 +23,7 @@ const PIECE_ROWS: usize = 8_192;
 /// Writes the rows of `pieces` in one COPY; returns how many were new (the
 /// rest were already stored).
 pub async fn write(pool: &PgPool, pieces: &[&[Row]]) -> anyhow::Result<u64> {
-    let rows: usize = pieces.iter().map(|p| p.len()).sum();
+    let rows = rows_in(pieces);
     let mut conn = pool
         .acquire()
         .await
@@ -49,8 +49,8 @@ async fn copy(
     pieces: &[&[Row]],
 ) -> Result<u64, sqlx::Error> {
     let mut copy = conn.copy_in_raw(statement).await?;
-    let total: usize = pieces.iter().map(|p| p.len()).sum();
-    let mut piece = Vec::with_capacity(pgcopy::HEADER_LEN + total.min(PIECE_ROWS) * 72 + 2);
+    let mut piece =
+        Vec::with_capacity(pgcopy::HEADER_LEN + rows_in(pieces).min(PIECE_ROWS) * 72 + 2);
     pgcopy::header(&mut piece);
     let mut in_piece = 0;
     for rows in pieces.iter().flat_map(|p| p.chunks(PIECE_ROWS)) {

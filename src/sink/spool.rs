@@ -175,7 +175,7 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Vec<Row>, usize)> {
 }
 
 fn encode(pieces: &[&[Row]]) -> Vec<u8> {
-    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    let len = super::history::rows_in(pieces);
     let mut out = Vec::with_capacity(len * 40);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     for r in pieces.iter().flat_map(|p| p.iter()) {

@@ -134,60 +134,33 @@ fn push_latest_json(out: &mut Vec<u8>, report: &PollReport, r: &Reading) {
 }
 
 /// Appends one poll's commands to `pipe`: the latest values, the device
-/// state, expiry, and the update message. Each register's JSON is built once,
-/// straight into bytes; the update message embeds the same bytes.
+/// state, expiry, and the update message.
+///
+/// It runs for every poll, so each command is built at its final size and
+/// each register's JSON is written once: into the update message, whose
+/// bytes the latest-values hash then copies. Building them through the
+/// crate's command helpers (a `Vec` per value, commands that grow by
+/// doubling, keys made with `format!`) was a sixth of regpoll's CPU at
+/// 10,000 devices (perf, BENCHMARKS.md).
 fn add_report(pipe: &mut redis::Pipeline, settings: &RedisSettings, report: &PollReport) {
+    use redis::RedisWrite as _;
+    use std::io::Write as _;
     let prefix = settings.prefix.as_str();
-    let device = &report.device.name;
-    let mut values: Vec<(&str, Vec<u8>)> = Vec::with_capacity(report.readings.len());
-    for r in &report.readings {
-        let mut json = Vec::with_capacity(96);
-        push_latest_json(&mut json, report, r);
-        values.push((&*report.register(r).name, json));
-    }
+    let device = report.device.name.as_str();
     let mut started = Vec::with_capacity(24);
     push_rfc3339(&mut started, report.started);
-    let started = String::from_utf8(started).unwrap_or_default();
     let latency_ms = report.latency.as_secs_f64() * 1000.0;
-    let state_key = format!("{prefix}:device:{device}");
-    let latest_key = format!("{prefix}:latest:{device}");
-    if !values.is_empty() {
-        pipe.hset_multiple(&latest_key, &values).ignore();
-    }
-    let mut state: Vec<(&str, String)> = vec![
-        (
-            "state",
-            if report.reachable { "up" } else { "down" }.to_string(),
-        ),
-        ("last_poll", started.clone()),
-        ("latency_ms", format!("{latency_ms:.3}")),
-    ];
-    if report.reachable {
-        state.push(("last_success", started.clone()));
-    }
-    pipe.hset_multiple(&state_key, &state).ignore();
-    match &report.error {
-        Some(e) => pipe.hset(&state_key, "error", e).ignore(),
-        None => pipe.hdel(&state_key, "error").ignore(),
-    };
-    if let Some(ttl) = settings.ttl {
-        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        pipe.expire(&latest_key, secs).ignore();
-        pipe.expire(&state_key, secs).ignore();
-    }
+    let state = if report.reachable { "up" } else { "down" };
+
     // {"device","ts","state","latency_ms","error","values":{…}}, as DESIGN.md.
-    let mut msg = Vec::with_capacity(
-        128 + values
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
-            .sum::<usize>(),
-    );
+    let n = report.readings.len();
+    let mut msg = Vec::with_capacity(160 + device.len() + n * 128);
     msg.extend_from_slice(b"{\"device\":");
-    push_json(&mut msg, device.as_str());
+    push_json(&mut msg, device);
     msg.extend_from_slice(b",\"ts\":\"");
-    msg.extend_from_slice(started.as_bytes());
+    msg.extend_from_slice(&started);
     msg.extend_from_slice(b"\",\"state\":\"");
-    msg.extend_from_slice(if report.reachable { b"up" } else { b"down" });
+    msg.extend_from_slice(state.as_bytes());
     msg.extend_from_slice(b"\",\"latency_ms\":");
     push_json(&mut msg, &latency_ms);
     msg.extend_from_slice(b",\"error\":");
@@ -196,17 +169,88 @@ fn add_report(pipe: &mut redis::Pipeline, settings: &RedisSettings, report: &Pol
         None => msg.extend_from_slice(b"null"),
     }
     msg.extend_from_slice(b",\"values\":{");
-    for (i, (name, json)) in values.iter().enumerate() {
+    // Where each register's JSON sits in the message.
+    let mut spans = Vec::with_capacity(n);
+    for (i, r) in report.readings.iter().enumerate() {
         if i > 0 {
             msg.push(b',');
         }
-        push_json(&mut msg, *name);
+        push_json(&mut msg, &*report.register(r).name);
         msg.push(b':');
-        msg.extend_from_slice(json);
+        let from = msg.len();
+        push_latest_json(&mut msg, report, r);
+        spans.push(from..msg.len());
     }
     msg.extend_from_slice(b"}}");
-    pipe.publish(format!("{prefix}:updates:{device}"), msg)
-        .ignore();
+
+    let key = |cmd: &mut redis::Cmd, kind: &str| {
+        let mut w = cmd.writer_for_next_arg();
+        // Writing into the command's buffer cannot fail.
+        let _ = write!(w, "{prefix}:{kind}:{device}");
+    };
+    let key_len = prefix.len() + device.len() + 10;
+    if n > 0 {
+        let data = 4
+            + key_len
+            + report
+                .readings
+                .iter()
+                .zip(&spans)
+                .map(|(r, span)| report.register(r).name.len() + span.len())
+                .sum::<usize>();
+        let mut cmd = redis::Cmd::with_capacity(2 + 2 * n, data);
+        cmd.arg("HSET");
+        key(&mut cmd, "latest");
+        for (r, span) in report.readings.iter().zip(spans) {
+            cmd.arg(&*report.register(r).name).arg(&msg[span]);
+        }
+        pipe.add_command(cmd).ignore();
+    }
+
+    let error = report.error.as_deref();
+    let mut cmd = redis::Cmd::with_capacity(12, 96 + key_len + error.map_or(0, str::len));
+    cmd.arg("HSET");
+    key(&mut cmd, "device");
+    cmd.arg("state").arg(state).arg("last_poll").arg(&started);
+    cmd.arg("latency_ms");
+    let _ = write!(cmd.writer_for_next_arg(), "{latency_ms:.3}");
+    if report.reachable {
+        cmd.arg("last_success").arg(&started);
+    }
+    if let Some(e) = error {
+        cmd.arg("error").arg(e);
+    }
+    pipe.add_command(cmd).ignore();
+    if error.is_none() {
+        let mut cmd = redis::Cmd::with_capacity(3, 9 + key_len);
+        cmd.arg("HDEL");
+        key(&mut cmd, "device");
+        cmd.arg("error");
+        pipe.add_command(cmd).ignore();
+    }
+    if let Some(ttl) = settings.ttl {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        for kind in ["latest", "device"] {
+            let mut cmd = redis::Cmd::with_capacity(3, 32 + key_len);
+            cmd.arg("EXPIRE");
+            key(&mut cmd, kind);
+            cmd.arg(secs);
+            pipe.add_command(cmd).ignore();
+        }
+    }
+    let mut cmd = redis::Cmd::with_capacity(3, 8 + key_len + msg.len());
+    cmd.arg("PUBLISH");
+    key(&mut cmd, "updates");
+    cmd.arg(msg);
+    pipe.add_command(cmd).ignore();
+}
+
+/// The bytes the writer sends to Redis for `report` alone: what the
+/// benchmark's floor replays to measure the cost of sending them.
+pub fn packed_report(settings: &RedisSettings, report: &PollReport) -> Vec<u8> {
+    let mut pipe = redis::pipe();
+    add_report(&mut pipe, settings, report);
+    pipe.get_packed_pipeline()
 }
 
 /// Connects lazily: the writer starts even while Redis is down.
@@ -485,6 +529,93 @@ mod tests {
             );
             assert_eq!(String::from_utf8(out).unwrap(), want.to_string());
         }
+    }
+
+    /// The commands of a packed pipeline, each as its arguments.
+    fn unpack(packed: &[u8]) -> Vec<Vec<String>> {
+        fn line<'a>(rest: &mut &'a [u8]) -> &'a [u8] {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let (l, r) = rest.split_at(end);
+            *rest = &r[2..];
+            l
+        }
+        let number = |l: &[u8], tag: u8| -> usize {
+            assert_eq!(l[0], tag, "{}", String::from_utf8_lossy(l));
+            std::str::from_utf8(&l[1..]).unwrap().parse().unwrap()
+        };
+        let mut rest = packed;
+        let mut cmds = Vec::new();
+        while !rest.is_empty() {
+            let args = number(line(&mut rest), b'*');
+            let mut cmd = Vec::new();
+            for _ in 0..args {
+                let len = number(line(&mut rest), b'$');
+                cmd.push(String::from_utf8(rest[..len].to_vec()).unwrap());
+                assert_eq!(&rest[len..len + 2], b"\r\n");
+                rest = &rest[len + 2..];
+            }
+            cmds.push(cmd);
+        }
+        cmds
+    }
+
+    #[test]
+    fn a_poll_is_its_hashes_and_message_and_an_error_is_set_with_the_state() {
+        let mut report = report();
+        let settings = RedisSettings {
+            prefix: "p".into(),
+            ttl: None,
+        };
+        let mut pipe = redis::pipe();
+        add_report(&mut pipe, &settings, &report);
+        let cmds = unpack(&pipe.get_packed_pipeline());
+        let names: Vec<&str> = cmds.iter().map(|c| c[0].as_str()).collect();
+        assert_eq!(names, ["HSET", "HSET", "PUBLISH"]);
+        assert_eq!(cmds[0][1], "p:latest:boiler-1");
+        let fields: Vec<&str> = cmds[0][2..].iter().step_by(2).map(String::as_str).collect();
+        assert_eq!(fields, ["t", "on", "sn", "p"]);
+        for (r, json) in report.readings.iter().zip(cmds[0][3..].iter().step_by(2)) {
+            let mut want = Vec::new();
+            push_latest_json(&mut want, &report, r);
+            assert_eq!(json.as_bytes(), want);
+        }
+        assert_eq!(
+            cmds[1],
+            [
+                "HSET",
+                "p:device:boiler-1",
+                "state",
+                "up",
+                "last_poll",
+                "2026-11-23T10:00:00.123Z",
+                "latency_ms",
+                "1.500",
+                "last_success",
+                "2026-11-23T10:00:00.123Z",
+                "error",
+                "exception 2 (illegal data address)"
+            ]
+        );
+        assert_eq!(cmds[2][1], "p:updates:boiler-1");
+
+        // A poll without an error clears the last one's; one that reached
+        // nothing is down and has no last_success.
+        report.error = None;
+        report.reachable = false;
+        let settings = RedisSettings {
+            prefix: "p".into(),
+            ttl: Some(Duration::from_secs(90)),
+        };
+        let mut pipe = redis::pipe();
+        add_report(&mut pipe, &settings, &report);
+        let cmds = unpack(&pipe.get_packed_pipeline());
+        assert_eq!(cmds[1][2..4], ["state", "down"]);
+        assert_eq!(cmds[1].len(), 8, "{:?}", cmds[1]);
+        assert_eq!(cmds[2], ["HDEL", "p:device:boiler-1", "error"]);
+        assert_eq!(cmds[3], ["EXPIRE", "p:latest:boiler-1", "90"]);
+        assert_eq!(cmds[4], ["EXPIRE", "p:device:boiler-1", "90"]);
+        assert_eq!(cmds[5][0], "PUBLISH");
+        assert_eq!(cmds.len(), 6);
     }
 
     #[test]

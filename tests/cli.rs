@@ -440,3 +440,57 @@ fn a_bad_log_filter_is_refused_with_a_hint() {
         "{err}"
     );
 }
+
+/// `bench fleet` end to end at a small scale, as `scripts/bench` runs it:
+/// `regpoll run` against the simulator with PostgreSQL and Redis, every
+/// reading of the run stored, and the floor measured twice, the second time
+/// with the sinks' bytes sent to the same Redis and PostgreSQL.
+#[test]
+fn bench_fleet_measures_a_small_fleet_and_both_floors() {
+    let admin = std::env::var("TEST_DATABASE_URL")
+        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test");
+    let redis = std::env::var("TEST_REDIS_URL")
+        .expect("TEST_REDIS_URL is not set: run the tests with scripts/test");
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("cli_{}", std::process::id());
+    let out = regpoll(
+        &[
+            "bench",
+            "fleet",
+            "--name",
+            &name,
+            "--devices",
+            "20",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+            "--database-url",
+            &admin,
+            "--redis-url",
+            &redis,
+            "--out",
+            "result.json",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("result.json")).unwrap()).unwrap();
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    assert!(f(&r["polls_per_s"]) > 15.0, "{r:#}");
+    assert_eq!(r["rows_lost"], 0, "{r:#}");
+    assert_eq!(r["rows_in_database"], r["rows_written_total"], "{r:#}");
+    assert!(f(&r["cpu_user_us_per_reading"]) <= f(&r["cpu_us_per_reading"]));
+    let floor = &r["floor"];
+    assert!(f(&floor["requests_per_s"]) > 15.0, "{floor:#}");
+    assert!(f(&floor["cpu_us_per_reading"]) > 0.0, "{floor:#}");
+    let with_sinks = &floor["with_sinks"];
+    assert!(f(&with_sinks["requests_per_s"]) > 15.0, "{floor:#}");
+    // 20 polls a second of ten registers: about 2.4 kB each to Redis.
+    assert!(f(&with_sinks["redis_mb_per_s"]) > 0.01, "{floor:#}");
+    // The writer's 200 ms batch delay, not its 5,000 rows, sets the COPYs
+    // at 200 readings a second.
+    assert!(f(&with_sinks["copies"]) >= 5.0, "{floor:#}");
+    assert!(f(&with_sinks["copy_rows_per_s"]) > 150.0, "{floor:#}");
+}

@@ -834,17 +834,21 @@ async fn bare_request_loop(
 /// The sinks' part of the floor: the bytes regpoll's writers send for a
 /// poll, made before the window by the writers' own encoders from a
 /// synthetic poll of the fleet's shape, so that the window holds only
-/// sending them and taking the answers. To Redis, each poll's pipeline,
-/// every 2 ms for the polls made since the last (the writer's linger), its
-/// answers read and only checked for errors; to PostgreSQL, a binary COPY of
-/// one batch of rows (`DEFAULT_BATCH_ROWS`) each time the polls add up to
-/// one, into a temporary table of `register_readings`' shape.
+/// sending them and taking the answers, as often as the writers would. To
+/// Redis, the pipeline of each poll made since the last send, every 2 ms
+/// (the writer's linger) or, when polls come less often, once a poll; the
+/// answers are read and only checked for errors. To PostgreSQL, a binary
+/// COPY of the rows owed whenever a batch would be full at the fleet's rate
+/// or the batch delay is up, into a temporary table of `register_readings`'
+/// shape.
 struct SinkReplay {
     /// The connection, one poll's bytes, and the command that deletes the
     /// keys they write.
     redis: Option<(tokio::net::TcpStream, Vec<u8>, Vec<u8>)>,
     copy: Option<(sqlx::PgConnection, CopyBytes)>,
     readings_per_poll: usize,
+    /// How often the bare loop polls, on average.
+    poll_every: Duration,
 }
 
 /// Every how often the replay sends Redis the polls made meanwhile.
@@ -897,6 +901,7 @@ impl SinkReplay {
             redis,
             copy,
             readings_per_poll: spec.registers,
+            poll_every: spec.every / spec.devices.max(1) as u32,
         }))
     }
 
@@ -913,7 +918,7 @@ impl SinkReplay {
             let mut stop_w = stop.clone();
             let (polls, sent) = (Arc::clone(&polls), Arc::clone(&sent));
             tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(REPLAY_LINGER);
+                let mut tick = tokio::time::interval(REPLAY_LINGER.max(self.poll_every));
                 let mut last = polls.load(Relaxed);
                 let mut out = Vec::new();
                 loop {
@@ -968,26 +973,24 @@ impl SinkReplay {
             let statement =
                 pgcopy::COPY_STATEMENT.replacen("register_readings", "floor_readings", 1);
             // The writer's rules (`BatchSettings`' defaults): a COPY when a
-            // batch is full, or when the oldest owed row has waited the
-            // batch delay.
+            // batch is full or the batch delay is up, whichever comes first
+            // at the fleet's rate.
             let batch = BatchSettings::default();
+            let rows_per_s = per_poll as f64 / self.poll_every.as_secs_f64();
             tasks.push(tokio::spawn(async move {
                 let mut owed = 0;
                 let mut last = polls.load(Relaxed);
-                let mut since = Instant::now();
                 loop {
+                    let to_fill = batch.max_rows.saturating_sub(owed) as f64 / rows_per_s;
+                    let wait = Duration::from_secs_f64(to_fill).min(batch.max_delay);
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                        () = tokio::time::sleep(wait) => {}
                         _ = stop.wait_for(|s| *s) => break,
                     }
                     let now = polls.load(Relaxed);
-                    if owed == 0 {
-                        since = Instant::now();
-                    }
                     owed += (now - last) as usize * per_poll;
                     last = now;
-                    while owed >= batch.max_rows || (owed > 0 && since.elapsed() >= batch.max_delay)
-                    {
+                    while owed > 0 {
                         let rows = owed.min(batch.max_rows).min(bytes.rows());
                         let mut copy = conn.copy_in_raw(&statement).await?;
                         for piece in bytes.first(rows) {
@@ -995,9 +998,11 @@ impl SinkReplay {
                         }
                         copy.finish().await?;
                         owed -= rows;
-                        since = Instant::now();
                         sent.copies.fetch_add(1, Relaxed);
                         sent.copy_rows.fetch_add(rows as u64, Relaxed);
+                        if owed < batch.max_rows {
+                            break;
+                        }
                     }
                 }
                 conn.close().await?;

@@ -713,16 +713,6 @@ struct SinksSent {
     copy_rows: u64,
 }
 
-impl SinksSent {
-    fn since(self, before: SinksSent) -> SinksSent {
-        SinksSent {
-            redis_bytes: self.redis_bytes - before.redis_bytes,
-            copies: self.copies - before.copies,
-            copy_rows: self.copy_rows - before.copy_rows,
-        }
-    }
-}
-
 /// Words one benchmark device reads (see `device_yaml`: every fifth
 /// register an f32).
 fn device_words(registers: usize) -> u16 {
@@ -812,9 +802,9 @@ async fn bare_request_loop(
             );
             let running = replay.start(Arc::clone(&count), stop_rx.clone());
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let before = running.sent();
+            running.take_sent();
             let w = measure().await?;
-            let sent = running.sent().since(before);
+            let sent = running.take_sent();
             let _ = stop.send(true);
             running.finish().await?;
             Some((w, sent))
@@ -1067,12 +1057,13 @@ struct RunningReplay {
 }
 
 impl RunningReplay {
-    fn sent(&self) -> SinksSent {
+    /// What was sent since the last call.
+    fn take_sent(&self) -> SinksSent {
         use std::sync::atomic::Ordering::Relaxed;
         SinksSent {
-            redis_bytes: self.sent.redis_bytes.load(Relaxed),
-            copies: self.sent.copies.load(Relaxed),
-            copy_rows: self.sent.copy_rows.load(Relaxed),
+            redis_bytes: self.sent.redis_bytes.swap(0, Relaxed),
+            copies: self.sent.copies.swap(0, Relaxed),
+            copy_rows: self.sent.copy_rows.swap(0, Relaxed),
         }
     }
 
@@ -1109,28 +1100,26 @@ async fn redis_stream(url: &str) -> anyhow::Result<tokio::net::TcpStream> {
         .await
         .with_context(|| format!("floor: cannot connect to Redis at {host}:{port}"))?;
     stream.set_nodelay(true)?;
-    let mut hello: Vec<Vec<String>> = Vec::new();
+    // What to send before the replay, each with its command's name.
+    let mut hello: Vec<(&str, Vec<u8>)> = Vec::new();
     if let Some(password) = parsed.password() {
-        let mut auth = vec!["AUTH".to_string()];
-        if !parsed.username().is_empty() {
-            auth.push(parsed.username().to_string());
-        }
-        auth.push(password.to_string());
-        hello.push(auth);
+        let auth = match parsed.username() {
+            "" => resp(&["AUTH", password]),
+            user => resp(&["AUTH", user, password]),
+        };
+        hello.push(("AUTH", auth));
     }
     let db = parsed.path().trim_start_matches('/');
     if !db.is_empty() {
-        hello.push(vec!["SELECT".into(), db.to_string()]);
+        hello.push(("SELECT", resp(&["SELECT", db])));
     }
-    for cmd in hello {
-        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        stream.write_all(&resp(&args)).await?;
+    for (name, cmd) in hello {
+        stream.write_all(&cmd).await?;
         let mut answer = [0u8; 256];
         let n = stream.read(&mut answer).await?;
         if !answer[..n].starts_with(b"+OK") {
             bail!(
-                "floor: Redis refused {}: {}",
-                cmd[0],
+                "floor: Redis refused {name}: {}",
                 String::from_utf8_lossy(&answer[..n]).trim()
             );
         }

@@ -198,15 +198,15 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let mut redis_con = None;
     let (redis_queue, redis) = match &settings.redis_url {
         Some(url) => {
-            let con = redis_sink::connect(url)?;
-            redis_con = Some(con.clone());
+            let target = crate::sink::resp::Target::parse(url)?;
+            redis_con = Some(redis_sink::connect(url)?);
             let queue = Arc::new(redis_sink::Coalescer::default());
             let redis_settings = redis_sink::RedisSettings {
                 prefix: settings.redis_prefix.clone(),
                 ttl: settings.redis_ttl,
             };
             let task = tokio::spawn(redis_sink::run_writer(
-                con,
+                target,
                 redis_settings,
                 Arc::clone(&queue),
                 Arc::clone(&redis_stats),

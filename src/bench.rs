@@ -834,7 +834,7 @@ async fn bare_request_loop(
 struct SinkReplay {
     /// The connection, one poll's bytes, and the command that deletes the
     /// keys they write.
-    redis: Option<(tokio::net::TcpStream, Vec<u8>, Vec<u8>)>,
+    redis: Option<(crate::sink::resp::Stream, Vec<u8>, Vec<u8>)>,
     copy: Option<(sqlx::PgConnection, CopyBytes)>,
     readings_per_poll: usize,
     /// How often the bare loop polls, on average.
@@ -864,8 +864,17 @@ impl SinkReplay {
                 let per_poll = crate::sink::redis::packed_report(&settings, &reports[0]);
                 let keys = ["latest", "device"]
                     .map(|kind| format!("{}:{kind}:{}", settings.prefix, reports[0].device.name));
-                let delete = resp(&["DEL", &keys[0], &keys[1]]);
-                Some((redis_stream(url).await?, per_poll, delete))
+                let mut delete = crate::sink::resp::Commands::default();
+                delete
+                    .command(3)
+                    .arg(b"DEL")
+                    .arg(keys[0].as_bytes())
+                    .arg(keys[1].as_bytes());
+                let stream = crate::sink::resp::Target::parse(url)?
+                    .connect(crate::sink::redis::REDIS_TIMEOUT)
+                    .await
+                    .context("floor")?;
+                Some((stream, per_poll, delete.into_bytes()))
             }
             None => None,
         };
@@ -904,7 +913,7 @@ impl SinkReplay {
         let sent = Arc::new(SentCounters::default());
         let mut tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
         if let Some((stream, per_poll, delete)) = self.redis {
-            let (mut rx, mut tx) = stream.into_split();
+            let crate::sink::resp::Stream { mut rx, mut tx } = stream;
             let mut stop_w = stop.clone();
             let (polls, sent) = (Arc::clone(&polls), Arc::clone(&sent));
             tasks.push(tokio::spawn(async move {
@@ -1073,58 +1082,6 @@ impl RunningReplay {
         }
         Ok(())
     }
-}
-
-/// One command in Redis's protocol.
-fn resp(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len());
-    for arg in args {
-        let _ = write!(out, "${}\r\n{arg}\r\n", arg.len());
-    }
-    out.into_bytes()
-}
-
-/// A plain connection to the Redis of `url` (`redis://[[user]:password@]host[:port][/db]`),
-/// authenticated and on its database.
-async fn redis_stream(url: &str) -> anyhow::Result<tokio::net::TcpStream> {
-    let parsed = url::Url::parse(url).with_context(|| format!("floor: invalid Redis URL {url}"))?;
-    if parsed.scheme() != "redis" {
-        bail!(
-            "floor: only redis:// URLs can be replayed to, not {}",
-            parsed.scheme()
-        );
-    }
-    let host = parsed.host_str().unwrap_or("127.0.0.1");
-    let port = parsed.port().unwrap_or(6379);
-    let mut stream = tokio::net::TcpStream::connect((host, port))
-        .await
-        .with_context(|| format!("floor: cannot connect to Redis at {host}:{port}"))?;
-    stream.set_nodelay(true)?;
-    // What to send before the replay, each with its command's name.
-    let mut hello: Vec<(&str, Vec<u8>)> = Vec::new();
-    if let Some(password) = parsed.password() {
-        let auth = match parsed.username() {
-            "" => resp(&["AUTH", password]),
-            user => resp(&["AUTH", user, password]),
-        };
-        hello.push(("AUTH", auth));
-    }
-    let db = parsed.path().trim_start_matches('/');
-    if !db.is_empty() {
-        hello.push(("SELECT", resp(&["SELECT", db])));
-    }
-    for (name, cmd) in hello {
-        stream.write_all(&cmd).await?;
-        let mut answer = [0u8; 256];
-        let n = stream.read(&mut answer).await?;
-        if !answer[..n].starts_with(b"+OK") {
-            bail!(
-                "floor: Redis refused {name}: {}",
-                String::from_utf8_lossy(&answer[..n]).trim()
-            );
-        }
-    }
-    Ok(stream)
 }
 
 #[derive(Debug, Clone)]
@@ -1577,10 +1534,6 @@ mod tests {
                 "{n} rows"
             );
         }
-        assert_eq!(
-            resp(&["DEL", "a:b", ""]),
-            b"*3\r\n$3\r\nDEL\r\n$3\r\na:b\r\n$0\r\n\r\n"
-        );
     }
 
     #[test]

@@ -111,7 +111,7 @@ async fn a_redis_outage_leaves_polling_and_history_alone_and_keys_return_within_
     );
     let summary = running.shutdown().await.unwrap();
     // Measured: the first poll after the restart restores every key. One more
-    // is allowed for ConnectionManager noticing the new server.
+    // is allowed for the writer's next connection attempt (every 100 ms).
     assert!(
         restored - back_at <= 2,
         "restored after {} polls",

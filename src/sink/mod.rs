@@ -8,6 +8,7 @@ pub mod memory;
 pub mod pgcopy;
 pub mod postgres;
 pub mod redis;
+pub mod resp;
 pub mod retention;
 pub mod spool;
 pub mod sqlite;

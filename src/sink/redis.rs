@@ -6,26 +6,26 @@
 //! Redis must never slow polling or history. Reports reach this writer through
 //! a [`Coalescer`]: it keeps only the newest report of each poll group, so a
 //! slow or absent Redis holds at most one pending report per group (never an
-//! unbounded queue) and the fan-out never waits. `ConnectionManager`
-//! reconnects by itself; each report rewrites every register of its group, so
-//! after an outage the latest values are complete again within one poll.
-//! While Redis lags, update messages of superseded polls are not published.
+//! unbounded queue) and the fan-out never waits. While Redis cannot be
+//! reached, reports wait there and are written the moment it is back; each
+//! report rewrites every register of its group, so after an outage the latest
+//! values are complete again within one poll. While Redis lags, update
+//! messages of superseded polls are not published.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::json;
 use std::collections::HashMap;
-
-use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use tokio::sync::Notify;
 
+use super::resp::{self, Commands, Stream, Target};
 use crate::reading::{PollReport, Quality, Reading, Value};
 
 /// Default key prefix.
@@ -133,34 +133,33 @@ fn push_latest_json(out: &mut Vec<u8>, report: &PollReport, r: &Reading) {
     out.push(b'}');
 }
 
-/// Appends one poll's commands to `pipe`: the latest values, the device
+/// Appends one poll's commands to `out`: the latest values, the device
 /// state, expiry, and the update message.
 ///
-/// It runs for every poll, so each command is built at its final size and
-/// each register's JSON is written once: into the update message, whose
-/// bytes the latest-values hash then copies. Building them through the
-/// crate's command helpers (a `Vec` per value, commands that grow by
-/// doubling, keys made with `format!`) was a sixth of regpoll's CPU at
-/// 10,000 devices (perf, BENCHMARKS.md).
-fn add_report(pipe: &mut redis::Pipeline, settings: &RedisSettings, report: &PollReport) {
-    use redis::RedisWrite as _;
+/// It runs for every poll, so each register's JSON is written once: into the
+/// update message, whose bytes the latest-values hash then copies, and keys
+/// are written from their pieces. Building them through the redis crate's
+/// command helpers (a `Vec` per value, commands that grow by doubling, keys
+/// made with `format!`) was a sixth of regpoll's CPU at 10,000 devices
+/// (perf, BENCHMARKS.md).
+fn add_report(out: &mut Commands, settings: &RedisSettings, report: &PollReport) {
     use std::io::Write as _;
-    let prefix = settings.prefix.as_str();
-    let device = report.device.name.as_str();
+    let prefix = settings.prefix.as_bytes();
+    let device = report.device.name.as_bytes();
     let mut started = Vec::with_capacity(24);
     push_rfc3339(&mut started, report.started);
     let latency_ms = report.latency.as_secs_f64() * 1000.0;
-    let state = if report.reachable { "up" } else { "down" };
+    let state: &[u8] = if report.reachable { b"up" } else { b"down" };
 
     // {"device","ts","state","latency_ms","error","values":{…}}, as DESIGN.md.
     let n = report.readings.len();
     let mut msg = Vec::with_capacity(160 + device.len() + n * 128);
     msg.extend_from_slice(b"{\"device\":");
-    push_json(&mut msg, device);
+    push_json(&mut msg, &*report.device.name);
     msg.extend_from_slice(b",\"ts\":\"");
     msg.extend_from_slice(&started);
     msg.extend_from_slice(b"\",\"state\":\"");
-    msg.extend_from_slice(state.as_bytes());
+    msg.extend_from_slice(state);
     msg.extend_from_slice(b"\",\"latency_ms\":");
     push_json(&mut msg, &latency_ms);
     msg.extend_from_slice(b",\"error\":");
@@ -183,77 +182,69 @@ fn add_report(pipe: &mut redis::Pipeline, settings: &RedisSettings, report: &Pol
     }
     msg.extend_from_slice(b"}}");
 
-    let key = |cmd: &mut redis::Cmd, kind: &str| {
-        let mut w = cmd.writer_for_next_arg();
-        // Writing into the command's buffer cannot fail.
-        let _ = write!(w, "{prefix}:{kind}:{device}");
-    };
-    let key_len = prefix.len() + device.len() + 10;
+    let key = |kind: &'static [u8]| -> [&[u8]; 3] { [prefix, kind, device] };
     if n > 0 {
-        let data = 4
-            + key_len
-            + report
-                .readings
-                .iter()
-                .zip(&spans)
-                .map(|(r, span)| report.register(r).name.len() + span.len())
-                .sum::<usize>();
-        let mut cmd = redis::Cmd::with_capacity(2 + 2 * n, data);
-        cmd.arg("HSET");
-        key(&mut cmd, "latest");
+        out.command(2 + 2 * n)
+            .arg(b"HSET")
+            .arg_parts(&key(b":latest:"));
         for (r, span) in report.readings.iter().zip(spans) {
-            cmd.arg(&*report.register(r).name).arg(&msg[span]);
+            out.arg(report.register(r).name.as_bytes()).arg(&msg[span]);
         }
-        pipe.add_command(cmd).ignore();
     }
 
     let error = report.error.as_deref();
-    let mut cmd = redis::Cmd::with_capacity(12, 96 + key_len + error.map_or(0, str::len));
-    cmd.arg("HSET");
-    key(&mut cmd, "device");
-    cmd.arg("state").arg(state).arg("last_poll").arg(&started);
-    cmd.arg("latency_ms");
-    let _ = write!(cmd.writer_for_next_arg(), "{latency_ms:.3}");
+    let mut latency = Vec::with_capacity(16);
+    let _ = write!(latency, "{latency_ms:.3}");
+    let args = 8 + 2 * usize::from(report.reachable) + 2 * usize::from(error.is_some());
+    out.command(args)
+        .arg(b"HSET")
+        .arg_parts(&key(b":device:"))
+        .arg(b"state")
+        .arg(state)
+        .arg(b"last_poll")
+        .arg(&started)
+        .arg(b"latency_ms")
+        .arg(&latency);
     if report.reachable {
-        cmd.arg("last_success").arg(&started);
+        out.arg(b"last_success").arg(&started);
     }
-    if let Some(e) = error {
-        cmd.arg("error").arg(e);
-    }
-    pipe.add_command(cmd).ignore();
-    if error.is_none() {
-        let mut cmd = redis::Cmd::with_capacity(3, 9 + key_len);
-        cmd.arg("HDEL");
-        key(&mut cmd, "device");
-        cmd.arg("error");
-        pipe.add_command(cmd).ignore();
-    }
-    if let Some(ttl) = settings.ttl {
-        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        for kind in ["latest", "device"] {
-            let mut cmd = redis::Cmd::with_capacity(3, 32 + key_len);
-            cmd.arg("EXPIRE");
-            key(&mut cmd, kind);
-            cmd.arg(secs);
-            pipe.add_command(cmd).ignore();
+    match error {
+        Some(e) => {
+            out.arg(b"error").arg(e.as_bytes());
+        }
+        None => {
+            out.command(3)
+                .arg(b"HDEL")
+                .arg_parts(&key(b":device:"))
+                .arg(b"error");
         }
     }
-    let mut cmd = redis::Cmd::with_capacity(3, 8 + key_len + msg.len());
-    cmd.arg("PUBLISH");
-    key(&mut cmd, "updates");
-    cmd.arg(msg);
-    pipe.add_command(cmd).ignore();
+    if let Some(ttl) = settings.ttl {
+        let secs = ttl.as_secs().max(1).min(i64::MAX as u64).to_string();
+        for kind in [&b":latest:"[..], b":device:"] {
+            out.command(3)
+                .arg(b"EXPIRE")
+                .arg_parts(&key(kind))
+                .arg(secs.as_bytes());
+        }
+    }
+    out.command(3)
+        .arg(b"PUBLISH")
+        .arg_parts(&key(b":updates:"))
+        .arg(&msg);
 }
 
 /// The bytes the writer sends to Redis for `report` alone: what the
 /// benchmark's floor replays to measure the cost of sending them.
 pub fn packed_report(settings: &RedisSettings, report: &PollReport) -> Vec<u8> {
-    let mut pipe = redis::pipe();
-    add_report(&mut pipe, settings, report);
-    pipe.get_packed_pipeline()
+    let mut out = Commands::default();
+    add_report(&mut out, settings, report);
+    out.into_bytes()
 }
 
-/// Connects lazily: the writer starts even while Redis is down.
+/// The readiness probe's connection (`/ready` sends PING on it). It
+/// connects lazily, so the service starts even while Redis is down; the
+/// writer has a connection of its own ([`run_writer`]).
 pub fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
     let client = redis::Client::open(url)
         .with_context(|| format!("invalid REDIS_URL {}", crate::db::redact_url(url)))?;
@@ -314,6 +305,27 @@ impl Coalescer {
         self.wake.notify_one();
     }
 
+    /// Puts back reports whose pipeline was lost with its connection, unless
+    /// a newer report of the same group came meanwhile.
+    fn requeue(&self, reports: Vec<Arc<PollReport>>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for report in reports {
+            if let Some(first) = report.readings.first().map(|r| r.index) {
+                pending
+                    .reports
+                    .entry((report.device.name.clone(), first))
+                    .or_insert(report);
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed
+    }
+
     /// No more reports will come; the writer ends once it has written the rest.
     pub fn close(&self) {
         self.pending
@@ -347,20 +359,32 @@ impl Coalescer {
     }
 }
 
+/// How long the writer waits before connecting again after Redis could not
+/// be reached. Reports wait in the coalescer meanwhile (newest per group), so
+/// the moment Redis is back every group's latest values are written, even
+/// those of devices polled once an hour. A refused connection costs a few
+/// system calls, so trying ten times a second costs nothing worth saving.
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
 /// Writes what the coalescer holds until it is closed and drained.
+///
+/// One task owns the connection: it builds each pipeline into the bytes it
+/// writes, writes them without waiting for earlier pipelines' answers (Redis
+/// runs commands in the order sent, so a newer report still lands last), and
+/// counts the answers off as they arrive. A pipeline not fully answered
+/// within [`REDIS_TIMEOUT`] of being sent, a protocol error or a closed
+/// connection drops the connection; the reports of every pipeline still
+/// waiting go back into the coalescer unless a newer one of the same group is
+/// there, so they are written after reconnecting (their update message may
+/// then be published twice). An error answer (say WRONGTYPE, because
+/// something else wrote the key) fails that poll's report only.
 pub async fn run_writer(
-    con: ConnectionManager,
+    target: Target,
     settings: RedisSettings,
     queue: Arc<Coalescer>,
     stats: Arc<RedisStats>,
 ) {
-    // Pipelines still waiting for Redis's answer. A new one is sent without
-    // waiting for them (the connection is multiplexed and Redis runs them in
-    // the order sent, so a newer report still lands last): a report that
-    // arrives while one is in flight would otherwise wait out that round
-    // trip as well as its own, which was the tail of response -> Redis at
-    // 10,000 devices (round trips of 1-7 ms on a busy box, BENCHMARKS.md).
-    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    let mut link: Option<Link> = None;
     // Runs while reports gather before the next pipeline. Let polls gather
     // for a moment, then write them all in one pipeline: at thousands of
     // polls a second a round trip per poll costs more CPU than the polls
@@ -372,13 +396,49 @@ pub async fn run_writer(
     let linger = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(linger);
     let mut lingering = false;
+    // Fires at the oldest waiting pipeline's deadline.
+    let watchdog = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(watchdog);
+    // Set while waiting to connect again.
+    let retry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry);
+    let mut waiting_to_retry = false;
+    // Whether the last attempt to reach Redis failed (logged once a run).
+    let mut down = false;
     let mut open = true;
     loop {
+        let in_flight = link.as_ref().map_or(0, |l| l.waiting.len());
+        let busy = link.as_ref().is_some_and(Link::busy);
         tokio::select! {
-            Some((chunk, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                record(&stats, &chunk, result);
+            answered = next_answer(&mut link), if busy => match answered {
+                Ok(sent) => {
+                    record(&stats, &sent);
+                    if let Some(next) = link.as_ref().and_then(|l| l.waiting.front()) {
+                        watchdog.as_mut().reset(next.deadline);
+                    }
+                }
+                Err(e) => lose(&mut link, &e, &queue, &stats),
+            },
+            () = &mut watchdog, if in_flight > 0 => {
+                let late = link
+                    .as_ref()
+                    .and_then(|l| l.waiting.front())
+                    .map(|s| s.deadline);
+                match late {
+                    Some(deadline) if deadline > tokio::time::Instant::now() => {
+                        watchdog.as_mut().reset(deadline);
+                    }
+                    _ => {
+                        let e = anyhow::anyhow!(
+                            "Redis did not answer within {} ms",
+                            REDIS_TIMEOUT.as_millis()
+                        );
+                        lose(&mut link, &e, &queue, &stats);
+                    }
+                }
             }
-            more = queue.wait(), if open && !lingering && in_flight.len() < MAX_IN_FLIGHT => {
+            () = &mut retry, if waiting_to_retry => waiting_to_retry = false,
+            more = queue.wait(), if open && !lingering && !waiting_to_retry && in_flight < MAX_IN_FLIGHT => {
                 if more {
                     linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
                     lingering = true;
@@ -388,6 +448,35 @@ pub async fn run_writer(
             }
             () = &mut linger, if lingering => {
                 lingering = false;
+                if link.is_none() {
+                    match target.connect(REDIS_TIMEOUT).await {
+                        Ok(stream) => {
+                            if down {
+                                tracing::info!(redis = target.shown(), "connected to Redis again");
+                            }
+                            down = false;
+                            link = Some(Link::new(stream));
+                        }
+                        Err(e) => {
+                            if !down {
+                                tracing::warn!(error = %format!("{e:#}"), "cannot reach Redis; latest values wait, newest per poll group, until it is back");
+                            }
+                            down = true;
+                            if queue.is_closed() {
+                                // Shutting down: nothing more will come, and
+                                // what is left cannot be written.
+                                let left = queue.drain();
+                                stats.failures.fetch_add(left.len() as u64, Ordering::Relaxed);
+                            } else {
+                                retry.as_mut().reset(tokio::time::Instant::now() + RECONNECT_DELAY);
+                                waiting_to_retry = true;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let Some(l) = link.as_mut() else { continue };
+                let was_idle = l.waiting.is_empty();
                 // Each pipeline keeps the reports it carries, moved out of
                 // the drained list rather than cloned from it.
                 let mut reports = queue.drain().into_iter();
@@ -396,15 +485,10 @@ pub async fn run_writer(
                     if chunk.is_empty() {
                         break;
                     }
-                    let mut pipe = redis::pipe();
-                    for report in &chunk {
-                        add_report(&mut pipe, &settings, report);
-                    }
-                    let mut con = con.clone();
-                    in_flight.push(Box::pin(async move {
-                        let result = pipe.query_async::<()>(&mut con).await;
-                        (chunk, result)
-                    }));
+                    l.send(chunk, &settings);
+                }
+                if was_idle && let Some(first) = l.waiting.front() {
+                    watchdog.as_mut().reset(first.deadline);
                 }
             }
             else => break,
@@ -412,36 +496,183 @@ pub async fn run_writer(
     }
 }
 
-/// A pipeline sent to Redis, with the reports it carries.
-type InFlight = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Vec<Arc<PollReport>>, redis::RedisResult<()>)> + Send>,
->;
+/// The writer's connection: bytes still to send, answers read but not yet
+/// counted, and the pipelines waiting for them, oldest first.
+struct Link {
+    stream: Stream,
+    /// Commands built and not yet (all) written; `written` bytes of them are.
+    outbox: Commands,
+    written: usize,
+    unsent: Vec<u8>,
+    inbox: Vec<u8>,
+    waiting: std::collections::VecDeque<Sent>,
+}
 
-/// Counts one pipeline's outcome: each report's time from its last response
-/// to now, when Redis has acknowledged it, or a failure.
-fn record(stats: &RedisStats, chunk: &[Arc<PollReport>], result: redis::RedisResult<()>) {
-    match result {
-        Ok(()) => {
-            let now = Utc::now();
-            stats
-                .polls_written
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            for report in chunk {
-                let answered =
-                    report.started + chrono::Duration::from_std(report.latency).unwrap_or_default();
-                let visible = (now - answered).to_std().unwrap_or_default();
-                stats.visible.record(visible);
-                stats.visible_distribution.record(visible);
+/// A pipeline written (or being written) and the answers it waits for.
+struct Sent {
+    reports: Vec<Arc<PollReport>>,
+    /// How many commands the pipeline has up to the end of each report.
+    ends: Vec<usize>,
+    answered: usize,
+    /// The report the next answer is for.
+    current: usize,
+    /// The reports one of whose commands Redis refused, and its first error.
+    refused: Vec<usize>,
+    error: Option<String>,
+    deadline: tokio::time::Instant,
+}
+
+impl Sent {
+    fn answer(&mut self, error: Option<&[u8]>) {
+        while self.ends[self.current] <= self.answered {
+            self.current += 1;
+        }
+        if let Some(e) = error {
+            if self.refused.last() != Some(&self.current) {
+                self.refused.push(self.current);
+            }
+            self.error
+                .get_or_insert_with(|| String::from_utf8_lossy(e).into_owned());
+        }
+        self.answered += 1;
+    }
+
+    fn complete(&self) -> bool {
+        self.ends.last().is_none_or(|&end| self.answered >= end)
+    }
+}
+
+impl Link {
+    fn new(stream: Stream) -> Link {
+        Link {
+            stream,
+            outbox: Commands::with_capacity(64 * 1024),
+            written: 0,
+            unsent: Vec::new(),
+            inbox: Vec::with_capacity(4096),
+            waiting: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Builds one pipeline of `reports` and queues it to be written.
+    fn send(&mut self, reports: Vec<Arc<PollReport>>, settings: &RedisSettings) {
+        let ends = reports
+            .iter()
+            .map(|report| {
+                add_report(&mut self.outbox, settings, report);
+                self.outbox.count()
+            })
+            .collect();
+        self.outbox.move_to(&mut self.unsent);
+        self.waiting.push_back(Sent {
+            reports,
+            ends,
+            answered: 0,
+            current: 0,
+            refused: Vec::new(),
+            error: None,
+            deadline: tokio::time::Instant::now() + REDIS_TIMEOUT,
+        });
+    }
+
+    fn busy(&self) -> bool {
+        !self.waiting.is_empty() || self.written < self.unsent.len()
+    }
+
+    /// Writes what is unsent and reads answers until the oldest pipeline is
+    /// answered in full. Safe to cancel: a write or read that did not
+    /// complete did nothing.
+    async fn next_answer(&mut self) -> anyhow::Result<Sent> {
+        loop {
+            if let Some(sent) = self.count_answers()? {
+                return Ok(sent);
+            }
+            let writing = self.written < self.unsent.len();
+            tokio::select! {
+                read = self.stream.rx.read_buf(&mut self.inbox) => {
+                    if read.context("cannot read Redis's answers")? == 0 {
+                        bail!("Redis closed the connection");
+                    }
+                }
+                wrote = self.stream.tx.write(&self.unsent[self.written..]), if writing => {
+                    self.written += wrote.context("cannot write to Redis")?;
+                    if self.written == self.unsent.len() {
+                        self.unsent.clear();
+                        self.written = 0;
+                    }
+                }
             }
         }
-        Err(e) => {
-            // Log the first failure of a run of failures, not every one.
-            let before = stats
-                .failures
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            if before / 100 != (before + chunk.len() as u64) / 100 || before == 0 {
-                tracing::warn!(error = %e, polls = chunk.len(), "cannot write latest values to Redis");
+    }
+
+    /// Counts the answers read so far off the waiting pipelines; the oldest
+    /// once all of its answers are in.
+    fn count_answers(&mut self) -> anyhow::Result<Option<Sent>> {
+        let mut at = 0;
+        let mut done = None;
+        while let Some(front) = self.waiting.front_mut() {
+            let Some((len, error)) = resp::next_reply(&self.inbox[at..])? else {
+                break;
+            };
+            at += len;
+            front.answer(error);
+            if front.complete() {
+                done = self.waiting.pop_front();
+                break;
             }
+        }
+        if self.waiting.is_empty() && at < self.inbox.len() && done.is_none() {
+            bail!("Redis answered a command that was not sent");
+        }
+        self.inbox.drain(..at);
+        Ok(done)
+    }
+}
+
+/// [`Link::next_answer`], or never when there is no connection.
+async fn next_answer(link: &mut Option<Link>) -> anyhow::Result<Sent> {
+    match link {
+        Some(l) => l.next_answer().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops the connection after `error`: the reports of every pipeline still
+/// waiting are failures, and go back to the coalescer to be written again.
+fn lose(link: &mut Option<Link>, error: &anyhow::Error, queue: &Coalescer, stats: &RedisStats) {
+    let Some(l) = link.take() else { return };
+    let reports: Vec<_> = l.waiting.into_iter().flat_map(|s| s.reports).collect();
+    tracing::warn!(error = %format!("{error:#}"), polls = reports.len(), "lost the Redis connection; its unanswered polls are written again after reconnecting");
+    stats
+        .failures
+        .fetch_add(reports.len() as u64, Ordering::Relaxed);
+    queue.requeue(reports);
+}
+
+/// Counts one pipeline's outcome: for each report Redis took, its time
+/// from its last response to now; the others are failures.
+fn record(stats: &RedisStats, sent: &Sent) {
+    let now = Utc::now();
+    let mut refused = sent.refused.iter().peekable();
+    for (i, report) in sent.reports.iter().enumerate() {
+        if refused.next_if_eq(&&i).is_some() {
+            continue;
+        }
+        let answered =
+            report.started + chrono::Duration::from_std(report.latency).unwrap_or_default();
+        let visible = (now - answered).to_std().unwrap_or_default();
+        stats.visible.record(visible);
+        stats.visible_distribution.record(visible);
+    }
+    let failed = sent.refused.len() as u64;
+    stats
+        .polls_written
+        .fetch_add(sent.reports.len() as u64 - failed, Ordering::Relaxed);
+    if let Some(e) = &sent.error {
+        // Log the first failure of a run of failures, not every one.
+        let before = stats.failures.fetch_add(failed, Ordering::Relaxed);
+        if before / 100 != (before + failed) / 100 || before == 0 {
+            tracing::warn!(error = %e, polls = failed, "Redis refused latest values");
         }
     }
 }
@@ -566,9 +797,7 @@ mod tests {
             prefix: "p".into(),
             ttl: None,
         };
-        let mut pipe = redis::pipe();
-        add_report(&mut pipe, &settings, &report);
-        let cmds = unpack(&pipe.get_packed_pipeline());
+        let cmds = unpack(&packed_report(&settings, &report));
         let names: Vec<&str> = cmds.iter().map(|c| c[0].as_str()).collect();
         assert_eq!(names, ["HSET", "HSET", "PUBLISH"]);
         assert_eq!(cmds[0][1], "p:latest:boiler-1");
@@ -606,9 +835,7 @@ mod tests {
             prefix: "p".into(),
             ttl: Some(Duration::from_secs(90)),
         };
-        let mut pipe = redis::pipe();
-        add_report(&mut pipe, &settings, &report);
-        let cmds = unpack(&pipe.get_packed_pipeline());
+        let cmds = unpack(&packed_report(&settings, &report));
         assert_eq!(cmds[1][2..4], ["state", "down"]);
         assert_eq!(cmds[1].len(), 8, "{:?}", cmds[1]);
         assert_eq!(cmds[2], ["HDEL", "p:device:boiler-1", "error"]);
@@ -625,9 +852,7 @@ mod tests {
             prefix: "p".into(),
             ttl: Some(Duration::from_secs(60)),
         };
-        let mut pipe = redis::pipe();
-        add_report(&mut pipe, &settings, &report);
-        let packed = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
+        let packed = String::from_utf8_lossy(&packed_report(&settings, &report)).into_owned();
         assert!(packed.contains("p:latest:boiler-1"));
         assert!(packed.contains("EXPIRE"));
         let message = packed
@@ -652,5 +877,192 @@ mod tests {
             keys,
             ["device", "ts", "state", "latency_ms", "error", "values"]
         );
+    }
+
+    fn report_for(device: &str) -> Arc<PollReport> {
+        let mut r = report();
+        let mut d = (*r.device).clone();
+        d.name = device.into();
+        r.device = Arc::new(d);
+        Arc::new(r)
+    }
+
+    /// A stand-in for Redis on a free port: it answers every command `:1`,
+    /// or a WRONGTYPE error for keys with "wrongtype" in them, except that
+    /// its first connection reads and never answers when `mute_first`. It
+    /// keeps each connection's commands.
+    async fn fake_redis(
+        mute_first: bool,
+    ) -> (String, Arc<std::sync::Mutex<Vec<Vec<Vec<String>>>>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}/", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let log = Arc::clone(&log);
+                let conn = {
+                    let mut l = log.lock().unwrap();
+                    l.push(Vec::new());
+                    l.len() - 1
+                };
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut answers = Vec::new();
+                        while let Some((len, _)) = resp::next_reply(&buf).unwrap() {
+                            let cmd = unpack(&buf[..len]).remove(0);
+                            answers.extend_from_slice(if cmd.iter().any(|a| a.contains("wrongtype")) {
+                                &b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"[..]
+                            } else {
+                                b":1\r\n"
+                            });
+                            log.lock().unwrap()[conn].push(cmd);
+                            buf.drain(..len);
+                        }
+                        if !(mute_first && n == 0) {
+                            s.write_all(&answers).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn start_writer(url: &str) -> (Arc<Coalescer>, Arc<RedisStats>, tokio::task::JoinHandle<()>) {
+        let queue = Arc::new(Coalescer::default());
+        let stats = Arc::new(RedisStats::default());
+        let settings = RedisSettings {
+            prefix: "p".into(),
+            ttl: None,
+        };
+        let task = tokio::spawn(run_writer(
+            Target::parse(url).unwrap(),
+            settings,
+            Arc::clone(&queue),
+            Arc::clone(&stats),
+        ));
+        (queue, stats, task)
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_redis_is_given_up_on_and_its_polls_written_after_reconnecting() {
+        let (url, seen) = fake_redis(true).await;
+        let (queue, stats, task) = start_writer(&url);
+        let pushed = std::time::Instant::now();
+        queue.push(report_for("boiler-1"));
+        until("the poll to be written", || {
+            stats.polls_written.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        let took = pushed.elapsed();
+        assert!(took >= REDIS_TIMEOUT, "given up after {took:?}");
+        assert!(
+            took < REDIS_TIMEOUT * 2,
+            "written again only after {took:?}"
+        );
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.len(),
+            2,
+            "one connection given up on, one that answered"
+        );
+        for commands in &seen {
+            assert_eq!(commands[0][..2], ["HSET", "p:latest:boiler-1"]);
+        }
+        queue.close();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_command_fails_its_own_poll_only() {
+        let (url, seen) = fake_redis(false).await;
+        let (queue, stats, task) = start_writer(&url);
+        for device in ["a", "wrongtype", "b"] {
+            queue.push(report_for(device));
+        }
+        queue.close();
+        task.await.unwrap();
+        assert_eq!(stats.polls_written.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.visible.count(), 2);
+        // Redis ran the other commands of the pipeline all the same.
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].iter().filter(|c| c[0] == "PUBLISH").count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_is_not_there_keeps_the_newest_report_until_it_is() {
+        // A port where nothing listens, then something does.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("redis://127.0.0.1:{port}/");
+        let (queue, stats, task) = start_writer(&url);
+        let mut old = report();
+        old.latency = Duration::from_millis(1);
+        let old = Arc::new(old);
+        queue.push(old);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let newer = report_for("boiler-1");
+        queue.push(Arc::clone(&newer));
+        assert_eq!(
+            stats.failures.load(Ordering::Relaxed),
+            0,
+            "waiting is not failing"
+        );
+        assert_eq!(queue.coalesced.load(Ordering::Relaxed), 1);
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(2), listener.accept())
+            .await
+            .expect("the writer tries again within its reconnect delay")
+            .unwrap();
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut buf = Vec::new();
+        let mut commands = Vec::new();
+        while commands
+            .last()
+            .is_none_or(|c: &Vec<String>| c[0] != "PUBLISH")
+        {
+            s.read_buf(&mut buf).await.unwrap();
+            while let Some((len, _)) = resp::next_reply(&buf).unwrap() {
+                commands.extend(unpack(&buf[..len]));
+                buf.drain(..len);
+                s.write_all(b":1\r\n").await.unwrap();
+            }
+        }
+        // Only the newest report of the group was written, once.
+        assert_eq!(commands.iter().filter(|c| c[0] == "PUBLISH").count(), 1);
+        let latency = &commands[1][commands[1].iter().position(|a| a == "latency_ms").unwrap() + 1];
+        assert_eq!(latency, "1.500");
+        until("the poll to be counted", || {
+            stats.polls_written.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        queue.close();
+        task.await.unwrap();
     }
 }

@@ -949,6 +949,12 @@ impl SinkReplay {
                         _ = stop_r.wait_for(|s| *s) => break,
                     };
                     if n == 0 {
+                        // After the stop the writer sends its DEL and
+                        // hangs up, and Redis closes its side: that end
+                        // may be read before the stop is seen.
+                        if *stop_r.borrow() {
+                            break;
+                        }
                         bail!("floor: Redis closed the connection");
                     }
                     for (i, &b) in buf[..n].iter().enumerate() {

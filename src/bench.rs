@@ -743,6 +743,15 @@ async fn bare_request_loop(
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    // Every port's loop starts on the same phase step of the wall clock, as
+    // regpoll's schedules fire: when a loop's period is a whole number of
+    // steps (10 ms at b and c), its requests go out on the ticks where
+    // regpoll's of that step do, all ports' together.
+    let step = crate::schedule::phase_step(spec.every);
+    let since_step = Duration::from_micros(
+        (Utc::now().timestamp_micros() as u64) % step.as_micros().max(1) as u64,
+    );
+    let first_step = tokio::time::Instant::now() + step.saturating_sub(since_step) + step;
     for (p, port) in ports.iter().enumerate() {
         let units = spec
             .devices
@@ -756,7 +765,7 @@ async fn bare_request_loop(
         let mut stop = stop_rx.clone();
         let period = spec.every / units.max(1) as u32;
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
+            let mut tick = tokio::time::interval_at(first_step, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut unit = 0;
             loop {

@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use tokio::sync::Notify;
@@ -69,9 +69,12 @@ pub fn latest_json(
 /// formatting machinery: it runs for every value of every poll.
 fn push_rfc3339(out: &mut Vec<u8>, ts: DateTime<Utc>) {
     use chrono::{Datelike as _, Timelike as _};
+    // The naive UTC time, so that the fields below are not each computed
+    // through the time zone (Utc's offset is zero, but adding it is not free).
+    let ts = ts.naive_utc();
     let year = ts.year();
     if !(0..=9999).contains(&year) {
-        out.extend_from_slice(rfc3339(ts).as_bytes());
+        out.extend_from_slice(rfc3339(ts.and_utc()).as_bytes());
         return;
     }
     let digits = |out: &mut Vec<u8>, v: u32, n: u32| {
@@ -104,8 +107,12 @@ fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     let _ = serde_json::to_writer(&mut *out, v);
 }
 
+/// Where a timestamp was last written into a buffer, to copy rather than
+/// format again: the readings of one request share theirs.
+type LastTs = Option<(DateTime<Utc>, std::ops::Range<usize>)>;
+
 /// The bytes of [`latest_json`] for one reading, written straight into `out`.
-fn push_latest_json(out: &mut Vec<u8>, report: &PollReport, r: &Reading) {
+fn push_latest_json(out: &mut Vec<u8>, report: &PollReport, r: &Reading, last_ts: &mut LastTs) {
     out.extend_from_slice(b"{\"value\":");
     match &r.value {
         Value::None => out.extend_from_slice(b"null"),
@@ -117,7 +124,14 @@ fn push_latest_json(out: &mut Vec<u8>, report: &PollReport, r: &Reading) {
     out.extend_from_slice(b",\"quality\":\"");
     out.extend_from_slice(r.quality.as_str().as_bytes());
     out.extend_from_slice(b"\",\"ts\":\"");
-    push_rfc3339(out, r.ts);
+    match last_ts {
+        Some((ts, at)) if *ts == r.ts => out.extend_from_within(at.clone()),
+        _ => {
+            let from = out.len();
+            push_rfc3339(out, r.ts);
+            *last_ts = Some((r.ts, from..out.len()));
+        }
+    }
     out.extend_from_slice(b"\",\"unit\":");
     match &report.register(r).unit {
         Some(u) => push_json(out, u),
@@ -170,6 +184,7 @@ fn add_report(out: &mut Commands, settings: &RedisSettings, report: &PollReport)
     msg.extend_from_slice(b",\"values\":{");
     // Where each register's JSON sits in the message.
     let mut spans = Vec::with_capacity(n);
+    let mut last_ts = None;
     for (i, r) in report.readings.iter().enumerate() {
         if i > 0 {
             msg.push(b',');
@@ -177,7 +192,7 @@ fn add_report(out: &mut Commands, settings: &RedisSettings, report: &PollReport)
         push_json(&mut msg, &*report.register(r).name);
         msg.push(b':');
         let from = msg.len();
-        push_latest_json(&mut msg, report, r);
+        push_latest_json(&mut msg, report, r, &mut last_ts);
         spans.push(from..msg.len());
     }
     msg.extend_from_slice(b"}}");
@@ -193,8 +208,11 @@ fn add_report(out: &mut Commands, settings: &RedisSettings, report: &PollReport)
     }
 
     let error = report.error.as_deref();
+    // As `{latency_ms:.3}` writes it, from whole microseconds: formatting a
+    // float to fixed decimals takes the slow exact path of the formatter.
     let mut latency = Vec::with_capacity(16);
-    let _ = write!(latency, "{latency_ms:.3}");
+    let us = (report.latency.as_nanos() + 500) / 1000;
+    let _ = write!(latency, "{}.{:03}", us / 1000, us % 1000);
     let args = 8 + 2 * usize::from(report.reachable) + 2 * usize::from(error.is_some());
     out.command(args)
         .arg(b"HSET")
@@ -269,11 +287,39 @@ pub struct RedisStats {
     pub visible_distribution: crate::telemetry::Distribution,
 }
 
-/// Reports not yet written, keyed by poll group (device, first register).
+/// Reports not yet written, one per poll group.
 #[derive(Debug, Default)]
 struct Pending {
-    reports: HashMap<(String, usize), Arc<PollReport>>,
+    reports: HashSet<ByGroup>,
     closed: bool,
+}
+
+/// A report that hashes and compares as its poll group: the device and its
+/// first register (groups do not share registers). The set keys on the
+/// report itself rather than on a copy of the device's name made for every
+/// poll. Reports without readings are never kept.
+#[derive(Debug)]
+struct ByGroup(Arc<PollReport>);
+
+impl ByGroup {
+    fn group(&self) -> (&str, usize) {
+        let first = self.0.readings.first().map_or(usize::MAX, |r| r.index);
+        (&self.0.device.name, first)
+    }
+}
+
+impl PartialEq for ByGroup {
+    fn eq(&self, other: &Self) -> bool {
+        self.group() == other.group()
+    }
+}
+
+impl Eq for ByGroup {}
+
+impl std::hash::Hash for ByGroup {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.group().hash(state);
+    }
 }
 
 /// The newest unwritten report of each poll group, and a wake-up for the writer.
@@ -286,19 +332,17 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// Keeps `report` as its group's newest (a group is identified by the
-    /// device and its first register: groups do not share registers).
+    /// Keeps `report` as its group's newest.
     pub fn push(&self, report: Arc<PollReport>) {
-        let Some(first) = report.readings.first().map(|r| r.index) else {
+        if report.readings.is_empty() {
             return;
-        };
-        let key = (report.device.name.clone(), first);
+        }
         let replaced = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reports
-            .insert(key, report);
+            .replace(ByGroup(report));
         if replaced.is_some() {
             self.coalesced.fetch_add(1, Ordering::Relaxed);
         }
@@ -310,12 +354,8 @@ impl Coalescer {
     fn requeue(&self, reports: Vec<Arc<PollReport>>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for report in reports {
-            if let Some(first) = report.readings.first().map(|r| r.index) {
-                pending
-                    .reports
-                    .entry((report.device.name.clone(), first))
-                    .or_insert(report);
-            }
+            // A set keeps what it has when an equal one is inserted.
+            pending.reports.insert(ByGroup(report));
         }
     }
 
@@ -355,7 +395,7 @@ impl Coalescer {
     /// Everything pending (after `wait` said there is some).
     fn drain(&self) -> Vec<Arc<PollReport>> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.reports.drain().map(|(_, r)| r).collect()
+        pending.reports.drain().map(|g| g.0).collect()
     }
 }
 
@@ -750,7 +790,7 @@ mod tests {
         let report = report();
         for r in &report.readings {
             let mut out = Vec::new();
-            push_latest_json(&mut out, &report, r);
+            push_latest_json(&mut out, &report, r, &mut None);
             let want = latest_json(
                 &r.value,
                 r.quality,
@@ -805,7 +845,7 @@ mod tests {
         assert_eq!(fields, ["t", "on", "sn", "p"]);
         for (r, json) in report.readings.iter().zip(cmds[0][3..].iter().step_by(2)) {
             let mut want = Vec::new();
-            push_latest_json(&mut want, &report, r);
+            push_latest_json(&mut want, &report, r, &mut None);
             assert_eq!(json.as_bytes(), want);
         }
         assert_eq!(
@@ -1064,5 +1104,45 @@ mod tests {
         .await;
         queue.close();
         task.await.unwrap();
+    }
+
+    #[test]
+    fn the_coalescer_keeps_the_newest_report_of_each_group() {
+        let queue = Coalescer::default();
+        let tagged = |device: &str, first: usize, latency_ms: u64| {
+            let mut r = (*report_for(device)).clone();
+            r.readings.retain(|x| x.index >= first);
+            r.latency = Duration::from_millis(latency_ms);
+            Arc::new(r)
+        };
+        queue.push(tagged("a", 0, 1));
+        queue.push(tagged("a", 0, 2));
+        // Another group of the same device, and the same registers of another device.
+        queue.push(tagged("a", 2, 3));
+        queue.push(tagged("b", 0, 4));
+        assert_eq!(queue.coalesced.load(Ordering::Relaxed), 1);
+        // Put back after a lost connection: only where nothing newer came.
+        queue.requeue(vec![tagged("a", 0, 5), tagged("c", 0, 6)]);
+        let mut kept: Vec<(String, usize, u128)> = queue
+            .drain()
+            .iter()
+            .map(|r| {
+                (
+                    r.device.name.clone(),
+                    r.readings[0].index,
+                    r.latency.as_millis(),
+                )
+            })
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                ("a".into(), 0, 2),
+                ("a".into(), 2, 3),
+                ("b".into(), 0, 4),
+                ("c".into(), 0, 6)
+            ]
+        );
     }
 }

@@ -234,6 +234,15 @@ impl Commands {
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    // Most are argument counts and short lengths.
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -368,9 +377,11 @@ mod tests {
         // A command is an array of bulk strings: the reply reader measures it too.
         assert_eq!(next_reply(c.bytes()).unwrap(), Some((37, None)));
         let mut n = Vec::new();
-        push_decimal(&mut n, 0);
-        push_decimal(&mut n, 1234567890);
-        assert_eq!(n, b"01234567890");
+        for v in [0, 7, 10, 99, 100, 1234567890, usize::MAX] {
+            n.clear();
+            push_decimal(&mut n, v);
+            assert_eq!(n, v.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -445,6 +445,10 @@ pub async fn run_writer(
     let mut waiting_to_retry = false;
     // Whether the last attempt to reach Redis failed (logged once a run).
     let mut down = false;
+    // Connections lost so far (the first and every 100th are logged: a
+    // Redis that accepts and then drops every connection, say one at its
+    // client limit, would otherwise log ten times a second).
+    let mut losses = 0u64;
     let mut open = true;
     loop {
         let in_flight = link.as_ref().map_or(0, |l| l.waiting.len());
@@ -457,7 +461,11 @@ pub async fn run_writer(
                         watchdog.as_mut().reset(next.deadline);
                     }
                 }
-                Err(e) => lose(&mut link, &e, &queue, &stats),
+                Err(e) => {
+                    lose(&mut link, &e, &queue, &stats, &mut losses);
+                    retry.as_mut().reset(tokio::time::Instant::now() + RECONNECT_DELAY);
+                    waiting_to_retry = true;
+                }
             },
             () = &mut watchdog, if in_flight > 0 => {
                 let late = link
@@ -473,7 +481,9 @@ pub async fn run_writer(
                             "Redis did not answer within {} ms",
                             REDIS_TIMEOUT.as_millis()
                         );
-                        lose(&mut link, &e, &queue, &stats);
+                        lose(&mut link, &e, &queue, &stats, &mut losses);
+                        retry.as_mut().reset(tokio::time::Instant::now() + RECONNECT_DELAY);
+                        waiting_to_retry = true;
                     }
                 }
             }
@@ -489,6 +499,11 @@ pub async fn run_writer(
             () = &mut linger, if lingering => {
                 lingering = false;
                 if link.is_none() {
+                    if waiting_to_retry {
+                        // The connection was lost while reports gathered:
+                        // they wait for the retry, as after a failed connect.
+                        continue;
+                    }
                     match target.connect(REDIS_TIMEOUT).await {
                         Ok(stream) => {
                             if down {
@@ -678,15 +693,29 @@ async fn next_answer(link: &mut Option<Link>) -> anyhow::Result<Sent> {
 }
 
 /// Drops the connection after `error`: the reports of every pipeline still
-/// waiting are failures, and go back to the coalescer to be written again.
-fn lose(link: &mut Option<Link>, error: &anyhow::Error, queue: &Coalescer, stats: &RedisStats) {
+/// waiting are failures, and go back to the coalescer to be written again
+/// (unless it is closed). The caller waits [`RECONNECT_DELAY`] before connecting again.
+fn lose(
+    link: &mut Option<Link>,
+    error: &anyhow::Error,
+    queue: &Coalescer,
+    stats: &RedisStats,
+    losses: &mut u64,
+) {
     let Some(l) = link.take() else { return };
     let reports: Vec<_> = l.waiting.into_iter().flat_map(|s| s.reports).collect();
-    tracing::warn!(error = %format!("{error:#}"), polls = reports.len(), "lost the Redis connection; its unanswered polls are written again after reconnecting");
+    *losses += 1;
+    if *losses % 100 == 1 {
+        tracing::warn!(error = %format!("{error:#}"), polls = reports.len(), losses = *losses, "lost the Redis connection; its unanswered polls are written again after reconnecting");
+    }
     stats
         .failures
         .fetch_add(reports.len() as u64, Ordering::Relaxed);
-    queue.requeue(reports);
+    // Shutting down, nothing is put back: against a Redis that takes
+    // connections and drops them the writer would otherwise never end.
+    if !queue.is_closed() {
+        queue.requeue(reports);
+    }
 }
 
 /// Counts one pipeline's outcome: for each report Redis took, its time
@@ -1144,5 +1173,32 @@ mod tests {
                 ("c".into(), 0, 6)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_drops_every_connection_is_retried_ten_times_a_second_and_shutdown_ends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}/", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::Relaxed);
+                drop(s);
+            }
+        });
+        let (queue, stats, task) = start_writer(&url);
+        queue.push(report_for("boiler-1"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = accepted.load(Ordering::Relaxed);
+        assert!((3..=15).contains(&n), "{n} connections in a second");
+        assert!(stats.failures.load(Ordering::Relaxed) >= 3);
+        assert_eq!(stats.polls_written.load(Ordering::Relaxed), 0);
+        queue.close();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the writer ends once closed, though Redis keeps dropping it")
+            .unwrap();
     }
 }

@@ -948,13 +948,12 @@ impl SinkReplay {
             }));
             let mut stop_r = stop.clone();
             tasks.push(tokio::spawn(async move {
-                // Every answer to these commands is one line; a line that
-                // starts with '-' is an error.
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut line_start = true;
+                // The answers are read as the writer reads them, and only
+                // checked for errors.
+                let mut inbox = Vec::with_capacity(64 * 1024);
                 loop {
                     let n = tokio::select! {
-                        n = rx.read(&mut buf) => n.context("floor: Redis read")?,
+                        n = rx.read_buf(&mut inbox) => n.context("floor: Redis read")?,
                         _ = stop_r.wait_for(|s| *s) => break,
                     };
                     if n == 0 {
@@ -966,16 +965,14 @@ impl SinkReplay {
                         }
                         bail!("floor: Redis closed the connection");
                     }
-                    for (i, &b) in buf[..n].iter().enumerate() {
-                        if line_start && b == b'-' {
-                            let end = buf[i..n].iter().position(|&c| c == b'\r').unwrap_or(n - i);
-                            bail!(
-                                "floor: Redis answered {}",
-                                String::from_utf8_lossy(&buf[i..i + end])
-                            );
+                    let mut at = 0;
+                    while let Some((len, error)) = crate::sink::resp::next_reply(&inbox[at..])? {
+                        if let Some(e) = error {
+                            bail!("floor: Redis answered {}", String::from_utf8_lossy(e));
                         }
-                        line_start = b == b'\n';
+                        at += len;
                     }
+                    inbox.drain(..at);
                 }
                 Ok(())
             }));

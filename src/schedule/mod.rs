@@ -42,9 +42,9 @@ pub fn phase(name: &str, every: Duration) -> Duration {
 /// that took regpoll from 4,700 context switches a second to 1,900 and its
 /// CPU per reading from 2.4-2.7 µs to 1.9-2.1. The polls of a step wait
 /// for each other, so the median lateness rose by about 0.6 ms; its p99 did
-/// not move (BENCHMARKS.md). Steps of 20 ms saved no more and lengthened the tail of
-/// response -> Redis. A finer spread would not spread the polls much more
-/// anyway: tokio's timers fire at most once a millisecond.
+/// not move (BENCHMARKS.md). Steps of 20 ms saved no more and lengthened
+/// the tail of response -> Redis. A finer spread would not spread the polls
+/// much more anyway: tokio's timers fire at most once a millisecond.
 pub fn phase_step(every: Duration) -> Duration {
     (every / 100).clamp(Duration::from_millis(1), Duration::from_millis(10))
 }

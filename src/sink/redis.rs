@@ -436,13 +436,15 @@ pub async fn run_writer(
     let linger = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(linger);
     let mut lingering = false;
-    // Fires at the oldest waiting pipeline's deadline.
+    // Set when a pipeline is sent on an idle connection. When it fires at a
+    // pipeline already answered, it is set again to the deadline of the
+    // oldest one still waiting (rather than reset after every answer).
     let watchdog = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(watchdog);
-    // Set while waiting to connect again.
-    let retry = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(retry);
-    let mut waiting_to_retry = false;
+    let mut retry = Retry {
+        sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        armed: false,
+    };
     // Whether the last attempt to reach Redis failed (logged once a run).
     let mut down = false;
     // Connections lost so far (the first and every 100th are logged: a
@@ -455,16 +457,10 @@ pub async fn run_writer(
         let busy = link.as_ref().is_some_and(Link::busy);
         tokio::select! {
             answered = next_answer(&mut link), if busy => match answered {
-                Ok(sent) => {
-                    record(&stats, &sent);
-                    if let Some(next) = link.as_ref().and_then(|l| l.waiting.front()) {
-                        watchdog.as_mut().reset(next.deadline);
-                    }
-                }
+                Ok(sent) => record(&stats, &sent),
                 Err(e) => {
                     lose(&mut link, &e, &queue, &stats, &mut losses);
-                    retry.as_mut().reset(tokio::time::Instant::now() + RECONNECT_DELAY);
-                    waiting_to_retry = true;
+                    retry.arm();
                 }
             },
             () = &mut watchdog, if in_flight > 0 => {
@@ -482,13 +478,12 @@ pub async fn run_writer(
                             REDIS_TIMEOUT.as_millis()
                         );
                         lose(&mut link, &e, &queue, &stats, &mut losses);
-                        retry.as_mut().reset(tokio::time::Instant::now() + RECONNECT_DELAY);
-                        waiting_to_retry = true;
+                        retry.arm();
                     }
                 }
             }
-            () = &mut retry, if waiting_to_retry => waiting_to_retry = false,
-            more = queue.wait(), if open && !lingering && !waiting_to_retry && in_flight < MAX_IN_FLIGHT => {
+            () = &mut retry.sleep, if retry.armed => retry.armed = false,
+            more = queue.wait(), if open && !lingering && !retry.armed && in_flight < MAX_IN_FLIGHT => {
                 if more {
                     linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
                     lingering = true;
@@ -499,7 +494,7 @@ pub async fn run_writer(
             () = &mut linger, if lingering => {
                 lingering = false;
                 if link.is_none() {
-                    if waiting_to_retry {
+                    if retry.armed {
                         // The connection was lost while reports gathered:
                         // they wait for the retry, as after a failed connect.
                         continue;
@@ -523,8 +518,7 @@ pub async fn run_writer(
                                 let left = queue.drain();
                                 stats.failures.fetch_add(left.len() as u64, Ordering::Relaxed);
                             } else {
-                                retry.as_mut().reset(tokio::time::Instant::now() + RECONNECT_DELAY);
-                                waiting_to_retry = true;
+                                retry.arm();
                             }
                             continue;
                         }
@@ -555,10 +549,10 @@ pub async fn run_writer(
 /// counted, and the pipelines waiting for them, oldest first.
 struct Link {
     stream: Stream,
-    /// Commands built and not yet (all) written; `written` bytes of them are.
+    /// Commands built and not yet all written; `written` bytes of them are.
+    /// Pipelines built meanwhile are appended; it is emptied once all is out.
     outbox: Commands,
     written: usize,
-    unsent: Vec<u8>,
     inbox: Vec<u8>,
     waiting: std::collections::VecDeque<Sent>,
 }
@@ -603,7 +597,6 @@ impl Link {
             stream,
             outbox: Commands::with_capacity(64 * 1024),
             written: 0,
-            unsent: Vec::new(),
             inbox: Vec::with_capacity(4096),
             waiting: std::collections::VecDeque::new(),
         }
@@ -611,14 +604,14 @@ impl Link {
 
     /// Builds one pipeline of `reports` and queues it to be written.
     fn send(&mut self, reports: Vec<Arc<PollReport>>, settings: &RedisSettings) {
+        let before = self.outbox.count();
         let ends = reports
             .iter()
             .map(|report| {
                 add_report(&mut self.outbox, settings, report);
-                self.outbox.count()
+                self.outbox.count() - before
             })
             .collect();
-        self.outbox.move_to(&mut self.unsent);
         self.waiting.push_back(Sent {
             reports,
             ends,
@@ -630,8 +623,12 @@ impl Link {
         });
     }
 
+    fn unsent(&self) -> &[u8] {
+        &self.outbox.bytes()[self.written..]
+    }
+
     fn busy(&self) -> bool {
-        !self.waiting.is_empty() || self.written < self.unsent.len()
+        !self.waiting.is_empty() || !self.unsent().is_empty()
     }
 
     /// Writes what is unsent and reads answers until the oldest pipeline is
@@ -642,17 +639,18 @@ impl Link {
             if let Some(sent) = self.count_answers()? {
                 return Ok(sent);
             }
-            let writing = self.written < self.unsent.len();
+            let unsent = &self.outbox.bytes()[self.written..];
+            let writing = !unsent.is_empty();
             tokio::select! {
                 read = self.stream.rx.read_buf(&mut self.inbox) => {
                     if read.context("cannot read Redis's answers")? == 0 {
                         bail!("Redis closed the connection");
                     }
                 }
-                wrote = self.stream.tx.write(&self.unsent[self.written..]), if writing => {
+                wrote = self.stream.tx.write(unsent), if writing => {
                     self.written += wrote.context("cannot write to Redis")?;
-                    if self.written == self.unsent.len() {
-                        self.unsent.clear();
+                    if self.unsent().is_empty() {
+                        self.outbox.clear();
                         self.written = 0;
                     }
                 }
@@ -684,6 +682,22 @@ impl Link {
     }
 }
 
+/// The wait before connecting again, after a failed connect or a lost
+/// connection.
+struct Retry {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl Retry {
+    fn arm(&mut self) {
+        self.sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + RECONNECT_DELAY);
+        self.armed = true;
+    }
+}
+
 /// [`Link::next_answer`], or never when there is no connection.
 async fn next_answer(link: &mut Option<Link>) -> anyhow::Result<Sent> {
     match link {
@@ -694,7 +708,7 @@ async fn next_answer(link: &mut Option<Link>) -> anyhow::Result<Sent> {
 
 /// Drops the connection after `error`: the reports of every pipeline still
 /// waiting are failures, and go back to the coalescer to be written again
-/// (unless it is closed). The caller waits [`RECONNECT_DELAY`] before connecting again.
+/// (unless it is closed). The caller arms its [`Retry`].
 fn lose(
     link: &mut Option<Link>,
     error: &anyhow::Error,

@@ -219,17 +219,10 @@ impl Commands {
         self.buf
     }
 
-    /// Moves the bytes to the end of `dst` (by swapping buffers when `dst`
-    /// is empty, so neither is reallocated) and returns how many commands
-    /// they were, leaving this empty.
-    pub fn move_to(&mut self, dst: &mut Vec<u8>) -> usize {
-        if dst.is_empty() {
-            std::mem::swap(dst, &mut self.buf);
-        } else {
-            dst.extend_from_slice(&self.buf);
-        }
+    /// Forgets what was written (keeping the room it took).
+    pub fn clear(&mut self) {
         self.buf.clear();
-        std::mem::take(&mut self.count)
+        self.count = 0;
     }
 }
 

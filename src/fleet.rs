@@ -18,7 +18,7 @@ use crate::poller::DevicePoller;
 use crate::reading::{PollReport, Quality};
 use crate::registry::Device;
 use crate::schedule::Ticker;
-use crate::sink::Sinks;
+use crate::sink::{DeviceSinks, Sinks};
 use crate::telemetry::{Distribution, Endpoints, Histogram};
 
 /// Counters every poll group updates.
@@ -175,7 +175,7 @@ impl Fleet {
             tasks.push(tokio::spawn(group_loop(
                 poller,
                 ticker,
-                self.sinks.clone(),
+                self.sinks.for_device(&device),
                 stopped,
                 Arc::clone(&self.counters),
             )));
@@ -221,7 +221,7 @@ impl Fleet {
 fn group_loop(
     poller: DevicePoller,
     ticker: Ticker,
-    sinks: Sinks,
+    sinks: DeviceSinks,
     mut stop: oneshot::Receiver<()>,
     counters: Arc<Counters>,
 ) -> impl Future<Output = ()> + Send + 'static {

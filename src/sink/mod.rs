@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::reading::PollReport;
+use crate::registry::Device;
 use memory::LatestMemory;
 
 /// Poll reports that may wait for the history writer. When it is full, pollers
@@ -44,15 +45,13 @@ impl Sinks {
         }
     }
 
-    /// Hands one poll's report to every sink.
-    pub async fn deliver(&self, report: PollReport) {
-        self.latest.update(&report);
-        let report = Arc::new(report);
-        if let Some(redis) = &self.redis {
-            redis.push(Arc::clone(&report));
-        }
-        if self.history.send(report).await.is_err() {
-            tracing::error!("history writer has stopped; readings of this poll are not stored");
+    /// The sinks of one device's polls: the same queues, and the device's
+    /// own slot of the latest values.
+    pub fn for_device(&self, device: &Device) -> DeviceSinks {
+        DeviceSinks {
+            latest: self.latest.slot(device),
+            history: self.history.clone(),
+            redis: self.redis.clone(),
         }
     }
 
@@ -71,6 +70,27 @@ impl Sinks {
     pub fn close_redis(&self) {
         if let Some(redis) = &self.redis {
             redis.close();
+        }
+    }
+}
+
+/// See [`Sinks::for_device`].
+pub struct DeviceSinks {
+    latest: Arc<memory::Slot>,
+    history: mpsc::Sender<Arc<PollReport>>,
+    redis: Option<Arc<redis::Coalescer>>,
+}
+
+impl DeviceSinks {
+    /// Hands one poll's report to every sink.
+    pub async fn deliver(&self, report: PollReport) {
+        self.latest.update(&report);
+        let report = Arc::new(report);
+        if let Some(redis) = &self.redis {
+            redis.push(Arc::clone(&report));
+        }
+        if self.history.send(report).await.is_err() {
+            tracing::error!("history writer has stopped; readings of this poll are not stored");
         }
     }
 }

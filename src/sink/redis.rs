@@ -156,63 +156,77 @@ fn push_latest_json(out: &mut Vec<u8>, report: &PollReport, r: &Reading, last_ts
 /// command helpers (a `Vec` per value, commands that grow by doubling, keys
 /// made with `format!`) was a sixth of regpoll's CPU at 10,000 devices
 /// (perf, BENCHMARKS.md).
-fn add_report(out: &mut Commands, settings: &RedisSettings, report: &PollReport) {
+fn add_report(
+    out: &mut Commands,
+    scratch: &mut Scratch,
+    settings: &RedisSettings,
+    report: &PollReport,
+) {
     use std::io::Write as _;
     let prefix = settings.prefix.as_bytes();
     let device = report.device.name.as_bytes();
-    let mut started = Vec::with_capacity(24);
-    push_rfc3339(&mut started, report.started);
     let latency_ms = report.latency.as_secs_f64() * 1000.0;
     let state: &[u8] = if report.reachable { b"up" } else { b"down" };
 
     // {"device","ts","state","latency_ms","error","values":{…}}, as DESIGN.md.
     let n = report.readings.len();
-    let mut msg = Vec::with_capacity(160 + device.len() + n * 128);
+    let Scratch { msg, spans } = scratch;
+    msg.clear();
+    spans.clear();
     msg.extend_from_slice(b"{\"device\":");
-    push_json(&mut msg, &*report.device.name);
+    push_json(msg, &*report.device.name);
     msg.extend_from_slice(b",\"ts\":\"");
-    msg.extend_from_slice(&started);
+    let started = msg.len();
+    push_rfc3339(msg, report.started);
+    let started = started..msg.len();
     msg.extend_from_slice(b"\",\"state\":\"");
     msg.extend_from_slice(state);
     msg.extend_from_slice(b"\",\"latency_ms\":");
-    push_json(&mut msg, &latency_ms);
+    push_json(msg, &latency_ms);
     msg.extend_from_slice(b",\"error\":");
     match &report.error {
-        Some(e) => push_json(&mut msg, e.as_str()),
+        Some(e) => push_json(msg, e.as_str()),
         None => msg.extend_from_slice(b"null"),
     }
     msg.extend_from_slice(b",\"values\":{");
     // Where each register's JSON sits in the message.
-    let mut spans = Vec::with_capacity(n);
     let mut last_ts = None;
     for (i, r) in report.readings.iter().enumerate() {
         if i > 0 {
             msg.push(b',');
         }
-        push_json(&mut msg, &*report.register(r).name);
+        push_json(msg, &*report.register(r).name);
         msg.push(b':');
         let from = msg.len();
-        push_latest_json(&mut msg, report, r, &mut last_ts);
+        push_latest_json(msg, report, r, &mut last_ts);
         spans.push(from..msg.len());
     }
     msg.extend_from_slice(b"}}");
+    let started = &msg[started];
 
     let key = |kind: &'static [u8]| -> [&[u8]; 3] { [prefix, kind, device] };
     if n > 0 {
         out.command(2 + 2 * n)
             .arg(b"HSET")
             .arg_parts(&key(b":latest:"));
-        for (r, span) in report.readings.iter().zip(spans) {
-            out.arg(report.register(r).name.as_bytes()).arg(&msg[span]);
+        for (r, span) in report.readings.iter().zip(spans.iter()) {
+            out.arg(report.register(r).name.as_bytes())
+                .arg(&msg[span.clone()]);
         }
     }
 
     let error = report.error.as_deref();
     // As `{latency_ms:.3}` writes it, from whole microseconds: formatting a
     // float to fixed decimals takes the slow exact path of the formatter.
-    let mut latency = Vec::with_capacity(16);
+    let mut latency = [0u8; 48];
     let us = (report.latency.as_nanos() + 500) / 1000;
-    let _ = write!(latency, "{}.{:03}", us / 1000, us % 1000);
+    let room = {
+        let mut at = &mut latency[..];
+        // 48 bytes hold any u128 of milliseconds and its decimals.
+        let _ = write!(at, "{}.{:03}", us / 1000, us % 1000);
+        at.len()
+    };
+    let latency = &latency[..latency.len() - room];
     let args = 8 + 2 * usize::from(report.reachable) + 2 * usize::from(error.is_some());
     out.command(args)
         .arg(b"HSET")
@@ -220,11 +234,11 @@ fn add_report(out: &mut Commands, settings: &RedisSettings, report: &PollReport)
         .arg(b"state")
         .arg(state)
         .arg(b"last_poll")
-        .arg(&started)
+        .arg(started)
         .arg(b"latency_ms")
-        .arg(&latency);
+        .arg(latency);
     if report.reachable {
-        out.arg(b"last_success").arg(&started);
+        out.arg(b"last_success").arg(started);
     }
     match error {
         Some(e) => {
@@ -249,14 +263,24 @@ fn add_report(out: &mut Commands, settings: &RedisSettings, report: &PollReport)
     out.command(3)
         .arg(b"PUBLISH")
         .arg_parts(&key(b":updates:"))
-        .arg(&msg);
+        .arg(msg);
+}
+
+/// Buffers [`add_report`] reuses from one report to the next, so that a
+/// poll's commands are built without allocating.
+#[derive(Default)]
+struct Scratch {
+    /// The update message, which the latest-values hash copies from.
+    msg: Vec<u8>,
+    /// Where each register's JSON sits in `msg`.
+    spans: Vec<std::ops::Range<usize>>,
 }
 
 /// The bytes the writer sends to Redis for `report` alone: what the
 /// benchmark's floor replays to measure the cost of sending them.
 pub fn packed_report(settings: &RedisSettings, report: &PollReport) -> Vec<u8> {
     let mut out = Commands::default();
-    add_report(&mut out, settings, report);
+    add_report(&mut out, &mut Scratch::default(), settings, report);
     out.into_bytes()
 }
 
@@ -552,6 +576,7 @@ struct Link {
     /// Commands built and not yet all written; `written` bytes of them are.
     /// Pipelines built meanwhile are appended; it is emptied once all is out.
     outbox: Commands,
+    scratch: Scratch,
     written: usize,
     inbox: Vec<u8>,
     waiting: std::collections::VecDeque<Sent>,
@@ -596,6 +621,7 @@ impl Link {
         Link {
             stream,
             outbox: Commands::with_capacity(64 * 1024),
+            scratch: Scratch::default(),
             written: 0,
             inbox: Vec::with_capacity(4096),
             waiting: std::collections::VecDeque::new(),
@@ -608,7 +634,7 @@ impl Link {
         let ends = reports
             .iter()
             .map(|report| {
-                add_report(&mut self.outbox, settings, report);
+                add_report(&mut self.outbox, &mut self.scratch, settings, report);
                 self.outbox.count() - before
             })
             .collect();

@@ -15,7 +15,12 @@ use crate::registry::{DataType, Register, WordOrder};
 /// offset). `words` must hold exactly `reg.width()` words.
 pub fn decode(words: &[u16], reg: &Register) -> Value {
     debug_assert_eq!(words.len(), usize::from(reg.width()));
-    let w = to_big_endian(words, reg.order);
+    // Numbers span at most four words: reordered on the stack, since this
+    // runs for every register of every poll (text is reordered on its own).
+    let mut buf = [0u16; 4];
+    let w = &mut buf[..words.len().min(4)];
+    w.copy_from_slice(&words[..w.len()]);
+    swap(w, reg.order);
     match reg.data_type {
         DataType::Bool => Value::Bool(match reg.bit {
             Some(bit) => (w[0] >> bit) & 1 == 1,
@@ -23,13 +28,13 @@ pub fn decode(words: &[u16], reg: &Register) -> Value {
         }),
         DataType::U16 => Value::Number(f64::from(w[0])),
         DataType::I16 => Value::Number(f64::from(w[0] as i16)),
-        DataType::U32 => Value::Number(f64::from(join(&w) as u32)),
-        DataType::I32 => Value::Number(f64::from(join(&w) as u32 as i32)),
-        DataType::F32 => Value::Number(f64::from(f32::from_bits(join(&w) as u32))),
-        DataType::U64 => Value::Number(join(&w) as f64),
-        DataType::I64 => Value::Number(join(&w) as i64 as f64),
-        DataType::F64 => Value::Number(f64::from_bits(join(&w))),
-        DataType::String => Value::Text(text(&w)),
+        DataType::U32 => Value::Number(f64::from(join(w) as u32)),
+        DataType::I32 => Value::Number(f64::from(join(w) as u32 as i32)),
+        DataType::F32 => Value::Number(f64::from(f32::from_bits(join(w) as u32))),
+        DataType::U64 => Value::Number(join(w) as f64),
+        DataType::I64 => Value::Number(join(w) as i64 as f64),
+        DataType::F64 => Value::Number(f64::from_bits(join(w))),
+        DataType::String => Value::Text(text(&to_big_endian(words, reg.order))),
     }
 }
 
@@ -72,13 +77,17 @@ fn f64_of(value: &Value) -> f64 {
 /// Undoes (or, applied to big-endian words, applies) the order's swaps.
 fn to_big_endian(words: &[u16], order: WordOrder) -> Vec<u16> {
     let mut w = words.to_vec();
+    swap(&mut w, order);
+    w
+}
+
+fn swap(w: &mut [u16], order: WordOrder) {
     if order.swaps_words() {
         w.reverse();
     }
     if order.swaps_bytes() {
         w.iter_mut().for_each(|x| *x = x.swap_bytes());
     }
-    w
 }
 
 fn join(words: &[u16]) -> u64 {

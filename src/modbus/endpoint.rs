@@ -2,12 +2,12 @@
 //! behind it, because gateways put many devices behind one address and many
 //! of them accept only one or a few connections.
 //!
-//! tokio-modbus has no request timeout of its own, so every connect and every
-//! request is wrapped in one here. After a timeout, transport error or protocol
-//! error the connection is out of step (a late reply would be taken as the
-//! answer to the next request), so it is dropped and re-opened before the next
-//! request; it is never reused. A Modbus exception is a proper answer and
-//! keeps the connection.
+//! The frames are [`super::tcp`]'s, which has no timeout of its own, so
+//! every connect and every request is wrapped in one here. After a timeout,
+//! transport error or protocol error the connection is out of step (a late
+//! reply would be taken as the answer to the next request), so it is dropped
+//! and re-opened before the next request; it is never reused. A Modbus
+//! exception is a proper answer and keeps the connection.
 
 use std::fmt;
 use std::io;
@@ -18,9 +18,9 @@ use chrono::{DateTime, Utc};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader, tcp};
-use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::ExceptionCode;
+
+use super::tcp::{CallError, Connection as Link};
 
 use crate::registry::{RegisterKind, RequestLimits, UnitId};
 use crate::telemetry::EndpointStats;
@@ -107,7 +107,7 @@ pub struct Endpoint {
 /// The connection and, after failed connects, when the next attempt may be made.
 #[derive(Default)]
 struct Connection {
-    ctx: Option<Context>,
+    link: Option<Link>,
     failures: u32,
     /// No connect attempt before this; reads fail fast with `last_error` until then.
     retry_at: Option<Instant>,
@@ -122,8 +122,8 @@ impl Connection {
         e
     }
 
-    fn connected(&mut self, ctx: Context) {
-        self.ctx = Some(ctx);
+    fn connected(&mut self, link: Link) {
+        self.link = Some(link);
         self.failures = 0;
         self.retry_at = None;
         self.last_error = None;
@@ -226,40 +226,39 @@ impl Session<'_> {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Words, ReadError> {
-        if self.conn.ctx.is_none() {
+        if self.conn.link.is_none() {
             if let (Some(at), Some(e)) = (self.conn.retry_at, &self.conn.last_error)
                 && Instant::now() < at
             {
                 return Err(e.clone());
             }
             match connect(self.endpoint, connect_timeout).await {
-                Ok(ctx) => self.conn.connected(ctx),
+                Ok(link) => self.conn.connected(link),
                 Err(e) => return Err(self.conn.connect_failed(e)),
             }
         }
-        let ctx = self.conn.ctx.as_mut().expect("connection was just opened");
-        ctx.set_slave(Slave(unit.0));
-        let outcome = tokio::time::timeout(timeout, call(ctx, kind, start, count)).await;
+        let link = self.conn.link.as_mut().expect("connection was just opened");
+        let outcome = tokio::time::timeout(timeout, link.read(unit.0, kind, start, count)).await;
         let result = match outcome {
             Err(_) => Err(ReadError::Timeout(timeout)),
             Ok(Ok(Ok(words))) => check_len(words, count),
             Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(ReadError::Protocol(e.to_string())),
+            Ok(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
+            Ok(Err(CallError::Protocol(e))) => Err(ReadError::Protocol(e)),
         };
         if let Err(e) = &result
             && !e.device_answered()
         {
             // Out of step or broken: never reuse it (see the module comment).
-            self.conn.ctx = None;
+            self.conn.link = None;
         }
         result
     }
 }
 
-/// Takes only the endpoint (not the session): a `Context` is not `Sync`, so
-/// nothing borrowing the held connection may live across this await.
-async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Context, ReadError> {
+/// Takes only the endpoint, so nothing borrowing the held connection lives
+/// across the connect.
+async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Link, ReadError> {
     let addr = (endpoint.host.as_str(), endpoint.port);
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => Err(ReadError::ConnectTimeout(timeout)),
@@ -267,32 +266,9 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Context, Read
         Ok(Ok(stream)) => {
             // Polls are small request/response exchanges: send them at once.
             let _ = stream.set_nodelay(true);
-            Ok(tcp::attach(stream))
+            Ok(Link::new(stream))
         }
     }
-}
-
-async fn call(
-    ctx: &mut Context,
-    kind: RegisterKind,
-    start: u16,
-    count: u16,
-) -> tokio_modbus::Result<Words> {
-    Ok(match kind {
-        RegisterKind::Holding => ctx
-            .read_holding_registers(start, count)
-            .await?
-            .map(Words::Registers),
-        RegisterKind::Input => ctx
-            .read_input_registers(start, count)
-            .await?
-            .map(Words::Registers),
-        RegisterKind::Coil => ctx.read_coils(start, count).await?.map(Words::Bits),
-        RegisterKind::Discrete => ctx
-            .read_discrete_inputs(start, count)
-            .await?
-            .map(Words::Bits),
-    })
 }
 
 fn check_len(words: Words, count: u16) -> Result<Words, ReadError> {

@@ -1,6 +1,8 @@
 //! Modbus TCP: planning read requests for a device ([`plan`]), turning words
-//! into values ([`decode`]) and talking to endpoints ([`endpoint`]).
+//! into values ([`decode`]), the read requests' frames ([`tcp`]) and the
+//! connections to endpoints ([`endpoint`]).
 
 pub mod decode;
 pub mod endpoint;
 pub mod plan;
+pub mod tcp;

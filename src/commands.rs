@@ -19,6 +19,7 @@ use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::plan_group;
 use crate::poller::DevicePoller;
 use crate::query;
+use crate::reading::Quality;
 use crate::registry::Device;
 use crate::registry::{
     DataType, Register, RegisterKind, RequestLimits, Schedule, UnitId, WordOrder,
@@ -372,6 +373,20 @@ async fn read(args: ReadArgs) -> anyhow::Result<()> {
         "REGISTER", "ADDR", "VALUE", "", "QUALITY"
     );
     print_readings(&report, "");
+    // A script checking a device must be able to tell a failed read from a
+    // good one without parsing the table: the table stays, the status fails.
+    let bad = report
+        .readings
+        .iter()
+        .filter(|r| r.quality == Quality::Bad)
+        .count();
+    if bad > 0 {
+        let detail = report.error.as_deref().unwrap_or("no value");
+        anyhow::bail!(
+            "{bad} of {} values could not be read: {detail}; check the address, the unit id and the register kind",
+            report.readings.len()
+        );
+    }
     Ok(())
 }
 

@@ -180,6 +180,13 @@ async fn read_prints_a_value_and_an_exception_by_name() {
         stdout.contains("bad") && stdout.contains("exception 2 (illegal data address)"),
         "{stdout}"
     );
+    // The table is printed and the exit status says the read failed.
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("1 of 1 values could not be read: exception 2 (illegal data address)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,7 +69,7 @@ impl Connection {
         start: u16,
         count: u16,
     ) -> Result<Result<Words, ExceptionCode>, CallError> {
-        let function = function_code(kind);
+        let function = kind.read_function();
         let transaction = self.next_transaction;
         self.next_transaction = transaction.wrapping_add(1);
         let [t0, t1] = transaction.to_be_bytes();
@@ -113,15 +113,6 @@ impl Connection {
         }
         let pdu = &self.frame[HEADER..end];
         parse(pdu, function, kind)
-    }
-}
-
-fn function_code(kind: RegisterKind) -> u8 {
-    match kind {
-        RegisterKind::Coil => 0x01,
-        RegisterKind::Discrete => 0x02,
-        RegisterKind::Holding => 0x03,
-        RegisterKind::Input => 0x04,
     }
 }
 

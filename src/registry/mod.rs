@@ -454,6 +454,28 @@ impl RegisterKind {
     pub fn is_bit(self) -> bool {
         matches!(self, RegisterKind::Coil | RegisterKind::Discrete)
     }
+
+    /// The Modbus function code that reads this table.
+    pub fn read_function(self) -> u8 {
+        match self {
+            RegisterKind::Coil => 0x01,
+            RegisterKind::Discrete => 0x02,
+            RegisterKind::Holding => 0x03,
+            RegisterKind::Input => 0x04,
+        }
+    }
+
+    /// The table a read function code reads, if it is one of the four.
+    pub fn of_read_function(code: u8) -> Option<RegisterKind> {
+        [
+            RegisterKind::Coil,
+            RegisterKind::Discrete,
+            RegisterKind::Holding,
+            RegisterKind::Input,
+        ]
+        .into_iter()
+        .find(|k| k.read_function() == code)
+    }
 }
 
 impl FromStr for RegisterKind {

@@ -42,16 +42,6 @@ pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: 
     }
 }
 
-fn kind_of(function: u8) -> Option<RegisterKind> {
-    match function {
-        0x01 => Some(RegisterKind::Coil),
-        0x02 => Some(RegisterKind::Discrete),
-        0x03 => Some(RegisterKind::Holding),
-        0x04 => Some(RegisterKind::Input),
-        _ => None,
-    }
-}
-
 /// Answers one connection's requests in order until it closes, breaks the
 /// protocol, or a fault drops it.
 async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
@@ -80,7 +70,7 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
             out.extend_from_slice(body);
             out
         };
-        let (Some(kind), 5) = (kind_of(function), pdu.len()) else {
+        let (Some(kind), 5) = (RegisterKind::of_read_function(function), pdu.len()) else {
             if stream
                 .write_all(&reply(&[function | 0x80, 0x01]))
                 .await

@@ -321,9 +321,9 @@ impl LatestMemory {
         Arc::clone(slot)
     }
 
-    /// Updates the report's device through its slot: for one-off updates
-    /// (tests); pollers hold their slot.
-    pub fn update(&self, report: &PollReport) {
+    /// Updates the report's device through its slot; pollers hold theirs.
+    #[cfg(test)]
+    fn update(&self, report: &PollReport) {
         self.slot(&report.device).update(report);
     }
 

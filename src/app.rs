@@ -28,12 +28,12 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState};
 use crate::db::Db;
 use crate::fleet::{Counters, Fleet};
+use crate::history::retention;
+use crate::history::writer::{self as history, BatchSettings, HistoryStats};
+use crate::latest::memory::LatestMemory;
+use crate::latest::redis::{self as redis_sink, RedisStats};
 use crate::registry::Device;
 use crate::sink::Sinks;
-use crate::sink::history::{self, BatchSettings, HistoryStats};
-use crate::sink::memory::LatestMemory;
-use crate::sink::redis::{self as redis_sink, RedisStats};
-use crate::sink::retention;
 
 /// Default SQLite file when no database URL is given.
 pub const DEFAULT_SQLITE_PATH: &str = "regpoll.db";
@@ -198,7 +198,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let mut redis_con = None;
     let (redis_queue, redis) = match &settings.redis_url {
         Some(url) => {
-            let target = crate::sink::resp::Target::parse(url)?;
+            let target = crate::latest::redis::connection::Target::parse(url)?;
             redis_con = Some(redis_sink::connect(url)?);
             let queue = Arc::new(redis_sink::Coalescer::default());
             let redis_settings = redis_sink::RedisSettings {

@@ -27,9 +27,10 @@ use sqlx::{Connection as _, Executor as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::db::Db;
+use crate::history::row::Row;
+use crate::history::store::pgcopy;
+use crate::history::writer::{self as history, BatchSettings, HistoryStats};
 use crate::reading::{PollReport, Quality, Reading, Value};
-use crate::sink::history::{self, BatchSettings, HistoryStats, Row};
-use crate::sink::pgcopy;
 use crate::telemetry::DistributionSnapshot;
 
 /// Targets of the benchmark issue, checked by `report`.
@@ -863,7 +864,7 @@ async fn bare_request_loop(
 struct SinkReplay {
     /// The connection, one poll's bytes, and the command that deletes the
     /// keys they write.
-    redis: Option<(crate::sink::resp::Stream, Vec<u8>, Vec<u8>)>,
+    redis: Option<(crate::latest::redis::connection::Stream, Vec<u8>, Vec<u8>)>,
     copy: Option<(sqlx::PgConnection, CopyBytes)>,
     readings_per_poll: usize,
     /// How often the bare loop polls, on average.
@@ -886,21 +887,21 @@ impl SinkReplay {
         let reports = synthetic_reports(spec.devices.clamp(1, 100), spec.registers, polls)?;
         let redis = match redis_url {
             Some(url) => {
-                let settings = crate::sink::redis::RedisSettings {
+                let settings = crate::latest::redis::RedisSettings {
                     prefix: "regpoll-bench-floor".into(),
                     ttl: None,
                 };
-                let per_poll = crate::sink::redis::packed_report(&settings, &reports[0]);
+                let per_poll = crate::latest::redis::packed_report(&settings, &reports[0]);
                 let keys = ["latest", "device"]
                     .map(|kind| format!("{}:{kind}:{}", settings.prefix, reports[0].device.name));
-                let mut delete = crate::sink::resp::Commands::default();
+                let mut delete = crate::latest::redis::connection::Commands::default();
                 delete
                     .command(3)
                     .arg(b"DEL")
                     .arg(keys[0].as_bytes())
                     .arg(keys[1].as_bytes());
-                let stream = crate::sink::resp::Target::parse(url)?
-                    .connect(crate::sink::redis::REDIS_TIMEOUT)
+                let stream = crate::latest::redis::connection::Target::parse(url)?
+                    .connect(crate::latest::redis::REDIS_TIMEOUT)
                     .await
                     .context("floor")?;
                 Some((stream, per_poll, delete.into_bytes()))
@@ -919,7 +920,7 @@ impl SinkReplay {
                 .context("floor: cannot create its table")?;
                 let mut rows = Vec::new();
                 for r in &reports {
-                    history::rows_of(r, &mut rows);
+                    crate::history::row::rows_of(r, &mut rows);
                 }
                 Some((conn, CopyBytes::of(&rows)))
             }
@@ -942,7 +943,7 @@ impl SinkReplay {
         let sent = Arc::new(SentCounters::default());
         let mut tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
         if let Some((stream, per_poll, delete)) = self.redis {
-            let crate::sink::resp::Stream { mut rx, mut tx } = stream;
+            let crate::latest::redis::connection::Stream { mut rx, mut tx } = stream;
             let mut stop_w = stop.clone();
             let (polls, sent) = (Arc::clone(&polls), Arc::clone(&sent));
             tasks.push(tokio::spawn(async move {
@@ -986,7 +987,9 @@ impl SinkReplay {
                         bail!("floor: Redis closed the connection");
                     }
                     let mut at = 0;
-                    while let Some((len, error)) = crate::sink::resp::next_reply(&inbox[at..])? {
+                    while let Some((len, error)) =
+                        crate::latest::redis::connection::next_reply(&inbox[at..])?
+                    {
                         if let Some(e) = error {
                             bail!("floor: Redis answered {}", String::from_utf8_lossy(e));
                         }
@@ -1234,7 +1237,7 @@ pub async fn ingest(spec: &IngestSpec) -> anyhow::Result<Json> {
     let reports = ingest_reports(spec.rows)?;
     let mut rows: Vec<Row> = Vec::with_capacity(spec.rows + 10);
     for r in &reports {
-        history::rows_of(r, &mut rows);
+        crate::history::row::rows_of(r, &mut rows);
     }
     rows.truncate(spec.rows);
     let reports = &reports[..spec.rows.div_ceil(10)];
@@ -1613,7 +1616,7 @@ mod tests {
         let reports = synthetic_reports(3, 10, 4).unwrap();
         let mut rows = Vec::new();
         for r in &reports {
-            history::rows_of(r, &mut rows);
+            crate::history::row::rows_of(r, &mut rows);
         }
         let bytes = CopyBytes::of(&rows);
         assert_eq!(bytes.rows(), 40);

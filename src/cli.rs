@@ -109,7 +109,7 @@ pub enum QueryCommand {
         bucket: Option<Duration>,
         /// Most rows to return; more matching rows is an error that says how
         /// to narrow the query.
-        #[arg(long, default_value_t = crate::query::DEFAULT_LIMIT)]
+        #[arg(long, default_value_t = crate::history::query::DEFAULT_LIMIT)]
         limit: usize,
         #[command(flatten)]
         format: FormatArgs,
@@ -164,14 +164,14 @@ pub struct SinkArgs {
     #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// Prefix of every Redis key and channel.
-    #[arg(long, env = "REGPOLL_REDIS_PREFIX", default_value = crate::sink::redis::DEFAULT_PREFIX)]
+    #[arg(long, env = "REGPOLL_REDIS_PREFIX", default_value = crate::latest::redis::DEFAULT_PREFIX)]
     pub redis_prefix: String,
     /// Expiry of each device's Redis keys (e.g. 1h), refreshed at every
     /// write, so devices that are gone disappear. Default: no expiry.
     #[arg(long, env = "REGPOLL_REDIS_TTL", value_parser = parse_duration)]
     pub redis_ttl: Option<Duration>,
     /// Most readings written to history in one batch.
-    #[arg(long, env = "REGPOLL_BATCH_ROWS", default_value_t = crate::sink::history::DEFAULT_BATCH_ROWS)]
+    #[arg(long, env = "REGPOLL_BATCH_ROWS", default_value_t = crate::history::writer::DEFAULT_BATCH_ROWS)]
     pub batch_rows: usize,
     /// Directory for regpoll's own files; the spool lives in its `spool`
     /// subdirectory.
@@ -179,7 +179,7 @@ pub struct SinkArgs {
     pub data_dir: PathBuf,
     /// Unwritten readings kept in memory while the database refuses them,
     /// before the oldest go to the disk spool.
-    #[arg(long, env = "REGPOLL_SPOOL_AFTER", default_value_t = crate::sink::history::DEFAULT_SPOOL_AFTER)]
+    #[arg(long, env = "REGPOLL_SPOOL_AFTER", default_value_t = crate::history::writer::DEFAULT_SPOOL_AFTER)]
     pub spool_after: usize,
     /// Longest a reading waits in a partial batch (e.g. 200ms).
     #[arg(long, env = "REGPOLL_BATCH_DELAY", default_value = "200ms", value_parser = parse_duration)]
@@ -187,8 +187,8 @@ pub struct SinkArgs {
     /// How long readings are kept: days (365d), weeks (52w), hours (48h) or
     /// `off`. TimescaleDB drops old chunks by policy; otherwise an hourly job
     /// deletes expired rows in batches.
-    #[arg(long, env = "REGPOLL_RETENTION", default_value = "365d", value_parser = crate::sink::retention::parse_retention_arg)]
-    pub retention: crate::sink::retention::Retention,
+    #[arg(long, env = "REGPOLL_RETENTION", default_value = "365d", value_parser = crate::history::retention::parse_retention_arg)]
+    pub retention: crate::history::retention::Retention,
     /// Longest shutdown waits for queued readings to be written (e.g. 10s).
     #[arg(long, env = "REGPOLL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -344,7 +344,7 @@ pub enum BenchCommand {
         #[arg(long, default_value = "psql")]
         psql: PathBuf,
         /// The writer's batch size, as `run --batch-rows`.
-        #[arg(long, default_value_t = crate::sink::history::DEFAULT_BATCH_ROWS)]
+        #[arg(long, default_value_t = crate::history::writer::DEFAULT_BATCH_ROWS)]
         batch_rows: usize,
         #[arg(long)]
         out: Option<PathBuf>,

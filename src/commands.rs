@@ -15,18 +15,18 @@ use crate::cli::{
 };
 use crate::config::{self, ConfigErrors};
 use crate::db::Db;
+use crate::history::query;
+use crate::history::writer::BatchSettings;
 use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::plan_group;
 use crate::poller::DevicePoller;
-use crate::query;
 use crate::reading::Quality;
+use crate::reading::rfc3339;
 use crate::registry::Device;
 use crate::registry::{
     DataType, Register, RegisterKind, RequestLimits, Schedule, UnitId, WordOrder,
 };
 use crate::sim::{Bind, Simulator};
-use crate::sink::history::BatchSettings;
-use crate::sink::redis::rfc3339;
 
 /// The devices.yaml shipped with regpoll, used by `regpoll demo`.
 pub const BUNDLED_DEVICES: &str = include_str!("../devices.yaml");

@@ -14,12 +14,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::modbus::endpoint::Endpoint;
+use crate::modbus::stats::Endpoints;
 use crate::poller::DevicePoller;
 use crate::reading::{PollReport, Quality};
 use crate::registry::Device;
 use crate::schedule::Ticker;
 use crate::sink::{DeviceSinks, Sinks};
-use crate::telemetry::{Distribution, Endpoints, Histogram};
+use crate::telemetry::{Distribution, Histogram};
 
 /// Counters every poll group updates.
 #[derive(Debug, Default)]

@@ -9,9 +9,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::registry::{Device, Register};
+
+/// A reading's timestamp as every contract writes it (Redis, the HTTP API,
+/// CSV and JSON output): RFC 3339, UTC, milliseconds, `Z`.
+pub fn rfc3339(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
 
 /// How far a value can be trusted (the quality contract in DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

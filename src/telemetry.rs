@@ -6,12 +6,8 @@
 //! report only its own numbers. Recording is a few relaxed atomic adds, cheap
 //! enough for every Modbus request.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use crate::modbus::endpoint::ReadError;
 
 /// Upper bounds (seconds) of the latency histograms' buckets: from well under
 /// a millisecond (a local device, the schedule's lateness) to the longest
@@ -251,104 +247,6 @@ impl DistributionSnapshot {
     }
 }
 
-/// What went wrong with a Modbus request, as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    Timeout,
-    Connect,
-    Exception,
-    Transport,
-    Protocol,
-    ShortResponse,
-}
-
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
-        ErrorKind::Timeout,
-        ErrorKind::Connect,
-        ErrorKind::Exception,
-        ErrorKind::Transport,
-        ErrorKind::Protocol,
-        ErrorKind::ShortResponse,
-    ];
-
-    pub fn of(e: &ReadError) -> Self {
-        match e {
-            ReadError::Timeout(_) => ErrorKind::Timeout,
-            ReadError::Connect(_) | ReadError::ConnectTimeout(_) => ErrorKind::Connect,
-            ReadError::Exception(_) => ErrorKind::Exception,
-            ReadError::Transport(_) => ErrorKind::Transport,
-            ReadError::Protocol(_) => ErrorKind::Protocol,
-            ReadError::ShortResponse { .. } => ErrorKind::ShortResponse,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Connect => "connect",
-            ErrorKind::Exception => "exception",
-            ErrorKind::Transport => "transport",
-            ErrorKind::Protocol => "protocol",
-            ErrorKind::ShortResponse => "short_response",
-        }
-    }
-}
-
-/// Requests to one Modbus endpoint (host:port).
-#[derive(Debug, Default)]
-pub struct EndpointStats {
-    pub requests: AtomicU64,
-    errors: [AtomicU64; ErrorKind::ALL.len()],
-    /// Time from sending a request (connecting first when needed) to its answer.
-    pub latency: Histogram,
-}
-
-impl EndpointStats {
-    pub fn record(&self, took: Duration, outcome: Result<(), &ReadError>) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.latency.record(took);
-        if let Err(e) = outcome {
-            let i = ErrorKind::ALL
-                .iter()
-                .position(|k| *k == ErrorKind::of(e))
-                .expect("ALL lists every kind");
-            self.errors[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn errors(&self, kind: ErrorKind) -> u64 {
-        let i = ErrorKind::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .expect("ALL lists every kind");
-        self.errors[i].load(Ordering::Relaxed)
-    }
-}
-
-/// Every endpoint's stats by `host:port`; the fleet adds endpoints as it
-/// creates them.
-#[derive(Debug, Default)]
-pub struct Endpoints(RwLock<BTreeMap<String, Arc<EndpointStats>>>);
-
-impl Endpoints {
-    pub fn insert(&self, endpoint: String, stats: Arc<EndpointStats>) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(endpoint, stats);
-    }
-
-    pub fn snapshot(&self) -> Vec<(String, Arc<EndpointStats>)> {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,23 +309,5 @@ mod tests {
         assert!(buckets[2].0.is_infinite());
         assert!((sum - 1.0065).abs() < 1e-9, "{sum}");
         assert_eq!(h.count(), 4);
-    }
-
-    #[test]
-    fn endpoint_stats_count_errors_by_kind() {
-        let s = EndpointStats::default();
-        s.record(Duration::from_millis(2), Ok(()));
-        s.record(
-            Duration::from_secs(1),
-            Err(&ReadError::Timeout(Duration::from_secs(1))),
-        );
-        s.record(
-            Duration::ZERO,
-            Err(&ReadError::Connect("connection refused".into())),
-        );
-        assert_eq!(s.requests.load(Ordering::Relaxed), 3);
-        assert_eq!(s.errors(ErrorKind::Timeout), 1);
-        assert_eq!(s.errors(ErrorKind::Connect), 1);
-        assert_eq!(s.errors(ErrorKind::Exception), 0);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use regpoll::app::{self, DeviceSource, Settings};
-use regpoll::sink::history::BatchSettings;
+use regpoll::history::writer::BatchSettings;
 use sqlx::Executor as _;
 
 /// Refuses new connections to `db` and ends the open ones (or lets them in again).

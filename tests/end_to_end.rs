@@ -11,10 +11,10 @@ use futures::StreamExt as _;
 use redis::AsyncCommands as _;
 use regpoll::app::{self, DeviceSource, Settings};
 use regpoll::db::Db;
+use regpoll::latest::memory::LatestMemory;
 use regpoll::reading::Value;
 use regpoll::registry::{DataType, Device};
 use regpoll::sim::expected_value;
-use regpoll::sink::memory::LatestMemory;
 
 const FLEET: &str = r#"
 defaults:

@@ -6,8 +6,9 @@ mod common;
 
 use chrono::{DateTime, Utc};
 use regpoll::db::Db;
+use regpoll::history::row::Row;
+use regpoll::history::writer::{write, write_pieces};
 use regpoll::reading::Quality;
-use regpoll::sink::history::{Row, write, write_pieces};
 
 fn row(
     ts_us: i64,
@@ -258,7 +259,7 @@ async fn sqlite_hourly_rollup_counts_good_and_uncertain_values() {
 }
 
 async fn retention_deletes_expired_rows_in_batches(db: Db) {
-    use regpoll::sink::retention::{DELETE_BATCH, delete_older};
+    use regpoll::history::retention::{DELETE_BATCH, delete_older};
     let now = chrono::Utc::now().timestamp_micros();
     let old_start = now - 40 * 86_400_000_000;
     let expired = 2 * DELETE_BATCH + 7;
@@ -314,8 +315,8 @@ async fn sqlite_retention_deletes_expired_rows_in_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spool_left_by_an_earlier_run_is_replayed_at_start_around_its_damage() {
     use regpoll::app::{self, DeviceSource, Settings};
-    use regpoll::sink::history::BatchSettings;
-    use regpoll::sink::spool::Spool;
+    use regpoll::history::spool::Spool;
+    use regpoll::history::writer::BatchSettings;
 
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
@@ -405,8 +406,8 @@ async fn a_spool_left_by_an_earlier_run_is_replayed_at_start_around_its_damage()
 /// handing over theirs do not wait; everything is written once it clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pollers_do_not_wait_while_a_copy_is_stalled() {
+    use regpoll::history::writer::{BatchSettings, HistoryStats, run_writer};
     use regpoll::reading::{PollReport, Reading, Value};
-    use regpoll::sink::history::{BatchSettings, HistoryStats, run_writer};
     use std::sync::Arc;
     use std::time::Duration;
 

@@ -5,8 +5,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
+use crate::modbus::stats::ErrorKind;
 use crate::reading::Quality;
-use crate::telemetry::{ErrorKind, Histogram};
+use crate::telemetry::Histogram;
 
 use super::ApiState;
 

@@ -27,12 +27,13 @@ use tokio::sync::watch;
 
 use crate::db::Db;
 use crate::fleet::Counters;
-use crate::query::{self, QueryError, RangeQuery};
+use crate::history::query::{self, QueryError, RangeQuery};
+use crate::history::writer::HistoryStats;
+use crate::latest::memory::LatestMemory;
+use crate::latest::redis::{Coalescer, RedisStats};
+use crate::reading::rfc3339;
 use crate::registry::{Device, format_duration, parse_duration};
 use crate::sink::HistoryDepth;
-use crate::sink::history::HistoryStats;
-use crate::sink::memory::LatestMemory;
-use crate::sink::redis::{Coalescer, RedisStats, rfc3339};
 use crate::telemetry::Histogram;
 
 /// Default address of the HTTP API: loopback only, since it has no
@@ -315,7 +316,7 @@ async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
     let (mut requests, mut errors) = (0, 0);
     for (_, e) in c.endpoints.snapshot() {
         requests += e.requests.load(Relaxed);
-        errors += crate::telemetry::ErrorKind::ALL
+        errors += crate::modbus::stats::ErrorKind::ALL
             .iter()
             .map(|k| e.errors(*k))
             .sum::<u64>();

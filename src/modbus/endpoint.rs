@@ -22,8 +22,8 @@ use tokio_modbus::ExceptionCode;
 
 use super::tcp::{CallError, Connection as Link};
 
+use super::stats::EndpointStats;
 use crate::registry::{RegisterKind, RequestLimits, UnitId};
-use crate::telemetry::EndpointStats;
 
 /// First wait before reconnecting after a failed connect; doubles per failure.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(500);

@@ -5,4 +5,5 @@
 pub mod decode;
 pub mod endpoint;
 pub mod plan;
+pub mod stats;
 pub mod tcp;

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::history::Row;
+use crate::history::row::Row;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01 UTC.

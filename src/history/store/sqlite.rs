@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::history::Row;
+use crate::history::row::Row;
 
 /// 7 parameters a row keeps a statement well under SQLite's 32,766 limit.
 const ROWS_PER_STATEMENT: usize = 1_000;

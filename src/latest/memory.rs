@@ -32,7 +32,7 @@ pub struct LatestValue {
 impl LatestValue {
     /// The same JSON as the Redis hash field.
     pub fn to_json(&self) -> serde_json::Value {
-        crate::sink::redis::latest_json(
+        crate::latest::contract::latest_json(
             &self.value,
             self.quality,
             self.ts,

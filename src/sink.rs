@@ -3,23 +3,14 @@
 //! the pollers hold; each sink sits behind its own queue so a slow one never
 //! holds up polling or the others.
 
-pub mod history;
-pub mod memory;
-pub mod pgcopy;
-pub mod postgres;
-pub mod redis;
-pub mod resp;
-pub mod retention;
-pub mod spool;
-pub mod sqlite;
-
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::latest::memory::{self, LatestMemory};
+use crate::latest::redis;
 use crate::reading::PollReport;
 use crate::registry::Device;
-use memory::LatestMemory;
 
 /// Poll reports that may wait for the history writer. When it is full, pollers
 /// wait (nothing is dropped); with 5,000-row batches this is rarely reached.

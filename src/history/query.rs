@@ -115,7 +115,7 @@ pub struct LatestRow {
 }
 
 fn ts_json<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::sink::redis::rfc3339(*ts))
+    s.serialize_str(&crate::reading::rfc3339(*ts))
 }
 
 fn opt_ts_json<S: serde::Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -214,8 +214,8 @@ pub fn validate(q: &RangeQuery) -> Result<(), QueryError> {
     if q.from >= q.to {
         return Err(QueryError::Invalid(format!(
             "from ({}) must be before to ({})",
-            crate::sink::redis::rfc3339(q.from),
-            crate::sink::redis::rfc3339(q.to)
+            crate::reading::rfc3339(q.from),
+            crate::reading::rfc3339(q.to)
         )));
     }
     if q.limit == 0 || q.limit > MAX_LIMIT {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::DateTime;
 
-use super::history::Row;
+use crate::history::row::Row;
 use crate::reading::Quality;
 
 /// Size at which a segment is closed and a new one started.
@@ -175,7 +175,7 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Vec<Row>, usize)> {
 }
 
 fn encode(pieces: &[&[Row]]) -> Vec<u8> {
-    let len = super::history::rows_in(pieces);
+    let len = crate::history::row::rows_in(pieces);
     let mut out = Vec::with_capacity(len * 40);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     for r in pieces.iter().flat_map(|p| p.iter()) {

@@ -8,8 +8,8 @@
 use anyhow::Context as _;
 use sqlx::{Executor as _, PgPool};
 
-use super::history::{Row, rows_in};
 use super::pgcopy;
+use crate::history::row::{Row, rows_in};
 
 /// SQLSTATE of a unique-key violation.
 const UNIQUE_VIOLATION: &str = "23505";

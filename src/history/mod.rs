@@ -1,0 +1,12 @@
+//! History: every reading, kept in PostgreSQL (TimescaleDB when present) or
+//! SQLite. The [`writer`] batches poll reports from a bounded queue into
+//! [`row::Row`]s and hands them to a [`store`], keeping what the database
+//! does not take in memory and the disk [`spool`]; [`retention`] bounds how
+//! long readings are kept, and [`query`] reads them back.
+
+pub mod query;
+pub mod retention;
+pub mod row;
+pub mod spool;
+pub mod store;
+pub mod writer;

@@ -31,9 +31,11 @@ use crate::fleet::{Counters, Fleet};
 use crate::history::retention;
 use crate::history::writer::{self as history, BatchSettings, HistoryStats};
 use crate::latest::memory::LatestMemory;
+use crate::latest::redis::connection::Target;
 use crate::latest::redis::{self as redis_sink, RedisStats};
 use crate::registry::Device;
 use crate::sink::Sinks;
+use crate::stats::{ServiceStats, Sources};
 
 /// Default SQLite file when no database URL is given.
 pub const DEFAULT_SQLITE_PATH: &str = "regpoll.db";
@@ -95,30 +97,6 @@ pub enum DeviceSource {
     Devices(Vec<Device>),
 }
 
-/// What a finished run did.
-#[derive(Debug, Clone, Default)]
-pub struct RunSummary {
-    pub polls: u64,
-    pub overruns: u64,
-    pub rows_written: u64,
-    pub rows_lost: u64,
-    /// Rows of written batches that were already stored (replays), skipped.
-    pub duplicates: u64,
-    /// Rows that went through the disk spool, and stretches of damage found in it.
-    pub rows_spooled: u64,
-    pub rows_replayed: u64,
-    pub spool_damage: u64,
-    /// Bytes left in the spool at the end (0 unless the database was down).
-    pub spool_bytes: u64,
-    /// History write latency p50, p99 and max over the run.
-    pub write_latency: Option<Vec<Duration>>,
-    pub redis_polls_written: u64,
-    /// Reports superseded by a newer one of their group before Redis got them.
-    pub redis_coalesced: u64,
-    /// Schedule lateness p50, p99 and max over the run (see `telemetry::Distribution`).
-    pub lateness: Option<Vec<Duration>>,
-}
-
 /// A running service.
 pub struct Running {
     pub db: Db,
@@ -131,10 +109,7 @@ pub struct Running {
     sinks: Sinks,
     history: JoinHandle<()>,
     redis: Option<JoinHandle<()>>,
-    redis_queue: Option<Arc<redis_sink::Coalescer>>,
-    counters: Arc<Counters>,
-    history_stats: Arc<HistoryStats>,
-    redis_stats: Arc<RedisStats>,
+    stats: Sources,
     shutdown_timeout: Duration,
     /// Turns false when shutdown begins (`/ready` then answers 503).
     scheduling: watch::Sender<bool>,
@@ -195,11 +170,11 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         abort_rx,
     ));
     let redis_stats = Arc::new(RedisStats::default());
-    let mut redis_con = None;
+    let mut redis_target = None;
     let (redis_queue, redis) = match &settings.redis_url {
         Some(url) => {
-            let target = crate::latest::redis::connection::Target::parse(url)?;
-            redis_con = Some(redis_sink::connect(url)?);
+            let target = Target::parse(url)?;
+            redis_target = Some(target.clone());
             let queue = Arc::new(redis_sink::Coalescer::default());
             let redis_settings = redis_sink::RedisSettings {
                 prefix: settings.redis_prefix.clone(),
@@ -221,6 +196,14 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let counters = Arc::new(Counters::default());
     let mut fleet = Fleet::new(sinks.clone(), Arc::clone(&counters));
     let devices = fleet.devices();
+    let stats = Sources {
+        latest: Arc::clone(&latest),
+        devices: devices.clone(),
+        counters,
+        history: history_stats,
+        history_depth: sinks.history_depth_probe(),
+        redis: redis_queue.map(|q| (redis_stats, q)),
+    };
     fleet.reconcile(loaded.devices).await;
     let watcher =
         RegistryWatch::new(&db, settings.devices_file.clone(), settings.reload_interval).await;
@@ -229,18 +212,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let (stop_http, stop_http_rx) = watch::channel(false);
     let http = match settings.http {
         Some(addr) => {
-            let state = ApiState::new(
-                db.clone(),
-                Arc::clone(&latest),
-                devices.clone(),
-                redis_con,
-                Arc::clone(&counters),
-                Arc::clone(&history_stats),
-                sinks.history_depth_probe(),
-                Arc::clone(&redis_stats),
-                redis_queue.clone(),
-                scheduling_rx,
-            );
+            let state = ApiState::new(db.clone(), stats.clone(), redis_target, scheduling_rx);
             let (bound, task) = match api::serve(addr, state, stop_http_rx).await {
                 Ok(served) => served,
                 Err(e) => {
@@ -272,10 +244,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         sinks,
         history,
         redis,
-        redis_queue,
-        counters,
-        history_stats,
-        redis_stats,
+        stats,
         shutdown_timeout: settings.shutdown_timeout,
         scheduling,
         http,
@@ -478,16 +447,21 @@ impl Running {
     }
 
     pub fn polls(&self) -> u64 {
-        self.counters.polls.load(Ordering::Relaxed)
+        self.stats.counters.polls.load(Ordering::Relaxed)
     }
 
     pub fn overruns(&self) -> u64 {
-        self.counters.overruns.load(Ordering::Relaxed)
+        self.stats.counters.overruns.load(Ordering::Relaxed)
     }
 
     /// Quantiles of schedule lateness over the run (see `telemetry::Distribution`).
     pub fn lateness(&self, qs: &[f64]) -> Option<Vec<Duration>> {
-        self.counters.lateness.quantiles(qs)
+        self.stats.counters.lateness.quantiles(qs)
+    }
+
+    /// The service's counters now.
+    pub fn stats(&self) -> ServiceStats {
+        self.stats.snapshot()
     }
 
     /// Where the HTTP API listens, when it does.
@@ -495,8 +469,9 @@ impl Running {
         self.http.as_ref().map(|(a, _)| *a)
     }
 
-    /// Stops polling, flushes every queue and returns what the run did.
-    pub async fn shutdown(self) -> anyhow::Result<RunSummary> {
+    /// Stops polling, flushes every queue and returns what the run did: the
+    /// counters once the writers are done.
+    pub async fn shutdown(self) -> anyhow::Result<ServiceStats> {
         let _ = self.scheduling.send(false);
         let _ = self.stop.send(true);
         let _ = self.supervisor.await;
@@ -535,27 +510,7 @@ impl Running {
             tracing::warn!("HTTP connections still open at shutdown; closing them");
         }
         self.db.close().await;
-        Ok(RunSummary {
-            polls: self.counters.polls.load(Ordering::Relaxed),
-            overruns: self.counters.overruns.load(Ordering::Relaxed),
-            rows_written: self.history_stats.rows_written.load(Ordering::Relaxed),
-            rows_lost: self.history_stats.rows_lost.load(Ordering::Relaxed),
-            duplicates: self.history_stats.duplicates.load(Ordering::Relaxed),
-            rows_spooled: self.history_stats.rows_spooled.load(Ordering::Relaxed),
-            rows_replayed: self.history_stats.rows_replayed.load(Ordering::Relaxed),
-            spool_damage: self.history_stats.spool_damage.load(Ordering::Relaxed),
-            spool_bytes: self.history_stats.spool_bytes.load(Ordering::Relaxed),
-            write_latency: self
-                .history_stats
-                .write_latency
-                .quantiles(&[0.5, 0.99, 1.0]),
-            redis_polls_written: self.redis_stats.polls_written.load(Ordering::Relaxed),
-            redis_coalesced: self
-                .redis_queue
-                .as_ref()
-                .map_or(0, |q| q.coalesced.load(Ordering::Relaxed)),
-            lateness: self.counters.lateness.quantiles(&[0.5, 0.99, 1.0]),
-        })
+        Ok(self.stats.snapshot())
     }
 }
 

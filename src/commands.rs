@@ -92,32 +92,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let running = app::start(&settings, DeviceSource::Registry).await?;
     app::shutdown_signal().await;
     tracing::info!("shutting down: finishing polls and flushing queues");
-    let summary = running.shutdown().await?;
-    tracing::info!(
-        polls = summary.polls,
-        rows_written = summary.rows_written,
-        rows_lost = summary.rows_lost,
-        duplicates = summary.duplicates,
-        rows_spooled = summary.rows_spooled,
-        rows_replayed = summary.rows_replayed,
-        spool_damage = summary.spool_damage,
-        spool_bytes = summary.spool_bytes,
-        write_p50_ms = quantile_ms(&summary.write_latency, 0),
-        write_p99_ms = quantile_ms(&summary.write_latency, 1),
-        redis_polls_written = summary.redis_polls_written,
-        redis_coalesced = summary.redis_coalesced,
-        overruns = summary.overruns,
-        lateness_p50_ms = quantile_ms(&summary.lateness, 0),
-        lateness_p99_ms = quantile_ms(&summary.lateness, 1),
-        lateness_max_ms = quantile_ms(&summary.lateness, 2),
-        "stopped"
-    );
+    running.shutdown().await?.log_summary("stopped");
     Ok(())
-}
-
-/// Quantile `i` of a run's recorded durations, in milliseconds (0 when none).
-fn quantile_ms(q: &Option<Vec<std::time::Duration>>, i: usize) -> f64 {
-    q.as_ref().map_or(0.0, |q| q[i].as_secs_f64() * 1e3)
 }
 
 async fn simulate(file: &std::path::Path, faults: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -232,7 +208,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "stopped after {} polls; {} readings stored in {}",
         summary.polls,
-        summary.rows_written,
+        summary.history.rows_written,
         args.sqlite_path.display()
     );
     Ok(())

@@ -20,7 +20,7 @@ use crate::reading::{PollReport, Quality};
 use crate::registry::Device;
 use crate::schedule::Ticker;
 use crate::sink::{DeviceSinks, Sinks};
-use crate::telemetry::{Distribution, Histogram};
+use crate::telemetry::Distribution;
 
 /// Counters every poll group updates.
 #[derive(Debug, Default)]
@@ -28,10 +28,8 @@ pub struct Counters {
     pub polls: AtomicU64,
     /// Firings skipped because the group's previous poll was still running.
     pub overruns: AtomicU64,
-    /// Schedule lateness over the whole run: fine-grained for quantiles (the
-    /// summaries, `/api/stats`), and in Prometheus' buckets for `/metrics`.
+    /// Schedule lateness over the whole run.
     pub lateness: Distribution,
-    pub lateness_histogram: Histogram,
     /// Readings by quality: good, uncertain, bad.
     pub readings: [AtomicU64; 3],
     /// Modbus request stats of every endpoint the fleet has used.
@@ -237,7 +235,6 @@ fn group_loop(
             }
             let late = (Utc::now() - due).to_std().unwrap_or_default();
             counters.lateness.record(late);
-            counters.lateness_histogram.record(late);
             // The poll and its delivery in one boxed future, so that a loop
             // asleep between polls, which is where thousands of them spend
             // their time, holds a pointer rather than room for their largest

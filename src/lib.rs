@@ -39,4 +39,5 @@ pub mod registry;
 pub mod schedule;
 pub mod sim;
 pub mod sink;
+pub mod stats;
 pub mod telemetry;

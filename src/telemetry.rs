@@ -50,20 +50,38 @@ impl Histogram {
         );
     }
 
-    /// `(upper bound, cumulative count)` per bucket, the last bound being
-    /// +Inf; plus the sum in seconds.
-    pub fn cumulative(&self) -> (Vec<(f64, u64)>, f64) {
+    /// The counts now, cumulative per bucket.
+    pub fn snapshot(&self) -> HistogramSnapshot {
         let mut total = 0;
-        let mut out = Vec::with_capacity(self.counts.len());
+        let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {
             total += c.load(Ordering::Relaxed);
-            out.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), total));
+            buckets.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), total));
         }
-        (out, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+        HistogramSnapshot {
+            buckets,
+            sum_s: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// A histogram's counts at one moment, in the shape Prometheus expects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in seconds, cumulative count)` per bucket, the last
+    /// bound being +Inf.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of everything recorded, in seconds.
+    pub sum_s: f64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.buckets.last().map_or(0, |b| b.1)
     }
 }
 
@@ -157,6 +175,15 @@ pub struct DistributionSnapshot {
 }
 
 impl DistributionSnapshot {
+    /// A snapshot of nothing recorded.
+    pub fn empty() -> DistributionSnapshot {
+        DistributionSnapshot {
+            counts: vec![0; DIST_BUCKETS],
+            max_us: 0,
+            sum_us: 0,
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
@@ -211,6 +238,33 @@ impl DistributionSnapshot {
             counts,
             max_us,
             sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+        }
+    }
+
+    /// The same counts in a Prometheus histogram's buckets (`bounds` in
+    /// seconds, then +Inf), so one record of a measurement serves both
+    /// quantiles and `/metrics`. A bucket of the distribution counts under the
+    /// first bound at or above its top: a value is never counted under a
+    /// bound it exceeds, and one up to 3 % under a bound (the distribution's
+    /// resolution) may be counted under the next.
+    pub fn histogram(&self, bounds: &[f64]) -> HistogramSnapshot {
+        let mut per_bound = vec![0u64; bounds.len() + 1];
+        for (i, &c) in self.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let top_s = bucket_top(i) as f64 / 1e6;
+            per_bound[bounds.partition_point(|&b| b < top_s)] += c;
+        }
+        let mut total = 0;
+        let buckets = per_bound
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                total += c;
+                (bounds.get(i).copied().unwrap_or(f64::INFINITY), total)
+            })
+            .collect();
+        HistogramSnapshot {
+            buckets,
+            sum_s: self.sum_us as f64 / 1e6,
         }
     }
 
@@ -302,12 +356,40 @@ mod tests {
         h.record(Duration::from_millis(1)); // on the bound: le="0.001"
         h.record(Duration::from_millis(5));
         h.record(Duration::from_secs(1));
-        let (buckets, sum) = h.cumulative();
+        let HistogramSnapshot {
+            buckets,
+            sum_s: sum,
+        } = h.snapshot();
         assert_eq!(buckets[0], (0.001, 2));
         assert_eq!(buckets[1], (0.01, 3));
         assert_eq!(buckets[2].1, 4);
         assert!(buckets[2].0.is_infinite());
         assert!((sum - 1.0065).abs() < 1e-9, "{sum}");
         assert_eq!(h.count(), 4);
+    }
+
+    #[test]
+    fn a_distribution_renders_as_the_histogram_of_its_values() {
+        let d = Distribution::default();
+        let h = Histogram::new(&[0.001, 0.01]);
+        for us in [500, 900, 5000, 9000, 1_000_000] {
+            d.record(Duration::from_micros(us));
+            h.record(Duration::from_micros(us));
+        }
+        let from_d = d.snapshot().histogram(&[0.001, 0.01]);
+        let direct = h.snapshot();
+        assert_eq!(from_d.buckets, direct.buckets);
+        assert!((from_d.sum_s - direct.sum_s).abs() < 1e-6, "{from_d:?}");
+        assert_eq!(from_d.count(), 5);
+        // 1 ms exactly shares its distribution bucket (992-1007 µs) with
+        // values above 1 ms, so it counts under the next bound: never under
+        // a bound a value of its bucket exceeds.
+        d.record(Duration::from_millis(1));
+        let buckets = d.snapshot().histogram(&[0.001, 0.01]).buckets;
+        assert_eq!(buckets[0], (0.001, 2));
+        assert_eq!(buckets[1], (0.01, 5));
+        // Nothing recorded: every bucket empty, +Inf last.
+        let empty = Distribution::default().snapshot().histogram(&[0.5]);
+        assert_eq!(empty.buckets, vec![(0.5, 0), (f64::INFINITY, 0)]);
     }
 }

@@ -362,7 +362,7 @@ async fn every_endpoint_answers_with_real_services() {
     assert!(page.body.contains("<title>regpoll status</title>"));
 
     let summary = running.shutdown().await.unwrap();
-    assert_eq!(summary.rows_lost, 0);
+    assert_eq!(summary.history.rows_lost, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,7 +232,7 @@ async fn polled_history(database_url: Option<String>, sqlite: &std::path::Path) 
         .unwrap();
     common::wait_for_polls(&running, 3).await;
     let summary = running.shutdown().await.unwrap();
-    summary.rows_written
+    summary.history.rows_written
 }
 
 fn query(args: &[&str], db: &[&str], dir: &std::path::Path) -> (bool, String, String) {

@@ -168,10 +168,10 @@ async fn postgres_history_and_redis_latest_match_the_simulator() {
     let latest = Arc::clone(&running.latest);
     common::wait_for_polls(&running, 3).await;
     let summary = running.shutdown().await.unwrap();
-    assert_eq!(summary.rows_lost, 0);
+    assert_eq!(summary.history.rows_lost, 0);
 
     let rows = postgres_rows(&database_url).await;
-    assert_eq!(rows.len() as u64, summary.rows_written);
+    assert_eq!(rows.len() as u64, summary.history.rows_written);
     assert_history_matches(&fixture.devices, &latest, &rows);
 
     // Redis holds the newest value of every register, in the contract's shape.
@@ -252,7 +252,7 @@ async fn embedded_defaults_keep_history_in_sqlite_and_latest_in_memory() {
     let summary = running.shutdown().await.unwrap();
 
     let rows = sqlite_rows(&sqlite_path).await;
-    assert_eq!(rows.len() as u64, summary.rows_written);
+    assert_eq!(rows.len() as u64, summary.history.rows_written);
     assert_history_matches(&fixture.devices, &latest, &rows);
     let boiler = latest.device("boiler").unwrap();
     assert!(boiler.state.up);

@@ -379,7 +379,7 @@ async fn a_spool_left_by_an_earlier_run_is_replayed_at_start_around_its_damage()
     }
     let summary = running.shutdown().await.unwrap();
     assert_eq!(
-        (summary.rows_replayed, summary.spool_damage),
+        (summary.history.rows_replayed, summary.history.spool_damage),
         (40, 1),
         "{summary:?}"
     );

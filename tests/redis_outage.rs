@@ -117,9 +117,9 @@ async fn a_redis_outage_leaves_polling_and_history_alone_and_keys_return_within_
         "restored after {} polls",
         restored - back_at
     );
-    assert_eq!(summary.rows_lost, 0);
+    assert_eq!(summary.history.rows_lost, 0);
     assert_eq!(
-        summary.rows_written,
+        summary.history.rows_written,
         2 * summary.polls,
         "every reading reached history through the outage"
     );

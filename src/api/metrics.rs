@@ -3,11 +3,10 @@
 //! no global recorder).
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 
 use crate::modbus::stats::ErrorKind;
 use crate::reading::Quality;
-use crate::telemetry::Histogram;
+use crate::telemetry::{HistogramSnapshot, LATENCY_BOUNDS};
 
 use super::ApiState;
 
@@ -31,10 +30,9 @@ impl Text {
         self.sample(name, &[], value);
     }
 
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
-        let (buckets, sum) = h.cumulative();
-        let count = buckets.last().map_or(0, |b| b.1);
-        for (le, n) in buckets {
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+        let count = h.count();
+        for &(le, n) in &h.buckets {
             let le = if le.is_infinite() {
                 "+Inf".to_string()
             } else {
@@ -44,7 +42,7 @@ impl Text {
             write_labels(&mut self.0, labels, Some(&le));
             let _ = writeln!(self.0, " {n}");
         }
-        for (suffix, v) in [("_sum", sum), ("_count", count as f64)] {
+        for (suffix, v) in [("_sum", h.sum_s), ("_count", count as f64)] {
             let _ = write!(self.0, "{name}{suffix}");
             write_labels(&mut self.0, labels, None);
             let _ = writeln!(self.0, " {}", number(v));
@@ -109,33 +107,31 @@ pub fn process_usage() -> Option<(f64, u64)> {
 pub fn render(state: &ApiState) -> String {
     let s = &state.0;
     let mut t = Text::default();
-    let c = &s.counters;
-    let devices = s.devices.borrow().len();
-    let up = s.latest.up_count();
+    let c = s.stats.snapshot();
 
     t.single(
         "regpoll_devices",
         "gauge",
         "Devices being polled.",
-        devices as f64,
+        c.devices as f64,
     );
     t.single(
         "regpoll_devices_up",
         "gauge",
         "Devices whose last poll reached them.",
-        up as f64,
+        c.devices_up as f64,
     );
     t.single(
         "regpoll_polls_total",
         "counter",
         "Polls completed (one per poll group firing).",
-        c.polls.load(Ordering::Relaxed) as f64,
+        c.polls as f64,
     );
     t.single(
         "regpoll_overruns_total",
         "counter",
         "Firings skipped because the previous poll of the group was still running (missed polls).",
-        c.overruns.load(Ordering::Relaxed) as f64,
+        c.overruns as f64,
     );
     t.family(
         "regpoll_schedule_lateness_seconds",
@@ -145,7 +141,7 @@ pub fn render(state: &ApiState) -> String {
     t.histogram(
         "regpoll_schedule_lateness_seconds",
         &[],
-        &c.lateness_histogram,
+        &c.lateness.histogram(LATENCY_BOUNDS),
     );
     t.family(
         "regpoll_readings_total",
@@ -160,17 +156,17 @@ pub fn render(state: &ApiState) -> String {
         );
     }
 
-    let endpoints = c.endpoints.snapshot();
+    let endpoints = &c.endpoints;
     t.family(
         "regpoll_modbus_requests_total",
         "counter",
         "Modbus requests sent (retries included), by endpoint.",
     );
-    for (e, st) in &endpoints {
+    for e in endpoints {
         t.sample(
             "regpoll_modbus_requests_total",
-            &[("endpoint", e)],
-            st.requests.load(Ordering::Relaxed) as f64,
+            &[("endpoint", &e.endpoint)],
+            e.requests as f64,
         );
     }
     t.family(
@@ -178,12 +174,12 @@ pub fn render(state: &ApiState) -> String {
         "counter",
         "Failed Modbus requests by endpoint and kind (timeout, connect, exception, transport, protocol, short_response).",
     );
-    for (e, st) in &endpoints {
-        for kind in ErrorKind::ALL {
+    for e in endpoints {
+        for (kind, n) in ErrorKind::ALL.iter().zip(e.errors) {
             t.sample(
                 "regpoll_modbus_errors_total",
-                &[("endpoint", e), ("kind", kind.as_str())],
-                st.errors(kind) as f64,
+                &[("endpoint", &e.endpoint), ("kind", kind.as_str())],
+                n as f64,
             );
         }
     }
@@ -192,70 +188,70 @@ pub fn render(state: &ApiState) -> String {
         "histogram",
         "Time from sending a Modbus request (connecting first when needed) to its answer or failure, by endpoint.",
     );
-    for (e, st) in &endpoints {
+    for e in endpoints {
         t.histogram(
             "regpoll_modbus_request_duration_seconds",
-            &[("endpoint", e)],
-            &st.latency,
+            &[("endpoint", &e.endpoint)],
+            &e.latency,
         );
     }
 
-    let h = &s.history_stats;
+    let h = &c.history;
     for (name, help, v) in [
         (
             "regpoll_history_rows_written_total",
             "Readings stored in history.",
-            &h.rows_written,
+            h.rows_written,
         ),
         (
             "regpoll_history_batches_total",
             "History batches written.",
-            &h.batches,
+            h.batches,
         ),
         (
             "regpoll_history_write_failures_total",
             "History writes the database refused (they are retried or spooled).",
-            &h.failures,
+            h.failures,
         ),
         (
             "regpoll_history_duplicates_total",
             "Rows of replayed batches that were already stored, skipped.",
-            &h.duplicates,
+            h.duplicates,
         ),
         (
             "regpoll_history_rows_lost_total",
             "Readings given up on (writer stopped while the database refused them and no spool could hold them).",
-            &h.rows_lost,
+            h.rows_lost,
         ),
         (
             "regpoll_spool_rows_written_total",
             "Readings written to the disk spool during database outages.",
-            &h.rows_spooled,
+            h.rows_spooled,
         ),
         (
             "regpoll_spool_rows_replayed_total",
             "Readings replayed from the disk spool into the database.",
-            &h.rows_replayed,
+            h.rows_replayed,
         ),
         (
             "regpoll_spool_damage_total",
             "Stretches of damaged spool bytes skipped.",
-            &h.spool_damage,
+            h.spool_damage,
         ),
     ] {
-        t.single(name, "counter", help, v.load(Ordering::Relaxed) as f64);
+        t.single(name, "counter", help, v as f64);
     }
     t.single(
         "regpoll_spool_bytes",
         "gauge",
         "Bytes in the disk spool (0 unless the database was down).",
-        h.spool_bytes.load(Ordering::Relaxed) as f64,
+        h.spool_bytes as f64,
     );
     t.single(
         "regpoll_history_queue_depth",
         "gauge",
         "Poll reports waiting for the history writer.",
-        s.history_depth.get() as f64,
+        h.queue_depth as f64,
     );
     t.family(
         "regpoll_history_write_duration_seconds",
@@ -265,35 +261,38 @@ pub fn render(state: &ApiState) -> String {
     t.histogram(
         "regpoll_history_write_duration_seconds",
         &[],
-        &h.write_histogram,
+        &h.write_latency.histogram(LATENCY_BOUNDS),
     );
 
-    if s.redis.is_some() {
-        let r = &s.redis_stats;
+    if let Some(r) = &c.redis {
         t.single(
             "regpoll_redis_polls_written_total",
             "counter",
             "Poll reports written to Redis.",
-            r.polls_written.load(Ordering::Relaxed) as f64,
+            r.polls_written as f64,
         );
         t.single(
             "regpoll_redis_failures_total",
             "counter",
             "Poll reports Redis refused (the next poll rewrites the same keys).",
-            r.failures.load(Ordering::Relaxed) as f64,
+            r.failures as f64,
         );
         t.single(
             "regpoll_redis_coalesced_total",
             "counter",
             "Poll reports superseded by a newer one of their group before Redis took them.",
-            s.coalesced() as f64,
+            r.coalesced as f64,
         );
         t.family(
             "regpoll_redis_visible_seconds",
             "histogram",
             "From a poll's last response to Redis acknowledging its values.",
         );
-        t.histogram("regpoll_redis_visible_seconds", &[], &r.visible);
+        t.histogram(
+            "regpoll_redis_visible_seconds",
+            &[],
+            &r.visible.histogram(LATENCY_BOUNDS),
+        );
     }
 
     t.family(
@@ -320,7 +319,7 @@ pub fn render(state: &ApiState) -> String {
             t.histogram(
                 "regpoll_http_request_duration_seconds",
                 &[("route", route)],
-                hist,
+                &hist.snapshot(),
             );
         }
     }
@@ -355,9 +354,9 @@ mod tests {
     #[test]
     fn labels_are_escaped_and_histograms_end_with_inf() {
         let mut t = Text::default();
-        let h = Histogram::new(&[0.5]);
+        let h = crate::telemetry::Histogram::new(&[0.5]);
         h.record(std::time::Duration::from_millis(100));
-        t.histogram("x_seconds", &[("endpoint", "a\"b\\c")], &h);
+        t.histogram("x_seconds", &[("endpoint", "a\"b\\c")], &h.snapshot());
         assert!(
             t.0.contains("x_seconds_bucket{endpoint=\"a\\\"b\\\\c\",le=\"0.5\"} 1"),
             "{}",

@@ -21,19 +21,16 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use serde_json::{Map, json};
 use tokio::sync::watch;
 
 use crate::db::Db;
-use crate::fleet::Counters;
 use crate::history::query::{self, QueryError, RangeQuery};
-use crate::history::writer::HistoryStats;
 use crate::latest::memory::LatestMemory;
-use crate::latest::redis::{Coalescer, RedisStats};
+use crate::latest::redis::connection::Target;
 use crate::reading::rfc3339;
 use crate::registry::{Device, format_duration, parse_duration};
-use crate::sink::HistoryDepth;
+use crate::stats::Sources;
 use crate::telemetry::Histogram;
 
 /// Default address of the HTTP API: loopback only, since it has no
@@ -51,52 +48,26 @@ pub struct ApiState(pub(crate) Arc<Shared>);
 
 pub(crate) struct Shared {
     pub db: Db,
-    pub latest: Arc<LatestMemory>,
-    pub devices: watch::Receiver<Vec<Arc<Device>>>,
-    pub redis: Option<ConnectionManager>,
-    pub counters: Arc<Counters>,
-    pub history_stats: Arc<HistoryStats>,
-    pub history_depth: HistoryDepth,
-    pub redis_stats: Arc<RedisStats>,
-    pub redis_queue: Option<Arc<Coalescer>>,
+    pub stats: Sources,
+    /// Where `/ready` checks Redis, when it is configured.
+    pub redis: Option<Target>,
     /// True while the scheduler runs; false once shutdown begins.
     pub scheduling: watch::Receiver<bool>,
     pub http: HttpStats,
     pub started_at: f64,
 }
 
-impl Shared {
-    fn coalesced(&self) -> u64 {
-        self.redis_queue.as_ref().map_or(0, |q| {
-            q.coalesced.load(std::sync::atomic::Ordering::Relaxed)
-        })
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
 impl ApiState {
     pub fn new(
         db: Db,
-        latest: Arc<LatestMemory>,
-        devices: watch::Receiver<Vec<Arc<Device>>>,
-        redis: Option<ConnectionManager>,
-        counters: Arc<Counters>,
-        history_stats: Arc<HistoryStats>,
-        history_depth: HistoryDepth,
-        redis_stats: Arc<RedisStats>,
-        redis_queue: Option<Arc<Coalescer>>,
+        stats: Sources,
+        redis: Option<Target>,
         scheduling: watch::Receiver<bool>,
     ) -> Self {
         ApiState(Arc::new(Shared {
             db,
-            latest,
-            devices,
+            stats,
             redis,
-            counters,
-            history_stats,
-            history_depth,
-            redis_stats,
-            redis_queue,
             scheduling,
             http: HttpStats::default(),
             started_at: Utc::now().timestamp_micros() as f64 / 1e6,
@@ -264,17 +235,12 @@ async fn ready(State(state): State<ApiState>) -> Response {
         }
     };
     let redis = async {
-        let mut con = s.redis.clone()?;
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut con);
-        match tokio::time::timeout(READY_TIMEOUT, ping).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(format!("redis: {e}")),
-            Err(_) => Some(format!(
-                "redis: no answer within {}",
-                format_duration(READY_TIMEOUT)
-            )),
-        }
+        let target = s.redis.as_ref()?;
+        target
+            .ping(READY_TIMEOUT)
+            .await
+            .err()
+            .map(|e| format!("redis: {e:#}"))
     };
     let (db, redis) = tokio::join!(db, redis);
     let mut reasons: Vec<String> = db.into_iter().chain(redis).collect();
@@ -304,55 +270,10 @@ async fn metrics_text(State(state): State<ApiState>) -> Response {
 }
 
 /// Totals since start and fine-grained distributions (see
-/// `telemetry::Distribution`): what `/metrics` shows, in a form from which
-/// exact-enough quantiles of any time window can be computed by subtracting
-/// two answers (`regpoll bench` does).
+/// `stats::ServiceStats::to_json`): the machine-readable form of what
+/// `/metrics` shows.
 async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &state.0;
-    let c = &s.counters;
-    let h = &s.history_stats;
-    let r = &s.redis_stats;
-    let (mut requests, mut errors) = (0, 0);
-    for (_, e) in c.endpoints.snapshot() {
-        requests += e.requests.load(Relaxed);
-        errors += crate::modbus::stats::ErrorKind::ALL
-            .iter()
-            .map(|k| e.errors(*k))
-            .sum::<u64>();
-    }
-    let devices = s.devices.borrow().len();
-    let readings: Map<String, serde_json::Value> = crate::reading::Quality::ALL
-        .iter()
-        .map(|q| (q.as_str().to_string(), json!(c.readings(*q))))
-        .collect();
-    Json(json!({
-        "at": rfc3339(Utc::now()),
-        "devices": devices,
-        "polls": c.polls.load(Relaxed),
-        "overruns": c.overruns.load(Relaxed),
-        "readings": readings,
-        "modbus_requests": requests,
-        "modbus_errors": errors,
-        "history": {
-            "rows_written": h.rows_written.load(Relaxed),
-            "batches": h.batches.load(Relaxed),
-            "failures": h.failures.load(Relaxed),
-            "rows_lost": h.rows_lost.load(Relaxed),
-            "rows_spooled": h.rows_spooled.load(Relaxed),
-            "queue_depth": s.history_depth.get(),
-        },
-        "redis": {
-            "polls_written": r.polls_written.load(Relaxed),
-            "failures": r.failures.load(Relaxed),
-            "coalesced": s.coalesced(),
-        },
-        "distributions": {
-            "lateness": c.lateness.snapshot().to_json(),
-            "history_write": h.write_latency.snapshot().to_json(),
-            "redis_visible": r.visible_distribution.snapshot().to_json(),
-        },
-    }))
+    Json(state.0.stats.snapshot().to_json())
 }
 
 fn opt_ts(ts: Option<chrono::DateTime<Utc>>) -> serde_json::Value {
@@ -387,10 +308,11 @@ fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
 async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {
     let s = &state.0;
     let devices: Vec<serde_json::Value> = s
+        .stats
         .devices
         .borrow()
         .iter()
-        .map(|d| device_json(d, &s.latest))
+        .map(|d| device_json(d, &s.stats.latest))
         .collect();
     Json(json!({ "devices": devices }))
 }
@@ -401,6 +323,7 @@ async fn device_latest(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let s = &state.0;
     let device = s
+        .stats
         .devices
         .borrow()
         .iter()
@@ -412,8 +335,9 @@ async fn device_latest(
                 format!("no device named `{name}` is being polled; GET /api/devices lists them"),
             )
         })?;
-    let mut body = device_json(&device, &s.latest);
+    let mut body = device_json(&device, &s.stats.latest);
     let values: Map<String, serde_json::Value> = s
+        .stats
         .latest
         .device(&name)
         .map(|d| {

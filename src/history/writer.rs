@@ -25,6 +25,7 @@ use super::row::{Row, Rows, rows_in, rows_of};
 use super::spool::Spool;
 use crate::db::Db;
 use crate::reading::PollReport;
+use crate::telemetry::{Distribution, DistributionSnapshot};
 
 /// Most rows written in one batch.
 pub const DEFAULT_BATCH_ROWS: usize = 5_000;
@@ -85,9 +86,44 @@ pub struct HistoryStats {
     /// Bytes in the spool after its last change.
     pub spool_bytes: AtomicU64,
     /// How long written batches took to write.
-    pub write_latency: crate::telemetry::Distribution,
-    /// The same over the whole run, for `/metrics`.
-    pub write_histogram: crate::telemetry::Histogram,
+    pub write_latency: Distribution,
+}
+
+/// The writer's counters at one moment (see [`HistoryStats`]), with the
+/// depth of its queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistorySnapshot {
+    pub rows_written: u64,
+    pub batches: u64,
+    pub failures: u64,
+    pub duplicates: u64,
+    pub rows_lost: u64,
+    pub rows_spooled: u64,
+    pub rows_replayed: u64,
+    pub spool_damage: u64,
+    pub spool_bytes: u64,
+    /// Poll reports waiting for the writer.
+    pub queue_depth: usize,
+    pub write_latency: DistributionSnapshot,
+}
+
+impl HistoryStats {
+    pub fn snapshot(&self, queue_depth: usize) -> HistorySnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        HistorySnapshot {
+            rows_written: get(&self.rows_written),
+            batches: get(&self.batches),
+            failures: get(&self.failures),
+            duplicates: get(&self.duplicates),
+            rows_lost: get(&self.rows_lost),
+            rows_spooled: get(&self.rows_spooled),
+            rows_replayed: get(&self.rows_replayed),
+            spool_damage: get(&self.spool_damage),
+            spool_bytes: get(&self.spool_bytes),
+            queue_depth,
+            write_latency: self.write_latency.snapshot(),
+        }
+    }
 }
 
 /// Runs until `rx` closes (every sender dropped) and everything is written
@@ -351,7 +387,6 @@ async fn write_counted(db: &Db, pieces: &[&[Row]], stats: &HistoryStats) -> anyh
     let len = rows_in(pieces);
     let took = started.elapsed();
     stats.write_latency.record(took);
-    stats.write_histogram.record(took);
     stats.rows_written.fetch_add(new, Ordering::Relaxed);
     stats
         .duplicates

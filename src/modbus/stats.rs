@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::endpoint::ReadError;
-use crate::telemetry::Histogram;
+use crate::telemetry::{Histogram, HistogramSnapshot};
 
 /// What went wrong with a Modbus request, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,14 +97,31 @@ impl Endpoints {
             .insert(endpoint, stats);
     }
 
-    pub fn snapshot(&self) -> Vec<(String, Arc<EndpointStats>)> {
+    /// Every endpoint's counts now, in `host:port` order.
+    pub fn snapshot(&self) -> Vec<EndpointSnapshot> {
         self.0
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .map(|(endpoint, s)| EndpointSnapshot {
+                endpoint: endpoint.clone(),
+                requests: s.requests.load(Ordering::Relaxed),
+                errors: ErrorKind::ALL.map(|k| s.errors(k)),
+                latency: s.latency.snapshot(),
+            })
             .collect()
     }
+}
+
+/// One endpoint's counts at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSnapshot {
+    /// `host:port`.
+    pub endpoint: String,
+    pub requests: u64,
+    /// Failed requests by kind, in [`ErrorKind::ALL`]'s order.
+    pub errors: [u64; ErrorKind::ALL.len()],
+    pub latency: HistogramSnapshot,
 }
 
 #[cfg(test)]

@@ -81,6 +81,33 @@ impl Target {
             })
     }
 
+    /// Connects (logging in as the writer does), sends PING and waits for
+    /// its answer, all within `timeout`: the readiness probe, which so tells
+    /// whether the writer could connect now, on a connection of its own.
+    pub async fn ping(&self, timeout: Duration) -> anyhow::Result<()> {
+        let probe = async {
+            let Stream { mut rx, mut tx } = self.open().await?;
+            let mut ping = Commands::default();
+            ping.command(1).arg(b"PING");
+            tx.write_all(ping.bytes()).await?;
+            let mut answer = Vec::with_capacity(64);
+            loop {
+                if let Some((_, error)) = next_reply(&answer)? {
+                    return match error {
+                        None => Ok(()),
+                        Some(e) => bail!("PING refused: {}", String::from_utf8_lossy(e)),
+                    };
+                }
+                if rx.read_buf(&mut answer).await? == 0 {
+                    bail!("Redis closed the connection before answering PING");
+                }
+            }
+        };
+        tokio::time::timeout(timeout, probe)
+            .await
+            .unwrap_or_else(|_| bail!("no answer within {} ms", timeout.as_millis()))
+    }
+
     async fn open(&self) -> anyhow::Result<Stream> {
         let mut stream = match &self.addr {
             Addr::Tcp(host, port) => {

@@ -14,9 +14,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "regpoll";
 /// Time allowed for connecting to Redis and for each pipeline.
@@ -36,22 +33,7 @@ mod writer;
 
 pub use coalescer::Coalescer;
 pub use commands::packed_report;
-pub use writer::{RedisStats, run_writer};
-
-/// The readiness probe's connection (`/ready` sends PING on it). It
-/// connects lazily, so the service starts even while Redis is down; the
-/// writer has a connection of its own ([`run_writer`]).
-pub fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url)
-        .with_context(|| format!("invalid REDIS_URL {}", crate::db::redact_url(url)))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(REDIS_TIMEOUT))
-        .set_response_timeout(Some(REDIS_TIMEOUT))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_lazy_with_config(client, config)
-        .context("cannot set up the Redis connection")
-}
+pub use writer::{RedisSnapshot, RedisStats, run_writer};
 
 /// Key naming and expiry.
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@ use super::commands::{Scratch, add_report};
 use super::connection::{self as resp, Commands, Stream, Target};
 use super::{LINGER, MAX_IN_FLIGHT, PIPELINE_REPORTS, REDIS_TIMEOUT, RedisSettings};
 use crate::reading::PollReport;
+use crate::telemetry::{Distribution, DistributionSnapshot};
 
 /// Counters the writer keeps; shared with whoever reports on it.
 #[derive(Debug, Default)]
@@ -21,9 +22,28 @@ pub struct RedisStats {
     pub failures: AtomicU64,
     /// From the end of a poll (its last response) to Redis acknowledging its
     /// values: how stale a dashboard reading Redis can be beyond the schedule.
-    pub visible: crate::telemetry::Histogram,
-    /// The same, fine-grained for quantiles (`/api/stats`).
-    pub visible_distribution: crate::telemetry::Distribution,
+    pub visible: Distribution,
+}
+
+/// The writer's counters at one moment, with what the coalescer superseded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSnapshot {
+    pub polls_written: u64,
+    pub failures: u64,
+    /// Reports superseded by a newer one of their group before Redis took them.
+    pub coalesced: u64,
+    pub visible: DistributionSnapshot,
+}
+
+impl RedisStats {
+    pub fn snapshot(&self, queue: &Coalescer) -> RedisSnapshot {
+        RedisSnapshot {
+            polls_written: self.polls_written.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            coalesced: queue.coalesced.load(Ordering::Relaxed),
+            visible: self.visible.snapshot(),
+        }
+    }
 }
 
 /// How long the writer waits before connecting again after Redis could not
@@ -374,7 +394,6 @@ fn record(stats: &RedisStats, sent: &Sent) {
             report.started + chrono::Duration::from_std(report.latency).unwrap_or_default();
         let visible = (now - answered).to_std().unwrap_or_default();
         stats.visible.record(visible);
-        stats.visible_distribution.record(visible);
     }
     let failed = sent.refused.len() as u64;
     stats

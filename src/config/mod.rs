@@ -22,14 +22,7 @@ use crate::registry::{
 };
 use raw::{RawDevice, RawFile, RawRegister};
 
-/// Port used when neither the device nor `defaults` names one.
-pub const DEFAULT_PORT: u16 = 502;
-/// Unit id used when neither the device nor `defaults` names one.
-pub const DEFAULT_UNIT_ID: u8 = 1;
-/// Poll interval used when neither the device nor `defaults` names one.
-pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
-/// Connect and request timeout used when neither the device nor `defaults` names one.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub use crate::registry::{DEFAULT_EVERY, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_UNIT_ID};
 
 /// One problem in a devices.yaml, with where it is and what would be valid.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,6 +12,28 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Port used when neither the device nor `defaults` names one.
+pub const DEFAULT_PORT: u16 = 502;
+/// Unit id used when neither the device nor `defaults` names one.
+pub const DEFAULT_UNIT_ID: u8 = 1;
+/// Poll interval used when neither the device nor `defaults` names one (and
+/// the interval a cron device's connection settings are stored with).
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
+/// Connect and request timeout used when neither the device nor `defaults` names one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A hash of a name that is the same in every build and Rust version (FNV-1a;
+/// `DefaultHasher` may change): what spreads the groups' phases and seeds the
+/// simulator's values, both of which must stay put across restarts.
+pub fn stable_hash(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Modbus unit identifier (the "slave id" on serial lines, the gateway target on TCP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UnitId(pub u8);
@@ -609,76 +631,4 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimal_scales_give_the_nearest_double_of_the_decimal() {
-        let mut reg = Register::plain(
-            "r",
-            RegisterKind::Holding,
-            0,
-            DataType::U16,
-            WordOrder::Abcd,
-        );
-        for (scale, raw, want) in [
-            (0.01, 330.0, 3.3),
-            (0.1, -48.0, -4.8),
-            (0.001, 1234.0, 1.234),
-        ] {
-            reg.scale = scale;
-            assert_eq!(reg.engineering(raw), want, "{raw} × {scale}");
-        }
-        reg.scale = 2.5;
-        reg.offset = -1.0;
-        assert_eq!(reg.engineering(4.0), 9.0);
-        reg.scale = 1.0;
-        reg.offset = 0.0;
-        assert_eq!(reg.engineering(65535.0), 65535.0);
-    }
-
-    #[test]
-    fn durations_parse_with_units_and_reject_zero_or_garbage() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0s").unwrap_err().contains("at least 1ms"));
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(
-            parse_duration("fast")
-                .unwrap_err()
-                .contains("not a duration")
-        );
-        assert!(
-            parse_duration("5 parsecs")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
-    }
-
-    #[test]
-    fn durations_format_back_to_yaml_form() {
-        for s in ["500ms", "5s", "2m", "1h", "1500ms"] {
-            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
-        }
-    }
-
-    #[test]
-    fn orders_parse_in_32_and_64_bit_names() {
-        assert_eq!(WordOrder::parse("GHEFCDAB"), Ok((WordOrder::Cdab, true)));
-        assert_eq!(WordOrder::Cdab.name_for(DataType::F64), "GHEFCDAB");
-        assert_eq!(WordOrder::Cdab.name_for(DataType::F32), "CDAB");
-        assert!(
-            WordOrder::parse("ACBD")
-                .unwrap_err()
-                .contains("valid orders")
-        );
-        assert!(
-            "f16"
-                .parse::<DataType>()
-                .unwrap_err()
-                .contains("unknown type")
-        );
-    }
-}
+mod tests;

@@ -323,7 +323,7 @@ impl Db {
 fn stored_every(s: &Schedule) -> Duration {
     match s {
         Schedule::Every { every, .. } => *every,
-        Schedule::Cron(_) => crate::config::DEFAULT_EVERY,
+        Schedule::Cron(_) => super::DEFAULT_EVERY,
     }
 }
 

@@ -18,20 +18,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::registry::{Align, CronSchedule, Schedule};
+use crate::registry::{Align, CronSchedule, Schedule, stable_hash};
 
-/// A stable phase in `[0, every)` for `name` (FNV-1a, so it does not change
-/// between builds or Rust versions the way `DefaultHasher` may), rounded
+/// A stable phase in `[0, every)` for `name` (see [`stable_hash`]), rounded
 /// down to a whole [`phase_step`].
 pub fn phase(name: &str, every: Duration) -> Duration {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
     let every_us = every.as_micros().max(1) as u64;
     let step_us = phase_step(every).as_micros() as u64;
-    Duration::from_micros(h % every_us / step_us * step_us)
+    Duration::from_micros(stable_hash(name) % every_us / step_us * step_us)
 }
 
 /// Phases are whole multiples of 1 % of the interval, at least 1 ms and at

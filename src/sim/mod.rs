@@ -173,12 +173,11 @@ impl UnitTable {
     }
 }
 
+/// A register's place in the simulator's cycle: a second of the hour, from a
+/// hash that is the same in every build (the values a device shows stay put).
 fn seed(device: &str, register: &str) -> u64 {
-    crate::schedule::phase(
-        &format!("{device}/{register}"),
-        std::time::Duration::from_secs(3600),
-    )
-    .as_secs()
+    let hash = crate::registry::stable_hash(&format!("{device}/{register}"));
+    hash % 3_600_000_000 / 1_000_000
 }
 
 /// The engineering value (after scale and offset) the simulator intends for a

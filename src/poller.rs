@@ -10,8 +10,9 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::modbus::decode::decode;
-use crate::modbus::endpoint::{Endpoint, ReadError, Words};
+use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::{ReadRequest, plan_group};
+use crate::modbus::{ReadError, Words};
 use crate::reading::{PollReport, Quality, Reading, Value};
 use crate::registry::{Device, Register};
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use super::endpoint::ReadError;
+use super::ReadError;
 use crate::telemetry::{Histogram, HistogramSnapshot};
 
 /// What went wrong with a Modbus request, as a metric label.

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_modbus::ExceptionCode;
 
-use super::endpoint::Words;
+use super::Words;
 use crate::registry::RegisterKind;
 
 /// The largest ADU: the 7-byte header and a PDU of at most 253 bytes.

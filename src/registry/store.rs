@@ -19,18 +19,7 @@ use super::{
     Address, Align, CronSchedule, DataType, Device, Register, RegisterMaps, RequestLimits,
     Schedule, UnitId, ValidRange,
 };
-use crate::db::Db;
-
-/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body is
-/// type-checked once per database, so it must be valid SQL for both.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Db::Postgres($pool) => $body,
-            Db::Sqlite($pool) => $body,
-        }
-    };
-}
+use crate::db::{Db, on_pool};
 
 #[derive(sqlx::FromRow)]
 struct DeviceRow {
@@ -173,7 +162,7 @@ impl Db {
     /// unchanged registry of thousands of devices. `None` on SQLite, which
     /// has no such column: it is always reloaded.
     pub async fn registry_fingerprint(&self) -> anyhow::Result<Option<String>> {
-        let Db::Postgres(pool) = self else {
+        let Some(pool) = self.as_postgres() else {
             return Ok(None);
         };
         let row: (String,) = sqlx::query_as(

@@ -329,9 +329,9 @@ const REGISTRY_CHANNEL: &str = "regpoll_registry";
 
 impl RegistryWatch {
     async fn new(db: &Db, file: Option<PathBuf>, interval: Duration) -> Self {
-        let listener = match db {
-            Db::Postgres(pool) => Self::listen(pool).await,
-            Db::Sqlite(_) => None,
+        let listener = match db.as_postgres() {
+            Some(pool) => Self::listen(pool).await,
+            None => None,
         };
         let file = file.map(|p| {
             let h = content_hash(&p);

@@ -1219,7 +1219,7 @@ async fn through_writer(
 }
 
 async fn count_and_truncate(db: &Db) -> anyhow::Result<u64> {
-    let Db::Postgres(pool) = db else {
+    let Some(pool) = db.as_postgres() else {
         bail!("ingest needs PostgreSQL");
     };
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
@@ -1319,9 +1319,9 @@ pub async fn ingest(spec: &IngestSpec) -> anyhow::Result<Json> {
         "writer_vs_psql": median(&ratios),
         "writer_vs_psql_of_medians": p / w,
         "writer_cpu_us_per_row": median(&writer_cpu) * 1e6 / rows_n as f64,
-        "timescaledb": match &db {
-            Db::Postgres(pool) => crate::db::has_timescaledb(pool).await.unwrap_or(false),
-            Db::Sqlite(_) => false,
+        "timescaledb": match db.as_postgres() {
+            Some(pool) => crate::db::has_timescaledb(pool).await.unwrap_or(false),
+            None => false,
         },
     }))
 }

@@ -25,6 +25,20 @@ pub enum Db {
     Sqlite(SqlitePool),
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body is
+/// type-checked once per database, so it must be valid SQL for both. For the
+/// registry, whose SQL is written once for both databases; history goes
+/// through `history::store` instead, where the two differ.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
 impl Db {
     /// Connects to PostgreSQL at `url` and applies pending migrations.
     pub async fn postgres(url: &str) -> anyhow::Result<Db> {
@@ -96,11 +110,22 @@ impl Db {
         }
     }
 
-    pub async fn close(&self) {
+    /// The PostgreSQL pool, for what only PostgreSQL has (LISTEN/NOTIFY,
+    /// `xmin`, TimescaleDB); `None` on SQLite.
+    pub fn as_postgres(&self) -> Option<&PgPool> {
         match self {
-            Db::Postgres(p) => p.close().await,
-            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => Some(p),
+            Db::Sqlite(_) => None,
         }
+    }
+
+    /// One round trip (`SELECT 1`): whether the database answers at all.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(drop))
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
     }
 }
 

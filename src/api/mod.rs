@@ -219,13 +219,7 @@ async fn health() -> Json<serde_json::Value> {
 async fn ready(State(state): State<ApiState>) -> Response {
     let s = &state.0;
     let db = async {
-        let ping = async {
-            match &s.db {
-                Db::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
-                Db::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
-            }
-        };
-        match tokio::time::timeout(READY_TIMEOUT, ping).await {
+        match tokio::time::timeout(READY_TIMEOUT, s.db.ping()).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("database: {e}")),
             Err(_) => Some(format!(

@@ -3,10 +3,12 @@
 //! Shared by the HTTP API (`/api/readings`) and `regpoll query`, on
 //! PostgreSQL (with or without TimescaleDB) and SQLite alike.
 //!
-//! Every query goes through the primary key `(register_id, ts)`: one range
-//! scan per register, never a scan by device. Buckets are aligned to the Unix
-//! epoch on both databases (`date_bin` on PostgreSQL, integer division of the
-//! microsecond timestamps on SQLite), so both return the same buckets.
+//! The registry names the device's registers; the [`HistoryStore`] reads
+//! their readings. Every query goes through the primary key
+//! `(register_id, ts)`: one range scan per register, never a scan by device.
+//! Buckets are aligned to the Unix epoch on both databases (`date_bin` on
+//! PostgreSQL, integer division of the microsecond timestamps on SQLite), so
+//! both return the same buckets.
 
 use std::time::Duration;
 
@@ -14,8 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
+use super::store::{self, HistoryStore};
 use crate::db::Db;
 use crate::registry::format_duration;
+use crate::registry::store::RegisterRef;
 
 /// Rows returned when the caller does not say.
 pub const DEFAULT_LIMIT: usize = 10_000;
@@ -125,70 +129,23 @@ fn opt_ts_json<S: serde::Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result
     }
 }
 
-/// A register of the registry, as queries need it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct RegisterRow {
-    id: i32,
-    name: String,
-    unit: Option<String>,
-    data_type: String,
-}
-
 /// The device's registers (inactive ones too: their history stays queryable),
 /// or `NotFound` naming the device.
-async fn registers(db: &Db, device: &str) -> Result<Vec<RegisterRow>, QueryError> {
-    const DEVICE: &str = "SELECT id FROM devices WHERE name = $1";
-    const REGISTERS: &str = "SELECT id, name, unit, data_type FROM device_register_map \
-                             WHERE device_id = $1 ORDER BY address, name";
-    let id: Option<i32> = match db {
-        Db::Postgres(p) => {
-            sqlx::query_scalar(DEVICE)
-                .bind(device)
-                .fetch_optional(p)
-                .await?
-        }
-        Db::Sqlite(p) => {
-            sqlx::query_scalar(DEVICE)
-                .bind(device)
-                .fetch_optional(p)
-                .await?
-        }
-    };
-    let id = id.ok_or_else(|| {
+async fn registers(db: &Db, device: &str) -> Result<Vec<RegisterRef>, QueryError> {
+    db.device_registers(device).await?.ok_or_else(|| {
         QueryError::NotFound(format!(
             "no device named `{device}` in the registry (`regpoll devices list` shows them)"
         ))
-    })?;
-    Ok(match db {
-        Db::Postgres(p) => sqlx::query_as(REGISTERS).bind(id).fetch_all(p).await?,
-        Db::Sqlite(p) => sqlx::query_as(REGISTERS).bind(id).fetch_all(p).await?,
     })
-}
-
-fn micros(ts: DateTime<Utc>) -> i64 {
-    ts.timestamp_micros()
-}
-
-fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
 /// The newest stored reading of every register of `device`.
 pub async fn latest(db: &Db, device: &str) -> Result<Vec<LatestRow>, QueryError> {
-    const PG: &str = "SELECT ts, value, value_text, quality, detail FROM register_readings \
-                      WHERE register_id = $1 ORDER BY ts DESC LIMIT 1";
-    type Stored<T> = Option<(T, Option<f64>, Option<String>, String, Option<String>)>;
+    let store = store::for_db(db);
     let mut out = Vec::new();
     for reg in registers(db, device).await? {
-        let row: Stored<DateTime<Utc>> = match db {
-            Db::Postgres(p) => sqlx::query_as(PG).bind(reg.id).fetch_optional(p).await?,
-            Db::Sqlite(p) => {
-                let r: Stored<i64> = sqlx::query_as(PG).bind(reg.id).fetch_optional(p).await?;
-                r.map(|(ts, v, t, q, d)| (from_micros(ts), v, t, q, d))
-            }
-        };
-        let (ts, value, text, quality, detail) = match row {
-            Some((ts, v, t, q, d)) => (Some(ts), v, t, Some(q), d),
+        let (ts, value, text, quality, detail) = match store.latest(reg.id).await? {
+            Some(r) => (Some(r.ts), r.value, r.value_text, Some(r.quality), r.detail),
             None => (None, None, None, None, None),
         };
         let value = match (text, value) {
@@ -250,6 +207,7 @@ pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
             )));
         }
     }
+    let store = store::for_db(db);
     // One more than allowed, to tell "exactly the limit" from "too many".
     let mut left = q.limit + 1;
     let mut rows = match q.bucket {
@@ -258,8 +216,10 @@ pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
     };
     for reg in &regs {
         let n = match (&mut rows, q.bucket) {
-            (Rows::Raw(out), _) => raw(db, reg, q, left, out).await?,
-            (Rows::Buckets(out), Some(bucket)) => buckets(db, reg, q, bucket, left, out).await?,
+            (Rows::Raw(out), _) => raw(&*store, reg, q, left, out).await?,
+            (Rows::Buckets(out), Some(bucket)) => {
+                buckets(&*store, reg, q, bucket, left, out).await?
+            }
             (Rows::Buckets(_), None) => unreachable!("bucket rows only with a bucket"),
         };
         left -= n;
@@ -279,108 +239,44 @@ pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
 }
 
 async fn raw(
-    db: &Db,
-    reg: &RegisterRow,
+    store: &dyn HistoryStore,
+    reg: &RegisterRef,
     q: &RangeQuery,
     limit: usize,
     out: &mut Vec<RawRow>,
 ) -> Result<usize, QueryError> {
-    const SQL: &str = "SELECT ts, value, value_text, quality, detail FROM register_readings \
-                       WHERE register_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4";
-    type Stored<T> = (T, Option<f64>, Option<String>, String, Option<String>);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<Stored<DateTime<Utc>>> = match db {
-        Db::Postgres(p) => {
-            sqlx::query_as(SQL)
-                .bind(reg.id)
-                .bind(q.from)
-                .bind(q.to)
-                .bind(limit)
-                .fetch_all(p)
-                .await?
-        }
-        Db::Sqlite(p) => {
-            let rows: Vec<Stored<i64>> = sqlx::query_as(SQL)
-                .bind(reg.id)
-                .bind(micros(q.from))
-                .bind(micros(q.to))
-                .bind(limit)
-                .fetch_all(p)
-                .await?;
-            rows.into_iter()
-                .map(|(ts, v, t, q, d)| (from_micros(ts), v, t, q, d))
-                .collect()
-        }
-    };
+    let rows = store.range(reg.id, q.from, q.to, limit).await?;
     let n = rows.len();
-    out.extend(
-        rows.into_iter()
-            .map(|(ts, value, value_text, quality, detail)| RawRow {
-                register: reg.name.clone(),
-                ts,
-                value,
-                value_text,
-                quality,
-                detail,
-            }),
-    );
+    out.extend(rows.into_iter().map(|r| RawRow {
+        register: reg.name.clone(),
+        ts: r.ts,
+        value: r.value,
+        value_text: r.value_text,
+        quality: r.quality,
+        detail: r.detail,
+    }));
     Ok(n)
 }
 
 async fn buckets(
-    db: &Db,
-    reg: &RegisterRow,
+    store: &dyn HistoryStore,
+    reg: &RegisterRef,
     q: &RangeQuery,
     bucket: Duration,
     limit: usize,
     out: &mut Vec<BucketRow>,
 ) -> Result<usize, QueryError> {
-    // Good and uncertain values, as in register_readings_hourly; buckets with
-    // no numeric value (strings, only bad readings) are left out.
-    const PG: &str = "SELECT date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b, \
-         avg(value), min(value), max(value), count(value) FROM register_readings \
-         WHERE register_id = $1 AND ts >= $3 AND ts < $4 AND quality IN ('good', 'uncertain') \
-         GROUP BY b HAVING count(value) > 0 ORDER BY b LIMIT $5";
-    const SQLITE: &str = "SELECT (ts / $2) * $2 AS b, avg(value), min(value), max(value), count(value) \
-         FROM register_readings \
-         WHERE register_id = $1 AND ts >= $3 AND ts < $4 AND quality IN ('good', 'uncertain') \
-         GROUP BY b HAVING count(value) > 0 ORDER BY b LIMIT $5";
-    type Agg<T> = (T, f64, f64, f64, i64);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<Agg<DateTime<Utc>>> = match db {
-        Db::Postgres(p) => {
-            sqlx::query_as(PG)
-                .bind(reg.id)
-                .bind(bucket.as_secs_f64())
-                .bind(q.from)
-                .bind(q.to)
-                .bind(limit)
-                .fetch_all(p)
-                .await?
-        }
-        Db::Sqlite(p) => {
-            let width = i64::try_from(bucket.as_micros()).unwrap_or(i64::MAX);
-            let rows: Vec<Agg<i64>> = sqlx::query_as(SQLITE)
-                .bind(reg.id)
-                .bind(width)
-                .bind(micros(q.from))
-                .bind(micros(q.to))
-                .bind(limit)
-                .fetch_all(p)
-                .await?;
-            rows.into_iter()
-                .map(|(b, avg, min, max, n)| (from_micros(b), avg, min, max, n))
-                .collect()
-        }
-    };
+    let rows = store.buckets(reg.id, bucket, q.from, q.to, limit).await?;
     let n = rows.len();
-    out.extend(rows.into_iter().map(|(b, avg, min, max, count)| BucketRow {
+    out.extend(rows.into_iter().map(|b| BucketRow {
         register: reg.name.clone(),
-        bucket: b,
-        avg,
-        min,
-        max,
-        count,
+        bucket: b.start,
+        avg: b.avg,
+        min: b.min,
+        max: b.max,
+        count: b.count,
     }));
     Ok(n)
 }

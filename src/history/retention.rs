@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::Utc;
 
-use crate::db::{Db, has_timescaledb};
+use super::store;
+use crate::db::Db;
 
 /// Default time readings are kept.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(365 * 86_400);
@@ -57,52 +58,20 @@ pub fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
 /// Returns false when the database has no TimescaleDB (run [`delete_older`]
 /// periodically instead).
 pub async fn set_policy(db: &Db, keep: Option<Duration>) -> anyhow::Result<bool> {
-    let Db::Postgres(pool) = db else {
-        return Ok(false);
-    };
-    if !has_timescaledb(pool).await? {
-        return Ok(false);
-    }
-    sqlx::query("SELECT remove_retention_policy('register_readings', if_exists => true)")
-        .execute(pool)
-        .await
-        .context("cannot remove the old retention policy")?;
-    if let Some(keep) = keep {
-        sqlx::query("SELECT add_retention_policy('register_readings', drop_after => make_interval(secs => $1))")
-            .bind(keep.as_secs_f64())
-            .execute(pool)
-            .await
-            .context("cannot add the retention policy")?;
-    }
-    Ok(true)
+    store::for_db(db).set_retention_policy(keep).await
 }
-
-/// One batch of expired rows; the same SQL on PostgreSQL and SQLite (row
-/// values in `IN`), with `ts` bound as timestamptz or as microseconds.
-const DELETE_EXPIRED: &str = "DELETE FROM register_readings WHERE (register_id, ts) IN \
-     (SELECT register_id, ts FROM register_readings WHERE ts < $1 LIMIT $2)";
 
 /// Deletes readings older than `keep`, `DELETE_BATCH` rows per statement;
 /// returns how many were deleted.
 pub async fn delete_older(db: &Db, keep: Duration) -> anyhow::Result<u64> {
+    let store = store::for_db(db);
     let cutoff = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
     let mut total = 0;
     loop {
-        let n = match db {
-            Db::Postgres(p) => sqlx::query(DELETE_EXPIRED)
-                .bind(cutoff)
-                .bind(DELETE_BATCH)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()),
-            Db::Sqlite(p) => sqlx::query(DELETE_EXPIRED)
-                .bind(cutoff.timestamp_micros())
-                .bind(DELETE_BATCH)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()),
-        }
-        .context("cannot delete expired readings")?;
+        let n = store
+            .delete_before(cutoff, DELETE_BATCH)
+            .await
+            .context("cannot delete expired readings")?;
         total += n;
         if n < DELETE_BATCH as u64 {
             return Ok(total);

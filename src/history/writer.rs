@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 
 use super::row::{Row, Rows, rows_in, rows_of};
 use super::spool::Spool;
+use super::store::{self, HistoryStore};
 use crate::db::Db;
 use crate::reading::PollReport;
 use crate::telemetry::{Distribution, DistributionSnapshot};
@@ -135,6 +136,7 @@ pub async fn run_writer(
     stats: Arc<HistoryStats>,
     mut abort: watch::Receiver<bool>,
 ) {
+    let store = store::for_db(&db);
     let mut spool = settings.spool_dir.as_deref().and_then(|dir| {
         Spool::open(dir)
             .inspect_err(|e| tracing::error!(dir = %dir.display(), error = %e, "cannot open the spool; unwritten readings will wait in memory only"))
@@ -166,7 +168,7 @@ pub async fn run_writer(
             let room = settings.spool_after.saturating_sub(backlog.rows);
             let flushed;
             (flushed, taken) = flush_taking(
-                flush(&db, spool.as_mut(), &mut backlog, &stats),
+                flush(&*store, spool.as_mut(), &mut backlog, &stats),
                 &mut rx,
                 room,
                 &mut closed,
@@ -349,7 +351,7 @@ async fn flush_taking(
 /// Writes what waits, oldest first: spooled segments, then the backlog.
 /// Stops at the first failure; nothing is removed before it is stored.
 async fn flush(
-    db: &Db,
+    store: &dyn HistoryStore,
     spool: Option<&mut Spool>,
     backlog: &mut Backlog,
     stats: &HistoryStats,
@@ -365,7 +367,7 @@ async fn flush(
                 tracing::error!(segment = %path.display(), damaged = segment.damaged, "spool segment is damaged; replaying the good records around the damage");
             }
             for batch in &segment.batches {
-                write_counted(db, &[batch], stats).await?;
+                write_counted(store, &[batch], stats).await?;
                 stats
                     .rows_replayed
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -375,15 +377,19 @@ async fn flush(
         }
     }
     while let Some(batch) = backlog.batches.front() {
-        write_counted(db, &batch.pieces(), stats).await?;
+        write_counted(store, &batch.pieces(), stats).await?;
         backlog.pop();
     }
     Ok(())
 }
 
-async fn write_counted(db: &Db, pieces: &[&[Row]], stats: &HistoryStats) -> anyhow::Result<()> {
+async fn write_counted(
+    store: &dyn HistoryStore,
+    pieces: &[&[Row]],
+    stats: &HistoryStats,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let new = write_pieces(db, pieces).await?;
+    let new = store.write(pieces).await?;
     let len = rows_in(pieces);
     let took = started.elapsed();
     stats.write_latency.record(took);
@@ -421,10 +427,7 @@ pub async fn write(db: &Db, rows: &[Row]) -> anyhow::Result<u64> {
 }
 
 /// [`write`] of one batch held in pieces (see [`Rows`]): one COPY or one
-/// transaction for all of them.
+/// transaction for all of them ([`HistoryStore::write`]).
 pub async fn write_pieces(db: &Db, pieces: &[&[Row]]) -> anyhow::Result<u64> {
-    match db {
-        Db::Postgres(pool) => super::store::postgres::write(pool, pieces).await,
-        Db::Sqlite(pool) => super::store::sqlite::write(pool, pieces).await,
-    }
+    store::for_db(db).write(pieces).await
 }

@@ -19,18 +19,7 @@ use super::{
     Address, Align, CronSchedule, DataType, Device, Register, RegisterMaps, RequestLimits,
     Schedule, UnitId, ValidRange,
 };
-use crate::db::Db;
-
-/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body is
-/// type-checked once per database, so it must be valid SQL for both.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Db::Postgres($pool) => $body,
-            Db::Sqlite($pool) => $body,
-        }
-    };
-}
+use crate::db::{Db, on_pool};
 
 #[derive(sqlx::FromRow)]
 struct DeviceRow {
@@ -80,6 +69,15 @@ const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, ti
      FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
      unit, valid_min, valid_max, bit, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
+
+/// A register of the registry, as history queries need it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct RegisterRef {
+    pub id: i32,
+    pub name: String,
+    pub unit: Option<String>,
+    pub data_type: String,
+}
 
 /// The registry as stored, and the rows that could not be used (edited by hand
 /// into something invalid); those devices are left out and reported.
@@ -173,7 +171,7 @@ impl Db {
     /// unchanged registry of thousands of devices. `None` on SQLite, which
     /// has no such column: it is always reloaded.
     pub async fn registry_fingerprint(&self) -> anyhow::Result<Option<String>> {
-        let Db::Postgres(pool) = self else {
+        let Some(pool) = self.as_postgres() else {
             return Ok(None);
         };
         let row: (String,) = sqlx::query_as(
@@ -185,6 +183,28 @@ impl Db {
         .await
         .context("cannot read the registry's fingerprint")?;
         Ok(Some(row.0))
+    }
+
+    /// The registers of the device named `device` (inactive ones too: their
+    /// history stays queryable), in address order, as history queries name
+    /// them; `None` when there is no such device.
+    pub(crate) async fn device_registers(
+        &self,
+        device: &str,
+    ) -> sqlx::Result<Option<Vec<RegisterRef>>> {
+        const DEVICE: &str = "SELECT id FROM devices WHERE name = $1";
+        const REGISTERS: &str = "SELECT id, name, unit, data_type FROM device_register_map \
+                                 WHERE device_id = $1 ORDER BY address, name";
+        on_pool!(self, pool => {
+            let id: Option<i32> = sqlx::query_scalar(DEVICE)
+                .bind(device)
+                .fetch_optional(pool)
+                .await?;
+            match id {
+                Some(id) => sqlx::query_as(REGISTERS).bind(id).fetch_all(pool).await.map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     /// The active devices that have at least one active register: what `run` polls.

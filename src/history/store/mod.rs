@@ -1,6 +1,123 @@
-//! Where history is stored: PostgreSQL by binary COPY ([`postgres`],
-//! [`pgcopy`]) or SQLite by multi-row INSERT ([`sqlite`]).
+//! Where history is stored: PostgreSQL by binary COPY ([`postgres`], with
+//! its encoder [`pgcopy`]) or SQLite by multi-row INSERT ([`sqlite`]). Both
+//! are a [`HistoryStore`]; the writer, [`query`](super::query) and
+//! [`retention`](super::retention) talk only to that, and [`for_db`] is the
+//! one place that picks the store for the database.
+//!
+//! Each store owns its SQL; the statements that are the same text on both
+//! databases (they differ only in how `ts` is bound and read back:
+//! timestamptz on PostgreSQL, microseconds since the Unix epoch on SQLite)
+//! are written once here.
 
-pub mod pgcopy;
-pub mod postgres;
-pub mod sqlite;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::row::Row;
+use crate::db::Db;
+
+/// The columns of `register_readings` a row is written to, in the order
+/// both stores send them (`pgcopy::tuples`, the SQLite INSERT's binds). A
+/// macro so that statements can be built from it with `concat!`.
+macro_rules! written_columns {
+    () => {
+        "ts, register_id, device_id, value, value_text, quality, detail"
+    };
+}
+
+// Only the PostgreSQL store uses the encoder; the bench (in the crate until
+// it becomes its own binary) reaches it too.
+pub(crate) mod pgcopy;
+mod postgres;
+mod sqlite;
+
+/// The newest reading of one register: the primary key `(register_id, ts)`
+/// serves it, scanned backwards.
+const LATEST: &str = "SELECT ts, value, value_text, quality, detail FROM register_readings \
+                      WHERE register_id = $1 ORDER BY ts DESC LIMIT 1";
+
+/// The readings of one register in `[$2, $3)`, oldest first, at most `$4`.
+const RANGE: &str = "SELECT ts, value, value_text, quality, detail FROM register_readings \
+                     WHERE register_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4";
+
+/// One batch of expired rows (before `$1`, at most `$2`); the same SQL on
+/// PostgreSQL and SQLite (row values in `IN`).
+const DELETE_EXPIRED: &str = "DELETE FROM register_readings WHERE (register_id, ts) IN \
+     (SELECT register_id, ts FROM register_readings WHERE ts < $1 LIMIT $2)";
+
+/// One stored reading of a register.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StoredReading {
+    pub ts: DateTime<Utc>,
+    pub value: Option<f64>,
+    pub value_text: Option<String>,
+    pub quality: String,
+    pub detail: Option<String>,
+}
+
+/// Aggregates of one register's numeric values over one bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketAggregate {
+    /// Start of the bucket; buckets are aligned to the Unix epoch.
+    pub start: DateTime<Utc>,
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: i64,
+}
+
+/// What history needs from a database. Readings are addressed by
+/// `register_id` (`device_register_map.id`); the registry maps names to ids.
+#[async_trait]
+pub trait HistoryStore: Send + Sync {
+    /// Writes the rows of `pieces` (one batch held in pieces, see
+    /// [`Rows`](super::row::Rows)) in one go: one COPY or one transaction.
+    /// Rows already stored (same register and timestamp) are skipped, so a
+    /// batch retried after an ambiguous failure is not duplicated. Returns
+    /// how many rows were new.
+    async fn write(&self, pieces: &[&[Row]]) -> anyhow::Result<u64>;
+
+    /// The newest stored reading of a register, if it has any.
+    async fn latest(&self, register_id: i32) -> sqlx::Result<Option<StoredReading>>;
+
+    /// The readings of a register in `[from, to)`, oldest first, at most `limit`.
+    async fn range(
+        &self,
+        register_id: i32,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<StoredReading>>;
+
+    /// Aggregates per bucket of `width` (aligned to the Unix epoch) of a
+    /// register's readings in `[from, to)`, oldest first, at most `limit`.
+    /// Over good and uncertain values, as in `register_readings_hourly`;
+    /// buckets with no numeric value (strings, only bad readings) are left out.
+    async fn buckets(
+        &self,
+        register_id: i32,
+        width: Duration,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<BucketAggregate>>;
+
+    /// Deletes at most `limit` readings older than `cutoff`; returns how many
+    /// were deleted (fewer than `limit`: none older are left).
+    async fn delete_before(&self, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Result<u64>;
+
+    /// Sets TimescaleDB's retention policy to `keep`, replacing any earlier
+    /// one. Returns false when the database has no TimescaleDB (expired rows
+    /// must then be deleted with [`delete_before`](Self::delete_before)).
+    async fn set_retention_policy(&self, keep: Option<Duration>) -> anyhow::Result<bool>;
+}
+
+/// The history store of `db`. Cheap: the store shares the database's pool.
+pub fn for_db(db: &Db) -> Arc<dyn HistoryStore> {
+    match db {
+        Db::Postgres(pool) => Arc::new(postgres::PostgresStore::new(pool.clone())),
+        Db::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
+    }
+}

@@ -18,7 +18,11 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 const FIELDS: i16 = 7;
 
 /// The statement the encoded bytes are sent with.
-pub const COPY_STATEMENT: &str = "COPY register_readings (ts, register_id, device_id, value, value_text, quality, detail) FROM STDIN (FORMAT binary)";
+pub const COPY_STATEMENT: &str = concat!(
+    "COPY register_readings (",
+    written_columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
 
 /// Encodes `rows` as one complete PGCOPY stream.
 pub fn encode(rows: &[Row]) -> Vec<u8> {

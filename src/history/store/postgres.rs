@@ -1,14 +1,19 @@
-//! History in PostgreSQL/TimescaleDB, by binary COPY (see `pgcopy`).
+//! History in PostgreSQL/TimescaleDB, written by binary COPY (see `pgcopy`).
 //!
 //! COPY cannot skip rows that are already stored, so a batch that hits the
 //! primary key (a replay after an ambiguous failure, or a spool replayed
 //! twice) is written again through a temporary staging table and
 //! `INSERT … ON CONFLICT DO NOTHING`: never dropped, never duplicated.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{Executor as _, PgPool};
 
-use super::pgcopy;
+use super::{BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, StoredReading, pgcopy};
+use crate::db::has_timescaledb;
 use crate::history::row::{Row, rows_in};
 
 /// SQLSTATE of a unique-key violation.
@@ -20,9 +25,127 @@ const UNIQUE_VIOLATION: &str = "23505";
 /// there, for as long as the connection lived, next to the 12 MB encoding.
 const PIECE_ROWS: usize = 8_192;
 
+/// Per-bucket aggregates; `date_bin` from the Unix epoch aligns the buckets
+/// as SQLite's integer division does.
+const BUCKETS: &str = "SELECT date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b, \
+     avg(value), min(value), max(value), count(value) FROM register_readings \
+     WHERE register_id = $1 AND ts >= $3 AND ts < $4 AND quality IN ('good', 'uncertain') \
+     GROUP BY b HAVING count(value) > 0 ORDER BY b LIMIT $5";
+
+/// Where the rows of a batch that overlaps stored ones are copied first.
+const COPY_STAGING: &str = concat!(
+    "COPY regpoll_staging (",
+    written_columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
+const INSERT_FROM_STAGING: &str = concat!(
+    "INSERT INTO register_readings (",
+    written_columns!(),
+    ") SELECT ",
+    written_columns!(),
+    " FROM regpoll_staging ON CONFLICT (register_id, ts) DO NOTHING"
+);
+
+/// History in a PostgreSQL database.
+pub(super) struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub(super) fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl HistoryStore for PostgresStore {
+    async fn write(&self, pieces: &[&[Row]]) -> anyhow::Result<u64> {
+        write(&self.pool, pieces).await
+    }
+
+    async fn latest(&self, register_id: i32) -> sqlx::Result<Option<StoredReading>> {
+        sqlx::query_as(LATEST)
+            .bind(register_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    async fn range(
+        &self,
+        register_id: i32,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<StoredReading>> {
+        sqlx::query_as(RANGE)
+            .bind(register_id)
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn buckets(
+        &self,
+        register_id: i32,
+        width: Duration,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<BucketAggregate>> {
+        let rows: Vec<(DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(BUCKETS)
+            .bind(register_id)
+            .bind(width.as_secs_f64())
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(start, avg, min, max, count)| BucketAggregate {
+                start,
+                avg,
+                min,
+                max,
+                count,
+            })
+            .collect())
+    }
+
+    async fn delete_before(&self, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Result<u64> {
+        sqlx::query(DELETE_EXPIRED)
+            .bind(cutoff)
+            .bind(limit)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+    }
+
+    async fn set_retention_policy(&self, keep: Option<Duration>) -> anyhow::Result<bool> {
+        let pool = &self.pool;
+        if !has_timescaledb(pool).await? {
+            return Ok(false);
+        }
+        sqlx::query("SELECT remove_retention_policy('register_readings', if_exists => true)")
+            .execute(pool)
+            .await
+            .context("cannot remove the old retention policy")?;
+        if let Some(keep) = keep {
+            sqlx::query("SELECT add_retention_policy('register_readings', drop_after => make_interval(secs => $1))")
+                .bind(keep.as_secs_f64())
+                .execute(pool)
+                .await
+                .context("cannot add the retention policy")?;
+        }
+        Ok(true)
+    }
+}
+
 /// Writes the rows of `pieces` in one COPY; returns how many were new (the
 /// rest were already stored).
-pub async fn write(pool: &PgPool, pieces: &[&[Row]]) -> anyhow::Result<u64> {
+async fn write(pool: &PgPool, pieces: &[&[Row]]) -> anyhow::Result<u64> {
     let rows = rows_in(pieces);
     let mut conn = pool
         .acquire()
@@ -77,19 +200,11 @@ async fn write_skipping_duplicates(
     )
     .await
     .context("cannot create the staging table")?;
-    copy(
-        &mut tx,
-        "COPY regpoll_staging (ts, register_id, device_id, value, value_text, quality, detail) FROM STDIN (FORMAT binary)",
-        pieces,
-    )
-    .await
-    .context("cannot COPY readings into the staging table")?;
+    copy(&mut tx, COPY_STAGING, pieces)
+        .await
+        .context("cannot COPY readings into the staging table")?;
     let inserted = tx
-        .execute(
-            "INSERT INTO register_readings (ts, register_id, device_id, value, value_text, quality, detail) \
-             SELECT ts, register_id, device_id, value, value_text, quality, detail FROM regpoll_staging \
-             ON CONFLICT (register_id, ts) DO NOTHING",
-        )
+        .execute(INSERT_FROM_STAGING)
         .await
         .context("cannot move readings from the staging table")?
         .rows_affected();

@@ -36,6 +36,7 @@ mod writer;
 
 pub use coalescer::Coalescer;
 pub use commands::packed_report;
+pub use connection::{ProtocolError, Reply, Stream, next_reply};
 pub use writer::{RedisStats, run_writer};
 
 /// The readiness probe's connection (`/ready` sends PING on it). It
@@ -51,6 +52,16 @@ pub fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
         .set_max_delay(Duration::from_secs(2));
     ConnectionManager::new_lazy_with_config(client, config)
         .context("cannot set up the Redis connection")
+}
+
+/// A connection that sends bytes as they are and hands back Redis's
+/// answers unparsed, opened as the writer opens its own (AUTH and SELECT
+/// from the URL, within [`REDIS_TIMEOUT`]). It is for tools that must send
+/// exactly what the writer sends ([`packed_report`]) and pay what it pays to
+/// read the answers ([`next_reply`]), such as the benchmark's floor; the
+/// service itself uses [`run_writer`] and [`connect`].
+pub async fn connect_raw(url: &str) -> anyhow::Result<Stream> {
+    connection::Target::parse(url)?.connect(REDIS_TIMEOUT).await
 }
 
 /// Key naming and expiry.

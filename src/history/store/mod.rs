@@ -1,7 +1,7 @@
 //! Where history is stored: PostgreSQL by binary COPY ([`postgres`], with
 //! its encoder in `pgcopy`) or SQLite by multi-row INSERT ([`sqlite`]).
 
-pub mod pgcopy;
+mod pgcopy;
 pub mod postgres;
 pub mod sqlite;
 

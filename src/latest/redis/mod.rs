@@ -31,7 +31,7 @@ const MAX_IN_FLIGHT: usize = 4;
 
 pub mod coalescer;
 mod commands;
-pub mod connection;
+pub(crate) mod connection;
 mod writer;
 
 pub use coalescer::Coalescer;

@@ -306,7 +306,7 @@ async fn metrics_text(State(state): State<ApiState>) -> Response {
 /// Totals since start and fine-grained distributions (see
 /// `telemetry::Distribution`): what `/metrics` shows, in a form from which
 /// exact-enough quantiles of any time window can be computed by subtracting
-/// two answers (`regpoll bench` does).
+/// two answers (`regpoll-bench` does).
 async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
     use std::sync::atomic::Ordering::Relaxed;
     let s = &state.0;

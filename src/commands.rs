@@ -42,7 +42,6 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Devices(DevicesCommand::List(db)) => list(&db).await,
         Command::Query(q) => query(q).await,
         Command::Migrate(db) => migrate(&db).await,
-        Command::Bench(b) => bench(b).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -665,104 +664,6 @@ fn csv_line<'a>(fields: impl Iterator<Item = &'a str>) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-async fn bench(command: crate::cli::BenchCommand) -> anyhow::Result<()> {
-    use crate::bench;
-    use crate::cli::BenchCommand;
-    let write = |out: Option<&std::path::Path>, result: &serde_json::Value| -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(result)?;
-        match out {
-            Some(path) => std::fs::write(path, text)
-                .with_context(|| format!("cannot write {}", path.display())),
-            None => {
-                println!("{text}");
-                Ok(())
-            }
-        }
-    };
-    match command {
-        BenchCommand::Fleet {
-            name,
-            devices,
-            registers,
-            every,
-            duration,
-            warmup,
-            units_per_port,
-            database_url,
-            redis_url,
-            stall,
-            out,
-        } => {
-            let spec = bench::FleetSpec {
-                name,
-                devices,
-                registers,
-                every,
-                duration,
-                warmup,
-                units_per_port: units_per_port.max(1),
-                database_url,
-                redis_url,
-                stall,
-            };
-            write(out.as_deref(), &bench::fleet(&spec).await?)
-        }
-        BenchCommand::Ingest {
-            name,
-            rows,
-            rounds,
-            database_url,
-            psql,
-            batch_rows,
-            out,
-        } => {
-            let spec = bench::IngestSpec {
-                name,
-                rows,
-                rounds: rounds.max(1),
-                database_url,
-                psql,
-                batch_rows: batch_rows.max(1),
-            };
-            write(out.as_deref(), &bench::ingest(&spec).await?)
-        }
-        BenchCommand::Report { files, out } => {
-            let mut results = Vec::new();
-            for f in &files {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read {}", f.display()))?;
-                results.push(
-                    serde_json::from_str::<serde_json::Value>(&text)
-                        .with_context(|| format!("{} is not a result file", f.display()))?,
-                );
-            }
-            let (table, ok) = bench::report(&results);
-            println!("{table}");
-            let env = |k: &str| std::env::var(k).unwrap_or_default();
-            let all = serde_json::json!({
-                "machine": {
-                    "cpu": env("BENCH_MACHINE_CPU"),
-                    "cores": env("BENCH_MACHINE_CORES"),
-                    "memory": env("BENCH_MACHINE_MEM"),
-                    "postgresql": env("BENCH_PG_VERSION"),
-                    "redis": env("BENCH_REDIS_VERSION"),
-                    "timescaledb": !env("BENCH_TIMESCALEDB").is_empty(),
-                },
-                "scenarios": results,
-                "table": table,
-                "targets_met": ok,
-            });
-            if let Some(out) = out {
-                write(Some(&out), &all)?;
-            }
-            if !ok {
-                anyhow::bail!("some targets were missed (see the table)");
-            }
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc instead of glibc's malloc: a poll allocates and frees a few
 /// small buffers on one worker thread and they are freed on another, which
 /// glibc handles with arena locks and keeps as fragmented heap; measured with
-/// `regpoll bench` at 10,000 devices, see BENCHMARKS.md.
+/// `regpoll-bench` at 10,000 devices, see BENCHMARKS.md.
 ///
 /// Without transparent huge pages (the `no_thp` feature, and `main` turns
 /// them off for the process): mimalloc asks for them on its arenas, and

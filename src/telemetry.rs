@@ -98,7 +98,7 @@ const DIST_BUCKETS: usize = (2 * SUB + (TOP_BIT as u64 - SUB_BITS as u64 - 1) * 
 /// that within 3 %), as in HdrHistogram. Recording is two relaxed atomic
 /// operations, with no lock and no allocation, so it can sit on every poll;
 /// it takes 9 KiB whatever the run's length. Two snapshots subtract, which
-/// gives the quantiles of a time window (what `regpoll bench` reports).
+/// gives the quantiles of a time window (what `regpoll-bench` reports).
 #[derive(Debug)]
 pub struct Distribution {
     counts: Box<[AtomicU64]>,

@@ -448,10 +448,10 @@ fn a_bad_log_filter_is_refused_with_a_hint() {
     );
 }
 
-/// `bench fleet` end to end at a small scale, as `scripts/bench` runs it:
-/// `regpoll run` against the simulator with PostgreSQL and Redis, every
-/// reading of the run stored, and the floor measured twice, the second time
-/// with the sinks' bytes sent to the same Redis and PostgreSQL.
+/// `regpoll-bench fleet` end to end at a small scale, as `scripts/bench`
+/// runs it: `regpoll run` against the simulator with PostgreSQL and Redis,
+/// every reading of the run stored, and the floor measured twice, the second
+/// time with the sinks' bytes sent to the same Redis and PostgreSQL.
 #[test]
 fn bench_fleet_measures_a_small_fleet_and_both_floors() {
     let admin = std::env::var("TEST_DATABASE_URL")
@@ -460,10 +460,11 @@ fn bench_fleet_measures_a_small_fleet_and_both_floors() {
         .expect("TEST_REDIS_URL is not set: run the tests with scripts/test");
     let dir = tempfile::tempdir().unwrap();
     let name = format!("cli_{}", std::process::id());
-    let out = regpoll(
-        &[
-            "bench",
+    let out = Command::new(env!("CARGO_BIN_EXE_regpoll-bench"))
+        .args([
             "fleet",
+            "--regpoll",
+            env!("CARGO_BIN_EXE_regpoll"),
             "--name",
             &name,
             "--devices",
@@ -478,9 +479,12 @@ fn bench_fleet_measures_a_small_fleet_and_both_floors() {
             &redis,
             "--out",
             "result.json",
-        ],
-        dir.path(),
-    );
+        ])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("regpoll-bench runs");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("result.json")).unwrap()).unwrap();

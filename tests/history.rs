@@ -504,6 +504,24 @@ devices:
     db.close().await;
 }
 
+/// Holds `register_readings` locked for `hold` in a transaction of its own,
+/// as the benchmark's `--stall` does (regpoll-bench's `stall_once`).
+async fn stall_once(
+    conn: &mut sqlx::PgConnection,
+    hold: std::time::Duration,
+) -> anyhow::Result<()> {
+    use sqlx::{Connection as _, Executor as _};
+    let mut tx = conn.begin().await?;
+    tx.execute("LOCK TABLE register_readings IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    sqlx::query("SELECT pg_sleep($1)")
+        .bind(hold.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// The benchmark's `--stall` holds the history table as a disk stall would:
 /// a write started during one waits until it ends, then goes through.
 #[tokio::test]
@@ -517,7 +535,7 @@ async fn a_made_stall_holds_writes_until_it_ends() {
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     let hold = Duration::from_millis(600);
     let stall = tokio::spawn(async move {
-        regpoll::bench::stall_once(&mut conn, hold).await.unwrap();
+        stall_once(&mut conn, hold).await.unwrap();
     });
     until_activity(
         &admin,

@@ -1,5 +1,5 @@
 //! Where history is stored: PostgreSQL by binary COPY ([`postgres`], with
-//! its encoder [`pgcopy`]) or SQLite by multi-row INSERT ([`sqlite`]). Both
+//! its encoder in `pgcopy`) or SQLite by multi-row INSERT ([`sqlite`]). Both
 //! are a [`HistoryStore`]; the writer, [`query`](super::query) and
 //! [`retention`](super::retention) talk only to that, and [`for_db`] is the
 //! one place that picks the store for the database.
@@ -27,11 +27,21 @@ macro_rules! written_columns {
     };
 }
 
-// Only the PostgreSQL store uses the encoder; the bench (in the crate until
-// it becomes its own binary) reaches it too.
-pub(crate) mod pgcopy;
+mod pgcopy;
 mod postgres;
 mod sqlite;
+
+/// The statement PostgreSQL history is written with: a binary COPY into
+/// `register_readings` of a stream as [`copy_bytes`] makes it.
+pub use pgcopy::COPY_STATEMENT;
+
+/// The exact binary COPY stream (PGCOPY) the PostgreSQL store sends for
+/// `rows` with [`COPY_STATEMENT`], header and trailer included. It is for
+/// tools that must send what regpoll sends, such as the benchmark's floor
+/// and its `psql` baseline; the store itself sends it in pieces.
+pub fn copy_bytes(rows: &[Row]) -> Vec<u8> {
+    pgcopy::encode(rows)
+}
 
 /// The newest reading of one register: the primary key `(register_id, ts)`
 /// serves it, scanned backwards.

@@ -28,12 +28,23 @@ const MAX_IN_FLIGHT: usize = 4;
 
 pub mod coalescer;
 mod commands;
-pub mod connection;
+pub(crate) mod connection;
 mod writer;
 
 pub use coalescer::Coalescer;
 pub use commands::packed_report;
+pub use connection::{ProtocolError, Reply, Stream, next_reply};
 pub use writer::{RedisSnapshot, RedisStats, run_writer};
+
+/// A connection that sends bytes as they are and hands back Redis's
+/// answers unparsed, opened as the writer opens its own (AUTH and SELECT
+/// from the URL, within [`REDIS_TIMEOUT`]). It is for tools that must send
+/// exactly what the writer sends ([`packed_report`]) and pay what it pays to
+/// read the answers ([`next_reply`]), such as the benchmark's floor; the
+/// service itself uses [`run_writer`].
+pub async fn connect_raw(url: &str) -> anyhow::Result<Stream> {
+    connection::Target::parse(url)?.connect(REDIS_TIMEOUT).await
+}
 
 /// Key naming and expiry.
 #[derive(Debug, Clone)]

@@ -1,0 +1,254 @@
+//! The report: every scenario's figures in one table, and each target
+//! checked against them.
+
+use std::fmt::Write as _;
+
+use serde_json::Value as Json;
+
+/// Targets of the benchmark issue, checked by `report`.
+pub const TARGET_LATENESS_P99_MS: f64 = 5.0;
+pub const TARGET_CPU_US_PER_READING: f64 = 2.0;
+pub const TARGET_RSS_KB_PER_DEVICE: f64 = 4.0;
+pub const TARGET_REDIS_P99_MS: f64 = 10.0;
+pub const TARGET_WRITER_RATIO: f64 = 0.9;
+
+fn f(v: &Json, key: &str) -> Option<f64> {
+    v.get(key).and_then(Json::as_f64)
+}
+
+/// How a figure stands against its target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Met,
+    Missed,
+    /// Missed, but the bare request loop alone (the same requests at the
+    /// same rate and nothing else) is already over the target: no poller
+    /// making those requests on this machine can meet it. Not a failure.
+    OutOfReach,
+}
+
+impl Verdict {
+    fn of(ok: bool) -> Verdict {
+        if ok { Verdict::Met } else { Verdict::Missed }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "ok",
+            Verdict::Missed => "MISSED",
+            Verdict::OutOfReach => {
+                "out of reach on this machine (the bare request loop alone costs more)"
+            }
+        }
+    }
+}
+
+/// The results table (Markdown) of the given scenario results, with the
+/// targets checked; returns the table and whether every target was met.
+pub fn report(results: &[Json]) -> (String, bool) {
+    let mut out = String::new();
+    let mut all_ok = true;
+    let fleets: Vec<&Json> = results.iter().filter(|r| r["kind"] == "fleet").collect();
+    if !fleets.is_empty() {
+        let _ = writeln!(
+            out,
+            "| scenario | devices × regs @ every | polls/s | Modbus req/s | readings/s written | lateness p50 / p99 / p99.9 / max (ms) | overruns | missed | CPU s per 1M readings | CPU µs/reading | bare request loop µs/reading | bare loop + sinks' bytes µs/reading | peak RSS | KiB/device | RSS at end | response→Redis p99 (ms) |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in &fleets {
+            let l = &r["lateness"];
+            let num = |v: &Json, k: &str| f(v, k).map_or("—".into(), |x| format!("{x:.2}"));
+            let _ = writeln!(
+                out,
+                "| {} | {} × {} @ {}s | {:.0} | {:.0} | {:.0} | {} / {} / {} / {} | {} | {} | {:.2} | {:.2} | {} | {} | {:.1} MiB | {:.2} | {:.1} MiB | {} |",
+                r["scenario"].as_str().unwrap_or("?"),
+                r["devices"],
+                r["registers_per_device"],
+                r["every_s"],
+                f(r, "polls_per_s").unwrap_or(0.0),
+                f(r, "modbus_requests_per_s").unwrap_or(0.0),
+                f(r, "rows_written_per_s").unwrap_or(0.0),
+                num(l, "p50_ms"),
+                num(l, "p99_ms"),
+                num(l, "p999_ms"),
+                num(l, "max_ms"),
+                r["overruns"],
+                r["missed_polls"],
+                f(r, "cpu_s_per_million_readings").unwrap_or(f64::NAN),
+                f(r, "cpu_us_per_reading").unwrap_or(f64::NAN),
+                num(&r["floor"], "cpu_us_per_reading"),
+                num(&r["floor"]["with_sinks"], "cpu_us_per_reading"),
+                f(r, "peak_rss_kib").unwrap_or(0.0) / 1024.0,
+                f(r, "peak_rss_kib_per_device").unwrap_or(f64::NAN),
+                f(r, "rss_kib").unwrap_or(0.0) / 1024.0,
+                num(&r["redis_visible"], "p99_ms"),
+            );
+        }
+    }
+    if !fleets.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nWhat the shared box was doing in the same windows:\n\n| scenario | some task waiting for a CPU (% of the window) | regpoll CPU % | regpoll threads' run-queue wait (ms/s) | simulator CPU % | simulator's run-queue wait (ms/s) | history write p99 / max (ms) |\n|---|---|---|---|---|---|---|"
+        );
+        for r in &fleets {
+            let b = &r["box"];
+            let num = |v: &Json, k: &str| f(v, k).map_or("—".into(), |x| format!("{x:.1}"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} / {} |",
+                r["scenario"].as_str().unwrap_or("?"),
+                num(b, "cpu_pressure_some_pct"),
+                num(b, "regpoll_cpu_pct"),
+                num(b, "regpoll_run_queue_wait_ms_per_s"),
+                num(b, "simulator_cpu_pct"),
+                num(b, "simulator_run_queue_wait_ms_per_s"),
+                num(&r["history_write"], "p99_ms"),
+                num(&r["history_write"], "max_ms"),
+            );
+        }
+    }
+    for r in results.iter().filter(|r| r["kind"] == "ingest") {
+        let _ = writeln!(
+            out,
+            "\n| scenario | rows | regpoll writer rows/s (median) | psql binary COPY rows/s (median) | writer ÷ psql (median of rounds) | writer CPU µs/row |\n|---|---|---|---|---|---|\n| {} | {} | {:.0} | {:.0} | {:.1} % | {:.2} |",
+            r["scenario"].as_str().unwrap_or("?"),
+            r["rows"],
+            f(r, "writer_rows_per_s").unwrap_or(0.0),
+            f(r, "psql_rows_per_s").unwrap_or(0.0),
+            f(r, "writer_vs_psql").unwrap_or(0.0) * 100.0,
+            f(r, "writer_cpu_us_per_row").unwrap_or(f64::NAN),
+        );
+    }
+    let _ = writeln!(out, "\nTargets:");
+    let mut judge = |what: String, verdict: Verdict| {
+        all_ok &= verdict != Verdict::Missed;
+        let _ = writeln!(out, "- {what}: {}", verdict.text());
+    };
+    for r in &fleets {
+        let name = r["scenario"].as_str().unwrap_or("?");
+        let cpu = f(r, "cpu_us_per_reading").unwrap_or(f64::INFINITY);
+        let alone = f(&r["floor"], "cpu_us_per_reading");
+        let floor = match (alone, f(&r["floor"]["with_sinks"], "cpu_us_per_reading")) {
+            (Some(x), Some(y)) => format!(
+                " (a bare request loop alone: {x:.2}; with the sinks' bytes sent as well: {y:.2})"
+            ),
+            (Some(x), None) => format!(" (a bare request loop alone: {x:.2})"),
+            _ => String::new(),
+        };
+        let verdict = if cpu <= TARGET_CPU_US_PER_READING {
+            Verdict::Met
+        } else if alone.is_some_and(|x| x > TARGET_CPU_US_PER_READING) {
+            Verdict::OutOfReach
+        } else {
+            Verdict::Missed
+        };
+        judge(
+            format!("({name}) CPU {cpu:.2} µs/reading ≤ {TARGET_CPU_US_PER_READING}{floor}"),
+            verdict,
+        );
+        if let Some(p99) = f(&r["redis_visible"], "p99_ms") {
+            judge(
+                format!("({name}) response→Redis p99 {p99:.2} ms ≤ {TARGET_REDIS_P99_MS} ms"),
+                Verdict::of(p99 <= TARGET_REDIS_P99_MS),
+            );
+        }
+        judge(
+            format!("({name}) rows lost {} = 0", r["rows_lost"]),
+            Verdict::of(r["rows_lost"] == 0),
+        );
+        if r["devices"].as_u64() >= Some(10_000) {
+            let p99 = f(&r["lateness"], "p99_ms").unwrap_or(f64::INFINITY);
+            judge(
+                format!("({name}) missed polls {} = 0", r["missed_polls"]),
+                Verdict::of(f(r, "missed_polls") == Some(0.0)),
+            );
+            judge(
+                format!("({name}) lateness p99 {p99:.2} ms ≤ {TARGET_LATENESS_P99_MS} ms"),
+                Verdict::of(p99 <= TARGET_LATENESS_P99_MS),
+            );
+            let kib = f(r, "peak_rss_kib_per_device").unwrap_or(f64::INFINITY);
+            judge(
+                format!("({name}) peak RSS {kib:.2} KiB/device ≤ {TARGET_RSS_KB_PER_DEVICE}"),
+                Verdict::of(kib <= TARGET_RSS_KB_PER_DEVICE),
+            );
+        }
+    }
+    for r in results.iter().filter(|r| r["kind"] == "ingest") {
+        let ratio = f(r, "writer_vs_psql").unwrap_or(0.0);
+        judge(
+            format!(
+                "({}) writer at {:.1} % of psql binary COPY ≥ {:.0} %",
+                r["scenario"].as_str().unwrap_or("?"),
+                ratio * 100.0,
+                TARGET_WRITER_RATIO * 100.0
+            ),
+            Verdict::of(ratio >= TARGET_WRITER_RATIO),
+        );
+    }
+    (out, all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn report_checks_the_targets() {
+        let fleet = json!({"kind":"fleet","scenario":"c","devices":10000,"registers_per_device":10,"every_s":1.0,
+            "polls_per_s":10000.0,"modbus_requests_per_s":10000.0,"rows_written_per_s":100000.0,
+            "lateness":{"p50_ms":1.0,"p99_ms":2.0,"p999_ms":3.0,"max_ms":4.0},"overruns":0.0,"missed_polls":0.0,
+            "cpu_s_per_million_readings":1.5,"cpu_us_per_reading":1.5,"peak_rss_kib":30000.0,
+            "peak_rss_kib_per_device":3.0,"redis_visible":{"p99_ms":4.0},"rows_lost":0,
+            "box":{"cpu_pressure_some_pct":21.25,"regpoll_cpu_pct":31.0,"regpoll_run_queue_wait_ms_per_s":48.5,
+                "simulator_cpu_pct":19.0,"simulator_run_queue_wait_ms_per_s":12.0},
+            "history_write":{"p99_ms":54.3,"max_ms":63.9}});
+        let (table, ok) = report(std::slice::from_ref(&fleet));
+        assert!(ok, "{table}");
+        assert!(
+            table.contains("| c | 21.2 | 31.0 | 48.5 | 19.0 | 12.0 | 54.3 / 63.9 |"),
+            "{table}"
+        );
+        let mut slow = fleet.clone();
+        slow["lateness"]["p99_ms"] = json!(7.5);
+        let (table, ok) = report(&[slow]);
+        assert!(!ok);
+        assert!(
+            table.contains("lateness p99 7.50 ms ≤ 5 ms: MISSED"),
+            "{table}"
+        );
+        // A missed CPU target names the floor the bare request loop measured.
+        let mut costly = fleet.clone();
+        costly["cpu_us_per_reading"] = json!(4.25);
+        costly["floor"] = json!({"cpu_us_per_reading": 1.75});
+        let (table, ok) = report(&[costly.clone()]);
+        assert!(!ok);
+        assert!(
+            table.contains("CPU 4.25 µs/reading ≤ 2 (a bare request loop alone: 1.75): MISSED"),
+            "{table}"
+        );
+        assert!(table.contains("| 4.25 | 1.75 | — |"), "{table}");
+        costly["floor"]["with_sinks"] = json!({"cpu_us_per_reading": 1.95});
+        let (table, _) = report(&[costly]);
+        assert!(
+            table.contains("(a bare request loop alone: 1.75; with the sinks' bytes sent as well: 1.95): MISSED"),
+            "{table}"
+        );
+        assert!(table.contains("| 4.25 | 1.75 | 1.95 |"), "{table}");
+        // When the bare loop alone is over the target, no poller can meet
+        // it here: said so, and not counted as a miss.
+        let mut slow_rate = fleet.clone();
+        slow_rate["cpu_us_per_reading"] = json!(5.0);
+        slow_rate["floor"] = json!({"cpu_us_per_reading": 2.35});
+        let (table, ok) = report(&[slow_rate]);
+        assert!(ok, "{table}");
+        assert!(
+            table.contains("CPU 5.00 µs/reading ≤ 2 (a bare request loop alone: 2.35): out of reach on this machine"),
+            "{table}"
+        );
+    }
+}

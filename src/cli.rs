@@ -26,10 +26,6 @@ pub enum Command {
     ///
     /// With --devices, the file is synced into the registry first.
     Run(RunArgs),
-    /// Benchmark scenarios (what `scripts/bench` runs): a fleet polled by
-    /// `regpoll run`, pure ingest through the history writer, the report.
-    #[command(subcommand)]
-    Bench(BenchCommand),
     /// Serve the devices of a devices.yaml as a Modbus TCP simulator.
     ///
     /// Every device answers on its host:port and unit id with values that
@@ -283,79 +279,4 @@ pub struct ReadArgs {
     /// Bound on the connect and on the request.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub timeout: Duration,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Simulate a fleet in its own process, poll it with `regpoll run`, and
-    /// measure a window after a warm-up.
-    Fleet {
-        /// Scenario name: names the database (regpoll_bench_NAME) and the result.
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        devices: usize,
-        /// Registers per device.
-        #[arg(long, default_value_t = 10)]
-        registers: usize,
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        every: Duration,
-        /// Length of the measurement window.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Time between the first poll of every device and the window.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Devices (unit ids) behind each simulator port.
-        #[arg(long, default_value_t = 100)]
-        units_per_port: usize,
-        /// Admin URL of a PostgreSQL server; a fresh database is created on it.
-        /// Without it, `run` uses SQLite.
-        #[arg(long, env = "REGPOLL_DATABASE_URL", hide_env_values = true)]
-        database_url: Option<String>,
-        #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
-        redis_url: Option<String>,
-        /// Stall the history writer on purpose during the window: hold
-        /// register_readings locked for HOLD once every EVERY (HOLD/EVERY,
-        /// e.g. 800ms/4s), as a disk stall holds up a COPY. Needs
-        /// --database-url.
-        #[arg(long, value_name = "HOLD/EVERY", value_parser = crate::bench::parse_stall)]
-        stall: Option<crate::bench::Stall>,
-        /// Where to write the result as JSON.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Push readings through the history writer, then the same rows through
-    /// `psql` binary COPY, into a fresh database; several rounds.
-    Ingest {
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: usize,
-        /// Rounds of writer then psql; the median of the per-round ratios is
-        /// reported. Single rounds on a VM's disk range from 60 % to 130 %,
-        /// so keep it odd and large.
-        #[arg(long, default_value_t = 9)]
-        rounds: usize,
-        /// Admin URL of a PostgreSQL server; a fresh database is created on it.
-        #[arg(long, env = "REGPOLL_DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-        /// The psql binary to compare with.
-        #[arg(long, default_value = "psql")]
-        psql: PathBuf,
-        /// The writer's batch size, as `run --batch-rows`.
-        #[arg(long, default_value_t = crate::history::writer::DEFAULT_BATCH_ROWS)]
-        batch_rows: usize,
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Print the table of scenario results and check the targets; exits 1
-    /// when a target is missed.
-    Report {
-        /// Result files written by `fleet` and `ingest`.
-        files: Vec<PathBuf>,
-        /// Where to write all results, with the machine, as one JSON file.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
 }

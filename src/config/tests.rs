@@ -1,4 +1,7 @@
 use super::*;
+use crate::registry::{
+    Address, Align, DataType, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange, WordOrder,
+};
 
 fn errors(yaml: &str) -> Vec<ConfigError> {
     parse(yaml, "devices.yaml")

@@ -883,13 +883,14 @@ impl SinkReplay {
         if redis_url.is_none() && database_url.is_none() {
             return Ok(None);
         }
-        let polls = history::DEFAULT_BATCH_ROWS.div_ceil(spec.registers);
+        let polls = BatchSettings::default().max_rows.div_ceil(spec.registers);
         let reports = synthetic_reports(spec.devices.clamp(1, 100), spec.registers, polls)?;
         let redis = match redis_url {
             Some(url) => {
                 let settings = crate::latest::redis::RedisSettings {
                     prefix: "regpoll-bench-floor".into(),
                     ttl: None,
+                    ..Default::default()
                 };
                 let per_poll = crate::latest::redis::packed_report(&settings, &reports[0]);
                 let keys = ["latest", "device"]
@@ -901,7 +902,7 @@ impl SinkReplay {
                     .arg(keys[0].as_bytes())
                     .arg(keys[1].as_bytes());
                 let stream = crate::latest::redis::connection::Target::parse(url)?
-                    .connect(crate::latest::redis::REDIS_TIMEOUT)
+                    .connect(settings.timeout)
                     .await
                     .context("floor")?;
                 Some((stream, per_poll, delete.into_bytes()))
@@ -1187,7 +1188,7 @@ async fn through_writer(
     batch_rows: usize,
 ) -> anyhow::Result<(Duration, f64, u64)> {
     let stats = Arc::new(HistoryStats::default());
-    let (tx, rx) = tokio::sync::mpsc::channel(crate::sink::DEFAULT_HISTORY_QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel(crate::settings::HISTORY_QUEUE);
     let (_abort, abort_rx) = tokio::sync::watch::channel(false);
     let cpu0 = own_cpu_seconds()?;
     let started = Instant::now();

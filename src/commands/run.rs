@@ -6,6 +6,7 @@ use super::load_file;
 use crate::app::{self, DeviceSource, Settings};
 use crate::cli::RunArgs;
 use crate::history::writer::BatchSettings;
+use crate::settings;
 
 pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.devices {
@@ -29,12 +30,15 @@ fn settings(args: RunArgs) -> Settings {
         sqlite_path: args.db.sqlite_path,
         redis_prefix: args.sinks.redis_prefix,
         redis_ttl: args.sinks.redis_ttl,
+        redis_timeout: args.sinks.redis_timeout,
+        redis_linger: args.sinks.redis_linger,
         devices_file: args.devices,
         batch: BatchSettings {
             spool_after: args.sinks.spool_after,
-            spool_dir: Some(args.sinks.data_dir.join("spool")),
+            spool_dir: Some(args.sinks.data_dir.join(settings::SPOOL_SUBDIR)),
             max_rows: args.sinks.batch_rows.max(1),
             max_delay: args.sinks.batch_delay,
+            retry_max: args.sinks.history_retry_max,
         },
         shutdown_timeout: args.sinks.shutdown_timeout,
         reload_interval: args.reload_interval,
@@ -69,4 +73,40 @@ fn log_summary(summary: &app::RunSummary) {
 /// Quantile `i` of a run's recorded durations, in milliseconds (0 when none).
 fn quantile_ms(q: &Option<Vec<Duration>>, i: usize) -> f64 {
     q.as_ref().map_or(0.0, |q| q[i].as_secs_f64() * 1e3)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    /// The command line's defaults and the library's are the same settings:
+    /// `regpoll run` with no flags is `Settings::default()`, except where the
+    /// binary deliberately differs (it serves HTTP and keeps a spool).
+    #[test]
+    fn run_without_flags_is_the_default_settings() {
+        let Command::Run(args) = Cli::parse_from(["regpoll", "run"]).command else {
+            unreachable!("`run` parses as Run");
+        };
+        let mut from_cli = settings(args);
+        assert_eq!(
+            from_cli.http,
+            Some(settings::HTTP.default_text().parse().unwrap())
+        );
+        assert_eq!(
+            from_cli.batch.spool_dir,
+            Some(std::path::Path::new("regpoll-data").join("spool"))
+        );
+        // The environment may name a database or Redis (DATABASE_URL, REDIS_URL).
+        from_cli.database_url = None;
+        from_cli.redis_url = None;
+        from_cli.http = None;
+        from_cli.batch.spool_dir = None;
+        assert_eq!(
+            format!("{from_cli:?}"),
+            format!("{:?}", Settings::default())
+        );
+    }
 }

@@ -34,16 +34,9 @@ use crate::latest::memory::LatestMemory;
 use crate::latest::redis::connection::Target;
 use crate::latest::redis::{self as redis_sink, RedisStats};
 use crate::registry::Device;
+use crate::settings;
 use crate::sink::Sinks;
 use crate::stats::{ServiceStats, Sources};
-
-/// Default SQLite file when no database URL is given.
-pub const DEFAULT_SQLITE_PATH: &str = "regpoll.db";
-/// Default bound on how long shutdown waits for the writers to drain.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default period of the registry (and devices.yaml) check; PostgreSQL also
-/// notifies changes at once.
-pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -53,9 +46,14 @@ pub struct Settings {
     /// Redis URL; `None` keeps latest values in memory only.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// Bound on connecting to Redis and on each pipeline's answer.
+    pub redis_timeout: Duration,
+    /// How long the Redis writer lets reports gather into one pipeline.
+    pub redis_linger: Duration,
     /// A devices.yaml to sync into the registry before loading it.
     pub devices_file: Option<PathBuf>,
     pub batch: BatchSettings,
+    /// Poll reports that may wait for the history writer.
     pub history_queue: usize,
     /// Expiry of each device's Redis keys, refreshed at every write.
     pub redis_ttl: Option<Duration>,
@@ -64,7 +62,7 @@ pub struct Settings {
     /// How long readings are kept (`None`: forever).
     pub retention: Option<Duration>,
     /// Where the HTTP API listens (`None`: no HTTP). The command line
-    /// defaults to `api::DEFAULT_HTTP`; the library default is off so that
+    /// defaults to `settings::HTTP`; the library default is off so that
     /// embedded and test services never compete for a port.
     pub http: Option<SocketAddr>,
 }
@@ -73,16 +71,19 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             database_url: None,
-            sqlite_path: PathBuf::from(DEFAULT_SQLITE_PATH),
+            sqlite_path: PathBuf::from(settings::SQLITE_PATH.default_text()),
             redis_url: None,
-            redis_prefix: redis_sink::DEFAULT_PREFIX.to_string(),
+            redis_prefix: settings::REDIS_PREFIX.default_text().to_string(),
+            redis_timeout: settings::REDIS_TIMEOUT.default_duration(),
+            redis_linger: settings::REDIS_LINGER.default_duration(),
             devices_file: None,
             batch: BatchSettings::default(),
-            history_queue: crate::sink::DEFAULT_HISTORY_QUEUE,
+            history_queue: settings::HISTORY_QUEUE,
             redis_ttl: None,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            reload_interval: DEFAULT_RELOAD_INTERVAL,
-            retention: Some(retention::DEFAULT_RETENTION),
+            shutdown_timeout: settings::SHUTDOWN_TIMEOUT.default_duration(),
+            reload_interval: settings::RELOAD_INTERVAL.default_duration(),
+            retention: retention::parse_retention(settings::RETENTION.default_text())
+                .expect("the default retention parses"),
             http: None,
         }
     }
@@ -179,6 +180,8 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
             let redis_settings = redis_sink::RedisSettings {
                 prefix: settings.redis_prefix.clone(),
                 ttl: settings.redis_ttl,
+                timeout: settings.redis_timeout,
+                linger: settings.redis_linger,
             };
             let task = tokio::spawn(redis_sink::run_writer(
                 target,

@@ -1,5 +1,7 @@
-//! The command line. Every setting is a flag with an environment fallback
-//! (`DATABASE_URL`, `REDIS_URL`, `REGPOLL_*`) and a documented default.
+//! The command line. Every setting of the service is a flag with an
+//! environment fallback (`DATABASE_URL`, `REDIS_URL`, `REGPOLL_*`) and a
+//! documented default, all declared in [`crate::settings`]; the flags that
+//! belong to one command (`read --unit`, `query range --since`) are here.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,16 +9,14 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::registry::parse_duration;
+use crate::settings as s;
 
 #[derive(Debug, Parser)]
 #[command(name = "regpoll", version, about = "Modbus TCP polling service and historian", long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter in tracing's env-filter syntax: a level (error, warn, info,
-    /// debug, trace) or per-module directives (`info,regpoll::sink=debug`).
-    /// Logs go to standard error.
-    #[arg(long, global = true, env = "REGPOLL_LOG", default_value = "info")]
+    #[arg(long = s::LOG.flag, env = s::LOG.env, help = s::LOG.help, default_value = s::LOG.default_text(), global = true)]
     pub log: String,
 }
 
@@ -128,13 +128,9 @@ pub struct FormatArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// PostgreSQL URL (TimescaleDB is used when installed); `DATABASE_URL` is
-    /// read too when REGPOLL_DATABASE_URL is unset. Without it, an embedded
-    /// SQLite file keeps the registry and history.
-    #[arg(long, env = "REGPOLL_DATABASE_URL", hide_env_values = true)]
+    #[arg(long = s::DATABASE_URL.flag, env = s::DATABASE_URL.env, help = s::DATABASE_URL.help, hide_env_values = true)]
     database_url: Option<String>,
-    /// SQLite file used when no database URL is given.
-    #[arg(long, env = "REGPOLL_SQLITE_PATH", default_value = crate::app::DEFAULT_SQLITE_PATH)]
+    #[arg(long = s::SQLITE_PATH.flag, env = s::SQLITE_PATH.env, help = s::SQLITE_PATH.help, default_value = s::SQLITE_PATH.default_text())]
     pub sqlite_path: PathBuf,
 }
 
@@ -143,7 +139,7 @@ impl DbArgs {
     pub fn database_url(&self) -> Option<String> {
         self.database_url
             .clone()
-            .or_else(|| env_fallback("DATABASE_URL"))
+            .or_else(|| env_fallback(s::DATABASE_URL_FALLBACK))
     }
 }
 
@@ -154,46 +150,38 @@ fn env_fallback(name: &str) -> Option<String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct SinkArgs {
-    /// Redis URL for the latest-value cache; `REDIS_URL` is read too when
-    /// REGPOLL_REDIS_URL is unset. Without it, latest values are kept in
-    /// memory only.
-    #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
+    #[arg(long = s::REDIS_URL.flag, env = s::REDIS_URL.env, help = s::REDIS_URL.help, hide_env_values = true)]
     redis_url: Option<String>,
-    /// Prefix of every Redis key and channel.
-    #[arg(long, env = "REGPOLL_REDIS_PREFIX", default_value = crate::latest::redis::DEFAULT_PREFIX)]
+    #[arg(long = s::REDIS_PREFIX.flag, env = s::REDIS_PREFIX.env, help = s::REDIS_PREFIX.help, default_value = s::REDIS_PREFIX.default_text())]
     pub redis_prefix: String,
-    /// Expiry of each device's Redis keys (e.g. 1h), refreshed at every
-    /// write, so devices that are gone disappear. Default: no expiry.
-    #[arg(long, env = "REGPOLL_REDIS_TTL", value_parser = parse_duration)]
+    #[arg(long = s::REDIS_TTL.flag, env = s::REDIS_TTL.env, help = s::REDIS_TTL.help, value_parser = parse_duration)]
     pub redis_ttl: Option<Duration>,
-    /// Most readings written to history in one batch.
-    #[arg(long, env = "REGPOLL_BATCH_ROWS", default_value_t = crate::history::writer::DEFAULT_BATCH_ROWS)]
+    #[arg(long = s::REDIS_TIMEOUT.flag, env = s::REDIS_TIMEOUT.env, help = s::REDIS_TIMEOUT.help, default_value = s::REDIS_TIMEOUT.default_text(), value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    #[arg(long = s::REDIS_LINGER.flag, env = s::REDIS_LINGER.env, help = s::REDIS_LINGER.help, default_value = s::REDIS_LINGER.default_text(), value_parser = parse_duration)]
+    pub redis_linger: Duration,
+    #[arg(long = s::BATCH_ROWS.flag, env = s::BATCH_ROWS.env, help = s::BATCH_ROWS.help, default_value = s::BATCH_ROWS.default_text())]
     pub batch_rows: usize,
-    /// Directory for regpoll's own files; the spool lives in its `spool`
-    /// subdirectory.
-    #[arg(long, env = "REGPOLL_DATA_DIR", default_value = "regpoll-data")]
+    #[arg(long = s::DATA_DIR.flag, env = s::DATA_DIR.env, help = s::DATA_DIR.help, default_value = s::DATA_DIR.default_text())]
     pub data_dir: PathBuf,
-    /// Unwritten readings kept in memory while the database refuses them,
-    /// before the oldest go to the disk spool.
-    #[arg(long, env = "REGPOLL_SPOOL_AFTER", default_value_t = crate::history::writer::DEFAULT_SPOOL_AFTER)]
+    #[arg(long = s::SPOOL_AFTER.flag, env = s::SPOOL_AFTER.env, help = s::SPOOL_AFTER.help, default_value = s::SPOOL_AFTER.default_text())]
     pub spool_after: usize,
-    /// Longest a reading waits in a partial batch (e.g. 200ms).
-    #[arg(long, env = "REGPOLL_BATCH_DELAY", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long = s::BATCH_DELAY.flag, env = s::BATCH_DELAY.env, help = s::BATCH_DELAY.help, default_value = s::BATCH_DELAY.default_text(), value_parser = parse_duration)]
     pub batch_delay: Duration,
-    /// How long readings are kept: days (365d), weeks (52w), hours (48h) or
-    /// `off`. TimescaleDB drops old chunks by policy; otherwise an hourly job
-    /// deletes expired rows in batches.
-    #[arg(long, env = "REGPOLL_RETENTION", default_value = "365d", value_parser = crate::history::retention::parse_retention_arg)]
+    #[arg(long = s::HISTORY_RETRY_MAX.flag, env = s::HISTORY_RETRY_MAX.env, help = s::HISTORY_RETRY_MAX.help, default_value = s::HISTORY_RETRY_MAX.default_text(), value_parser = parse_duration)]
+    pub history_retry_max: Duration,
+    #[arg(long = s::RETENTION.flag, env = s::RETENTION.env, help = s::RETENTION.help, default_value = s::RETENTION.default_text(), value_parser = crate::history::retention::parse_retention_arg)]
     pub retention: crate::history::retention::Retention,
-    /// Longest shutdown waits for queued readings to be written (e.g. 10s).
-    #[arg(long, env = "REGPOLL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long = s::SHUTDOWN_TIMEOUT.flag, env = s::SHUTDOWN_TIMEOUT.env, help = s::SHUTDOWN_TIMEOUT.help, default_value = s::SHUTDOWN_TIMEOUT.default_text(), value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }
 
 impl SinkArgs {
     /// The Redis URL from the flag, REGPOLL_REDIS_URL or REDIS_URL.
     pub fn redis_url(&self) -> Option<String> {
-        self.redis_url.clone().or_else(|| env_fallback("REDIS_URL"))
+        self.redis_url
+            .clone()
+            .or_else(|| env_fallback(s::REDIS_URL_FALLBACK))
     }
 }
 
@@ -212,17 +200,11 @@ fn parse_http(text: &str) -> Result<HttpAddr, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// A devices.yaml to sync into the registry before polling; edits to it
-    /// are synced while running.
-    #[arg(long, env = "REGPOLL_DEVICES")]
+    #[arg(long = s::DEVICES.flag, env = s::DEVICES.env, help = s::DEVICES.help)]
     pub devices: Option<PathBuf>,
-    /// How often to check the registry (and the devices file) for changes.
-    /// PostgreSQL also notifies changes at once.
-    #[arg(long, env = "REGPOLL_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long = s::RELOAD_INTERVAL.flag, env = s::RELOAD_INTERVAL.env, help = s::RELOAD_INTERVAL.help, default_value = s::RELOAD_INTERVAL.default_text(), value_parser = parse_duration)]
     pub reload_interval: Duration,
-    /// Address of the HTTP API and status page (IP:PORT), or `off`. It has
-    /// no authentication: keep it on loopback or behind a proxy.
-    #[arg(long, env = "REGPOLL_HTTP", default_value = crate::api::DEFAULT_HTTP, value_parser = parse_http)]
+    #[arg(long = s::HTTP.flag, env = s::HTTP.env, help = s::HTTP.help, default_value = s::HTTP.default_text(), value_parser = parse_http)]
     pub http: HttpAddr,
     #[command(flatten)]
     pub db: DbArgs,
@@ -236,14 +218,14 @@ pub struct DemoArgs {
     #[arg(long)]
     pub devices: Option<PathBuf>,
     /// SQLite file for the demo's registry and history.
-    #[arg(long, env = "REGPOLL_SQLITE_PATH", default_value = crate::app::DEFAULT_SQLITE_PATH)]
+    #[arg(long = s::SQLITE_PATH.flag, env = s::SQLITE_PATH.env, default_value = s::SQLITE_PATH.default_text())]
     pub sqlite_path: PathBuf,
     /// Seconds between two summaries.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub every: Duration,
     /// Address of the HTTP API and status page, or `off`. When the port is
     /// taken, the demo picks a free one and prints it.
-    #[arg(long, env = "REGPOLL_HTTP", default_value = crate::api::DEFAULT_HTTP, value_parser = parse_http)]
+    #[arg(long = s::HTTP.flag, env = s::HTTP.env, default_value = s::HTTP.default_text(), value_parser = parse_http)]
     pub http: HttpAddr,
 }
 

@@ -20,7 +20,9 @@
 //!   the status page.
 //! - [`sim`] is a Modbus TCP simulator for the demo, the tests and benchmarks.
 //! - [`app`] wires everything together and owns startup and shutdown;
-//!   [`cli`] defines the command line and [`commands`] carries it out.
+//!   [`settings`] declares every setting of the service once (flag,
+//!   environment variable, default, help); [`cli`] defines the command line
+//!   from them and [`commands`] carries it out.
 
 pub mod api;
 pub mod app;
@@ -36,6 +38,7 @@ pub mod poller;
 pub mod reading;
 pub mod registry;
 pub mod schedule;
+pub mod settings;
 pub mod sim;
 pub mod sink;
 pub mod stats;

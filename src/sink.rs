@@ -12,10 +12,6 @@ use crate::latest::redis;
 use crate::reading::PollReport;
 use crate::registry::Device;
 
-/// Poll reports that may wait for the history writer. When it is full, pollers
-/// wait (nothing is dropped); with 5,000-row batches this is rarely reached.
-pub const DEFAULT_HISTORY_QUEUE: usize = 4_096;
-
 #[derive(Clone)]
 pub struct Sinks {
     pub latest: Arc<LatestMemory>,

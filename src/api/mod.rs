@@ -33,9 +33,6 @@ use crate::registry::{Device, format_duration, parse_duration};
 use crate::stats::Sources;
 use crate::telemetry::Histogram;
 
-/// Default address of the HTTP API: loopback only, since it has no
-/// authentication; put a reverse proxy in front to expose it.
-pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Bound on each dependency check of `/ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -1,4 +1,9 @@
+use std::time::Duration;
+
 use super::*;
+use crate::registry::{
+    Address, Align, DataType, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange, WordOrder,
+};
 
 fn errors(yaml: &str) -> Vec<ConfigError> {
     parse(yaml, "devices.yaml")

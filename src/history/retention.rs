@@ -11,8 +11,6 @@ use chrono::Utc;
 use super::store;
 use crate::db::Db;
 
-/// Default time readings are kept.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(365 * 86_400);
 /// Rows deleted per statement by the batched retention job.
 pub const DELETE_BATCH: i64 = 10_000;
 /// How often the batched retention job runs.
@@ -85,7 +83,10 @@ mod tests {
 
     #[test]
     fn retention_settings_parse_days_weeks_hours_and_off() {
-        assert_eq!(parse_retention("365d"), Ok(Some(DEFAULT_RETENTION)));
+        assert_eq!(
+            parse_retention("365d"),
+            Ok(Some(Duration::from_secs(365 * 86_400)))
+        );
         assert_eq!(
             parse_retention("2w"),
             Ok(Some(Duration::from_secs(14 * 86_400)))

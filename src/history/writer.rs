@@ -26,45 +26,46 @@ use super::spool::Spool;
 use super::store::{self, HistoryStore};
 use crate::db::Db;
 use crate::reading::PollReport;
+use crate::settings;
 use crate::telemetry::{Distribution, DistributionSnapshot};
 
-/// Most rows written in one batch.
-pub const DEFAULT_BATCH_ROWS: usize = 5_000;
-/// Longest a reading waits in a partial batch before it is written.
-pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(200);
 /// How many batches' worth of already queued rows one COPY may take when the
 /// writer is behind (see `collect`): 200,000 rows at the default batch size,
-/// about 18 MB of rows plus 12 MB encoded. Measured with `regpoll bench
+/// about 18 MB of rows plus 12 MB encoded. Measured with `regpoll-bench
 /// ingest`: at 10 the writer reached 91 % of psql's single COPY, at 40 it is
 /// level with it (BENCHMARKS.md).
 const BACKLOG_FACTOR: usize = 40;
 /// How long a writer that found the queue full waits for the next report
 /// before it writes what it has (see `collect`).
 const BACKLOG_WAIT: Duration = Duration::from_millis(2);
-/// Retry backoff bounds for a batch the database refused.
+/// Retry backoff start for a batch the database refused; it doubles up to
+/// `BatchSettings::retry_max`.
 const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How the writer batches, spools and retries (defaults and reasons in
+/// [`crate::settings`]).
 #[derive(Debug, Clone)]
 pub struct BatchSettings {
+    /// Most rows written in one batch.
     pub max_rows: usize,
+    /// Longest a reading waits in a partial batch before it is written.
     pub max_delay: Duration,
     /// Unwritten rows kept in memory before the oldest go to the spool.
     pub spool_after: usize,
     /// Where the spool lives; `None`: no spool (unwritten rows wait in memory).
     pub spool_dir: Option<std::path::PathBuf>,
+    /// Longest wait between two attempts to write refused rows.
+    pub retry_max: Duration,
 }
-
-/// Default `spool_after`: about 10 s of 1,000 devices × 10 registers at 1 s.
-pub const DEFAULT_SPOOL_AFTER: usize = 100_000;
 
 impl Default for BatchSettings {
     fn default() -> Self {
         Self {
-            max_rows: DEFAULT_BATCH_ROWS,
-            max_delay: DEFAULT_BATCH_DELAY,
-            spool_after: DEFAULT_SPOOL_AFTER,
+            max_rows: settings::BATCH_ROWS.default_count(),
+            max_delay: settings::BATCH_DELAY.default_duration(),
+            spool_after: settings::SPOOL_AFTER.default_count(),
             spool_dir: None,
+            retry_max: settings::HISTORY_RETRY_MAX.default_duration(),
         }
     }
 }
@@ -182,7 +183,7 @@ pub async fn run_writer(
             match flushed {
                 Ok(()) => retry = None,
                 Err(e) => {
-                    let backoff = retry.map_or(RETRY_MIN, |(_, b)| (b * 2).min(RETRY_MAX));
+                    let backoff = retry.map_or(RETRY_MIN, |(_, b)| (b * 2).min(settings.retry_max));
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         error = format!("{e:#}"),

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use chrono::Utc;
 use regpoll::history::row::{Row, rows_of};
 use regpoll::history::store::{COPY_STATEMENT, copy_bytes};
-use regpoll::history::writer::{BatchSettings, DEFAULT_BATCH_ROWS};
+use regpoll::history::writer::BatchSettings;
 use regpoll::latest::redis::{RedisSettings, Stream, connect_raw, next_reply, packed_report};
 use sqlx::{Connection as _, Executor as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -195,13 +195,14 @@ impl SinkReplay {
         if redis_url.is_none() && database_url.is_none() {
             return Ok(None);
         }
-        let polls = DEFAULT_BATCH_ROWS.div_ceil(spec.registers);
+        let polls = BatchSettings::default().max_rows.div_ceil(spec.registers);
         let reports = synthetic_reports(spec.devices.clamp(1, 100), spec.registers, polls)?;
         let redis = match redis_url {
             Some(url) => {
                 let settings = RedisSettings {
                     prefix: "regpoll-bench-floor".into(),
                     ttl: None,
+                    ..RedisSettings::default()
                 };
                 let per_poll = packed_report(&settings, &reports[0]);
                 let keys = ["latest", "device"]
@@ -210,7 +211,7 @@ impl SinkReplay {
                     .arg(&keys[0])
                     .arg(&keys[1])
                     .get_packed_command();
-                let stream = connect_raw(url).await.context("floor")?;
+                let stream = connect_raw(url, settings.timeout).await.context("floor")?;
                 Some((stream, per_poll, delete))
             }
             None => None,

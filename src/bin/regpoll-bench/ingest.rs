@@ -44,7 +44,7 @@ async fn through_writer(
     batch_rows: usize,
 ) -> anyhow::Result<(Duration, f64, u64)> {
     let stats = Arc::new(HistoryStats::default());
-    let (tx, rx) = tokio::sync::mpsc::channel(regpoll::sink::DEFAULT_HISTORY_QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel(regpoll::settings::HISTORY_QUEUE);
     let (_abort, abort_rx) = tokio::sync::watch::channel(false);
     let cpu0 = own_cpu_seconds()?;
     let started = Instant::now();

@@ -108,7 +108,7 @@ enum BenchCommand {
         #[arg(long, default_value = "psql")]
         psql: PathBuf,
         /// The writer's batch size, as `run --batch-rows`.
-        #[arg(long, default_value_t = regpoll::history::writer::DEFAULT_BATCH_ROWS)]
+        #[arg(long, default_value = regpoll::settings::BATCH_ROWS.default_text())]
         batch_rows: usize,
         #[arg(long)]
         out: Option<PathBuf>,

@@ -14,14 +14,10 @@
 
 use std::time::Duration;
 
-/// Default key prefix.
-pub const DEFAULT_PREFIX: &str = "regpoll";
-/// Time allowed for connecting to Redis and for each pipeline.
-pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::settings;
+
 /// Most poll reports written in one pipeline.
 const PIPELINE_REPORTS: usize = 256;
-/// How long the writer lets reports gather before writing them together.
-const LINGER: Duration = Duration::from_millis(2);
 /// Most pipelines waiting for Redis's answer at once (see `run_writer`);
 /// past it, reports gather in the coalescer, newest per poll group.
 const MAX_IN_FLIGHT: usize = 4;
@@ -38,21 +34,37 @@ pub use writer::{RedisSnapshot, RedisStats, run_writer};
 
 /// A connection that sends bytes as they are and hands back Redis's
 /// answers unparsed, opened as the writer opens its own (AUTH and SELECT
-/// from the URL, within [`REDIS_TIMEOUT`]). It is for tools that must send
-/// exactly what the writer sends ([`packed_report`]) and pay what it pays to
-/// read the answers ([`next_reply`]), such as the benchmark's floor; the
-/// service itself uses [`run_writer`].
-pub async fn connect_raw(url: &str) -> anyhow::Result<Stream> {
-    connection::Target::parse(url)?.connect(REDIS_TIMEOUT).await
+/// from the URL, within `timeout`). It is for tools that must send exactly
+/// what the writer sends ([`packed_report`]) and pay what it pays to read
+/// the answers ([`next_reply`]), such as the benchmark's floor; the service
+/// itself uses [`run_writer`].
+pub async fn connect_raw(url: &str, timeout: Duration) -> anyhow::Result<Stream> {
+    connection::Target::parse(url)?.connect(timeout).await
 }
 
-/// Key naming and expiry.
+/// Key naming and expiry, and the writer's timing (defaults and reasons in
+/// [`crate::settings`]).
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub prefix: String,
     /// Expiry set on a device's keys at every write, so devices that are gone
     /// disappear; `None` keeps them.
     pub ttl: Option<Duration>,
+    /// Time allowed for connecting to Redis and for each pipeline's answer.
+    pub timeout: Duration,
+    /// How long the writer lets reports gather before writing them together.
+    pub linger: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            prefix: settings::REDIS_PREFIX.default_text().to_string(),
+            ttl: None,
+            timeout: settings::REDIS_TIMEOUT.default_duration(),
+            linger: settings::REDIS_LINGER.default_duration(),
+        }
+    }
 }
 
 #[cfg(test)]

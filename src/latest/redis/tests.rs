@@ -115,6 +115,7 @@ fn a_poll_is_its_hashes_and_message_and_an_error_is_set_with_the_state() {
     let settings = RedisSettings {
         prefix: "p".into(),
         ttl: None,
+        ..RedisSettings::default()
     };
     let cmds = unpack(&packed_report(&settings, &report));
     let names: Vec<&str> = cmds.iter().map(|c| c[0].as_str()).collect();
@@ -153,6 +154,7 @@ fn a_poll_is_its_hashes_and_message_and_an_error_is_set_with_the_state() {
     let settings = RedisSettings {
         prefix: "p".into(),
         ttl: Some(Duration::from_secs(90)),
+        ..RedisSettings::default()
     };
     let cmds = unpack(&packed_report(&settings, &report));
     assert_eq!(cmds[1][2..4], ["state", "down"]);
@@ -170,6 +172,7 @@ fn a_pipeline_carries_the_hashes_and_the_update_message() {
     let settings = RedisSettings {
         prefix: "p".into(),
         ttl: Some(Duration::from_secs(60)),
+        ..RedisSettings::default()
     };
     let packed = String::from_utf8_lossy(&packed_report(&settings, &report)).into_owned();
     assert!(packed.contains("p:latest:boiler-1"));
@@ -258,6 +261,7 @@ fn start_writer(url: &str) -> (Arc<Coalescer>, Arc<RedisStats>, tokio::task::Joi
     let settings = RedisSettings {
         prefix: "p".into(),
         ttl: None,
+        ..RedisSettings::default()
     };
     let task = tokio::spawn(run_writer(
         Target::parse(url).unwrap(),
@@ -289,11 +293,9 @@ async fn a_silent_redis_is_given_up_on_and_its_polls_written_after_reconnecting(
     })
     .await;
     let took = pushed.elapsed();
-    assert!(took >= REDIS_TIMEOUT, "given up after {took:?}");
-    assert!(
-        took < REDIS_TIMEOUT * 2,
-        "written again only after {took:?}"
-    );
+    let timeout = RedisSettings::default().timeout;
+    assert!(took >= timeout, "given up after {took:?}");
+    assert!(took < timeout * 2, "written again only after {took:?}");
     assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::coalescer::Coalescer;
 use super::commands::{Scratch, add_report};
 use super::connection::{self as resp, Commands, Stream, Target};
-use super::{LINGER, MAX_IN_FLIGHT, PIPELINE_REPORTS, REDIS_TIMEOUT, RedisSettings};
+use super::{MAX_IN_FLIGHT, PIPELINE_REPORTS, RedisSettings};
 use crate::reading::PollReport;
 use crate::telemetry::{Distribution, DistributionSnapshot};
 
@@ -59,7 +59,7 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// writes, writes them without waiting for earlier pipelines' answers (Redis
 /// runs commands in the order sent, so a newer report still lands last), and
 /// counts the answers off as they arrive. A pipeline not fully answered
-/// within [`REDIS_TIMEOUT`] of being sent, a protocol error or a closed
+/// within `settings.timeout` of being sent, a protocol error or a closed
 /// connection drops the connection; the reports of every pipeline still
 /// waiting go back into the coalescer unless a newer one of the same group is
 /// there, so they are written after reconnecting (their update message may
@@ -122,7 +122,7 @@ pub async fn run_writer(
                     _ => {
                         let e = anyhow::anyhow!(
                             "Redis did not answer within {} ms",
-                            REDIS_TIMEOUT.as_millis()
+                            settings.timeout.as_millis()
                         );
                         lose(&mut link, &e, &queue, &stats, &mut losses);
                         retry.arm();
@@ -132,7 +132,7 @@ pub async fn run_writer(
             () = &mut retry.sleep, if retry.armed => retry.armed = false,
             more = queue.wait(), if open && !lingering && !retry.armed && in_flight < MAX_IN_FLIGHT => {
                 if more {
-                    linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                    linger.as_mut().reset(tokio::time::Instant::now() + settings.linger);
                     lingering = true;
                 } else {
                     open = false;
@@ -146,7 +146,7 @@ pub async fn run_writer(
                         // they wait for the retry, as after a failed connect.
                         continue;
                     }
-                    match target.connect(REDIS_TIMEOUT).await {
+                    match target.connect(settings.timeout).await {
                         Ok(stream) => {
                             if down {
                                 tracing::info!(redis = target.shown(), "connected to Redis again");
@@ -268,7 +268,7 @@ impl Link {
             current: 0,
             refused: Vec::new(),
             error: None,
-            deadline: tokio::time::Instant::now() + REDIS_TIMEOUT,
+            deadline: tokio::time::Instant::now() + settings.timeout,
         });
     }
 

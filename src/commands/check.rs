@@ -1,0 +1,102 @@
+//! `regpoll check`: validate a devices.yaml, print every device's read plan
+//! and, with `--probe`, read every register once.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::load_file;
+use super::output::print_readings;
+use crate::config;
+use crate::modbus::endpoint::Endpoint;
+use crate::modbus::plan::plan_group;
+use crate::poller::DevicePoller;
+use crate::registry::Device;
+
+pub(super) async fn check(file: &Path, probe: bool) -> anyhow::Result<()> {
+    check_plan(file)?;
+    if probe {
+        probe_all(load_file(file)?).await;
+    }
+    Ok(())
+}
+
+/// One read of every register, devices sharing an endpoint sharing its link.
+async fn probe_all(devices: Vec<Device>) {
+    let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
+    println!("probe (one read of every register):");
+    for d in devices {
+        let endpoint = Arc::clone(
+            endpoints
+                .entry(d.endpoint())
+                .or_insert_with(|| Arc::new(Endpoint::new(d.host.clone(), d.port))),
+        );
+        let report = DevicePoller::new(Arc::new(d), endpoint).poll().await;
+        println!(
+            "  {} ({}, {:.1} ms)",
+            report.device.name,
+            if report.reachable { "up" } else { "down" },
+            report.latency.as_secs_f64() * 1e3
+        );
+        print_readings(&report, "    ");
+    }
+}
+
+fn check_plan(file: &Path) -> anyhow::Result<()> {
+    let devices = load_file(file)?;
+    let registers: usize = devices.iter().map(|d| d.registers.len()).sum();
+    let warnings = config::lint::warnings(&devices);
+    println!(
+        "{}: OK: {} devices, {} registers, {} warnings",
+        file.display(),
+        devices.len(),
+        registers,
+        warnings.len()
+    );
+    for w in &warnings {
+        println!("  warning: device `{}`: {}", w.device, w.message);
+    }
+    for d in &devices {
+        print_plan(d);
+    }
+    Ok(())
+}
+
+/// A device's poll groups and the requests each one makes.
+fn print_plan(d: &Device) {
+    let groups = d.poll_groups();
+    println!(
+        "  {} ({} unit {}{}): {} registers in {} poll group{}",
+        d.name,
+        d.endpoint(),
+        d.unit_id.0,
+        if d.active { "" } else { ", inactive" },
+        d.registers.len(),
+        groups.len(),
+        if groups.len() == 1 { "" } else { "s" }
+    );
+    for (schedule, members) in groups {
+        let p = plan_group(&d.registers, &members, &d.limits);
+        let read: u32 = p.iter().map(|r| u32::from(r.count)).sum();
+        let used: u32 = members
+            .iter()
+            .map(|&i| u32::from(d.registers[i].width()))
+            .sum();
+        println!(
+            "    {}: {} requests, {read} addresses read, {used} used",
+            schedule.describe(),
+            p.len()
+        );
+        for r in &p {
+            let names: Vec<&str> = r.registers.iter().map(|&i| &*d.registers[i].name).collect();
+            let last = u32::from(r.start) + u32::from(r.count) - 1;
+            println!(
+                "      {:<8} {}..{last} ({}): {}",
+                r.kind.as_str(),
+                r.start,
+                r.count,
+                names.join(", ")
+            );
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `regpoll read`: one read of a device's registers, printed as a table, for
+//! checking a device by hand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::output::print_readings;
+use crate::cli::ReadArgs;
+use crate::modbus::endpoint::Endpoint;
+use crate::poller::DevicePoller;
+use crate::reading::{PollReport, Quality};
+use crate::registry::{
+    DataType, Device, Register, RegisterKind, RequestLimits, Schedule, UnitId, WordOrder,
+};
+
+pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
+    let (host, port) = host_port(&args.endpoint)?;
+    let (kind, start) = kind_and_start(&args)?;
+    let data_type = data_type(&args, kind)?;
+    let (order, _) = WordOrder::parse(&args.order).map_err(anyhow::Error::msg)?;
+    let registers = registers(kind, start, args.count, data_type, order)?;
+    let device = device(&host, port, &args, registers);
+    let report = DevicePoller::new(Arc::new(device), Arc::new(Endpoint::new(host, port)))
+        .poll()
+        .await;
+    println!(
+        "{:<16} {:>6} {:>14}{:<6} {:<9}DETAIL",
+        "REGISTER", "ADDR", "VALUE", "", "QUALITY"
+    );
+    print_readings(&report, "");
+    fail_when_bad(&report)
+}
+
+/// HOST or HOST:PORT; port 502 when left out.
+fn host_port(endpoint: &str) -> anyhow::Result<(String, u16)> {
+    Ok(match endpoint.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse::<u16>()
+                .with_context(|| format!("`{p}` is not a port"))?,
+        ),
+        None => (endpoint.to_string(), 502),
+    })
+}
+
+fn kind_and_start(args: &ReadArgs) -> anyhow::Result<(RegisterKind, u16)> {
+    Ok(match (args.holding, args.input, args.coil, args.discrete) {
+        (Some(a), _, _, _) => (RegisterKind::Holding, a),
+        (_, Some(a), _, _) => (RegisterKind::Input, a),
+        (_, _, Some(a), _) => (RegisterKind::Coil, a),
+        (_, _, _, Some(a)) => (RegisterKind::Discrete, a),
+        _ => anyhow::bail!("say what to read: --holding, --input, --coil or --discrete ADDR"),
+    })
+}
+
+/// Bits are always bool; registers take a number type.
+fn data_type(args: &ReadArgs, kind: RegisterKind) -> anyhow::Result<DataType> {
+    let data_type: DataType = if kind.is_bit() {
+        DataType::Bool
+    } else {
+        args.data_type.parse().map_err(anyhow::Error::msg)?
+    };
+    if !kind.is_bit() && matches!(data_type, DataType::Bool | DataType::String) {
+        anyhow::bail!(
+            "--type {} is not readable this way; use a number type (u16 … f64), or --coil/--discrete for bits",
+            data_type.as_str()
+        );
+    }
+    Ok(data_type)
+}
+
+/// `count` values of `data_type` side by side from `start`.
+fn registers(
+    kind: RegisterKind,
+    start: u16,
+    count: u16,
+    data_type: DataType,
+    order: WordOrder,
+) -> anyhow::Result<Vec<Register>> {
+    let width = u32::from(data_type.width());
+    let last = u32::from(start) + u32::from(count.max(1)) * width - 1;
+    anyhow::ensure!(
+        last <= 65535,
+        "{} values of {} from {start} run past address 65535",
+        count,
+        data_type.as_str()
+    );
+    Ok((0..u32::from(count.max(1)))
+        .map(|i| {
+            let address = (u32::from(start) + i * width) as u16;
+            Register::plain(
+                format!("{}[{address}]", kind.as_str()),
+                kind,
+                address,
+                data_type,
+                order,
+            )
+        })
+        .collect())
+}
+
+/// A device made up for this one read: no retries, the timeout on both the
+/// connect and the request.
+fn device(host: &str, port: u16, args: &ReadArgs, registers: Vec<Register>) -> Device {
+    Device {
+        id: 0,
+        name: "read".into(),
+        host: host.to_string(),
+        port,
+        unit_id: UnitId(args.unit),
+        active: true,
+        schedule: Schedule::every(Duration::from_secs(1)),
+        timeout: args.timeout,
+        limits: RequestLimits {
+            connect_timeout: args.timeout,
+            retries: 0,
+            ..RequestLimits::DEFAULT
+        },
+        tags: Default::default(),
+        registers: registers.into(),
+        register_ids: Box::default(),
+    }
+}
+
+/// A script checking a device must be able to tell a failed read from a
+/// good one without parsing the table: the table stays, the status fails.
+fn fail_when_bad(report: &PollReport) -> anyhow::Result<()> {
+    let bad = report
+        .readings
+        .iter()
+        .filter(|r| r.quality == Quality::Bad)
+        .count();
+    if bad > 0 {
+        let detail = report.error.as_deref().unwrap_or("no value");
+        anyhow::bail!(
+            "{bad} of {} values could not be read: {detail}; check the address, the unit id and the register kind",
+            report.readings.len()
+        );
+    }
+    Ok(())
+}

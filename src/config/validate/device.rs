@@ -1,0 +1,240 @@
+//! A device: its name, endpoint, timing limits, tags and register list.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_saphyr::{Location, Spanned};
+
+use super::super::raw::{RawDevice, RawRegister};
+use super::super::{DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_UNIT_ID};
+use super::{Ctx, Validator, check_name};
+use crate::registry::{Device, Register, RequestLimits, UnitId};
+
+impl Validator<'_> {
+    pub(in crate::config) fn device(
+        &mut self,
+        raw: RawDevice,
+        defaults: &RawDevice,
+        at: Location,
+        seen: &mut HashMap<String, u64>,
+    ) -> Option<Device> {
+        let Some(name) = raw.name.clone() else {
+            self.error(
+                at,
+                Ctx::TOP,
+                "device has no `name`; every device needs a unique name",
+            );
+            return None;
+        };
+        let ctx = Ctx {
+            device: Some(name.value.as_str()),
+            register: None,
+        };
+        self.device_name(&name, ctx, seen);
+        let errors_before = self.errors.len();
+
+        let (host, port, unit_id) = self.endpoint(&raw, defaults, at, ctx);
+        let schedule = self.device_schedule(&raw, defaults, ctx);
+        let timeout = self.duration(
+            raw.timeout.as_ref().or(defaults.timeout.as_ref()),
+            ctx,
+            "timeout",
+            DEFAULT_TIMEOUT,
+        );
+        let limits = self.limits(&raw, defaults, ctx);
+        let active = raw
+            .active
+            .or(defaults.active.clone())
+            .is_none_or(|a| a.value);
+        let tags = tags(raw.tags, defaults);
+        let registers = self.device_registers(raw.registers, at, ctx, &limits);
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Device {
+            id: 0,
+            name: name.value,
+            host: host?,
+            port,
+            unit_id,
+            active,
+            schedule,
+            timeout,
+            limits,
+            tags,
+            registers: self.maps.share(registers),
+            register_ids: Box::default(),
+        })
+    }
+
+    /// A safe name, not used by an earlier device.
+    fn device_name(
+        &mut self,
+        name: &Spanned<String>,
+        ctx: Ctx<'_>,
+        seen: &mut HashMap<String, u64>,
+    ) {
+        let dname = name.value.as_str();
+        if let Err(m) = check_name(dname) {
+            self.error(name.referenced, ctx, m);
+        }
+        if let Some(first) = seen.insert(dname.to_string(), name.referenced.line()) {
+            self.error(
+                name.referenced,
+                ctx,
+                format!("duplicate device name; `{dname}` is already used on line {first}"),
+            );
+        }
+    }
+
+    /// Host (required), port and unit id, each from the device or `defaults`.
+    fn endpoint(
+        &mut self,
+        raw: &RawDevice,
+        defaults: &RawDevice,
+        at: Location,
+        ctx: Ctx<'_>,
+    ) -> (Option<String>, u16, UnitId) {
+        let host = raw.host.as_ref().or(defaults.host.as_ref());
+        if host.is_none() {
+            self.error(
+                at,
+                ctx,
+                "device has no `host`; set it here or in `defaults`",
+            );
+        }
+        let port = self.int_in(
+            raw.port.as_ref().or(defaults.port.as_ref()),
+            ctx,
+            "port",
+            1,
+            65535,
+            DEFAULT_PORT.into(),
+        );
+        let unit = self.int_in(
+            raw.unit_id.as_ref().or(defaults.unit_id.as_ref()),
+            ctx,
+            "unit_id",
+            0,
+            255,
+            DEFAULT_UNIT_ID.into(),
+        );
+        (
+            host.map(|h| h.value.clone()),
+            port as u16,
+            UnitId(unit as u8),
+        )
+    }
+
+    fn limits(&mut self, raw: &RawDevice, defaults: &RawDevice, ctx: Ctx<'_>) -> RequestLimits {
+        let d = RequestLimits::DEFAULT;
+        RequestLimits {
+            max_registers: self.int_in(
+                raw.max_registers_per_request
+                    .as_ref()
+                    .or(defaults.max_registers_per_request.as_ref()),
+                ctx,
+                "max_registers_per_request",
+                1,
+                125,
+                d.max_registers.into(),
+            ) as u16,
+            max_bits: self.int_in(
+                raw.max_bits_per_request
+                    .as_ref()
+                    .or(defaults.max_bits_per_request.as_ref()),
+                ctx,
+                "max_bits_per_request",
+                1,
+                2000,
+                d.max_bits.into(),
+            ) as u16,
+            max_gap: self.int_in(
+                raw.max_gap.as_ref().or(defaults.max_gap.as_ref()),
+                ctx,
+                "max_gap",
+                0,
+                2000,
+                d.max_gap.into(),
+            ) as u16,
+            retries: self.int_in(
+                raw.retries.as_ref().or(defaults.retries.as_ref()),
+                ctx,
+                "retries",
+                0,
+                10,
+                d.retries.into(),
+            ) as u8,
+            connect_timeout: self.duration(
+                raw.connect_timeout
+                    .as_ref()
+                    .or(defaults.connect_timeout.as_ref()),
+                ctx,
+                "connect_timeout",
+                d.connect_timeout,
+            ),
+            pause: self.duration_or_zero(
+                raw.pause_between_requests
+                    .as_ref()
+                    .or(defaults.pause_between_requests.as_ref()),
+                ctx,
+                "pause_between_requests",
+            ),
+        }
+    }
+
+    /// A device needs at least one register.
+    fn device_registers(
+        &mut self,
+        raws: Option<Spanned<Vec<Spanned<RawRegister>>>>,
+        at: Location,
+        ctx: Ctx<'_>,
+        limits: &RequestLimits,
+    ) -> Vec<Register> {
+        match raws {
+            Some(regs) if !regs.value.is_empty() => self.registers(regs.value, ctx, limits),
+            Some(regs) => {
+                self.error(
+                    regs.referenced,
+                    ctx,
+                    "device has an empty `registers` list; add at least one register",
+                );
+                Vec::new()
+            }
+            None => {
+                self.error(
+                    at,
+                    ctx,
+                    "device has no `registers`; add at least one register",
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn registers(
+        &mut self,
+        raws: Vec<Spanned<RawRegister>>,
+        ctx: Ctx<'_>,
+        limits: &RequestLimits,
+    ) -> Vec<Register> {
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut out = Vec::new();
+        for r in raws {
+            let at = r.referenced;
+            if let Some(reg) = self.register(r.value, at, ctx, limits, &mut seen) {
+                out.push(reg);
+            }
+        }
+        out
+    }
+}
+
+/// The device's tags over those of `defaults`.
+fn tags(
+    own: Option<Spanned<BTreeMap<String, String>>>,
+    defaults: &RawDevice,
+) -> BTreeMap<String, String> {
+    let mut tags = defaults.tags.clone().map(|t| t.value).unwrap_or_default();
+    tags.extend(own.map(|t| t.value).unwrap_or_default());
+    tags
+}

@@ -1,0 +1,214 @@
+//! Every setting of the service, declared once: its flag, its environment
+//! variable, its help line and its default as the command line writes it.
+//! `cli` builds the flags from these; `app::Settings::default()` and the
+//! writers' own `Default`s read the same defaults, so the library and the
+//! binary never disagree (a test parses the bare command line and compares).
+//!
+//! Defaults are kept as text, the way `--help` and `regpoll.env.example`
+//! show them, and parsed where a typed value is needed; a test checks that
+//! every one parses.
+
+use std::time::Duration;
+
+use crate::registry::parse_duration;
+
+/// One setting: a `--flag`, the environment variable read when the flag is
+/// absent, and the default used when neither is given.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The long flag, without `--`.
+    pub flag: &'static str,
+    pub env: &'static str,
+    /// The `--help` text.
+    pub help: &'static str,
+    /// As the command line writes it; `None`: unset unless given.
+    pub default: Option<&'static str>,
+}
+
+impl Setting {
+    /// The default, for `#[arg(default_value = …)]`.
+    pub const fn default_text(&self) -> &'static str {
+        match self.default {
+            Some(text) => text,
+            None => panic!("this setting has no default"),
+        }
+    }
+
+    /// The default of a duration setting.
+    pub fn default_duration(&self) -> Duration {
+        parse_duration(self.default_text())
+            .unwrap_or_else(|e| panic!("the default of --{}: {e}", self.flag))
+    }
+
+    /// The default of a count setting.
+    pub fn default_count(&self) -> usize {
+        self.default_text()
+            .parse()
+            .unwrap_or_else(|e| panic!("the default of --{}: {e}", self.flag))
+    }
+}
+
+// Logging.
+
+pub const LOG: Setting = Setting {
+    flag: "log",
+    env: "REGPOLL_LOG",
+    help: "Log filter in tracing's env-filter syntax: a level (error, warn, info, debug, trace) or per-module directives (`info,regpoll::sink=debug`). Logs go to standard error",
+    default: Some("info"),
+};
+
+// Where the registry and history are kept.
+
+pub const DATABASE_URL: Setting = Setting {
+    flag: "database-url",
+    env: "REGPOLL_DATABASE_URL",
+    help: "PostgreSQL URL (TimescaleDB is used when installed); `DATABASE_URL` is read too when REGPOLL_DATABASE_URL is unset. Without it, an embedded SQLite file keeps the registry and history",
+    default: None,
+};
+
+/// The conventional variable read when `REGPOLL_DATABASE_URL` is unset.
+pub const DATABASE_URL_FALLBACK: &str = "DATABASE_URL";
+
+pub const SQLITE_PATH: Setting = Setting {
+    flag: "sqlite-path",
+    env: "REGPOLL_SQLITE_PATH",
+    help: "SQLite file used when no database URL is given",
+    default: Some("regpoll.db"),
+};
+
+// Latest values in Redis.
+
+pub const REDIS_URL: Setting = Setting {
+    flag: "redis-url",
+    env: "REGPOLL_REDIS_URL",
+    help: "Redis URL for the latest-value cache; `REDIS_URL` is read too when REGPOLL_REDIS_URL is unset. Without it, latest values are kept in memory only",
+    default: None,
+};
+
+/// The conventional variable read when `REGPOLL_REDIS_URL` is unset.
+pub const REDIS_URL_FALLBACK: &str = "REDIS_URL";
+
+pub const REDIS_PREFIX: Setting = Setting {
+    flag: "redis-prefix",
+    env: "REGPOLL_REDIS_PREFIX",
+    help: "Prefix of every Redis key and channel",
+    default: Some("regpoll"),
+};
+
+pub const REDIS_TTL: Setting = Setting {
+    flag: "redis-ttl",
+    env: "REGPOLL_REDIS_TTL",
+    help: "Expiry of each device's Redis keys (e.g. 1h), refreshed at every write, so devices that are gone disappear. Default: no expiry",
+    default: None,
+};
+
+/// Long enough for a pipeline of 256 polls on a loaded box, short enough
+/// that a hung connection is noticed within a few polls.
+pub const REDIS_TIMEOUT: Setting = Setting {
+    flag: "redis-timeout",
+    env: "REGPOLL_REDIS_TIMEOUT",
+    help: "Time allowed for connecting to Redis and for Redis to answer a pipeline (e.g. 2s); past it the connection is dropped and the values are written after reconnecting",
+    default: Some("2s"),
+};
+
+/// At thousands of polls a second a round trip per poll costs more CPU than
+/// the polls themselves; the linger bounds what gathering adds to a value's
+/// way into Redis.
+pub const REDIS_LINGER: Setting = Setting {
+    flag: "redis-linger",
+    env: "REGPOLL_REDIS_LINGER",
+    help: "How long the Redis writer lets poll reports gather before writing them in one pipeline (e.g. 2ms)",
+    default: Some("2ms"),
+};
+
+// History.
+
+pub const BATCH_ROWS: Setting = Setting {
+    flag: "batch-rows",
+    env: "REGPOLL_BATCH_ROWS",
+    help: "Most readings written to history in one batch",
+    default: Some("5000"),
+};
+
+pub const BATCH_DELAY: Setting = Setting {
+    flag: "batch-delay",
+    env: "REGPOLL_BATCH_DELAY",
+    help: "Longest a reading waits in a partial batch (e.g. 200ms)",
+    default: Some("200ms"),
+};
+
+/// About 10 s of 1,000 devices × 10 registers at 1 s.
+pub const SPOOL_AFTER: Setting = Setting {
+    flag: "spool-after",
+    env: "REGPOLL_SPOOL_AFTER",
+    help: "Unwritten readings kept in memory while the database refuses them, before the oldest go to the disk spool",
+    default: Some("100000"),
+};
+
+pub const DATA_DIR: Setting = Setting {
+    flag: "data-dir",
+    env: "REGPOLL_DATA_DIR",
+    help: "Directory for regpoll's own files; the spool lives in its `spool` subdirectory",
+    default: Some("regpoll-data"),
+};
+
+/// The spool lives in this subdirectory of `--data-dir`.
+pub const SPOOL_SUBDIR: &str = "spool";
+
+/// The wait after a refused write starts at 100 ms and doubles up to this:
+/// a database that is back is found within this long, one that stays down
+/// is not asked more than once per this long.
+pub const HISTORY_RETRY_MAX: Setting = Setting {
+    flag: "history-retry-max",
+    env: "REGPOLL_HISTORY_RETRY_MAX",
+    help: "Longest wait between two attempts to write readings the database refused (e.g. 5s); the wait starts at 100ms and doubles up to this",
+    default: Some("5s"),
+};
+
+pub const RETENTION: Setting = Setting {
+    flag: "retention",
+    env: "REGPOLL_RETENTION",
+    help: "How long readings are kept: days (365d), weeks (52w), hours (48h) or `off`. TimescaleDB drops old chunks by policy; otherwise an hourly job deletes expired rows in batches",
+    default: Some("365d"),
+};
+
+/// Poll reports that may wait for the history writer (no flag). When it is
+/// full, pollers wait (nothing is dropped); with 5,000-row batches this is
+/// rarely reached.
+pub const HISTORY_QUEUE: usize = 4_096;
+
+// The service.
+
+pub const DEVICES: Setting = Setting {
+    flag: "devices",
+    env: "REGPOLL_DEVICES",
+    help: "A devices.yaml to sync into the registry before polling; edits to it are synced while running",
+    default: None,
+};
+
+pub const RELOAD_INTERVAL: Setting = Setting {
+    flag: "reload-interval",
+    env: "REGPOLL_RELOAD_INTERVAL",
+    help: "How often to check the registry (and the devices file) for changes. PostgreSQL also notifies changes at once",
+    default: Some("2s"),
+};
+
+pub const SHUTDOWN_TIMEOUT: Setting = Setting {
+    flag: "shutdown-timeout",
+    env: "REGPOLL_SHUTDOWN_TIMEOUT",
+    help: "Longest shutdown waits for queued readings to be written (e.g. 10s)",
+    default: Some("10s"),
+};
+
+/// Loopback only, since the API has no authentication; put a reverse proxy
+/// in front to expose it. The library's own default is no HTTP at all (see
+/// `app::Settings::http`).
+pub const HTTP: Setting = Setting {
+    flag: "http",
+    env: "REGPOLL_HTTP",
+    help: "Address of the HTTP API and status page (IP:PORT), or `off`. It has no authentication: keep it on loopback or behind a proxy",
+    default: Some("127.0.0.1:8080"),
+};
+
+#[cfg(test)]
+mod tests;

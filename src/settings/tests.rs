@@ -1,0 +1,60 @@
+use super::*;
+
+const ALL: [Setting; 18] = [
+    LOG,
+    DATABASE_URL,
+    SQLITE_PATH,
+    REDIS_URL,
+    REDIS_PREFIX,
+    REDIS_TTL,
+    REDIS_TIMEOUT,
+    REDIS_LINGER,
+    BATCH_ROWS,
+    BATCH_DELAY,
+    SPOOL_AFTER,
+    DATA_DIR,
+    HISTORY_RETRY_MAX,
+    RETENTION,
+    DEVICES,
+    RELOAD_INTERVAL,
+    SHUTDOWN_TIMEOUT,
+    HTTP,
+];
+
+#[test]
+fn every_default_parses_as_its_setting_reads_it() {
+    for d in [
+        REDIS_TIMEOUT,
+        REDIS_LINGER,
+        BATCH_DELAY,
+        HISTORY_RETRY_MAX,
+        RELOAD_INTERVAL,
+        SHUTDOWN_TIMEOUT,
+    ] {
+        assert!(d.default_duration() > Duration::ZERO, "--{}", d.flag);
+    }
+    for c in [BATCH_ROWS, SPOOL_AFTER] {
+        assert!(c.default_count() > 0, "--{}", c.flag);
+    }
+    assert!(crate::history::retention::parse_retention(RETENTION.default_text()).is_ok());
+}
+
+#[test]
+fn every_setting_has_its_own_flag_and_variable() {
+    let mut flags: Vec<&str> = ALL.iter().map(|s| s.flag).collect();
+    let mut envs: Vec<&str> = ALL.iter().map(|s| s.env).collect();
+    flags.sort();
+    flags.dedup();
+    envs.sort();
+    envs.dedup();
+    assert_eq!(flags.len(), ALL.len());
+    assert_eq!(envs.len(), ALL.len());
+    assert!(envs.iter().all(|e| e.starts_with("REGPOLL_")), "{envs:?}");
+}
+
+#[test]
+fn help_lines_end_without_a_period_as_clap_shows_them() {
+    for s in ALL {
+        assert!(!s.help.ends_with('.'), "--{}", s.flag);
+    }
+}

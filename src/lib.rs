@@ -13,11 +13,20 @@
 //!   (one connection per host:port) and decodes words into values.
 //! - [`poller`] runs one poll of one device and turns the outcome into
 //!   [`reading::Reading`]s with a quality.
-//! - [`sink`] delivers readings: latest values (memory, Redis) and history
-//!   (PostgreSQL, SQLite), behind bounded queues so polling never waits on them.
-//! - [`api`] serves HTTP: health, readiness, Prometheus metrics (from
-//!   [`telemetry`]), devices, latest values, history ranges ([`query`]) and
-//!   the status page.
+//! - [`sink`] hands each poll's report to the two rooms downstream, which
+//!   never import each other:
+//!   - [`latest`]: the newest value of every register, in memory and in
+//!     Redis (the JSON contract, a coalescer that keeps the newest report of
+//!     each poll group, the RESP connection and its writer);
+//!   - [`history`]: every reading, batched by a writer from a bounded queue
+//!     into a [`history::store::HistoryStore`] (PostgreSQL by binary COPY,
+//!     SQLite by INSERT), with a disk spool while the database is down,
+//!     retention, and queries that read it back.
+//! - [`stats`] takes one snapshot of the service's counters (kept with
+//!   [`telemetry`]'s histograms and distributions, and [`modbus::stats`] per
+//!   endpoint), which `/metrics`, `/api/stats` and the run summary render.
+//! - [`api`] serves HTTP: health, readiness, metrics, devices, latest values,
+//!   history ranges and the status page.
 //! - [`sim`] is a Modbus TCP simulator for the demo, the tests and benchmarks.
 //! - [`app`] wires everything together and owns startup and shutdown;
 //!   [`settings`] declares every setting of the service once (flag,

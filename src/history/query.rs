@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::store::{self, HistoryStore};
+use super::store::{self, HistoryStore, Span};
 use crate::db::Db;
 use crate::registry::format_duration;
 use crate::registry::store::RegisterRef;
@@ -238,6 +238,16 @@ pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
     Ok(rows)
 }
 
+/// What one register's part of `q` reads, at most `limit` rows.
+fn span(reg: &RegisterRef, q: &RangeQuery, limit: usize) -> Span {
+    Span {
+        register_id: reg.id,
+        from: q.from,
+        to: q.to,
+        limit: i64::try_from(limit).unwrap_or(i64::MAX),
+    }
+}
+
 async fn raw(
     store: &dyn HistoryStore,
     reg: &RegisterRef,
@@ -245,8 +255,7 @@ async fn raw(
     limit: usize,
     out: &mut Vec<RawRow>,
 ) -> Result<usize, QueryError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = store.range(reg.id, q.from, q.to, limit).await?;
+    let rows = store.range(&span(reg, q, limit)).await?;
     let n = rows.len();
     out.extend(rows.into_iter().map(|r| RawRow {
         register: reg.name.clone(),
@@ -267,8 +276,7 @@ async fn buckets(
     limit: usize,
     out: &mut Vec<BucketRow>,
 ) -> Result<usize, QueryError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = store.buckets(reg.id, bucket, q.from, q.to, limit).await?;
+    let rows = store.buckets(&span(reg, q, limit), bucket).await?;
     let n = rows.len();
     out.extend(rows.into_iter().map(|b| BucketRow {
         register: reg.name.clone(),

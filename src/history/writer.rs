@@ -427,7 +427,7 @@ pub async fn write(db: &Db, rows: &[Row]) -> anyhow::Result<u64> {
     write_pieces(db, &[rows]).await
 }
 
-/// [`write`] of one batch held in pieces (see [`Rows`]): one COPY or one
+/// [`write()`] of one batch held in pieces (see [`Rows`]): one COPY or one
 /// transaction for all of them ([`HistoryStore::write`]).
 pub async fn write_pieces(db: &Db, pieces: &[&[Row]]) -> anyhow::Result<u64> {
     store::for_db(db).write(pieces).await

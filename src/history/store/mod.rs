@@ -1,5 +1,5 @@
-//! Where history is stored: PostgreSQL by binary COPY ([`postgres`], with
-//! its encoder in `pgcopy`) or SQLite by multi-row INSERT ([`sqlite`]). Both
+//! Where history is stored: PostgreSQL by binary COPY (`postgres`, with
+//! its encoder in `pgcopy`) or SQLite by multi-row INSERT (`sqlite`). Both
 //! are a [`HistoryStore`]; the writer, [`query`](super::query) and
 //! [`retention`](super::retention) talk only to that, and [`for_db`] is the
 //! one place that picks the store for the database.
@@ -67,6 +67,16 @@ pub struct StoredReading {
     pub detail: Option<String>,
 }
 
+/// What a range query reads: one register's rows in `[from, to)`, at most
+/// `limit` of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub register_id: i32,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub limit: i64,
+}
+
 /// Aggregates of one register's numeric values over one bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BucketAggregate {
@@ -92,27 +102,14 @@ pub trait HistoryStore: Send + Sync {
     /// The newest stored reading of a register, if it has any.
     async fn latest(&self, register_id: i32) -> sqlx::Result<Option<StoredReading>>;
 
-    /// The readings of a register in `[from, to)`, oldest first, at most `limit`.
-    async fn range(
-        &self,
-        register_id: i32,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<Vec<StoredReading>>;
+    /// The readings of the span, oldest first.
+    async fn range(&self, span: &Span) -> sqlx::Result<Vec<StoredReading>>;
 
-    /// Aggregates per bucket of `width` (aligned to the Unix epoch) of a
-    /// register's readings in `[from, to)`, oldest first, at most `limit`.
+    /// Aggregates per bucket of `width` (aligned to the Unix epoch) of the
+    /// span's readings, oldest first.
     /// Over good and uncertain values, as in `register_readings_hourly`;
     /// buckets with no numeric value (strings, only bad readings) are left out.
-    async fn buckets(
-        &self,
-        register_id: i32,
-        width: Duration,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<Vec<BucketAggregate>>;
+    async fn buckets(&self, span: &Span, width: Duration) -> sqlx::Result<Vec<BucketAggregate>>;
 
     /// Deletes at most `limit` readings older than `cutoff`; returns how many
     /// were deleted (fewer than `limit`: none older are left).

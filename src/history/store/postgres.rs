@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Executor as _, PgPool};
 
-use super::{BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, StoredReading, pgcopy};
+use super::{
+    BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Span, StoredReading, pgcopy,
+};
 use crate::db::has_timescaledb;
 use crate::history::row::{Row, rows_in};
 
@@ -70,36 +72,23 @@ impl HistoryStore for PostgresStore {
             .await
     }
 
-    async fn range(
-        &self,
-        register_id: i32,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<Vec<StoredReading>> {
+    async fn range(&self, span: &Span) -> sqlx::Result<Vec<StoredReading>> {
         sqlx::query_as(RANGE)
-            .bind(register_id)
-            .bind(from)
-            .bind(to)
-            .bind(limit)
+            .bind(span.register_id)
+            .bind(span.from)
+            .bind(span.to)
+            .bind(span.limit)
             .fetch_all(&self.pool)
             .await
     }
 
-    async fn buckets(
-        &self,
-        register_id: i32,
-        width: Duration,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<Vec<BucketAggregate>> {
+    async fn buckets(&self, span: &Span, width: Duration) -> sqlx::Result<Vec<BucketAggregate>> {
         let rows: Vec<(DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(BUCKETS)
-            .bind(register_id)
+            .bind(span.register_id)
             .bind(width.as_secs_f64())
-            .bind(from)
-            .bind(to)
-            .bind(limit)
+            .bind(span.from)
+            .bind(span.to)
+            .bind(span.limit)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::{BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, StoredReading};
+use super::{BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Span, StoredReading};
 use crate::history::row::Row;
 
 /// 7 parameters a row keeps a statement well under SQLite's 32,766 limit.
@@ -75,38 +75,25 @@ impl HistoryStore for SqliteStore {
         Ok(row.map(reading))
     }
 
-    async fn range(
-        &self,
-        register_id: i32,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<Vec<StoredReading>> {
+    async fn range(&self, span: &Span) -> sqlx::Result<Vec<StoredReading>> {
         let rows: Vec<Stored> = sqlx::query_as(RANGE)
-            .bind(register_id)
-            .bind(micros(from))
-            .bind(micros(to))
-            .bind(limit)
+            .bind(span.register_id)
+            .bind(micros(span.from))
+            .bind(micros(span.to))
+            .bind(span.limit)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(reading).collect())
     }
 
-    async fn buckets(
-        &self,
-        register_id: i32,
-        width: Duration,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<Vec<BucketAggregate>> {
+    async fn buckets(&self, span: &Span, width: Duration) -> sqlx::Result<Vec<BucketAggregate>> {
         let width = i64::try_from(width.as_micros()).unwrap_or(i64::MAX);
         let rows: Vec<(i64, f64, f64, f64, i64)> = sqlx::query_as(BUCKETS)
-            .bind(register_id)
+            .bind(span.register_id)
             .bind(width)
-            .bind(micros(from))
-            .bind(micros(to))
-            .bind(limit)
+            .bind(micros(span.from))
+            .bind(micros(span.to))
+            .bind(span.limit)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows

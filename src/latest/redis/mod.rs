@@ -22,7 +22,7 @@ const PIPELINE_REPORTS: usize = 256;
 /// past it, reports gather in the coalescer, newest per poll group.
 const MAX_IN_FLIGHT: usize = 4;
 
-pub mod coalescer;
+mod coalescer;
 mod commands;
 pub(crate) mod connection;
 mod writer;

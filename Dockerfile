@@ -21,7 +21,7 @@ WORKDIR /work
 
 # Only what the compiler reads: the manifests, the sources, the migrations
 # (embedded by sqlx::migrate!) and devices.yaml (embedded by include_str! in
-# src/commands.rs). Tests, scripts and docs stay out, so editing them does not
+# src/commands/mod.rs). Tests, scripts and docs stay out, so editing them does not
 # invalidate this stage. If the package ever gains a build.rs or explicit
 # [[bench]]/[[test]]/[[example]] targets in Cargo.toml, copy those paths too.
 COPY Cargo.toml Cargo.lock ./

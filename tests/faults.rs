@@ -286,3 +286,55 @@ async fn after_a_timeout_the_next_request_gets_its_own_reply_not_a_stale_one() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stray_frame_is_never_taken_for_an_answer() {
+    // After every answer the device sends a well-formed reply carrying the
+    // transaction id after the one it just answered, with every value 0xDEAD:
+    // on one connection kept across polls, as the service keeps it.
+    let fault = SimFault {
+        device: "faulty".into(),
+        register: None,
+        action: FaultAction::StrayFrame,
+    };
+    // One request a poll, so the stray frame has the function, unit and size
+    // of the next request as well as its id if ids go up by one.
+    let devs = devices(
+        "devices:\n  - { name: faulty, host: 127.0.0.1, port: 1, timeout: 300ms, retries: 0, registers: [{ name: a, kind: holding, address: 0, type: u16 }] }\n",
+    );
+    let (_sim, devs) = start(&devs, vec![fault]).await;
+    let device = Arc::clone(&devs[0]);
+    let endpoint = Arc::new(Endpoint::new("127.0.0.1", device.port));
+    let poller = DevicePoller::new(Arc::clone(&device), endpoint);
+    let mut good = 0;
+    for _ in 0..15 {
+        let report = poller.poll().await;
+        for r in &report.readings {
+            let reg = report.register(r);
+            if r.quality != Quality::Good {
+                // A stray frame that comes while an answer is awaited puts the
+                // stream out of step: that request fails, nothing is taken.
+                let detail = r.detail.as_deref().unwrap_or_default();
+                assert!(
+                    detail.starts_with("protocol:") || detail.starts_with("transport:"),
+                    "{}: {detail}",
+                    reg.name
+                );
+                continue;
+            }
+            good += 1;
+            assert!(
+                [r.ts, r.ts + chrono::Duration::seconds(1)]
+                    .iter()
+                    .any(|&t| expected_value("faulty", reg, t) == r.value),
+                "{} = {:?} came from a stray frame",
+                reg.name,
+                r.value
+            );
+        }
+        // The poll interval: the stray frame of the last answer arrives
+        // meanwhile and waits on the socket for the next request.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(good >= 15, "only {good} good readings in 15 polls");
+}

@@ -45,9 +45,17 @@ impl From<io::Error> for CallError {
 
 /// One open connection. Requests go out one at a time; each answer must
 /// carry its request's transaction id and unit id.
+///
+/// A stray frame is never taken for data: transaction ids start at a random
+/// value on each connection and go up by a random odd step (every id comes
+/// once in 65,536 requests, and a device or gateway that repeats or invents
+/// frames cannot guess the next one from the last), whatever is waiting on
+/// the socket when a request is about to go out is discarded (nothing can
+/// be an answer before its request), and only the exact id is accepted.
 pub struct Connection {
     stream: TcpStream,
     next_transaction: u16,
+    transaction_step: u16,
     frame: Box<[u8; MAX_FRAME]>,
 }
 
@@ -55,7 +63,8 @@ impl Connection {
     pub fn new(stream: TcpStream) -> Self {
         Self {
             stream,
-            next_transaction: 0,
+            next_transaction: random_u16(),
+            transaction_step: random_u16() | 1,
             frame: Box::new([0; MAX_FRAME]),
         }
     }
@@ -71,11 +80,12 @@ impl Connection {
     ) -> Result<Result<Words, ExceptionCode>, CallError> {
         let function = kind.read_function();
         let transaction = self.next_transaction;
-        self.next_transaction = transaction.wrapping_add(1);
+        self.next_transaction = transaction.wrapping_add(self.transaction_step);
         let [t0, t1] = transaction.to_be_bytes();
         let [s0, s1] = start.to_be_bytes();
         let [c0, c1] = count.to_be_bytes();
         let request = [t0, t1, 0, 0, 0, 6, unit, function, s0, s1, c0, c1];
+        self.discard_waiting()?;
         self.stream.write_all(&request).await?;
 
         // Usually the whole answer arrives in one read. Nothing may follow
@@ -114,6 +124,46 @@ impl Connection {
         let pdu = &self.frame[HEADER..end];
         parse(pdu, function, kind)
     }
+}
+
+impl Connection {
+    /// Reads and drops whatever the device sent since the last answer. It
+    /// costs no extra system call in the common case: the read that would
+    /// otherwise find the socket empty after the request is written finds it
+    /// empty here instead, and the runtime then waits for the answer.
+    fn discard_waiting(&mut self) -> Result<usize, CallError> {
+        let mut dropped = 0;
+        loop {
+            match self.stream.try_read(&mut self.frame[..]) {
+                Ok(0) => {
+                    return Err(CallError::Transport(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed by the device",
+                    )));
+                }
+                Ok(n) => dropped += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(CallError::Transport(e)),
+            }
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                bytes = dropped,
+                "discarded bytes the device sent outside an answer"
+            );
+        }
+        Ok(dropped)
+    }
+}
+
+/// A transaction id (or step) for a new connection: different on every
+/// connection and unknown outside this process (std's hasher keys come from
+/// the operating system's randomness), so no dependency is needed for it.
+fn random_u16() -> u16 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as u16
 }
 
 /// Where the frame whose header is `header` ends, from its length field.
@@ -225,5 +275,19 @@ mod tests {
                 other => panic!("{pdu:?}: {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn transaction_ids_start_and_step_differently_on_every_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut starts = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let c = Connection::new(TcpStream::connect(addr).await.unwrap());
+            assert_eq!(c.transaction_step % 2, 1, "an odd step visits every id");
+            starts.insert((c.next_transaction, c.transaction_step));
+        }
+        // Four equal draws of 32 random bits would happen once in 2^96.
+        assert!(starts.len() > 1, "{starts:?}");
     }
 }

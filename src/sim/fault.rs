@@ -1,6 +1,7 @@
 //! What a simulated device can do wrong, per device or per register: answer
 //! late, not at all, with an exception, with garbage or a truncated frame, drop
-//! the connection every N requests, or refuse reads longer than a limit.
+//! the connection every N requests, refuse reads longer than a limit, or
+//! send frames nobody asked for.
 //! Each is a failure seen on real devices and gateways.
 
 use std::time::Duration;
@@ -28,6 +29,11 @@ pub enum FaultAction {
     /// Answer exception 3 (illegal data value) to reads of more than this many
     /// registers or bits, like devices that cannot take 125.
     MaxRegisters(u16),
+    /// Answer correctly, then send a well-formed reply nobody asked for,
+    /// carrying the transaction id the next request will have if ids go up
+    /// by one, with every value 0xDEAD (bits all on): a gateway that repeats
+    /// or invents frames. It must never be taken as an answer.
+    StrayFrame,
 }
 
 /// A fault on a device, or only on the requests that touch one of its registers.
@@ -126,9 +132,11 @@ struct RawFault {
     garbage: Option<bool>,
     short_frame: Option<bool>,
     max_registers: Option<u16>,
+    stray_frame: Option<bool>,
 }
 
-const ACTIONS: &str = "delay, no_reply, exception, drop_every, garbage, short_frame, max_registers";
+const ACTIONS: &str =
+    "delay, no_reply, exception, drop_every, garbage, short_frame, max_registers, stray_frame";
 
 /// Parses a faults file; errors carry `file:line:column`.
 pub fn parse_faults(yaml: &str, file: &str) -> Result<Vec<SimFault>, String> {
@@ -170,6 +178,9 @@ pub fn parse_faults(yaml: &str, file: &str) -> Result<Vec<SimFault>, String> {
             }
             if let Some(n) = f.max_registers {
                 actions.push(FaultAction::MaxRegisters(n));
+            }
+            if f.stray_frame == Some(true) {
+                actions.push(FaultAction::StrayFrame);
             }
             match <[FaultAction; 1]>::try_from(actions) {
                 Ok([action]) => Ok(SimFault {

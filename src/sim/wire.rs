@@ -47,6 +47,8 @@ pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: 
 async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
     // Requests in scope of each DropEvery fault, on this connection.
     let mut seen: HashMap<usize, u32> = HashMap::new();
+    // Whether a StrayFrame fault applies to the request being answered.
+    let mut stray = false;
     loop {
         let mut header = [0u8; 7];
         if stream.read_exact(&mut header).await.is_err() {
@@ -61,15 +63,7 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
             return;
         }
         let (transaction, unit, function) = ([header[0], header[1]], header[6], pdu[0]);
-        let reply = |body: &[u8]| {
-            let mut out = Vec::with_capacity(7 + body.len());
-            out.extend_from_slice(&transaction);
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(body.len() as u16 + 1).to_be_bytes());
-            out.push(unit);
-            out.extend_from_slice(body);
-            out
-        };
+        let reply = |body: &[u8]| frame(transaction, unit, body);
         let (Some(kind), 5) = (RegisterKind::of_read_function(function), pdu.len()) else {
             if stream
                 .write_all(&reply(&[function | 0x80, 0x01]))
@@ -87,6 +81,7 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
             None => {
                 let mut answer = None;
                 let mut broken = None;
+                stray = false;
                 for (i, f) in faults
                     .iter()
                     .enumerate()
@@ -114,6 +109,7 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
                             let full = body(function, &units.answer(unit, kind, start, count));
                             broken = Some(Some(reply(&full[..full.len().min(3)])));
                         }
+                        FaultAction::StrayFrame => stray = true,
                     }
                 }
                 match broken {
@@ -135,7 +131,54 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
         {
             return;
         }
+        if stray
+            && stray_frame(&mut stream, header, function, kind, count)
+                .await
+                .is_err()
+        {
+            return;
+        }
     }
+}
+
+/// Sends, a moment after an answer (so that it arrives on its own, while
+/// the client waits for nothing), a well-formed reply to a request not yet
+/// made: the transaction id after `header`'s, the same unit and function,
+/// every value 0xDEAD.
+async fn stray_frame(
+    stream: &mut TcpStream,
+    header: [u8; 7],
+    function: u8,
+    kind: RegisterKind,
+    count: u16,
+) -> std::io::Result<()> {
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let next = u16::from_be_bytes([header[0], header[1]]).wrapping_add(1);
+    let answer = match kind {
+        RegisterKind::Coil | RegisterKind::Discrete => Answer::Bits(vec![true; usize::from(count)]),
+        RegisterKind::Holding | RegisterKind::Input => {
+            Answer::Registers(vec![0xDEAD; usize::from(count)])
+        }
+    };
+    stream
+        .write_all(&frame(
+            next.to_be_bytes(),
+            header[6],
+            &body(function, &answer),
+        ))
+        .await
+}
+
+/// A Modbus TCP frame: the MBAP header (transaction, protocol 0, length,
+/// unit) and `body`.
+fn frame(transaction: [u8; 2], unit: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(7 + body.len());
+    out.extend_from_slice(&transaction);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(body.len() as u16 + 1).to_be_bytes());
+    out.push(unit);
+    out.extend_from_slice(body);
+    out
 }
 
 /// Protocol limits (application protocol 6.1–6.4): exception 3 for a bad

@@ -42,6 +42,7 @@ pub(crate) use on_pool;
 impl Db {
     /// Connects to PostgreSQL at `url` and applies pending migrations.
     pub async fn postgres(url: &str) -> anyhow::Result<Db> {
+        check_pg_params(url)?;
         let opts = PgConnectOptions::from_str(url)
             .with_context(|| format!("invalid DATABASE_URL {}", redact_url(url)))?;
         let cannot = || format!("cannot connect to PostgreSQL at {}", redact_url(url));
@@ -173,20 +174,121 @@ async fn create_hourly_aggregate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `url` with any password replaced by `***`, for logs and error messages.
+/// `url` with every password replaced by `***`, for logs, errors and pages:
+/// the one in the user info (`postgres://u:secret@h/db`) and any query
+/// parameter whose name holds "pass" (`?password=` as sqlx reads it,
+/// `?pass=` as the redis crate reads it for `redis+unix://`, and any other
+/// spelling a driver might take). A string that is not a URL is not shown
+/// at all, since it cannot be told where a secret in it would be.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable URL>".to_string(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "<unparsable URL>".to_string();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_param(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+/// Whether a URL query parameter carries a password.
+fn is_secret_param(name: &str) -> bool {
+    name.to_ascii_lowercase().contains("pass")
+}
+
+/// The query parameters sqlx 0.9 reads from a PostgreSQL URL
+/// (`PgConnectOptions::parse_from_url`), besides `options[NAME]`.
+const PG_URL_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Refuses a PostgreSQL URL parameter sqlx does not know before sqlx sees
+/// it: sqlx would only log it, with its value, which may be a password
+/// under another name (`?passwd=…`).
+fn check_pg_params(url: &str) -> anyhow::Result<()> {
+    let Ok(u) = url::Url::parse(url) else {
+        return Ok(()); // sqlx reports what is wrong with it
+    };
+    for (key, _) in u.query_pairs() {
+        let known =
+            PG_URL_PARAMS.contains(&&*key) || (key.starts_with("options[") && key.ends_with(']'));
+        if !known {
+            anyhow::bail!(
+                "invalid DATABASE_URL {}: unknown parameter `{key}`; PostgreSQL URLs take {}",
+                redact_url(url),
+                PG_URL_PARAMS.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_password_form_is_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://u@h/db?password=S3cret&sslmode=require",
+                "postgres://u@h/db?password=***&sslmode=require",
+            ),
+            (
+                "redis+unix:///s.sock?db=0&pass=S3cret",
+                "redis+unix:///s.sock?db=0&pass=***",
+            ),
+            ("redis://:S3cret@h:6379/0", "redis://:***@h:6379/0"),
+            (
+                "postgres://u:S3cret@h/db?sslpassword=S3cret",
+                "postgres://u:***@h/db?sslpassword=***",
+            ),
+            ("host=h password=S3cret", "<unparsable URL>"),
+        ] {
+            assert_eq!(super::redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn a_postgres_url_parameter_sqlx_does_not_know_is_refused_without_its_value() {
+        let e = super::check_pg_params("postgres://u@h/db?passwd=S3cret").unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("unknown parameter `passwd`"), "{e}");
+        assert!(!e.contains("S3cret"), "{e}");
+        assert!(
+            super::check_pg_params("postgres://u@h/db?sslmode=disable&options[search_path]=x")
+                .is_ok()
+        );
+    }
+
     #[test]
     fn passwords_never_appear_in_redacted_urls() {
         let r = super::redact_url("postgres://app:s3cret@db:5432/regpoll");

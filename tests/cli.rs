@@ -377,60 +377,135 @@ async fn query_reads_the_embedded_sqlite_history() {
 
 /// Passwords inside database and Redis URLs never reach logs or errors, for
 /// a refused connection, an unparsable URL and a Redis that is down.
+/// Every form in which a driver takes a password, through every command
+/// that opens a database and every endpoint of a running service, with
+/// debug logging: the secret appears nowhere.
 #[test]
-fn passwords_in_urls_never_appear_in_output() {
+fn every_password_form_stays_out_of_every_command_and_endpoint() {
+    const SECRET: &str = "S3cretX";
     let dir = tempfile::tempdir().unwrap();
+    let (_file_dir, devices) =
+        common::write_yaml(&GOOD.replace("    port: 5020\n", "    port: 1\n    every: 200ms\n"));
+    let devices = devices.to_str().unwrap();
+    // Nothing listens on port 1: every command fails to connect.
     for url in [
-        "postgres://regpoll:topsecret@127.0.0.1:1/regpoll",
-        "postgres://regpoll:topsecret@127.0.0.1:notaport/regpoll",
+        format!("postgres://regpoll:{SECRET}@127.0.0.1:1/regpoll"),
+        format!("postgres://regpoll@127.0.0.1:1/regpoll?password={SECRET}"),
+        format!("postgres://regpoll@127.0.0.1:1/regpoll?sslmode=disable&password={SECRET}"),
+        format!("postgres://regpoll@127.0.0.1:1/regpoll?passwd={SECRET}"),
+        format!("postgres://regpoll:{SECRET}@127.0.0.1:notaport/regpoll"),
     ] {
-        let out = regpoll(&["run", "--database-url", url, "--http", "off"], dir.path());
-        assert!(!out.status.success());
-        let err = text(&out.stderr);
-        assert!(!err.contains("topsecret"), "{err}");
-        assert!(
-            (err.contains("PostgreSQL at postgres://regpoll:***@127.0.0.1:1/regpoll")
-                && err.contains("refused"))
-                || err.contains("invalid DATABASE_URL"),
-            "{err}"
-        );
+        for args in [
+            &["run", "--http", "off"][..],
+            &["migrate"],
+            &["devices", "list"],
+            &["devices", "sync", devices],
+            &["query", "latest", "boiler"],
+            &["query", "range", "boiler", "t", "--since", "1h"],
+        ] {
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend(["--database-url", &url, "--log", "debug"]);
+            let out = regpoll(&all, dir.path());
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert!(!out.status.success(), "{args:?} {url}: {stdout}");
+            assert!(
+                !stdout.contains(SECRET) && !stderr.contains(SECRET),
+                "{args:?} printed the password of {url}:\n{stdout}\n{stderr}"
+            );
+            assert!(
+                stderr.contains("cannot connect to PostgreSQL at postgres://regpoll")
+                    || stderr.contains("invalid DATABASE_URL"),
+                "{args:?} {url}: {stderr}"
+            );
+        }
     }
 
-    let yaml = GOOD.replace("    port: 5020\n", "    port: 1\n    every: 200ms\n");
-    let (_file_dir, devices) = common::write_yaml(&yaml);
+    for url in [
+        format!("redis://:{SECRET}@127.0.0.1:1/"),
+        format!("redis://user:{SECRET}@127.0.0.1:1/0"),
+        format!("redis+unix:///nonexistent/redis.sock?db=0&pass={SECRET}"),
+    ] {
+        let seen = service_output_and_pages(&url, devices, dir.path());
+        assert!(seen.contains("redis:"), "/ready names Redis: {seen}");
+        assert!(!seen.contains(SECRET), "{url}:\n{seen}");
+    }
+}
+
+/// Runs `regpoll run` with `redis_url` and the HTTP API on a free port,
+/// reads every page a user or a scraper reads, stops it, and returns the
+/// pages and the whole log.
+fn service_output_and_pages(redis_url: &str, devices: &str, dir: &std::path::Path) -> String {
+    let sqlite = dir.join("secrets.db");
     let mut child = Command::new(env!("CARGO_BIN_EXE_regpoll"))
-        .args(["run", "--http", "off", "--devices"])
-        .arg(&devices)
-        .args([
-            "--redis-url",
-            "redis://:topsecret@127.0.0.1:1/",
-            "--log",
-            "debug",
-        ])
-        .current_dir(dir.path())
+        .args(["run", "--http", "127.0.0.1:0", "--devices", devices])
+        .args(["--redis-url", redis_url, "--log", "debug", "--sqlite-path"])
+        .arg(&sqlite)
+        .current_dir(dir)
         .env_remove("DATABASE_URL")
         .env_remove("REGPOLL_DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Every poll is written to Redis, which is down: read the log until the
-    // failure shows up.
-    let started = Instant::now();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
     let mut seen = Vec::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let done = line.contains("Redis");
+    let addr = loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no HTTP address logged: {seen:#?}"));
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .filter(|_| line.contains("HTTP API listening"))
+            .map(str::to_string);
         seen.push(line);
-        if done || started.elapsed() > Duration::from_secs(10) {
-            break;
+        if let Some(addr) = addr {
+            break addr;
+        }
+    };
+    // Past the first polls, so the Redis writer has tried and failed.
+    while !seen.iter().any(|l| l.contains("Redis")) {
+        match lines_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the Redis failure is never logged: {seen:#?}"),
         }
     }
-    let _ = child.kill();
+    for path in [
+        "/ready",
+        "/metrics",
+        "/api/stats",
+        "/api/devices",
+        "/",
+        "/health",
+    ] {
+        seen.push(http_get_blocking(&addr, path));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
     let _ = child.wait();
-    let all = seen.join("\n");
-    assert!(all.contains("Redis"), "the Redis failure is logged: {all}");
-    assert!(!all.contains("topsecret"), "{all}");
+    let _ = reader.join();
+    seen.extend(lines_rx.try_iter());
+    seen.join("\n")
+}
+
+/// A plain HTTP/1.0 GET: the status line, headers and body as text.
+fn http_get_blocking(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 #[test]

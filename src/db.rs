@@ -62,6 +62,7 @@ impl Db {
             .connect_with(opts)
             .await
             .with_context(cannot)?;
+        accept_edited_migrations(&pool).await?;
         PG_MIGRATIONS
             .run(&pool)
             .await
@@ -128,6 +129,53 @@ impl Db {
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)
     }
+}
+
+/// Migrations edited in place after a release, with the SHA-384 checksum
+/// that release recorded when it applied them. sqlx refuses to start when an
+/// applied migration's checksum changed; an edit listed here did not change
+/// what the migration does where it had already run, so the old checksum is
+/// replaced by the new one instead.
+///
+/// - 0002: the TimescaleDB check no longer needs the privilege to read
+///   `shared_preload_libraries` (an ordinary role could not migrate a server
+///   with TimescaleDB installed); where it ran, it made the same table.
+const EDITED_MIGRATIONS: &[(i64, &str)] = &[(
+    2,
+    "dc28f150074af0c5b593fae8e5bf2ab4e85f7a80bdc93155574b7772b1abc00ae8c0d90036a93e57e94be3bfa5cb7002",
+)];
+
+/// See [`EDITED_MIGRATIONS`].
+async fn accept_edited_migrations(pool: &PgPool) -> anyhow::Result<()> {
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .context("cannot read the migration history")?;
+    if !migrated {
+        return Ok(());
+    }
+    for (version, old) in EDITED_MIGRATIONS {
+        let Some(now) = PG_MIGRATIONS.iter().find(|m| m.version == *version) else {
+            continue;
+        };
+        sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2 AND checksum = $3",
+        )
+        .bind(&*now.checksum)
+        .bind(version)
+        .bind(hex_bytes(old))
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot record the edit of migration {version}"))?;
+    }
+    Ok(())
+}
+
+/// The bytes of a hex string (two digits a byte; not hex: empty).
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .map_while(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Whether the TimescaleDB extension is installed in this database.

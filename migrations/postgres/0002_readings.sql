@@ -22,15 +22,34 @@ CREATE TABLE register_readings (
 -- hypertable requires; create_default_indexes => false because the key serves
 -- the queries the default (ts DESC) index would. On plain PostgreSQL this block
 -- does nothing, so the same migrations run on both.
+--
+-- Migrations run as an ordinary role (the database's owner) too. Such a role
+-- may not read shared_preload_libraries, nor create the extension; it can
+-- turn the table it owns into a hypertable once a superuser has run
+-- CREATE EXTENSION timescaledb in this database. The extension is never
+-- created without the library preloaded: TimescaleDB ends the session
+-- (FATAL) then, which no exception handler catches.
 DO $$
+DECLARE
+    preloaded boolean := false;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
-       AND (
-           EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
-           OR current_setting('shared_preload_libraries', true) LIKE '%timescaledb%'
-       )
+       AND NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
     THEN
-        CREATE EXTENSION IF NOT EXISTS timescaledb;
+        BEGIN
+            preloaded := current_setting('shared_preload_libraries', true) LIKE '%timescaledb%';
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE NOTICE 'regpoll: cannot tell whether TimescaleDB is preloaded (% may not read shared_preload_libraries); register_readings stays a plain table unless a superuser runs CREATE EXTENSION timescaledb in this database before regpoll migrates it', current_user;
+        END;
+        IF preloaded THEN
+            BEGIN
+                CREATE EXTENSION IF NOT EXISTS timescaledb;
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE NOTICE 'regpoll: % may not create the timescaledb extension; register_readings stays a plain table unless a superuser runs CREATE EXTENSION timescaledb in this database before regpoll migrates it', current_user;
+            END;
+        END IF;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
         PERFORM create_hypertable(
             'register_readings',
             by_range('ts', INTERVAL '1 day'),

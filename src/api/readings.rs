@@ -61,20 +61,31 @@ pub(crate) async fn readings(
         }
         Err(e) => return Err(ApiError::from_query(e, &s.db_warn)),
     };
+    // Writing a few MiB of JSON is milliseconds of CPU: on the blocking
+    // pool, so that it never holds a worker the pollers' timers need.
+    let q2 = q.clone();
+    let body = tokio::task::spawn_blocking(move || serialize(&q2, &rows, cap))
+        .await
+        .map_err(|e| ApiError::busy(format!("the answer could not be written: {e}")))?;
+    match body {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response()),
+        None => Err(too_large(cap, &q)),
+    }
+}
+
+/// The answer's JSON, or `None` when it would pass `cap` bytes.
+fn serialize(q: &RangeQuery, rows: &Rows, cap: usize) -> Option<Vec<u8>> {
     let answer = Answer {
         device: &q.device,
         register: q.register.as_deref(),
         from: rfc3339(q.from),
         to: rfc3339(q.to),
         bucket: q.bucket.map(format_duration),
-        rows: &rows,
+        rows,
     };
     let mut out = Capped::new(cap);
-    if serde_json::to_writer(&mut out, &answer).is_err() {
-        return Err(too_large(cap, &q));
-    }
-    drop(rows);
-    Ok(([(header::CONTENT_TYPE, "application/json")], out.buf).into_response())
+    serde_json::to_writer(&mut out, &answer).ok()?;
+    Some(out.buf)
 }
 
 /// The query the parameters describe (defaults: the last hour, 10,000 rows).

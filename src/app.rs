@@ -65,6 +65,9 @@ pub struct Settings {
     /// defaults to `settings::HTTP`; the library default is off so that
     /// embedded and test services never compete for a port.
     pub http: Option<SocketAddr>,
+    /// Limits of the HTTP API (requests at once, waits, timeout, its own
+    /// database pool, the size of one answer).
+    pub api: api::ApiLimits,
 }
 
 impl Default for Settings {
@@ -85,6 +88,7 @@ impl Default for Settings {
             retention: retention::parse_retention(settings::RETENTION.default_text())
                 .expect("the default retention parses"),
             http: None,
+            api: api::ApiLimits::default(),
         }
     }
 }
@@ -215,7 +219,16 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let (stop_http, stop_http_rx) = watch::channel(false);
     let http = match settings.http {
         Some(addr) => {
-            let state = ApiState::new(db.clone(), stats.clone(), redis_target, scheduling_rx);
+            let limits = settings.api.clone();
+            let query_db = db.api_pool(limits.db_connections, limits.wait, limits.timeout);
+            let state = ApiState::new(
+                db.clone(),
+                query_db,
+                limits,
+                stats.clone(),
+                redis_target,
+                scheduling_rx,
+            );
             let (bound, task) = match api::serve(addr, state, stop_http_rx).await {
                 Ok(served) => served,
                 Err(e) => {

@@ -207,9 +207,38 @@ pub struct RunArgs {
     #[arg(long = s::HTTP.flag, env = s::HTTP.env, help = s::HTTP.help, default_value = s::HTTP.default_text(), value_parser = parse_http)]
     pub http: HttpAddr,
     #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
     pub sinks: SinkArgs,
+}
+
+/// The HTTP API's limits (see `api::limits`).
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    #[arg(long = s::API_CONCURRENCY.flag, env = s::API_CONCURRENCY.env, help = s::API_CONCURRENCY.help, default_value = s::API_CONCURRENCY.default_text(), value_parser = clap::value_parser!(u16).range(1..))]
+    pub api_concurrency: u16,
+    #[arg(long = s::API_WAIT.flag, env = s::API_WAIT.env, help = s::API_WAIT.help, default_value = s::API_WAIT.default_text(), value_parser = parse_duration)]
+    pub api_wait: Duration,
+    #[arg(long = s::API_TIMEOUT.flag, env = s::API_TIMEOUT.env, help = s::API_TIMEOUT.help, default_value = s::API_TIMEOUT.default_text(), value_parser = parse_duration)]
+    pub api_timeout: Duration,
+    #[arg(long = s::API_DB_CONNECTIONS.flag, env = s::API_DB_CONNECTIONS.env, help = s::API_DB_CONNECTIONS.help, default_value = s::API_DB_CONNECTIONS.default_text(), value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub api_db_connections: u32,
+    #[arg(long = s::API_MAX_RESPONSE.flag, env = s::API_MAX_RESPONSE.env, help = s::API_MAX_RESPONSE.help, default_value = s::API_MAX_RESPONSE.default_text(), value_parser = crate::api::limits::parse_bytes)]
+    pub api_max_response: usize,
+}
+
+impl ApiArgs {
+    pub fn limits(&self) -> crate::api::ApiLimits {
+        crate::api::ApiLimits {
+            concurrency: usize::from(self.api_concurrency),
+            wait: self.api_wait,
+            timeout: self.api_timeout,
+            db_connections: self.api_db_connections,
+            max_response: self.api_max_response,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -105,6 +105,46 @@ impl Db {
         }
     }
 
+    /// A second, small pool on the same database for the HTTP API's queries,
+    /// so that API load never takes a connection the history writer needs.
+    /// It connects lazily (nothing is opened until a request asks), waits at
+    /// most `acquire_timeout` for a connection, and on PostgreSQL each
+    /// statement is cancelled by the server after `statement_timeout` (the
+    /// request timeout: past it nobody waits for the answer). On SQLite the
+    /// connections are read-only, which WAL mode lets run beside the writer.
+    pub fn api_pool(
+        &self,
+        connections: u32,
+        acquire_timeout: Duration,
+        statement_timeout: Duration,
+    ) -> Db {
+        match self {
+            Db::Postgres(p) => {
+                let opts = (*p.connect_options()).clone().options([(
+                    "statement_timeout",
+                    format!("{}ms", statement_timeout.as_millis().max(1)),
+                )]);
+                Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(connections.max(1))
+                        .min_connections(0)
+                        .acquire_timeout(acquire_timeout)
+                        .connect_lazy_with(opts),
+                )
+            }
+            Db::Sqlite(p) => {
+                let opts = (*p.connect_options()).clone().read_only(true);
+                Db::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(connections.max(1))
+                        .min_connections(0)
+                        .acquire_timeout(acquire_timeout)
+                        .connect_lazy_with(opts),
+                )
+            }
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Db::Postgres(_) => "postgres",

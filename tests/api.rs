@@ -546,3 +546,197 @@ async fn status_page_renders_in_chromium() {
 
     running.shutdown().await.unwrap();
 }
+
+/// Sends `request` as raw bytes and reads the whole answer (HTTP/1.0).
+async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Hostile parameters are 400s with a JSON body naming the parameter, never
+/// a 503 from the database; unknown routes, wrong methods and bad paths are
+/// JSON too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_json_errors_that_name_the_problem() {
+    let (_fixture, running, addr) = service().await;
+    for (path, status, fragment) in [
+        (
+            "/api/readings?device=boi%00ler",
+            400,
+            "`device` contains the control character",
+        ),
+        (
+            "/api/readings?device=boiler&register=a%00",
+            400,
+            "`register` contains",
+        ),
+        (
+            "/api/readings?device=%FF%FE",
+            400,
+            "`device` is not valid UTF-8",
+        ),
+        (
+            "/api/readings?device=boiler&device=other",
+            400,
+            "`device` is given more than once",
+        ),
+        (
+            "/api/readings?device=boiler&limit=10&limit=20",
+            400,
+            "`limit` is given more than once",
+        ),
+        (
+            "/api/readings?dev%C3=boiler",
+            400,
+            "parameter name is not valid UTF-8",
+        ),
+        ("/api/devices/bo%00iler/latest", 400, "control character"),
+        ("/api/devices/%FF/latest", 400, "device name in the path"),
+        ("/no/such/route", 404, "no such endpoint"),
+    ] {
+        let answer = http_get(addr, path).await;
+        assert_error(&answer, status, fragment);
+    }
+    // Wrong method: 405, JSON, with Allow.
+    let (status, head, body) = raw_request(
+        addr,
+        format!(
+            "POST /api/readings?device=boiler HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 405, "{body}");
+    assert!(head.contains("allow: get, head"), "{head}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        e["error"].as_str().unwrap().contains("only answers GET"),
+        "{body}"
+    );
+    // Raw invalid UTF-8 bytes in the query (not percent-encoded).
+    let (status, _, body) = raw_request(
+        addr,
+        b"GET /api/readings?device=\xff\xfe HTTP/1.0\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    if status != 400 {
+        panic!("raw bytes: {status} {body}");
+    }
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&body).is_ok() || body.is_empty(),
+        "{body}"
+    );
+    // None of this reached the database: no 503s were answered.
+    let metrics = http_get(addr, "/metrics").await.body;
+    assert!(!metrics.contains("status=\"503\""), "{metrics}");
+    running.shutdown().await.unwrap();
+}
+
+/// Past `--api-max-response`, a range is a 400 that says how to page; past
+/// `--api-timeout`, a 503 with Retry-After; a reader that does not read
+/// holds its slot, so others wait `--api-wait` and then get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_limits_refuse_with_json_that_says_what_to_do() {
+    let fixture = simulate(FLEET, &["{A}"]).await;
+    let database_url = fresh_postgres().await;
+    let limits = |api: regpoll::api::ApiLimits| Settings {
+        database_url: Some(database_url.clone()),
+        api,
+        ..Settings::default()
+    };
+    let small = regpoll::api::ApiLimits {
+        concurrency: 1,
+        wait: Duration::from_millis(200),
+        max_response: 64 * 1024 * 1024,
+        ..Default::default()
+    };
+    let (running, addr) = start(&fixture, limits(small)).await;
+    // 100,000 readings of each of two registers, about 11 MB of JSON each.
+    let Db::Postgres(pool) = &running.db else {
+        panic!("expected PostgreSQL")
+    };
+    sqlx::query(
+        "INSERT INTO register_readings (ts, register_id, device_id, value, quality) \
+         SELECT now() - interval '50 minutes' + make_interval(secs => n * 0.01), r.id, r.device_id, n, 'good' \
+         FROM device_register_map r JOIN devices d ON d.id = r.device_id, generate_series(1, 100000) AS n \
+         WHERE d.name = 'boiler' AND r.name IN ('pressure', 'supply_temp')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    // A reader that asks for ~11 MB and reads nothing holds the one slot...
+    use tokio::io::AsyncWriteExt as _;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        format!("GET /api/readings?device=boiler&from=now-1h&to=now-30m&limit=100000&register=pressure HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... so another request waits its 200 ms and is refused.
+    let (status, head, body) = raw_request(
+        addr,
+        format!("GET /api/devices HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(body.contains("--api-concurrency"), "{body}");
+    // /health never waits for a slot.
+    assert_eq!(http_get(addr, "/health").await.status, 200);
+    // Once the slow reader has read (or gone), the slot is free again.
+    drop(slow);
+    let mut freed = false;
+    for _ in 0..100 {
+        if http_get(addr, "/api/devices").await.status == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the slot came back after the reader left");
+    running.shutdown().await.unwrap();
+
+    // The default cap (2 MiB) refuses the same range with how to page.
+    let (running, addr) = start(&fixture, limits(Default::default())).await;
+    assert_error(
+        &http_get(
+            addr,
+            "/api/readings?device=boiler&register=pressure&from=now-1h&limit=100000",
+        )
+        .await,
+        400,
+        "page through the range",
+    );
+    running.shutdown().await.unwrap();
+
+    // A timeout no query can meet: 503 with Retry-After, JSON.
+    let hasty = regpoll::api::ApiLimits {
+        timeout: Duration::from_micros(1),
+        ..Default::default()
+    };
+    let (running, addr) = start(&fixture, limits(hasty)).await;
+    let (status, head, body) = raw_request(
+        addr,
+        format!(
+            "GET /api/readings?device=boiler&from=now-1h&bucket=1s HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(body.contains("--api-timeout"), "{body}");
+    running.shutdown().await.unwrap();
+}

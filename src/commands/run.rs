@@ -41,6 +41,7 @@ fn settings(args: RunArgs) -> Settings {
         reload_interval: args.reload_interval,
         retention: args.sinks.retention.0,
         http: args.http.0,
+        api: args.api.limits(),
         ..Settings::default()
     }
 }

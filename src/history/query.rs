@@ -36,6 +36,11 @@ pub enum QueryError {
     /// The request itself is wrong (HTTP 400).
     #[error("{0}")]
     Invalid(String),
+    /// More rows match than the query's limit; the message says how to
+    /// narrow it (HTTP 400). Apart from `Invalid` so that a caller that
+    /// lowered the limit itself (the API's response cap) can say so.
+    #[error("{message}")]
+    TooMany { limit: usize, message: String },
     #[error(transparent)]
     Db(#[from] anyhow::Error),
 }
@@ -229,10 +234,13 @@ pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
             } else {
                 "a bucket (e.g. bucket=1m)"
             };
-            return Err(QueryError::Invalid(format!(
-                "more than {} rows match; narrow from/to, pick one register, use {hint}, or raise limit (at most {MAX_LIMIT})",
-                q.limit
-            )));
+            return Err(QueryError::TooMany {
+                limit: q.limit,
+                message: format!(
+                    "more than {} rows match; narrow from/to, pick one register, use {hint}, or raise limit (at most {MAX_LIMIT})",
+                    q.limit
+                ),
+            });
         }
     }
     Ok(rows)

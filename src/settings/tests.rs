@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 18] = [
+const ALL: [Setting; 23] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -19,6 +19,11 @@ const ALL: [Setting; 18] = [
     RELOAD_INTERVAL,
     SHUTDOWN_TIMEOUT,
     HTTP,
+    API_CONCURRENCY,
+    API_WAIT,
+    API_TIMEOUT,
+    API_DB_CONNECTIONS,
+    API_MAX_RESPONSE,
 ];
 
 #[test]
@@ -30,13 +35,16 @@ fn every_default_parses_as_its_setting_reads_it() {
         HISTORY_RETRY_MAX,
         RELOAD_INTERVAL,
         SHUTDOWN_TIMEOUT,
+        API_WAIT,
+        API_TIMEOUT,
     ] {
         assert!(d.default_duration() > Duration::ZERO, "--{}", d.flag);
     }
-    for c in [BATCH_ROWS, SPOOL_AFTER] {
+    for c in [BATCH_ROWS, SPOOL_AFTER, API_CONCURRENCY, API_DB_CONNECTIONS] {
         assert!(c.default_count() > 0, "--{}", c.flag);
     }
     assert!(crate::history::retention::parse_retention(RETENTION.default_text()).is_ok());
+    assert!(crate::api::limits::parse_bytes(API_MAX_RESPONSE.default_text()).unwrap() > 0);
 }
 
 #[test]

@@ -1,0 +1,95 @@
+//! `GET /api/devices` and `GET /api/devices/{name}/latest`: the polled
+//! devices and their latest values, from memory (with or without Redis).
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use chrono::Utc;
+use serde_json::{Map, json};
+
+use super::ApiState;
+use super::error::ApiError;
+use super::params::check_text;
+use crate::latest::memory::LatestMemory;
+use crate::reading::rfc3339;
+use crate::registry::Device;
+
+fn opt_ts(ts: Option<chrono::DateTime<Utc>>) -> serde_json::Value {
+    ts.map_or(serde_json::Value::Null, |t| json!(rfc3339(t)))
+}
+
+/// The state of one polled device: "up", "down", or "pending" before its
+/// first poll.
+fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
+    let state = latest.device(&device.name).map(|d| d.state);
+    json!({
+        "name": device.name,
+        "host": device.host,
+        "port": device.port,
+        "unit_id": device.unit_id.0,
+        "schedule": device.schedule.describe(),
+        "registers": device.registers.len(),
+        "tags": device.tags,
+        "state": match &state {
+            None => "pending",
+            Some(s) if s.up => "up",
+            Some(_) => "down",
+        },
+        "last_poll": opt_ts(state.as_ref().map(|s| s.last_poll)),
+        "last_success": opt_ts(state.as_ref().and_then(|s| s.last_success)),
+        "last_error": state.as_ref().and_then(|s| s.error.clone()),
+        "latency_ms": state.as_ref().map(|s| s.latency_ms),
+        "polls": state.as_ref().map_or(0, |s| s.polls),
+    })
+}
+
+pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let s = &state.0;
+    let devices: Vec<serde_json::Value> = s
+        .stats
+        .devices
+        .borrow()
+        .iter()
+        .map(|d| device_json(d, &s.stats.latest))
+        .collect();
+    Json(json!({ "devices": devices }))
+}
+
+pub(crate) async fn device_latest(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = name.map_err(|e| {
+        ApiError::bad_request(format!("the device name in the path: {}", e.body_text()))
+    })?;
+    check_text(&name)
+        .map_err(|problem| ApiError::bad_request(format!("the device name {problem}")))?;
+    let s = &state.0;
+    let device = s
+        .stats
+        .devices
+        .borrow()
+        .iter()
+        .find(|d| d.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no device named `{name}` is being polled; GET /api/devices lists them"
+            ))
+        })?;
+    let mut body = device_json(&device, &s.stats.latest);
+    let values: Map<String, serde_json::Value> = s
+        .stats
+        .latest
+        .device(&name)
+        .map(|d| {
+            d.values
+                .iter()
+                .map(|(reg, v)| (reg.clone(), v.to_json()))
+                .collect()
+        })
+        .unwrap_or_default();
+    body["device"] = json!(name);
+    body["values"] = serde_json::Value::Object(values);
+    Ok(Json(body))
+}

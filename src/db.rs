@@ -4,7 +4,10 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -35,6 +38,39 @@ impl OpenError {
         match self {
             OpenError::Unreachable(e) | OpenError::Migration(e) => e,
         }
+    }
+}
+
+/// Whether the database has answered since a start without it: set by the
+/// task that keeps trying to connect, read by `/ready`. Always "up" when
+/// regpoll started with the database (a later outage shows in `/ready`'s
+/// ping and the history writer's counters instead).
+#[derive(Debug, Clone, Default)]
+pub struct Connectivity(Arc<Mutex<Option<Outage>>>);
+
+/// Since when the database has not been reached, and the last error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outage {
+    pub since: DateTime<Utc>,
+    pub error: String,
+}
+
+impl Connectivity {
+    /// The outage going on, if any.
+    pub fn outage(&self) -> Option<Outage> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records a failed attempt; an outage keeps the time it began.
+    pub fn set_down(&self, error: String) {
+        let mut o = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let since = o.as_ref().map_or_else(Utc::now, |o| o.since);
+        *o = Some(Outage { since, error });
+    }
+
+    /// Records that the database answered; returns the outage that ended.
+    pub fn set_up(&self) -> Option<Outage> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

@@ -206,6 +206,8 @@ pub struct RunArgs {
     pub reload_interval: Duration,
     #[arg(long = s::HTTP.flag, env = s::HTTP.env, help = s::HTTP.help, default_value = s::HTTP.default_text(), value_parser = parse_http)]
     pub http: HttpAddr,
+    #[arg(long = s::DATABASE_RETRY_MAX.flag, env = s::DATABASE_RETRY_MAX.env, help = s::DATABASE_RETRY_MAX.help, default_value = s::DATABASE_RETRY_MAX.default_text(), value_parser = parse_duration)]
+    pub database_retry_max: Duration,
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(flatten)]

@@ -4,7 +4,10 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -18,6 +21,67 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Why [`Db::connect_and_migrate`] failed: the server could not be reached
+/// (retrying may work once it is back), or it answered and the migrations
+/// failed (an operator must look).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0:#}")]
+    Unreachable(anyhow::Error),
+    #[error("{0:#}")]
+    Migration(anyhow::Error),
+}
+
+impl OpenError {
+    pub fn into_inner(self) -> anyhow::Error {
+        match self {
+            OpenError::Unreachable(e) | OpenError::Migration(e) => e,
+        }
+    }
+}
+
+/// Whether the database has answered since a start without it: set by the
+/// task that keeps trying to connect, read by `/ready`. Always "up" when
+/// regpoll started with the database (a later outage shows in `/ready`'s
+/// ping and the history writer's counters instead).
+#[derive(Debug, Clone, Default)]
+pub struct Connectivity(Arc<Mutex<Option<Outage>>>);
+
+/// Since when the database has not been reached, and the last error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outage {
+    pub since: DateTime<Utc>,
+    pub error: String,
+}
+
+impl Connectivity {
+    /// The outage going on, if any.
+    pub fn outage(&self) -> Option<Outage> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records a failed attempt; an outage keeps the time it began.
+    pub fn set_down(&self, error: String) {
+        let mut o = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let since = o.as_ref().map_or_else(Utc::now, |o| o.since);
+        *o = Some(Outage { since, error });
+    }
+
+    /// Records that the database answered; returns the outage that ended.
+    pub fn set_up(&self) -> Option<Outage> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// `host:port/database` (or the socket directory) of PostgreSQL options.
+fn describe(opts: &PgConnectOptions) -> String {
+    let host = match opts.get_socket() {
+        Some(dir) => dir.display().to_string(),
+        None => format!("{}:{}", opts.get_host(), opts.get_port()),
+    };
+    format!("{host}/{}", opts.get_database().unwrap_or(""))
+}
 
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -42,10 +106,37 @@ pub(crate) use on_pool;
 impl Db {
     /// Connects to PostgreSQL at `url` and applies pending migrations.
     pub async fn postgres(url: &str) -> anyhow::Result<Db> {
+        let db = Db::postgres_lazy(url)?;
+        db.connect_and_migrate()
+            .await
+            .map_err(OpenError::into_inner)?;
+        Ok(db)
+    }
+
+    /// A PostgreSQL pool that connects only when it is first used: what
+    /// `run` starts with, so that it can poll while the database is away
+    /// (writes fail until it answers, and the history writer retries them).
+    /// Fails only when `url` is not a valid PostgreSQL URL.
+    pub fn postgres_lazy(url: &str) -> anyhow::Result<Db> {
         check_pg_params(url)?;
         let opts = PgConnectOptions::from_str(url)
             .with_context(|| format!("invalid DATABASE_URL {}", redact_url(url)))?;
-        let cannot = || format!("cannot connect to PostgreSQL at {}", redact_url(url));
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(opts);
+        Ok(Db::Postgres(pool))
+    }
+
+    /// Checks that the database answers and applies pending migrations (and,
+    /// with TimescaleDB, the hourly aggregate). Safe to repeat until it works.
+    /// A no-op on SQLite, which [`Db::sqlite`] has already migrated.
+    pub async fn connect_and_migrate(&self) -> Result<(), OpenError> {
+        let Db::Postgres(pool) = self else {
+            return Ok(());
+        };
+        let opts = pool.connect_options();
+        let cannot = || format!("cannot connect to PostgreSQL at {}", describe(&opts));
         // One plain connection first: when the server is down or refuses the
         // login, this fails at once with the cause ("connection refused",
         // "password authentication failed"), where the pool would wait its
@@ -54,23 +145,30 @@ impl Db {
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {ACQUIRE_TIMEOUT:?}"))
             .and_then(|r| r.map_err(anyhow::Error::from))
-            .with_context(cannot)?;
+            .with_context(cannot)
+            .map_err(OpenError::Unreachable)?;
         let _ = probe.close().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(opts)
-            .await
-            .with_context(cannot)?;
-        accept_edited_migrations(&pool).await?;
-        PG_MIGRATIONS
-            .run(&pool)
-            .await
-            .context("PostgreSQL migrations failed")?;
-        if has_timescaledb(&pool).await? {
-            create_hourly_aggregate(&pool).await?;
+        let migrate = async {
+            accept_edited_migrations(pool).await?;
+            PG_MIGRATIONS
+                .run(pool)
+                .await
+                .context("PostgreSQL migrations failed")?;
+            if has_timescaledb(pool).await? {
+                create_hourly_aggregate(pool).await?;
+            }
+            Ok(())
+        };
+        migrate.await.map_err(OpenError::Migration)
+    }
+
+    /// Where the database is, without the user or any password: what
+    /// regpoll's own files record to tell one database from another.
+    pub fn location(&self) -> String {
+        match self {
+            Db::Postgres(p) => describe(&p.connect_options()),
+            Db::Sqlite(p) => p.connect_options().get_filename().display().to_string(),
         }
-        Ok(Db::Postgres(pool))
     }
 
     /// Opens (creating it if needed) the SQLite file at `path` and applies

@@ -28,7 +28,8 @@
 //! - [`api`] serves HTTP: health, readiness, metrics, devices, latest values,
 //!   history ranges and the status page.
 //! - [`sim`] is a Modbus TCP simulator for the demo, the tests and benchmarks.
-//! - [`app`] wires everything together and owns startup and shutdown;
+//! - [`app`] wires everything together and owns startup (also without the
+//!   database, from the registry cache), supervision and shutdown;
 //!   [`settings`] declares every setting of the service once (flag,
 //!   environment variable, default, help); [`cli`] defines the command line
 //!   from them and [`commands`] carries it out.

@@ -148,12 +148,22 @@ pub const SPOOL_AFTER: Setting = Setting {
 pub const DATA_DIR: Setting = Setting {
     flag: "data-dir",
     env: "REGPOLL_DATA_DIR",
-    help: "Directory for regpoll's own files; the spool lives in its `spool` subdirectory",
+    help: "Directory for regpoll's own files: the spool (in its `spool` subdirectory) and the registry cache (`registry-cache.json`), which lets `run` poll while PostgreSQL is unreachable at start",
     default: Some("regpoll-data"),
 };
 
 /// The spool lives in this subdirectory of `--data-dir`.
 pub const SPOOL_SUBDIR: &str = "spool";
+
+/// A database that comes back is found within this long; one that stays
+/// away is not asked more than about once per this long (with jitter, so a
+/// fleet of regpolls restarted together does not knock in step).
+pub const DATABASE_RETRY_MAX: Setting = Setting {
+    flag: "database-retry-max",
+    env: "REGPOLL_DATABASE_RETRY_MAX",
+    help: "Longest wait between two attempts to connect to PostgreSQL after starting without it (e.g. 10s); the wait starts at 250ms and doubles up to this. Meanwhile regpoll polls the devices of its registry cache in --data-dir",
+    default: Some("10s"),
+};
 
 /// The wait after a refused write starts at 100 ms and doubles up to this:
 /// a database that is back is found within this long, one that stays down

@@ -381,6 +381,47 @@ async fn query_reads_the_embedded_sqlite_history() {
 /// that opens a database and every endpoint of a running service, with
 /// debug logging: the secret appears nowhere.
 #[test]
+fn run_without_database_registry_cache_or_devices_file_exits_saying_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://regpoll@127.0.0.1:{closed}/regpoll");
+    let data = dir.path().join("state");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--database-url", &url, "--http", "off", "--data-dir"];
+        args.push(data.to_str().unwrap());
+        args.extend_from_slice(extra);
+        regpoll(&args, dir.path())
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot start: the database is unreachable"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("127.0.0.1:{closed}/regpoll")) && err.contains("refused"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&data.display().to_string()) && err.contains("registry-cache.json"),
+        "{err}"
+    );
+
+    // A devices file alone cannot give readings their ids: refused, and why.
+    let (_f, devices) = common::write_yaml(GOOD);
+    let out = run(&["--devices", devices.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("is not enough on its own"), "{err}");
+    assert!(err.contains("register's id"), "{err}");
+}
+
+#[test]
 fn every_password_form_stays_out_of_every_command_and_endpoint() {
     const SECRET: &str = "S3cretX";
     let dir = tempfile::tempdir().unwrap();
@@ -413,8 +454,7 @@ fn every_password_form_stays_out_of_every_command_and_endpoint() {
                 "{args:?} printed the password of {url}:\n{stdout}\n{stderr}"
             );
             assert!(
-                stderr.contains("cannot connect to PostgreSQL at postgres://regpoll")
-                    || stderr.contains("invalid DATABASE_URL"),
+                stderr.contains("127.0.0.1:1/regpoll") || stderr.contains("invalid DATABASE_URL"),
                 "{args:?} {url}: {stderr}"
             );
         }

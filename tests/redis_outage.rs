@@ -125,3 +125,56 @@ async fn a_redis_outage_leaves_polling_and_history_alone_and_keys_return_within_
     );
     redis.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_redis_down_polls_writes_history_and_fills_redis_once_it_is_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = "devices:\n  - name: boiler\n    host: 127.0.0.1\n    port: {A}\n    every: 200ms\n    registers:\n      - { name: a, kind: holding, address: 0 }\n      - { name: b, kind: input, address: 0, type: f32 }\n";
+    let fixture = common::simulate(yaml, &["{A}"]).await;
+    let url = common::fresh_postgres().await;
+    let settings = Settings {
+        database_url: Some(url.clone()),
+        redis_url: Some(format!("redis://127.0.0.1:{port}/")),
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        ..Settings::default()
+    };
+    // Nothing listens on the port yet.
+    let running = app::start(&settings, DeviceSource::Devices(fixture.devices.clone()))
+        .await
+        .expect("Redis being down does not stop the start");
+    common::wait_for_polls(&running, 5).await;
+    let ready = common::http_get(running.http_addr().unwrap(), "/ready").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("redis:"), "{}", ready.body);
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut waited = 0;
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM register_readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        < 2 * 4
+    {
+        assert!(waited < 100, "history is not written while Redis is down");
+        tokio::time::sleep(Duration::from_millis(50)).await; // the writer batches
+        waited += 1;
+    }
+
+    let redis = OwnRedis::start(port);
+    let mut waited = 0;
+    while latest(port, "regpoll:latest:boiler")
+        .await
+        .is_none_or(|h| h.len() < 2)
+    {
+        assert!(waited < 200, "latest values never reached Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await; // another process
+        waited += 1;
+    }
+    let summary = running.shutdown().await.unwrap();
+    assert_eq!(summary.history.rows_lost, 0);
+    assert_eq!(summary.history.rows_written, 2 * summary.polls);
+    redis.stop();
+}

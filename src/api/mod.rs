@@ -33,8 +33,9 @@ use tokio::sync::{Semaphore, watch};
 pub use self::error::ApiError;
 use self::error::Throttle;
 pub use self::limits::ApiLimits;
-use crate::db::Db;
+use crate::db::{Connectivity, Db};
 use crate::latest::redis::connection::Target;
+use crate::reading::rfc3339;
 use crate::registry::format_duration;
 use crate::stats::Sources;
 use crate::telemetry::Histogram;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub scheduling: watch::Receiver<bool>,
     pub http: HttpStats,
     pub started_at: f64,
+    /// Whether the database has answered since a start without it.
+    pub connectivity: Connectivity,
 }
 
 impl ApiState {
@@ -81,6 +84,7 @@ impl ApiState {
         stats: Sources,
         redis: Option<Target>,
         scheduling: watch::Receiver<bool>,
+        connectivity: Connectivity,
     ) -> Self {
         ApiState(Arc::new(Shared {
             db,
@@ -93,6 +97,7 @@ impl ApiState {
             scheduling,
             http: HttpStats::default(),
             started_at: Utc::now().timestamp_micros() as f64 / 1e6,
+            connectivity,
         }))
     }
 }
@@ -254,6 +259,15 @@ async fn health() -> Json<serde_json::Value> {
 async fn ready(State(state): State<ApiState>) -> Response {
     let s = &state.0;
     let db = async {
+        // After a start without the database, say since when and why, not
+        // only that a ping timed out.
+        if let Some(o) = s.connectivity.outage() {
+            return Some(format!(
+                "database: not connected since {} (retrying): {}",
+                rfc3339(o.since),
+                o.error
+            ));
+        }
         match tokio::time::timeout(READY_TIMEOUT, s.db.ping()).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("database: {e}")),

@@ -42,6 +42,8 @@ fn settings(args: RunArgs) -> Settings {
         retention: args.sinks.retention.0,
         http: args.http.0,
         api: args.api.limits(),
+        data_dir: Some(args.sinks.data_dir),
+        database_retry_max: args.database_retry_max,
         ..Settings::default()
     }
 }
@@ -75,6 +77,10 @@ mod tests {
         from_cli.redis_url = None;
         from_cli.http = None;
         from_cli.batch.spool_dir = None;
+        assert_eq!(
+            from_cli.data_dir.take(),
+            Some(std::path::PathBuf::from("regpoll-data"))
+        );
         assert_eq!(
             format!("{from_cli:?}"),
             format!("{:?}", Settings::default())

@@ -3,6 +3,7 @@
 //! (`config`) and the database loader (`registry::store`) are the only places
 //! that build these types from untrusted input.
 
+pub mod cache;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};

@@ -21,10 +21,12 @@ use super::{
 };
 use crate::db::{Db, on_pool};
 
-#[derive(sqlx::FromRow)]
-struct DeviceRow {
-    id: i32,
-    name: String,
+/// A row of `devices`. Also the form a device takes in the registry cache
+/// (`cache`), so that a cached device is checked exactly as a stored one.
+#[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+pub(super) struct DeviceRow {
+    pub(super) id: i32,
+    pub(super) name: String,
     host: String,
     port: i32,
     unit_id: i32,
@@ -43,11 +45,15 @@ struct DeviceRow {
     tags: Json<BTreeMap<String, String>>,
 }
 
-#[derive(sqlx::FromRow)]
-struct RegisterRow {
+/// A row of `device_register_map`; in the registry cache without its ids,
+/// which are kept per device (a register map is shared by many devices).
+#[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+pub(super) struct RegisterRow {
+    #[serde(skip)]
     id: i32,
+    #[serde(skip)]
     device_id: i32,
-    name: String,
+    pub(super) name: String,
     kind: String,
     address: i32,
     data_type: String,
@@ -62,6 +68,61 @@ struct RegisterRow {
     every_ms: Option<i64>,
     cron: Option<String>,
     timezone: Option<String>,
+}
+
+impl DeviceRow {
+    /// The row `sync_devices` would store for `d` (with `d`'s id).
+    pub(super) fn of(d: &Device) -> DeviceRow {
+        DeviceRow {
+            id: d.id,
+            name: d.name.clone(),
+            host: d.host.clone(),
+            port: i32::from(d.port),
+            unit_id: i32::from(d.unit_id.0),
+            every_ms: millis(stored_every(&d.schedule)),
+            timeout_ms: millis(d.timeout),
+            connect_timeout_ms: millis(d.limits.connect_timeout),
+            retries: i32::from(d.limits.retries),
+            pause_ms: millis(d.limits.pause),
+            max_registers_per_request: i32::from(d.limits.max_registers),
+            max_bits_per_request: i32::from(d.limits.max_bits),
+            max_gap: i32::from(d.limits.max_gap),
+            cron: cron_pattern(&d.schedule).map(str::to_string),
+            timezone: cron_zone(&d.schedule).map(str::to_string),
+            align: align_name(&d.schedule).to_string(),
+            active: d.active,
+            tags: Json(d.tags.clone()),
+        }
+    }
+}
+
+impl RegisterRow {
+    /// The row `sync_devices` would store for `r` (ids left at 0).
+    pub(super) fn of(r: &Register) -> RegisterRow {
+        let schedule = r.schedule.as_deref();
+        RegisterRow {
+            id: 0,
+            device_id: 0,
+            name: r.name.to_string(),
+            kind: r.kind.as_str().to_string(),
+            address: i32::from(r.address.0),
+            data_type: r.data_type.as_str().to_string(),
+            word_order: r.order.as_str().to_string(),
+            scale: r.scale,
+            offset: r.offset,
+            unit: r.unit.as_deref().map(str::to_string),
+            valid_min: r.valid.min,
+            valid_max: r.valid.max,
+            bit: r.bit.map(i32::from),
+            length: r.length.map(i32::from),
+            every_ms: match schedule {
+                Some(Schedule::Every { every, .. }) => Some(millis(*every)),
+                _ => None,
+            },
+            cron: schedule.and_then(cron_pattern).map(str::to_string),
+            timezone: schedule.and_then(cron_zone).map(str::to_string),
+        }
+    }
 }
 
 const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, connect_timeout_ms, retries, \
@@ -419,9 +480,9 @@ fn same_config(a: &Device, b: &Device) -> bool {
 
 /// One device's registers as loaded, with their `device_register_map.id`s.
 #[derive(Default)]
-struct DeviceMap {
-    registers: Vec<Register>,
-    ids: Vec<i32>,
+pub(super) struct DeviceMap {
+    pub(super) registers: Vec<Register>,
+    pub(super) ids: Vec<i32>,
 }
 
 /// Gathers the registers of one device at a time from rows ordered by
@@ -462,7 +523,7 @@ impl DeviceRegisters {
     }
 }
 
-fn device_from_rows(
+pub(super) fn device_from_rows(
     row: DeviceRow,
     map: DeviceMap,
     maps: &mut RegisterMaps,
@@ -526,7 +587,7 @@ fn in_range(v: i32, min: u16, max: u16, what: &str) -> Result<u16, String> {
         .ok_or(format!("{what} {v} is outside {min}..{max}"))
 }
 
-fn register_from_row(r: RegisterRow) -> Result<Register, String> {
+pub(super) fn register_from_row(r: RegisterRow) -> Result<Register, String> {
     let address = u16::try_from(r.address)
         .map_err(|_| format!("address {} is outside 0..65535", r.address))?;
     let data_type = r.data_type.parse()?;

@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 23] = [
+const ALL: [Setting; 24] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -14,6 +14,7 @@ const ALL: [Setting; 23] = [
     SPOOL_AFTER,
     DATA_DIR,
     HISTORY_RETRY_MAX,
+    DATABASE_RETRY_MAX,
     RETENTION,
     DEVICES,
     RELOAD_INTERVAL,
@@ -33,6 +34,7 @@ fn every_default_parses_as_its_setting_reads_it() {
         REDIS_LINGER,
         BATCH_DELAY,
         HISTORY_RETRY_MAX,
+        DATABASE_RETRY_MAX,
         RELOAD_INTERVAL,
         SHUTDOWN_TIMEOUT,
         API_WAIT,

@@ -1,13 +1,16 @@
 //! Wires the pieces together and owns startup and graceful shutdown.
 //!
 //! Startup: open the database (migrating it), sync a devices.yaml when one is
-//! given, load the active devices, start the sinks' writers, then the fleet:
-//! one task per poll group.
+//! given, load the active devices (and keep a copy of them, the registry
+//! cache, in the data dir), start the sinks' writers, then the fleet: one
+//! task per poll group. When PostgreSQL does not answer, the devices come
+//! from the registry cache instead and the supervisor connects later
+//! (`database`).
 //!
-//! While running, a supervisor reloads the registry when it changes (a
-//! PostgreSQL notification from the registry's triggers, or a check every
-//! `reload_interval`, which also catches SQLite and an edited devices.yaml)
-//! and restarts only the devices whose definition changed.
+//! While running, a supervisor (`supervise`) reloads the registry when it
+//! changes (a PostgreSQL notification from the registry's triggers, or a
+//! check every `reload_interval`, which also catches SQLite and an edited
+//! devices.yaml) and restarts only the devices whose definition changed.
 //!
 //! Shutdown: stop starting polls, let in-flight polls finish (each request is
 //! bounded by its timeout), close the queues so the writers drain them, and
@@ -19,14 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-
-use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
-use crate::db::Db;
+use crate::db::{Connectivity, Db, Outage};
 use crate::fleet::{Counters, Fleet};
 use crate::history::retention;
 use crate::history::writer::{self as history, BatchSettings, HistoryStats};
@@ -37,6 +37,12 @@ use crate::registry::Device;
 use crate::settings;
 use crate::sink::Sinks;
 use crate::stats::{ServiceStats, Sources};
+
+mod database;
+mod supervise;
+
+use database::{Reconnect, SyncSource};
+use supervise::{RegistryWatch, Supervision, supervise};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -68,6 +74,12 @@ pub struct Settings {
     /// Limits of the HTTP API (requests at once, waits, timeout, its own
     /// database pool, the size of one answer).
     pub api: api::ApiLimits,
+    /// Where the registry cache is kept (`None`: no cache, so no start
+    /// while PostgreSQL is unreachable). The command line passes `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Longest wait between two attempts to connect after a start without
+    /// the database.
+    pub database_retry_max: Duration,
 }
 
 impl Default for Settings {
@@ -89,6 +101,8 @@ impl Default for Settings {
                 .expect("the default retention parses"),
             http: None,
             api: api::ApiLimits::default(),
+            data_dir: None,
+            database_retry_max: settings::DATABASE_RETRY_MAX.default_duration(),
         }
     }
 }
@@ -120,48 +134,53 @@ pub struct Running {
     scheduling: watch::Sender<bool>,
     http: Option<(SocketAddr, JoinHandle<()>)>,
     stop_http: watch::Sender<bool>,
+    connectivity: Connectivity,
 }
 
 /// Starts the service; it runs until [`Running::shutdown`].
 pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<Running> {
-    let db = Db::open(settings.database_url.as_deref(), &settings.sqlite_path).await?;
-    let from_file = match (source, &settings.devices_file) {
-        (DeviceSource::Devices(d), _) => Some(d),
-        (DeviceSource::Registry, Some(path)) => {
-            Some(crate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?)
-        }
-        (DeviceSource::Registry, None) => None,
+    let (db, unreachable) = database::open(settings).await?;
+    let mut cache = database::cache_writer(settings, &db);
+    let sync_source = match source {
+        DeviceSource::Devices(d) => Some(SyncSource::Devices(d)),
+        DeviceSource::Registry => settings.devices_file.clone().map(SyncSource::File),
     };
-    if let Some(devices) = from_file {
-        let report = db
-            .sync_devices(&devices)
-            .await
-            .context("cannot sync devices into the registry")?;
-        tracing::info!(
-            added = report.added.len(),
-            changed = report.changed.len(),
-            deactivated = report.deactivated.len(),
-            unchanged = report.unchanged,
-            "registry synced"
-        );
-    }
-    let loaded = db.load_active_devices().await?;
-    for p in &loaded.problems {
-        tracing::error!(problem = %p, "registry row cannot be used");
-    }
-    if loaded.devices.is_empty() {
+    let connectivity = Connectivity::default();
+    // Before the sync: an edit from here on is synced by the supervisor.
+    let mut watcher = RegistryWatch::new(settings.devices_file.clone(), settings.reload_interval);
+    let (to_poll, retention_job, cold) = match unreachable {
+        None => {
+            if let Some(source) = &sync_source {
+                database::sync(&db, &source.devices()?).await?;
+            }
+            let loaded = db.load_active_devices().await?;
+            for p in &loaded.problems {
+                tracing::error!(problem = %p, "registry row cannot be used");
+            }
+            if let Some(cache) = &mut cache {
+                cache.store(&loaded.devices).await;
+            }
+            let retention_job = start_retention(&db, settings.retention).await?;
+            watcher.listen_on(&db).await;
+            (loaded.devices, retention_job, None)
+        }
+        Some(error) => {
+            let devices = database::cached_devices(settings, &db, &error, sync_source.as_ref())?;
+            connectivity.set_down(format!("{error:#}"));
+            let cold = Reconnect {
+                connectivity: connectivity.clone(),
+                retry_max: settings.database_retry_max,
+                sync: sync_source,
+                retention: settings.retention,
+            };
+            (devices, None, Some(cold))
+        }
+    };
+    if to_poll.is_empty() {
         tracing::warn!(
             "no active devices in the registry; add some with `regpoll devices sync devices.yaml`"
         );
     }
-
-    let retention_job = match (
-        retention::set_policy(&db, settings.retention).await?,
-        settings.retention,
-    ) {
-        (false, Some(keep)) => Some(tokio::spawn(retention_loop(db.clone(), keep))),
-        _ => None,
-    };
 
     let latest = Arc::new(LatestMemory::default());
     let (abort_writers, abort_rx) = watch::channel(false);
@@ -211,10 +230,14 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         history_depth: sinks.history_depth_probe(),
         redis: redis_queue.map(|q| (redis_stats, q)),
     };
-    fleet.reconcile(loaded.devices).await;
-    let watcher =
-        RegistryWatch::new(&db, settings.devices_file.clone(), settings.reload_interval).await;
-    let supervisor = tokio::spawn(supervise(fleet, db.clone(), watcher, stop_rx));
+    fleet.reconcile(to_poll).await;
+    let supervision = Supervision {
+        db: db.clone(),
+        watcher,
+        cache,
+        cold,
+    };
+    let supervisor = tokio::spawn(supervise(fleet, supervision, stop_rx));
     let (scheduling, scheduling_rx) = watch::channel(true);
     let (stop_http, stop_http_rx) = watch::channel(false);
     let http = match settings.http {
@@ -228,6 +251,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
                 stats.clone(),
                 redis_target,
                 scheduling_rx,
+                connectivity.clone(),
             );
             let (bound, task) = match api::serve(addr, state, stop_http_rx).await {
                 Ok(served) => served,
@@ -265,6 +289,19 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         scheduling,
         http,
         stop_http,
+        connectivity,
+    })
+}
+
+/// Sets TimescaleDB's retention policy, or, without TimescaleDB, starts the
+/// job that deletes expired readings (aborted at shutdown).
+async fn start_retention(
+    db: &Db,
+    keep: Option<Duration>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    Ok(match (retention::set_policy(db, keep).await?, keep) {
+        (false, Some(keep)) => Some(tokio::spawn(retention_loop(db.clone(), keep))),
+        _ => None,
     })
 }
 
@@ -282,173 +319,6 @@ async fn retention_loop(db: Db, keep: Duration) {
         }
         tokio::time::sleep(retention::RETENTION_EVERY).await;
     }
-}
-
-/// Keeps the fleet equal to the registry until told to stop, then stops it.
-async fn supervise(
-    mut fleet: Fleet,
-    db: Db,
-    mut watcher: RegistryWatch,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut last_problems = Vec::new();
-    let mut fingerprint = db.registry_fingerprint().await.ok().flatten();
-    loop {
-        let notified = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            n = watcher.changed() => n,
-        };
-        watcher.sync_file_if_changed(&db).await;
-        // A notification always reloads. The periodic check reloads only when
-        // the registry's fingerprint moved: loading 10,000 devices every
-        // 2 s for nothing would cost more CPU than polling some of them.
-        let now = db.registry_fingerprint().await.ok().flatten();
-        if !notified && now.is_some() && now == fingerprint {
-            continue;
-        }
-        fingerprint = now;
-        let loaded = match db.load_active_devices().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "cannot reload the registry; keeping the devices being polled"
-                );
-                continue;
-            }
-        };
-        if loaded.problems != last_problems {
-            for p in &loaded.problems {
-                tracing::error!(problem = %p, "registry row cannot be used");
-            }
-            last_problems = loaded.problems;
-        }
-        let changes = fleet.reconcile(loaded.devices).await;
-        if !changes.is_empty() {
-            tracing::info!(started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "registry reloaded");
-        }
-    }
-    fleet.stop_all().await;
-}
-
-/// Says when the registry may have changed: at once on a PostgreSQL
-/// notification, otherwise every `interval`; and syncs the devices.yaml given
-/// to `run --devices` when its content changes.
-struct RegistryWatch {
-    listener: Option<PgListener>,
-    interval: Duration,
-    file: Option<(PathBuf, u64)>,
-}
-
-/// Channel the registry triggers notify (migrations/postgres/0005).
-const REGISTRY_CHANNEL: &str = "regpoll_registry";
-
-impl RegistryWatch {
-    async fn new(db: &Db, file: Option<PathBuf>, interval: Duration) -> Self {
-        let listener = match db.as_postgres() {
-            Some(pool) => Self::listen(pool).await,
-            None => None,
-        };
-        let file = file.map(|p| {
-            let h = content_hash(&p);
-            (p, h)
-        });
-        Self {
-            listener,
-            interval,
-            file,
-        }
-    }
-
-    async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
-        let result = async {
-            let mut l = PgListener::connect_with(pool).await?;
-            l.listen(REGISTRY_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        result
-            .await
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot LISTEN for registry changes; checking every reload interval"))
-            .ok()
-    }
-
-    /// Waits for the next check; true when a notification caused it.
-    async fn changed(&mut self) -> bool {
-        let interval = self.interval;
-        let notified = async {
-            match &mut self.listener {
-                Some(l) => l.recv().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
-        let (notified, lost) = tokio::select! {
-            ok = notified => (ok, !ok),
-            () = tokio::time::sleep(interval) => (false, false),
-        };
-        if lost {
-            tracing::warn!(
-                "lost the registry notification channel; checking every reload interval"
-            );
-            self.listener = None;
-        }
-        notified
-    }
-
-    /// Syncs the devices.yaml into the registry when its content changed. An
-    /// invalid file is reported and changes nothing.
-    async fn sync_file_if_changed(&mut self, db: &Db) {
-        let Some((path, seen)) = &mut self.file else {
-            return;
-        };
-        let now = content_hash(path);
-        if now == *seen {
-            return;
-        }
-        *seen = now;
-        match crate::config::load(path) {
-            Ok(devices) => match db.sync_devices(&devices).await {
-                Ok(report) => {
-                    tracing::info!(file = %path.display(), added = ?report.added, changed = ?report.changed, deactivated = ?report.deactivated, "devices file changed; registry synced")
-                }
-                Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
-                    "cannot sync the changed devices file"
-                ),
-            },
-            Err(e) => {
-                tracing::error!(file = %path.display(), errors = %e, "devices file changed but is invalid; keeping the registry as it is")
-            }
-        }
-    }
-}
-
-/// The file's length and CRC-32 (`u64::MAX` when unreadable): catches edits that keep
-/// the size and modification time, which a metadata check would miss.
-/// CRC-32 because it runs at memory speed: a byte-wise hash of a 6.5 MB file
-/// of 10,000 devices every reload interval was 0.9 % of regpoll's CPU.
-/// Read in 64 KiB pieces: reading the whole file put its size (7 MB for
-/// 10,000 devices) on regpoll's peak memory every reload interval.
-fn content_hash(path: &std::path::Path) -> u64 {
-    use std::io::Read as _;
-    let hash = || -> std::io::Result<u64> {
-        let mut file = std::fs::File::open(path)?;
-        let mut crc = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut len = 0u64;
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    crc.update(&buf[..n]);
-                    len += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((len << 32) | u64::from(crc.finalize()))
-    };
-    hash().unwrap_or(u64::MAX)
 }
 
 impl Running {
@@ -478,6 +348,12 @@ impl Running {
     /// The service's counters now.
     pub fn stats(&self) -> ServiceStats {
         self.stats.snapshot()
+    }
+
+    /// The database outage going on since a start without the database, if
+    /// any (`None` once connected).
+    pub fn database_outage(&self) -> Option<Outage> {
+        self.connectivity.outage()
     }
 
     /// Where the HTTP API listens, when it does.
@@ -544,24 +420,4 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::content_hash;
-
-    #[test]
-    fn content_hash_reads_the_whole_file_in_pieces() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("devices.yaml");
-        // Over two 64 KiB pieces, with a change only in the last one.
-        let mut bytes: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let whole = ((bytes.len() as u64) << 32) | u64::from(crc32fast::hash(&bytes));
-        assert_eq!(content_hash(&path), whole);
-        *bytes.last_mut().unwrap() ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        assert_ne!(content_hash(&path), whole, "same length, last byte changed");
-        assert_eq!(content_hash(&dir.path().join("missing.yaml")), u64::MAX);
-    }
 }

@@ -25,7 +25,7 @@ pub enum Command {
     /// Poll every active device of the registry and store what is read.
     ///
     /// With --devices, the file is synced into the registry first.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the devices of a devices.yaml as a Modbus TCP simulator.
     ///
     /// Every device answers on its host:port and unit id with values that

@@ -25,7 +25,7 @@ pub const BUNDLED_DEVICES: &str = include_str!("../../devices.yaml");
 
 pub async fn dispatch(command: Command) -> ExitCode {
     let result = match command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::Simulate { file, faults } => simulate::simulate(&file, faults.as_deref()).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Check { file, probe } => check::check(&file, probe).await,

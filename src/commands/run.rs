@@ -63,7 +63,7 @@ mod tests {
         let Command::Run(args) = Cli::parse_from(["regpoll", "run"]).command else {
             unreachable!("`run` parses as Run");
         };
-        let mut from_cli = settings(args);
+        let mut from_cli = settings(*args);
         assert_eq!(
             from_cli.http,
             Some(settings::HTTP.default_text().parse().unwrap())

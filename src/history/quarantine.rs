@@ -60,6 +60,28 @@ struct LogState {
     last: Option<Instant>,
     rows: u64,
     batches: u64,
+    /// Whether a loss was logged: the first one is, at once.
+    lost_logged: bool,
+}
+
+impl LogState {
+    /// Notes a refused batch of `rows` at `now`; returns the rows and
+    /// batches to log when a line is due.
+    fn note(&mut self, rows: u64, lost: bool, now: Instant) -> Option<(u64, u64)> {
+        self.rows += rows;
+        self.batches += 1;
+        let first_loss = lost && !self.lost_logged;
+        if !first_loss && self.last.is_some_and(|t| now < t + LOG_EVERY) {
+            return None;
+        }
+        let due = (self.rows, self.batches);
+        *self = LogState {
+            last: Some(now),
+            lost_logged: self.lost_logged || lost,
+            ..LogState::default()
+        };
+        Some(due)
+    }
 }
 
 /// Where the refused rows of one batch ended up.
@@ -167,21 +189,14 @@ impl Guarded {
     }
 
     /// One line per refused batch, at most one every `LOG_EVERY` (counting
-    /// what came since the last), always one when rows are lost.
+    /// what came since the last), and at once for the first loss.
     fn log(&self, rejected: &[Rejected], kept: &Kept) {
-        let mut state = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        state.rows += rejected.len() as u64;
-        state.batches += 1;
-        let due = state.last.is_none_or(|t| t.elapsed() >= LOG_EVERY);
-        if !due && !matches!(kept, Kept::Lost(_)) {
-            return;
-        }
-        let (rows, batches) = (state.rows, state.batches);
-        *state = LogState {
-            last: Some(Instant::now()),
-            ..LogState::default()
-        };
-        drop(state);
+        let due = self.log.lock().unwrap_or_else(|e| e.into_inner()).note(
+            rejected.len() as u64,
+            matches!(kept, Kept::Lost(_)),
+            Instant::now(),
+        );
+        let Some((rows, batches)) = due else { return };
         let first = rejected[0];
         let (register_id, device_id, error) =
             (first.row.register_id, first.row.device_id, first.error);

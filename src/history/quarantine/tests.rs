@@ -264,3 +264,20 @@ fn ranges_cross_pieces() {
     assert_eq!(ids(range(&p, 0, 10)), (0..10).collect::<Vec<_>>());
     assert_eq!(row_at(&p, 4).register_id, 4);
 }
+
+#[test]
+fn refusals_are_logged_at_most_once_a_minute_but_the_first_loss_at_once() {
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut log = LogState::default();
+    assert_eq!(log.note(2, false, at(0)), Some((2, 1)));
+    assert_eq!(log.note(3, false, at(10)), None);
+    assert_eq!(log.note(1, true, at(20)), Some((4, 2)), "first loss");
+    assert_eq!(log.note(1, true, at(30)), None, "later losses wait");
+    assert_eq!(log.note(5, false, at(79)), None);
+    assert_eq!(
+        log.note(1, false, at(80)),
+        Some((7, 3)),
+        "a minute after the last line"
+    );
+}

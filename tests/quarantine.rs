@@ -421,3 +421,72 @@ async fn rows_nothing_can_keep_are_counted_lost() {
     assert!(summary.history.rows_rejected >= 3);
     assert_eq!(summary.history.rows_lost, summary.history.rows_rejected);
 }
+
+/// A spool written by an older version can hold text PostgreSQL cannot
+/// (a NUL): neither the table nor the quarantine takes it, so it ends in the
+/// quarantine file, and the rows around it are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_row_postgres_cannot_hold_goes_to_the_file_and_the_rest_is_written() {
+    use regpoll::history::row::Row;
+    use regpoll::history::spool::Spool;
+    use regpoll::history::writer::{HistoryStats, run_writer};
+    use regpoll::reading::Quality;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let rows: Vec<Row> = (0..10)
+        .map(|i| {
+            let ts = DateTime::from_timestamp_micros(1_700_000_000_000_000 + i).unwrap();
+            let text = (i == 6).then_some("A\0B");
+            Row::new(ts, 1, 1, None, text.or(Some("ok")), Quality::Good, None)
+        })
+        .collect();
+    Spool::open(&spool_dir).unwrap().append(&rows).unwrap();
+
+    let db = Db::postgres(&common::fresh_postgres().await).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(tx);
+    let stats = Arc::new(HistoryStats::default());
+    let (_abort, abort_rx) = tokio::sync::watch::channel(false);
+    let settings = BatchSettings {
+        spool_dir: Some(spool_dir.clone()),
+        ..BatchSettings::default()
+    };
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        run_writer(db.clone(), rx, settings, Arc::clone(&stats), abort_rx),
+    )
+    .await
+    .expect("the writer replays the spool and ends");
+
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM register_readings WHERE register_id = $1",
+            1
+        )
+        .await,
+        9
+    );
+    let text = std::fs::read_to_string(dir.path().join("rejected.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(line["value_text"], "A\0B");
+    assert!(line["error"].as_str().unwrap().contains("22021"), "{line}");
+    let s = stats.snapshot(0);
+    assert_eq!(
+        (
+            s.rows_written,
+            s.rows_rejected,
+            s.rows_lost,
+            s.rows_replayed
+        ),
+        (9, 1, 0, 10)
+    );
+    assert_eq!(
+        std::fs::read_dir(&spool_dir).unwrap().count(),
+        0,
+        "spool emptied"
+    );
+    db.close().await;
+}

@@ -5,6 +5,10 @@
 //! While a batch is being written the writer keeps taking reports (into the
 //! next batch), so a slow write does not hold up polling.
 //!
+//! Rows the database refuses for good (a data error: a constraint, a value
+//! it cannot hold) are split out of their batch and quarantined by
+//! [`Guarded`], so only failures worth retrying reach the loop below.
+//!
 //! When the database refuses a batch, the writer keeps collecting: unwritten
 //! batches wait in memory up to `spool_after` rows, then the oldest go to the
 //! disk spool. Writing is retried with backoff; once it works, the spool is

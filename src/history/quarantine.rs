@@ -1,5 +1,5 @@
 //! Rows the database refuses never block the others. When a batch fails with
-//! a data error (see [`store::errors`]), the batch is split in halves, and
+//! a data error (see [`super::store::errors`]), the batch is split in halves, and
 //! every half that fails again is split again, until the rows at fault are
 //! alone: every other row is written, and the rows at fault go to the
 //! quarantine table `register_readings_rejected` with the error they met.

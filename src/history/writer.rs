@@ -457,7 +457,7 @@ pub async fn write(db: &Db, rows: &[Row]) -> anyhow::Result<u64> {
 }
 
 /// [`write()`] of one batch held in pieces (see [`Rows`]): one COPY or one
-/// transaction for all of them ([`HistoryStore::write`]).
+/// transaction for all of them ([`store::HistoryStore::write`]).
 pub async fn write_pieces(db: &Db, pieces: &[&[Row]]) -> anyhow::Result<u64> {
     store::for_db(db).write(pieces).await
 }

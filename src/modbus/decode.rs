@@ -40,8 +40,7 @@ pub fn decode(words: &[u16], reg: &Register) -> Value {
 
 /// Decodes a `string` register's words into its text and, when the text
 /// had to be changed to be stored (a NUL inside it, bytes that are not
-/// UTF-8), what was done: the
-/// reading's `detail`, with quality `uncertain`.
+/// UTF-8), what was done: the reading's `detail`, with quality `uncertain`.
 pub fn decode_text(words: &[u16], order: WordOrder) -> (String, Option<String>) {
     text(&to_big_endian(words, order))
 }

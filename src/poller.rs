@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use crate::modbus::decode::decode;
+use crate::modbus::decode::{decode, decode_text};
 use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::{ReadRequest, plan_group};
 use crate::modbus::{ReadError, Words};
 use crate::reading::{PollReport, Quality, Reading, Value};
-use crate::registry::{Device, Register};
+use crate::registry::{DataType, Device, Register};
 
 /// Polls one device through its endpoint with a plan made once.
 pub struct DevicePoller {
@@ -123,7 +123,20 @@ fn evaluate(reg: &Register, req: &ReadRequest, words: &Words) -> (Value, Quality
     let at = usize::from(reg.address.0 - req.start);
     let raw = match words {
         Words::Bits(bits) => return (Value::Bool(bits[at]), Quality::Good, None),
-        Words::Registers(w) => decode(&w[at..at + usize::from(reg.width())], reg),
+        Words::Registers(w) => {
+            let w = &w[at..at + usize::from(reg.width())];
+            if reg.data_type == DataType::String {
+                // Text that had to be changed to be storable is uncertain.
+                let (text, note) = decode_text(w, reg.order);
+                let quality = if note.is_some() {
+                    Quality::Uncertain
+                } else {
+                    Quality::Good
+                };
+                return (Value::Text(text), quality, note);
+            }
+            decode(w, reg)
+        }
     };
     let n = match raw {
         Value::Number(n) => n,
@@ -146,4 +159,45 @@ fn evaluate(reg: &Register, req: &ReadRequest, words: &Words) -> (Value, Quality
         );
     }
     (Value::Number(value), Quality::Good, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::RegisterKind;
+
+    fn string_register(length: u16) -> (Register, ReadRequest) {
+        let mut reg = Register::test(RegisterKind::Holding, 10, DataType::String);
+        reg.length = Some(length);
+        let req = ReadRequest {
+            kind: RegisterKind::Holding,
+            start: 10,
+            count: length,
+            registers: vec![0],
+        };
+        (reg, req)
+    }
+
+    #[test]
+    fn text_cut_at_a_nul_is_uncertain_with_what_was_done() {
+        let (reg, req) = string_register(3);
+        let words = Words::Registers(vec![0x4142, 0x0043, 0x4400]);
+        let (value, quality, detail) = evaluate(&reg, &req, &words);
+        assert_eq!(value, Value::Text("AB".into()));
+        assert_eq!(quality, Quality::Uncertain);
+        assert_eq!(
+            detail.as_deref(),
+            Some("text cut at a NUL byte at offset 2 (2 more bytes followed)")
+        );
+    }
+
+    #[test]
+    fn padded_text_stays_good() {
+        let (reg, req) = string_register(3);
+        let words = Words::Registers(vec![0x4142, 0x4300, 0x0000]);
+        assert_eq!(
+            evaluate(&reg, &req, &words),
+            (Value::Text("ABC".into()), Quality::Good, None)
+        );
+    }
 }

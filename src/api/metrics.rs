@@ -224,6 +224,11 @@ pub fn render(state: &ApiState) -> String {
             h.rows_lost,
         ),
         (
+            "regpoll_history_rows_rejected_total",
+            "Readings the database refused for good (a value or row it will not take), kept in register_readings_rejected or the quarantine file instead of blocking the others.",
+            h.rows_rejected,
+        ),
+        (
             "regpoll_spool_rows_written_total",
             "Readings written to the disk spool during database outages.",
             h.rows_spooled,

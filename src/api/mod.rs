@@ -290,15 +290,36 @@ async fn ready(State(state): State<ApiState>) -> Response {
     if !*s.scheduling.borrow() {
         reasons.push("scheduler: not running (shutting down)".to_string());
     }
-    if reasons.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    let warnings = ready_warnings(&s.stats);
+    let (status, mut body) = if reasons.is_empty() {
+        (StatusCode::OK, json!({ "ready": true }))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "reasons": reasons })),
+            json!({ "ready": false, "reasons": reasons }),
         )
-            .into_response()
+    };
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
     }
+    (status, Json(body)).into_response()
+}
+
+/// What an operator should look at although the service is ready: rows
+/// the database refused were kept aside, not lost, so they do not make it
+/// unready.
+fn ready_warnings(stats: &Sources) -> Vec<String> {
+    let rejected = stats
+        .history
+        .rows_rejected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut warnings = Vec::new();
+    if rejected > 0 {
+        warnings.push(format!(
+            "history: {rejected} rows rejected since start (see register_readings_rejected)"
+        ));
+    }
+    warnings
 }
 
 async fn metrics_text(State(state): State<ApiState>) -> Response {

@@ -5,6 +5,10 @@
 //! While a batch is being written the writer keeps taking reports (into the
 //! next batch), so a slow write does not hold up polling.
 //!
+//! Rows the database refuses for good (a data error: a constraint, a value
+//! it cannot hold) are split out of their batch and quarantined by
+//! [`Guarded`], so only failures worth retrying reach the loop below.
+//!
 //! When the database refuses a batch, the writer keeps collecting: unwritten
 //! batches wait in memory up to `spool_after` rows, then the oldest go to the
 //! disk spool. Writing is retried with backoff; once it works, the spool is
@@ -21,9 +25,10 @@ use tokio::time::{Instant, sleep_until};
 
 use std::collections::VecDeque;
 
+use super::quarantine::{self, Guarded};
 use super::row::{Row, Rows, rows_in, rows_of};
 use super::spool::Spool;
-use super::store::{self, HistoryStore};
+use super::store;
 use crate::db::Db;
 use crate::reading::PollReport;
 use crate::settings;
@@ -58,6 +63,20 @@ pub struct BatchSettings {
     pub retry_max: Duration,
 }
 
+impl BatchSettings {
+    /// Where rows go that the database refused and the quarantine table
+    /// refused too: beside the spool, in the data directory.
+    pub fn rejected_file(&self) -> Option<std::path::PathBuf> {
+        let spool = self.spool_dir.as_deref()?;
+        Some(
+            spool
+                .parent()
+                .unwrap_or(std::path::Path::new(""))
+                .join(quarantine::REJECTED_FILE),
+        )
+    }
+}
+
 impl Default for BatchSettings {
     fn default() -> Self {
         Self {
@@ -87,6 +106,11 @@ pub struct HistoryStats {
     pub spool_damage: AtomicU64,
     /// Bytes in the spool after its last change.
     pub spool_bytes: AtomicU64,
+    /// Rows the database refused (a value or row it will never take), kept
+    /// in `register_readings_rejected` or the quarantine file instead of
+    /// blocking the others (those that could not be kept are in `rows_lost`
+    /// too).
+    pub rows_rejected: AtomicU64,
     /// How long written batches took to write.
     pub write_latency: Distribution,
 }
@@ -104,6 +128,7 @@ pub struct HistorySnapshot {
     pub rows_replayed: u64,
     pub spool_damage: u64,
     pub spool_bytes: u64,
+    pub rows_rejected: u64,
     /// Poll reports waiting for the writer.
     pub queue_depth: usize,
     pub write_latency: DistributionSnapshot,
@@ -122,6 +147,7 @@ impl HistoryStats {
             rows_replayed: get(&self.rows_replayed),
             spool_damage: get(&self.spool_damage),
             spool_bytes: get(&self.spool_bytes),
+            rows_rejected: get(&self.rows_rejected),
             queue_depth,
             write_latency: self.write_latency.snapshot(),
         }
@@ -137,7 +163,7 @@ pub async fn run_writer(
     stats: Arc<HistoryStats>,
     mut abort: watch::Receiver<bool>,
 ) {
-    let store = store::for_db(&db);
+    let store = Guarded::new(store::for_db(&db), settings.rejected_file());
     let mut spool = settings.spool_dir.as_deref().and_then(|dir| {
         Spool::open(dir)
             .inspect_err(|e| tracing::error!(dir = %dir.display(), error = %e, "cannot open the spool; unwritten readings will wait in memory only"))
@@ -169,7 +195,7 @@ pub async fn run_writer(
             let room = settings.spool_after.saturating_sub(backlog.rows);
             let flushed;
             (flushed, taken) = flush_taking(
-                flush(&*store, spool.as_mut(), &mut backlog, &stats),
+                flush(&store, spool.as_mut(), &mut backlog, &stats),
                 &mut rx,
                 room,
                 &mut closed,
@@ -352,7 +378,7 @@ async fn flush_taking(
 /// Writes what waits, oldest first: spooled segments, then the backlog.
 /// Stops at the first failure; nothing is removed before it is stored.
 async fn flush(
-    store: &dyn HistoryStore,
+    store: &Guarded,
     spool: Option<&mut Spool>,
     backlog: &mut Backlog,
     stats: &HistoryStats,
@@ -384,20 +410,23 @@ async fn flush(
     Ok(())
 }
 
+/// Writes one batch; rows the database refuses are quarantined and counted
+/// (see `quarantine`), so an error here is one worth retrying.
 async fn write_counted(
-    store: &dyn HistoryStore,
+    store: &Guarded,
     pieces: &[&[Row]],
     stats: &HistoryStats,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let new = store.write(pieces).await?;
-    let len = rows_in(pieces);
+    let written = store.write(pieces, stats).await?;
+    let len = rows_in(pieces) as u64;
     let took = started.elapsed();
     stats.write_latency.record(took);
-    stats.rows_written.fetch_add(new, Ordering::Relaxed);
-    stats
-        .duplicates
-        .fetch_add(len as u64 - new.min(len as u64), Ordering::Relaxed);
+    stats.rows_written.fetch_add(written.new, Ordering::Relaxed);
+    stats.duplicates.fetch_add(
+        len.saturating_sub(written.new + written.rejected),
+        Ordering::Relaxed,
+    );
     stats.batches.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -428,7 +457,7 @@ pub async fn write(db: &Db, rows: &[Row]) -> anyhow::Result<u64> {
 }
 
 /// [`write()`] of one batch held in pieces (see [`Rows`]): one COPY or one
-/// transaction for all of them ([`HistoryStore::write`]).
+/// transaction for all of them ([`store::HistoryStore::write`]).
 pub async fn write_pieces(db: &Db, pieces: &[&[Row]]) -> anyhow::Result<u64> {
     store::for_db(db).write(pieces).await
 }

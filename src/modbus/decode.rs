@@ -34,8 +34,15 @@ pub fn decode(words: &[u16], reg: &Register) -> Value {
         DataType::U64 => Value::Number(join(w) as f64),
         DataType::I64 => Value::Number(join(w) as i64 as f64),
         DataType::F64 => Value::Number(f64::from_bits(join(w))),
-        DataType::String => Value::Text(text(&to_big_endian(words, reg.order))),
+        DataType::String => Value::Text(decode_text(words, reg.order).0),
     }
+}
+
+/// Decodes a `string` register's words into its text and, when the text
+/// had to be changed to be stored (a NUL inside it, bytes that are not
+/// UTF-8), what was done: the reading's `detail`, with quality `uncertain`.
+pub fn decode_text(words: &[u16], order: WordOrder) -> (String, Option<String>) {
+    text(&to_big_endian(words, order))
 }
 
 /// Encodes a raw value into the words a device would send for `reg`. Numbers
@@ -100,15 +107,38 @@ fn split(v: u64, words: usize) -> Vec<u16> {
     (0..words).rev().map(|i| (v >> (16 * i)) as u16).collect()
 }
 
-/// Two bytes per register, high byte first; trailing NULs are padding, and
-/// bytes that are not UTF-8 become U+FFFD rather than an error (a garbled
-/// label is still worth showing).
-fn text(words: &[u16]) -> String {
+/// Two bytes per register, high byte first. Trailing NULs are padding and
+/// dropped without comment. A NUL with other bytes after it is not: text
+/// cannot hold a NUL in PostgreSQL (a COPY that carries one is refused whole),
+/// so the text is cut at the first NUL, as a C string would be, and the note
+/// says so; SQLite gets the same value, so both stores agree. Bytes that are
+/// not UTF-8 become U+FFFD rather than an error (a garbled label is still
+/// worth showing), also with a note.
+fn text(words: &[u16]) -> (String, Option<String>) {
     let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
     while bytes.last() == Some(&0) {
         bytes.pop();
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    let mut notes = Vec::new();
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        notes.push(format!(
+            "text cut at a NUL byte at offset {at} ({} more bytes followed)",
+            bytes.len() - at - 1
+        ));
+        bytes.truncate(at);
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            notes.push(format!(
+                "text is not UTF-8 (invalid byte at offset {}); invalid bytes shown as U+FFFD",
+                e.utf8_error().valid_up_to()
+            ));
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        }
+    };
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
+    (text, note)
 }
 
 fn pack_text(value: &Value, registers: u16) -> Vec<u16> {
@@ -235,6 +265,60 @@ mod tests {
         assert_eq!(
             decode(&[0x4241, 0x0043, 0x0000], &r),
             Value::Text("ABC".into())
+        );
+    }
+
+    #[test]
+    fn padding_nuls_leave_text_unremarked() {
+        assert_eq!(
+            decode_text(&[0x4142, 0x4300, 0x0000], Abcd),
+            ("ABC".to_string(), None)
+        );
+        assert_eq!(
+            decode_text(&[0, 0], Abcd),
+            (std::string::String::new(), None)
+        );
+    }
+
+    #[test]
+    fn a_nul_inside_text_cuts_it_and_says_so() {
+        // "AB\0CD" and one byte of padding.
+        let (t, note) = decode_text(&[0x4142, 0x0043, 0x4400], Abcd);
+        assert_eq!(t, "AB");
+        assert_eq!(
+            note.as_deref(),
+            Some("text cut at a NUL byte at offset 2 (2 more bytes followed)")
+        );
+        // The same bytes with swapped bytes in each word.
+        assert_eq!(decode_text(&[0x4241, 0x4300, 0x0044], Badc).0, "AB");
+        // A leading NUL leaves nothing.
+        let (t, note) = decode_text(&[0x0041], Abcd);
+        assert_eq!(t, "");
+        assert!(note.unwrap().contains("offset 0 (1 more bytes"));
+        // What decode() gives the simulator and everyone else agrees.
+        let mut r = reg(String, Abcd);
+        r.length = Some(3);
+        assert_eq!(
+            decode(&[0x4142, 0x0043, 0x4400], &r),
+            Value::Text("AB".into())
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_noted() {
+        let (t, note) = decode_text(&[0x41FF, 0x4300], Abcd);
+        assert_eq!(t, "A\u{FFFD}C");
+        assert_eq!(
+            note.as_deref(),
+            Some("text is not UTF-8 (invalid byte at offset 1); invalid bytes shown as U+FFFD")
+        );
+        // Both at once: cut first, then the rest replaced.
+        let (t, note) = decode_text(&[0xFF41, 0x0042], Abcd);
+        assert_eq!(t, "\u{FFFD}A");
+        let note = note.unwrap();
+        assert!(
+            note.starts_with("text cut at a NUL byte at offset 2") && note.contains("not UTF-8"),
+            "{note}"
         );
     }
 

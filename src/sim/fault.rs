@@ -1,8 +1,8 @@
 //! What a simulated device can do wrong, per device or per register: answer
 //! late, not at all, with an exception, with garbage or a truncated frame, drop
-//! the connection every N requests, refuse reads longer than a limit, or
-//! send frames nobody asked for.
-//! Each is a failure seen on real devices and gateways.
+//! the connection every N requests, refuse reads longer than a limit, send
+//! frames nobody asked for, or hold fixed words in a register (text with a
+//! NUL in it, say). Each is a failure seen on real devices and gateways.
 
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ pub enum FaultAction {
     /// by one, with every value 0xDEAD (bits all on): a gateway that repeats
     /// or invents frames. It must never be taken as an answer.
     StrayFrame,
+    /// Serve these words at the register's addresses instead of its value
+    /// (only with a register; cut to the register's width).
+    Words(Vec<u16>),
 }
 
 /// A fault on a device, or only on the requests that touch one of its registers.
@@ -76,6 +79,12 @@ pub(crate) fn resolve(
                 .find(|d| d.name == f.device)
                 .ok_or_else(|| format!("fault names unknown device `{}`", f.device))?;
             let (kind, addresses) = match &f.register {
+                None if matches!(f.action, FaultAction::Words(_)) => {
+                    return Err(format!(
+                        "a `words` fault on device `{}` needs a register to hold them",
+                        f.device
+                    ));
+                }
                 None => (None, None),
                 Some(name) => {
                     let r = d
@@ -133,10 +142,10 @@ struct RawFault {
     short_frame: Option<bool>,
     max_registers: Option<u16>,
     stray_frame: Option<bool>,
+    words: Option<Vec<u16>>,
 }
 
-const ACTIONS: &str =
-    "delay, no_reply, exception, drop_every, garbage, short_frame, max_registers, stray_frame";
+const ACTIONS: &str = "delay, no_reply, exception, drop_every, garbage, short_frame, max_registers, stray_frame, words";
 
 /// Parses a faults file; errors carry `file:line:column`.
 pub fn parse_faults(yaml: &str, file: &str) -> Result<Vec<SimFault>, String> {
@@ -182,6 +191,9 @@ pub fn parse_faults(yaml: &str, file: &str) -> Result<Vec<SimFault>, String> {
             if f.stray_frame == Some(true) {
                 actions.push(FaultAction::StrayFrame);
             }
+            if let Some(w) = f.words {
+                actions.push(FaultAction::Words(w));
+            }
             match <[FaultAction; 1]>::try_from(actions) {
                 Ok([action]) => Ok(SimFault {
                     device: f.device,
@@ -210,6 +222,32 @@ mod tests {
             (f[1].register.as_deref(), &f[1].action),
             (Some("r"), &FaultAction::Exception(2))
         );
+    }
+
+    #[test]
+    fn a_words_fault_names_its_register() {
+        let f = parse_faults(
+            "faults:\n  - { device: a, register: label, words: [0x4142, 0x0043, 0x4400] }\n",
+            "f.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            f[0].action,
+            FaultAction::Words(vec![0x4142, 0x0043, 0x4400])
+        );
+        let device = crate::config::parse(
+            "devices:\n  - { name: a, host: 127.0.0.1, port: 5020, registers: [{ name: label, kind: holding, address: 4, type: string, length: 3 }] }\n",
+            "d.yaml",
+        )
+        .unwrap();
+        let scoped = resolve(&f, &device).unwrap();
+        assert_eq!(scoped[0].1.addresses, Some((4, 6)));
+        let whole = SimFault {
+            register: None,
+            ..f[0].clone()
+        };
+        let e = resolve(&[whole], &device).unwrap_err();
+        assert!(e.contains("needs a register"), "{e}");
     }
 
     #[test]

@@ -82,6 +82,7 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
                 let mut answer = None;
                 let mut broken = None;
                 stray = false;
+                let mut fixed: Vec<(u32, u32, &[u16])> = Vec::new();
                 for (i, f) in faults
                     .iter()
                     .enumerate()
@@ -102,6 +103,11 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
                             answer = Some(Answer::Exception(0x03))
                         }
                         FaultAction::MaxRegisters(_) => {}
+                        FaultAction::Words(w) => {
+                            if let Some((first, last)) = f.addresses {
+                                fixed.push((first, last, w));
+                            }
+                        }
                         FaultAction::Garbage => {
                             broken = Some(Some(reply(&[function, 0xFF, 0x13, 0x37])))
                         }
@@ -120,7 +126,16 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
                         }
                         continue;
                     }
-                    None => answer.unwrap_or_else(|| units.answer(unit, kind, start, count)),
+                    None => {
+                        let mut answer =
+                            answer.unwrap_or_else(|| units.answer(unit, kind, start, count));
+                        if let Answer::Registers(words) = &mut answer {
+                            for (first, last, w) in &fixed {
+                                overlay(words, start, *first, *last, w);
+                            }
+                        }
+                        answer
+                    }
                 }
             }
         };
@@ -183,6 +198,19 @@ fn frame(transaction: [u8; 2], unit: u8, body: &[u8]) -> Vec<u8> {
 
 /// Protocol limits (application protocol 6.1–6.4): exception 3 for a bad
 /// quantity, 2 for a range past the end of the address space.
+/// Puts `fixed` at addresses `first..=last` (as far as it reaches) of a
+/// reply holding the words from address `start`.
+fn overlay(words: &mut [u16], start: u16, first: u32, last: u32, fixed: &[u16]) {
+    for (addr, w) in (first..=last).zip(fixed) {
+        if let Some(slot) = addr
+            .checked_sub(u32::from(start))
+            .and_then(|i| words.get_mut(i as usize))
+        {
+            *slot = *w;
+        }
+    }
+}
+
 fn check(kind: RegisterKind, start: u16, count: u16) -> Option<u8> {
     let max = if kind.is_bit() { 2000 } else { 125 };
     if count == 0 || count > max {
@@ -274,6 +302,20 @@ mod tests {
             exchange(&[0, 1, 0, 0, 0, 6, 1, 3, 0xFF, 0xFF, 0, 2], vec![]).await[7..],
             [0x83, 2]
         );
+    }
+
+    #[tokio::test]
+    async fn fixed_words_replace_only_their_registers_words() {
+        let fault = Scoped {
+            unit: 1,
+            kind: Some(RegisterKind::Holding),
+            addresses: Some((101, 102)),
+            action: FaultAction::Words(vec![0x4100, 0x4200, 0x4300]),
+        };
+        // Addresses 100..=103: 100 and 103 keep their own words, 101 and 102
+        // hold the fixed ones; the third fixed word is past the register.
+        let r = exchange(&[0, 1, 0, 0, 0, 6, 1, 3, 0, 100, 0, 4], vec![fault]).await;
+        assert_eq!(r[7..], [3, 8, 0, 100, 0x41, 0, 0x42, 0, 0, 103]);
     }
 
     #[tokio::test]

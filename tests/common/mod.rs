@@ -64,6 +64,15 @@ pub struct SimFixture {
 }
 
 pub async fn simulate(template: &str, placeholders: &[&str]) -> SimFixture {
+    simulate_with_faults(template, placeholders, Vec::new()).await
+}
+
+/// [`simulate`], with devices misbehaving as `faults` say.
+pub async fn simulate_with_faults(
+    template: &str,
+    placeholders: &[&str],
+    faults: Vec<regpoll::sim::SimFault>,
+) -> SimFixture {
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -80,7 +89,7 @@ pub async fn simulate(template: &str, placeholders: &[&str]) -> SimFixture {
         .filter(|d| d.port != dead)
         .cloned()
         .collect();
-    let sim = Simulator::start(&served, Bind::Ephemeral)
+    let sim = Simulator::start_with_faults(&served, Bind::Ephemeral, faults)
         .await
         .expect("simulator must start");
     let mut yaml = template;

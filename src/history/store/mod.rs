@@ -27,6 +27,7 @@ macro_rules! written_columns {
     };
 }
 
+pub mod errors;
 mod pgcopy;
 mod postgres;
 mod sqlite;
@@ -56,6 +57,14 @@ const RANGE: &str = "SELECT ts, value, value_text, quality, detail FROM register
 /// PostgreSQL and SQLite (row values in `IN`).
 const DELETE_EXPIRED: &str = "DELETE FROM register_readings WHERE (register_id, ts) IN \
      (SELECT register_id, ts FROM register_readings WHERE ts < $1 LIMIT $2)";
+
+/// A row the database refused, with the error it met: what
+/// [`HistoryStore::quarantine`] keeps in `register_readings_rejected`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejected<'a> {
+    pub row: &'a Row,
+    pub error: &'a str,
+}
 
 /// One stored reading of a register.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -98,6 +107,11 @@ pub trait HistoryStore: Send + Sync {
     /// batch retried after an ambiguous failure is not duplicated. Returns
     /// how many rows were new.
     async fn write(&self, pieces: &[&[Row]]) -> anyhow::Result<u64>;
+
+    /// Keeps rows the database refused in `register_readings_rejected`
+    /// (the reading's columns, the error, and when), in one transaction.
+    /// The table has no key and no reference that could refuse them again.
+    async fn quarantine(&self, rejected: &[Rejected<'_>]) -> anyhow::Result<()>;
 
     /// The newest stored reading of a register, if it has any.
     async fn latest(&self, register_id: i32) -> sqlx::Result<Option<StoredReading>>;

@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{Executor as _, PgPool};
 
 use super::{
-    BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Span, StoredReading, pgcopy,
+    BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Rejected, Span, StoredReading,
+    pgcopy,
 };
 use crate::db::has_timescaledb;
 use crate::history::row::{Row, rows_in};
@@ -48,6 +49,14 @@ const INSERT_FROM_STAGING: &str = concat!(
     " FROM regpoll_staging ON CONFLICT (register_id, ts) DO NOTHING"
 );
 
+/// Rejected rows, all in one statement: one array per column.
+const QUARANTINE: &str = concat!(
+    "INSERT INTO register_readings_rejected (",
+    written_columns!(),
+    ", error) SELECT * FROM UNNEST($1::timestamptz[], $2::int4[], $3::int4[], \
+     $4::float8[], $5::text[], $6::text[], $7::text[], $8::text[])"
+);
+
 /// History in a PostgreSQL database.
 pub(super) struct PostgresStore {
     pool: PgPool,
@@ -63,6 +72,35 @@ impl PostgresStore {
 impl HistoryStore for PostgresStore {
     async fn write(&self, pieces: &[&[Row]]) -> anyhow::Result<u64> {
         write(&self.pool, pieces).await
+    }
+
+    async fn quarantine(&self, rejected: &[Rejected<'_>]) -> anyhow::Result<()> {
+        let column = |f: &dyn Fn(&Row) -> Option<String>| -> Vec<Option<String>> {
+            rejected.iter().map(|r| f(r.row)).collect()
+        };
+        sqlx::query(QUARANTINE)
+            .bind(rejected.iter().map(|r| r.row.ts).collect::<Vec<_>>())
+            .bind(
+                rejected
+                    .iter()
+                    .map(|r| r.row.register_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rejected.iter().map(|r| r.row.device_id).collect::<Vec<_>>())
+            .bind(rejected.iter().map(|r| r.row.value()).collect::<Vec<_>>())
+            .bind(column(&|r| r.value_text().map(str::to_string)))
+            .bind(column(&|r| Some(r.quality.as_str().to_string())))
+            .bind(column(&|r| r.detail().map(str::to_string)))
+            .bind(rejected.iter().map(|r| r.error).collect::<Vec<_>>())
+            .execute(&self.pool)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot keep {} refused readings in register_readings_rejected",
+                    rejected.len()
+                )
+            })?;
+        Ok(())
     }
 
     async fn latest(&self, register_id: i32) -> sqlx::Result<Option<StoredReading>> {

@@ -10,17 +10,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::{BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Span, StoredReading};
+use super::{
+    BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Rejected, Span, StoredReading,
+};
 use crate::history::row::Row;
 
-/// 7 parameters a row keeps a statement well under SQLite's 32,766 limit.
+/// 7 parameters a row (9 in the quarantine) keeps a statement well under
+/// SQLite's 32,766 limit.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
-const INSERT: &str = concat!(
-    "INSERT OR IGNORE INTO register_readings (",
-    written_columns!(),
-    ") "
-);
+/// Rows already stored are skipped by `ON CONFLICT` on the primary key
+/// only: `INSERT OR IGNORE` would also skip, silently, rows that a CHECK or
+/// NOT NULL constraint refuses, where they must be quarantined and counted.
+const INSERT: &str = concat!("INSERT INTO register_readings (", written_columns!(), ") ");
+const ON_CONFLICT: &str = " ON CONFLICT (register_id, ts) DO NOTHING";
 
 /// Per-bucket aggregates; integer division of the microsecond timestamps
 /// aligns the buckets to the Unix epoch, as `date_bin` does on PostgreSQL.
@@ -65,6 +68,15 @@ impl SqliteStore {
 impl HistoryStore for SqliteStore {
     async fn write(&self, pieces: &[&[Row]]) -> anyhow::Result<u64> {
         write(&self.pool, pieces).await
+    }
+
+    async fn quarantine(&self, rejected: &[Rejected<'_>]) -> anyhow::Result<()> {
+        quarantine(&self.pool, rejected).await.with_context(|| {
+            format!(
+                "cannot keep {} refused readings in register_readings_rejected",
+                rejected.len()
+            )
+        })
     }
 
     async fn latest(&self, register_id: i32) -> sqlx::Result<Option<StoredReading>> {
@@ -142,6 +154,7 @@ async fn write(pool: &SqlitePool, pieces: &[&[Row]]) -> anyhow::Result<u64> {
                 .push_bind(r.quality.as_str())
                 .push_bind(r.detail());
         });
+        q.push(ON_CONFLICT);
         inserted += q
             .build()
             .execute(&mut *tx)
@@ -153,4 +166,31 @@ async fn write(pool: &SqlitePool, pieces: &[&[Row]]) -> anyhow::Result<u64> {
         .await
         .context("cannot commit readings to SQLite")?;
     Ok(inserted)
+}
+
+const QUARANTINE: &str = concat!(
+    "INSERT INTO register_readings_rejected (",
+    written_columns!(),
+    ", error, rejected_at) "
+);
+
+async fn quarantine(pool: &SqlitePool, rejected: &[Rejected<'_>]) -> sqlx::Result<()> {
+    let now = micros(Utc::now());
+    let mut tx = pool.begin().await?;
+    for chunk in rejected.chunks(ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(QUARANTINE);
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(micros(r.row.ts))
+                .push_bind(r.row.register_id)
+                .push_bind(r.row.device_id)
+                .push_bind(r.row.value())
+                .push_bind(r.row.value_text())
+                .push_bind(r.row.quality.as_str())
+                .push_bind(r.row.detail())
+                .push_bind(r.error)
+                .push_bind(now);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await
 }

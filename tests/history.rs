@@ -337,7 +337,7 @@ async fn a_spool_left_by_an_earlier_run_is_replayed_at_start_around_its_damage()
         })
         .collect();
     {
-        let mut spool = Spool::open(&spool_dir).unwrap();
+        let mut spool = Spool::open(&spool_dir, None).unwrap();
         for b in &batches {
             spool.append(b).unwrap();
         }

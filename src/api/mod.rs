@@ -238,6 +238,7 @@ async fn ready(State(state): State<ApiState>) -> Response {
     if !*s.scheduling.borrow() {
         reasons.push("scheduler: not running (shutting down)".to_string());
     }
+    reasons.extend(s.stats.history_snapshot().problems(Utc::now()));
     if reasons.is_empty() {
         (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
     } else {

@@ -4,6 +4,7 @@
 //! does not take in memory and the disk [`spool`]; [`retention`] bounds how
 //! long readings are kept, and [`query`] reads them back.
 
+mod pending;
 pub mod query;
 pub mod retention;
 pub mod row;

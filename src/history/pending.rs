@@ -189,6 +189,7 @@ impl Pending {
                 return Ok(None);
             };
             let Some(path) = spool.segments()?.into_iter().next() else {
+                spool.recheck()?;
                 return Ok(None);
             };
             // The segment being appended to is sealed before it is read, so
@@ -208,12 +209,24 @@ impl Pending {
         }
     }
 
-    /// A unit that was written.
+    /// A unit that was written. The last record of a segment removes the
+    /// segment at once, so that a spool at its limit has room again.
     pub fn written(&mut self, unit: &Unit, stats: &HistoryStats) {
-        if let Unit::Spooled(rows) = unit {
-            stats
-                .rows_replayed
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let Unit::Spooled(rows) = unit else {
+            return;
+        };
+        stats
+            .rows_replayed
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        if self.replay.as_ref().is_some_and(|r| r.records.is_empty()) {
+            let done = self.replay.take().expect("checked above");
+            if let Some(spool) = self.spool.as_mut() {
+                if let Err(e) = spool.remove(&done.path) {
+                    // Its rows are stored; a later replay of it is duplicate-safe.
+                    tracing::error!(segment = %done.path.display(), error = %e, "cannot remove a replayed spool segment; it will be replayed again");
+                }
+                stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -334,5 +347,162 @@ impl Pending {
         if let Some(spool) = self.spool.as_mut() {
             spool.seal();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+
+    use super::*;
+    use crate::reading::Quality;
+
+    /// A batch of `n` rows whose register ids count from `start`.
+    fn batch(start: i32, n: i32) -> Rows {
+        let ts = DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+        let mut rows = Rows::default();
+        rows.extend(
+            (start..start + n).map(|i| Row::new(ts, i, 1, Some(1.0), None, Quality::Good, None)),
+        );
+        rows
+    }
+
+    fn first_id(unit: &Unit) -> i32 {
+        unit.pieces()[0][0].register_id
+    }
+
+    fn settings(dir: Option<&std::path::Path>, spool_max: Option<u64>) -> BatchSettings {
+        BatchSettings {
+            max_rows: 10,
+            spool_after: 20,
+            memory_max: 50,
+            spool_dir: dir.map(|d| d.join("spool")),
+            spool_max,
+            ..BatchSettings::default()
+        }
+    }
+
+    #[test]
+    fn beyond_spool_after_the_oldest_batches_go_to_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = HistoryStats::default();
+        let mut p = Pending::open(&settings(Some(dir.path()), None), &stats);
+        for b in 0..5 {
+            p.push(batch(b * 10, 10));
+            p.make_room(0, &stats);
+        }
+        assert_eq!(p.backlog.rows, 20);
+        assert_eq!(stats.rows_spooled.load(Ordering::Relaxed), 30);
+        assert_eq!(stats.rows_lost.load(Ordering::Relaxed), 0);
+        assert!(stats.spool_bytes.load(Ordering::Relaxed) > 0);
+        // The spool's oldest first, then memory and spool take turns.
+        let order: Vec<i32> = std::iter::from_fn(|| p.next_unit(10, &stats).unwrap())
+            .map(|u| first_id(&u))
+            .collect();
+        assert_eq!(order, [0, 30, 10, 40, 20]);
+        assert!(p.is_empty());
+        assert_eq!(stats.spool_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn memory_batches_are_joined_up_to_the_cap_into_one_write() {
+        let stats = HistoryStats::default();
+        let mut p = Pending::open(&settings(None, None), &stats);
+        for b in 0..5 {
+            p.push(batch(b * 10, 10));
+        }
+        let sizes: Vec<usize> = std::iter::from_fn(|| p.next_unit(30, &stats).unwrap())
+            .map(|u| u.len())
+            .collect();
+        assert_eq!(sizes, [30, 20]);
+    }
+
+    #[test]
+    fn a_full_spool_keeps_rows_in_memory_up_to_the_bound_then_drops_the_oldest_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = HistoryStats::default();
+        // Room for two records of ten rows (352 bytes each), not three.
+        let mut p = Pending::open(&settings(Some(dir.path()), Some(720)), &stats);
+        for b in 0..5 {
+            p.push(batch(b * 10, 10));
+            p.make_room(0, &stats);
+        }
+        assert_eq!(stats.rows_spooled.load(Ordering::Relaxed), 20);
+        assert!(p.spool_down.is_some(), "the spool refused the third record");
+        assert_eq!(p.backlog.rows, 30);
+        // Memory takes up to memory_max (50) while the spool is full ...
+        for b in 5..7 {
+            p.push(batch(b * 10, 10));
+            p.make_room(0, &stats);
+        }
+        assert_eq!(p.backlog.rows, 50);
+        assert_eq!(stats.rows_lost.load(Ordering::Relaxed), 0);
+        assert!(stats.snapshot(0).problems(chrono::Utc::now()).is_empty());
+        // ... and past it the oldest are dropped, counted.
+        p.push(batch(70, 10));
+        p.make_room(0, &stats);
+        assert_eq!(p.backlog.rows, 50);
+        assert_eq!(stats.rows_lost.load(Ordering::Relaxed), 10);
+        assert_eq!(
+            p.backlog.batches.front().unwrap().pieces()[0][0].register_id,
+            30
+        );
+        let problems = stats.snapshot(0).problems(chrono::Utc::now());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("history: losing readings: 10 lost")),
+            "{problems:?}"
+        );
+
+        // Once the spool's records are replayed it has room again, and when
+        // its retry is due it takes the oldest of memory.
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let unit = p.next_unit(10, &stats).unwrap().unwrap();
+            order.push(first_id(&unit));
+            p.written(&unit, &stats);
+        }
+        assert_eq!(order, [0, 30, 10], "spool and memory take turns");
+        assert_eq!(stats.spool_bytes.load(Ordering::Relaxed), 0);
+        p.make_room(0, &stats);
+        assert_eq!(p.backlog.rows, 40, "not yet: the retry is not due");
+        p.spool_down = Some(Instant::now());
+        p.make_room(0, &stats);
+        assert!(p.spool_down.is_none(), "the spool took records again");
+        assert_eq!(p.backlog.rows, 20);
+        assert_eq!(stats.rows_spooled.load(Ordering::Relaxed), 40);
+        assert_eq!(stats.rows_lost.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn without_a_spool_memory_holds_up_to_its_bound() {
+        let stats = HistoryStats::default();
+        let mut p = Pending::open(&settings(None, None), &stats);
+        for b in 0..5 {
+            p.push(batch(b * 10, 10));
+            p.make_room(0, &stats);
+        }
+        assert_eq!(
+            (p.backlog.rows, stats.rows_lost.load(Ordering::Relaxed)),
+            (50, 0)
+        );
+        // A unit in flight counts against the bound too.
+        p.make_room(15, &stats);
+        assert_eq!(
+            (p.backlog.rows, stats.rows_lost.load(Ordering::Relaxed)),
+            (30, 20)
+        );
+    }
+
+    #[test]
+    fn a_unit_that_failed_is_first_in_line_again() {
+        let stats = HistoryStats::default();
+        let mut p = Pending::open(&settings(None, None), &stats);
+        p.push(batch(0, 10));
+        p.push(batch(10, 10));
+        let unit = p.next_unit(10, &stats).unwrap().unwrap();
+        p.put_back(unit);
+        assert_eq!(first_id(&p.next_unit(10, &stats).unwrap().unwrap()), 0);
     }
 }

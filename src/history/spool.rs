@@ -192,6 +192,13 @@ impl Spool {
         Ok(out)
     }
 
+    /// Looks again whether any segment is left (after one was removed from
+    /// outside, say).
+    pub fn recheck(&mut self) -> io::Result<()> {
+        self.holds_data = !Self::list(&self.dir)?.is_empty();
+        Ok(())
+    }
+
     /// Removes a segment once all of it is stored.
     pub fn remove(&mut self, path: &Path) -> io::Result<()> {
         self.seal_if(path);

@@ -230,8 +230,10 @@ impl HistoryStats {
         if log.0.is_none_or(|at| at.elapsed() >= LOSS_REPORT_EVERY) {
             log.0 = Some(std::time::Instant::now());
             log.1 = cause.to_string();
+            // Outside the macro: its fields are evaluated only when logged.
+            let lost = self.lost_since_log.swap(0, Ordering::Relaxed);
             tracing::error!(
-                lost = self.lost_since_log.swap(0, Ordering::Relaxed),
+                lost,
                 lost_total = self.rows_lost.load(Ordering::Relaxed),
                 cause = %log.1,
                 "losing readings (logged once a minute while it lasts; see rows_lost)"
@@ -300,15 +302,29 @@ pub async fn run_writer(
     let mut closed = false;
     // Rows taken but not yet a batch of their own.
     let mut current = Rows::default();
+    // About when `current` began (noted between writes).
+    let mut current_since: Option<Instant> = None;
     loop {
         let due =
             |retry: Option<(Instant, Duration)>| retry.is_none_or(|(at, _)| Instant::now() >= at);
         if !closed {
             if due(retry) && !pending.is_empty() {
                 // Something waits to be written (a backlog, the spool): take
-                // what is queued without waiting for more.
+                // what is queued without waiting for more. A partial batch
+                // older than max_delay joins the writes, so that new
+                // readings are written between the records of a long replay
+                // however slowly they come.
                 closed = drain(&mut rx, &mut current, &mut pending, settings.max_rows);
+                if current.is_empty() {
+                    current_since = None;
+                } else if current_since.get_or_insert_with(Instant::now).elapsed()
+                    >= settings.max_delay
+                {
+                    pending.push(std::mem::take(&mut current));
+                    current_since = None;
+                }
             } else {
+                current_since = None;
                 let wake = retry.map(|(at, _)| at);
                 let (rows, ended) =
                     collect(&mut rx, &settings, wake, std::mem::take(&mut current)).await;
@@ -557,4 +573,55 @@ pub async fn write(db: &Db, rows: &[Row]) -> anyhow::Result<u64> {
 /// transaction for all of them ([`HistoryStore::write`]).
 pub async fn write_pieces(db: &Db, pieces: &[&[Row]]) -> anyhow::Result<u64> {
     store::for_db(db).write(pieces).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_stalled_only_when_rows_wait_longer_than_the_bound() {
+        let stats = HistoryStats::default();
+        stats.wrote();
+        stats.rows_waiting.store(500, Ordering::Relaxed);
+        *lock(&stats.last_error) =
+            Some("pool timed out while waiting for an open connection".into());
+        let snap = stats.snapshot(0);
+        let now = Utc::now();
+        assert!(snap.problems(now).is_empty(), "just written");
+        let later = now + chrono::Duration::seconds(31);
+        let problems = snap.problems(later);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "history: nothing written for 31 s while readings wait (500 in memory"
+            ) && problems[0].ends_with("pool timed out while waiting for an open connection"),
+            "{problems:?}"
+        );
+        // Nothing waiting: a quiet writer is not a stalled one.
+        stats.rows_waiting.store(0, Ordering::Relaxed);
+        assert!(stats.snapshot(0).problems(later).is_empty());
+        // Reports in the queue are waiting rows too.
+        assert_eq!(stats.snapshot(3).problems(later).len(), 1);
+    }
+
+    #[test]
+    fn a_loss_is_reported_for_a_minute_and_logged_once_per_minute() {
+        let stats = HistoryStats::default();
+        stats.lose(7, format_args!("the spool cannot take them"));
+        stats.lose(5, format_args!("something else"));
+        let snap = stats.snapshot(0);
+        assert_eq!(snap.rows_lost, 12);
+        let (at, cause) = snap.last_loss.clone().unwrap();
+        assert_eq!(cause, "the spool cannot take them", "the logged cause");
+        // Both losses went into one log line; the next line counts from here.
+        assert_eq!(stats.lost_since_log.load(Ordering::Relaxed), 5);
+        assert_eq!(
+            snap.problems(at + chrono::Duration::seconds(59)),
+            [
+                "history: losing readings: 12 lost since start, the last 59 s ago (the spool cannot take them)"
+            ]
+        );
+        assert!(snap.problems(at + chrono::Duration::seconds(61)).is_empty());
+    }
 }

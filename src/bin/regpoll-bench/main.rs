@@ -19,6 +19,7 @@ mod database;
 mod fleet;
 mod floor;
 mod ingest;
+mod outage;
 mod proc_stats;
 mod report;
 mod stall;
@@ -81,6 +82,12 @@ enum BenchCommand {
         /// --database-url.
         #[arg(long, value_name = "HOLD/EVERY", value_parser = stall::parse_stall)]
         stall: Option<stall::Stall>,
+        /// Make the service's database unreachable AT into the window for
+        /// LENGTH (AT/LENGTH, e.g. 10s/33s), as a stopped PostgreSQL is, and
+        /// report the spool's size and the replay time. Needs --database-url;
+        /// make the window long enough for the replay.
+        #[arg(long, value_name = "AT/LENGTH", value_parser = outage::parse_outage)]
+        outage: Option<outage::Outage>,
         /// The regpoll binary to run as simulator and service; by default the
         /// `regpoll` beside this program, where cargo builds both.
         #[arg(long, value_name = "PATH", env = "BENCH_REGPOLL")]
@@ -164,6 +171,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
             database_url,
             redis_url,
             stall,
+            outage,
             regpoll,
             out,
         } => {
@@ -180,6 +188,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 database_url,
                 redis_url,
                 stall,
+                outage,
             };
             write(out.as_deref(), &fleet::fleet(&spec, &product).await?)
         }

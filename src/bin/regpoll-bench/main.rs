@@ -22,6 +22,7 @@ mod ingest;
 mod outage;
 mod proc_stats;
 mod report;
+mod spool;
 mod stall;
 mod workload;
 
@@ -120,6 +121,26 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Append readings to a disk spool as the history writer does during a
+    /// database outage (one fsync per spill round), then read them back as
+    /// a replay does; rows per second both ways.
+    Spool {
+        #[arg(long, default_value = "spool")]
+        name: String,
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: usize,
+        /// Rows of one record, as `run --batch-rows`.
+        #[arg(long, default_value = regpoll::settings::BATCH_ROWS.default_text())]
+        batch_rows: usize,
+        /// Records appended between two fsyncs (1: one fsync per record).
+        #[arg(long, default_value_t = 1)]
+        per_sync: usize,
+        /// Directory on the disk to measure (the spool's, `--data-dir`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print the table of scenario results and check the targets; exits 1
     /// when a target is missed.
     Report {
@@ -210,6 +231,23 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 batch_rows: batch_rows.max(1),
             };
             write(out.as_deref(), &ingest::ingest(&spec).await?)
+        }
+        BenchCommand::Spool {
+            name,
+            rows,
+            batch_rows,
+            per_sync,
+            dir,
+            out,
+        } => {
+            let spec = spool::SpoolSpec {
+                name,
+                rows,
+                batch_rows: batch_rows.max(1),
+                per_sync,
+                dir,
+            };
+            write(out.as_deref(), &spool::spool(&spec)?)
         }
         BenchCommand::Report { files, out } => report_files(&files, out.as_deref()),
     }

@@ -252,8 +252,23 @@ async fn a_fleet_outage_skips_no_poll_and_loses_no_reading() {
 /// and nothing is lost while memory allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_loses_nothing_while_memory_allows() {
-    let (summary, url, _) = outage_with_a_full_spool(100_000).await;
+    let (summary, url, ready) = outage_with_a_full_spool(100_000).await;
     assert_eq!(summary.history.rows_lost, 0, "{:?}", summary.history);
+    // Not losing, but stalled: /ready says so.
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let reasons: Vec<String> = ready.json()["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("history: nothing written for ")),
+        "{reasons:?}"
+    );
+    assert!(!reasons.iter().any(|r| r.contains("losing")), "{reasons:?}");
     let readings: u64 = summary.readings.iter().sum();
     assert_eq!(stored_rows(&url).await as u64, readings, "{summary:?}");
 }
@@ -289,7 +304,7 @@ async fn past_the_memory_bound_a_full_spool_loses_the_oldest_counted_and_ready_s
 }
 
 /// Two devices every 100 ms through an outage of 60 polls, the spool limited
-/// to about three records: returns the run's summary, the database URL and
+/// to about three records, history called stalled after 1 s: returns the run's summary, the database URL and
 /// /ready as it was at the end of the outage.
 async fn outage_with_a_full_spool(
     memory_max: usize,
@@ -313,6 +328,7 @@ async fn outage_with_a_full_spool(
             spool_max: Some(900),
             memory_max,
             spool_dir: Some(dir.path().join("spool")),
+            stalled_after: Duration::from_secs(1),
             ..BatchSettings::default()
         },
         shutdown_timeout: Duration::from_secs(30),

@@ -458,8 +458,10 @@ devices:
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let stats = Arc::new(HistoryStats::default());
     let (_abort, abort_rx) = tokio::sync::watch::channel(false);
+    // Batches of up to 1,000 rows: the 100 reports taken during the stuck
+    // COPY are still one partial batch when the queue closes.
     let settings = BatchSettings {
-        max_rows: 2,
+        max_rows: 1_000,
         max_delay: Duration::from_millis(5),
         ..BatchSettings::default()
     };
@@ -493,8 +495,10 @@ devices:
         0
     );
 
-    lock.rollback().await.unwrap();
+    // The queue closes while the COPY is still stuck: what was taken during
+    // it is written too, after it.
     drop(tx);
+    lock.rollback().await.unwrap();
     writer.await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
         .fetch_one(&admin)

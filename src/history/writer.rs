@@ -377,6 +377,11 @@ pub async fn run_writer(
                 }
             }
         }
+        if closed {
+            // The queue may have closed during the write: what was taken
+            // meanwhile is the last batch.
+            pending.push(std::mem::take(&mut current));
+        }
         pending.make_room(current.len(), &stats);
         stats.rows_waiting.store(
             (pending.memory_rows() + current.len()) as u64,

@@ -82,7 +82,9 @@ impl Samples {
 }
 
 /// Makes the outage (after `outage.at`), samples the service's stats every
-/// 250 ms until the spool is replayed after it, and returns its figures.
+/// 250 ms until the writer has caught up after it (the spool replayed, the
+/// memory backlog written), and returns its figures; `replay_s` is the time
+/// from the database's return until then.
 pub async fn make_outage(
     admin: String,
     db: String,
@@ -110,7 +112,14 @@ pub async fn make_outage(
         tokio::time::sleep(Duration::from_millis(250)).await;
         let s = stats(http).await?;
         samples.add(&s);
-        if s["history"]["spool_bytes"].as_u64() == Some(0) {
+        // Caught up: the spool replayed and memory down to the batch being
+        // gathered.
+        let batch = regpoll::settings::BATCH_ROWS.default_count() as u64;
+        if s["history"]["spool_bytes"].as_u64() == Some(0)
+            && s["history"]["rows_waiting"]
+                .as_u64()
+                .is_some_and(|w| w <= batch)
+        {
             break back.elapsed();
         }
         if back.elapsed() > Duration::from_secs(600) {

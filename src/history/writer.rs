@@ -5,7 +5,7 @@
 //! The writer never stops taking reports: while a batch is being written,
 //! or a connection to a database that is down is awaited, new reports go
 //! into the next batch and, past their bounds, to the disk spool
-//! ([`super::pending`]). So pollers hand over their reports without waiting
+//! (`history::pending`). So pollers hand over their reports without waiting
 //! however long the database is away.
 //!
 //! When the database refuses a batch, writing is retried with backoff;

@@ -166,6 +166,12 @@ pub struct SinkArgs {
     pub data_dir: PathBuf,
     #[arg(long = s::SPOOL_AFTER.flag, env = s::SPOOL_AFTER.env, help = s::SPOOL_AFTER.help, default_value = s::SPOOL_AFTER.default_text())]
     pub spool_after: usize,
+    #[arg(long = s::HISTORY_MEMORY_MAX.flag, env = s::HISTORY_MEMORY_MAX.env, help = s::HISTORY_MEMORY_MAX.help, default_value = s::HISTORY_MEMORY_MAX.default_text())]
+    pub history_memory_max: usize,
+    #[arg(long = s::SPOOL_MAX.flag, env = s::SPOOL_MAX.env, help = s::SPOOL_MAX.help, value_parser = s::parse_bytes)]
+    pub spool_max: Option<u64>,
+    #[arg(long = s::HISTORY_STALLED_AFTER.flag, env = s::HISTORY_STALLED_AFTER.env, help = s::HISTORY_STALLED_AFTER.help, default_value = s::HISTORY_STALLED_AFTER.default_text(), value_parser = parse_duration)]
+    pub history_stalled_after: Duration,
     #[arg(long = s::BATCH_DELAY.flag, env = s::BATCH_DELAY.env, help = s::BATCH_DELAY.help, default_value = s::BATCH_DELAY.default_text(), value_parser = parse_duration)]
     pub batch_delay: Duration,
     #[arg(long = s::HISTORY_RETRY_MAX.flag, env = s::HISTORY_RETRY_MAX.env, help = s::HISTORY_RETRY_MAX.help, default_value = s::HISTORY_RETRY_MAX.default_text(), value_parser = parse_duration)]

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
+use crate::history::writer::HistoryStats;
 use crate::latest::memory::{self, LatestMemory};
 use crate::latest::redis;
 use crate::reading::PollReport;
@@ -16,6 +18,8 @@ use crate::registry::Device;
 pub struct Sinks {
     pub latest: Arc<LatestMemory>,
     history: mpsc::Sender<Arc<PollReport>>,
+    /// Where a report that found the history queue full is counted.
+    history_stats: Arc<HistoryStats>,
     redis: Option<Arc<redis::Coalescer>>,
 }
 
@@ -23,11 +27,13 @@ impl Sinks {
     pub fn new(
         latest: Arc<LatestMemory>,
         history: mpsc::Sender<Arc<PollReport>>,
+        history_stats: Arc<HistoryStats>,
         redis: Option<Arc<redis::Coalescer>>,
     ) -> Self {
         Self {
             latest,
             history,
+            history_stats,
             redis,
         }
     }
@@ -38,6 +44,7 @@ impl Sinks {
         DeviceSinks {
             latest: self.latest.slot(device),
             history: self.history.clone(),
+            history_stats: Arc::clone(&self.history_stats),
             redis: self.redis.clone(),
         }
     }
@@ -65,19 +72,39 @@ impl Sinks {
 pub struct DeviceSinks {
     latest: Arc<memory::Slot>,
     history: mpsc::Sender<Arc<PollReport>>,
+    history_stats: Arc<HistoryStats>,
     redis: Option<Arc<redis::Coalescer>>,
 }
 
 impl DeviceSinks {
-    /// Hands one poll's report to every sink.
+    /// Hands one poll's report to every sink, without waiting for any: the
+    /// history writer takes reports continuously (also while the database
+    /// is away), so its queue is full only when the writer gets no CPU;
+    /// then the report is dropped, counted and logged (at most once a
+    /// minute), and the poller keeps its schedule.
     pub async fn deliver(&self, report: PollReport) {
         self.latest.update(&report);
         let report = Arc::new(report);
         if let Some(redis) = &self.redis {
             redis.push(Arc::clone(&report));
         }
-        if self.history.send(report).await.is_err() {
-            tracing::error!("history writer has stopped; readings of this poll are not stored");
+        match self.history.try_send(report) {
+            Ok(()) => {}
+            Err(TrySendError::Full(report)) => {
+                let s = &self.history_stats;
+                s.reports_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                s.lose(
+                    report.readings.len() as u64,
+                    format_args!(
+                        "the history queue ({} poll reports) is full: the history writer gets too little CPU",
+                        self.history.max_capacity()
+                    ),
+                );
+            }
+            Err(TrySendError::Closed(_)) => {
+                tracing::error!("history writer has stopped; readings of this poll are not stored");
+            }
         }
     }
 }

@@ -51,6 +51,11 @@ pub struct ServiceStats {
 }
 
 impl Sources {
+    /// The history writer's counters alone (what `/ready` checks).
+    pub fn history_snapshot(&self) -> HistorySnapshot {
+        self.history.snapshot(self.history_depth.get())
+    }
+
     pub fn snapshot(&self) -> ServiceStats {
         let c = &self.counters;
         ServiceStats {
@@ -117,6 +122,9 @@ impl ServiceStats {
                 "spool_damage": h.spool_damage,
                 "spool_bytes": h.spool_bytes,
                 "queue_depth": h.queue_depth,
+                "reports_dropped": h.reports_dropped,
+                "rows_waiting": h.rows_waiting,
+                "last_write": opt_rfc3339(h.last_write),
             },
             "redis": {
                 "polls_written": redis.polls_written,
@@ -146,6 +154,7 @@ impl ServiceStats {
             rows_written = h.rows_written,
             rows_lost = h.rows_lost,
             rows_rejected = h.rows_rejected,
+            reports_dropped = h.reports_dropped,
             duplicates = h.duplicates,
             rows_spooled = h.rows_spooled,
             rows_replayed = h.rows_replayed,
@@ -162,4 +171,8 @@ impl ServiceStats {
             "{message}"
         );
     }
+}
+
+fn opt_rfc3339(t: Option<DateTime<Utc>>) -> serde_json::Value {
+    t.map_or(serde_json::Value::Null, |t| json!(rfc3339(t)))
 }

@@ -337,7 +337,7 @@ async fn a_spool_left_by_an_earlier_run_is_replayed_at_start_around_its_damage()
         })
         .collect();
     {
-        let mut spool = Spool::open(&spool_dir).unwrap();
+        let mut spool = Spool::open(&spool_dir, None).unwrap();
         for b in &batches {
             spool.append(b).unwrap();
         }
@@ -458,8 +458,10 @@ devices:
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let stats = Arc::new(HistoryStats::default());
     let (_abort, abort_rx) = tokio::sync::watch::channel(false);
+    // Batches of up to 1,000 rows: the 100 reports taken during the stuck
+    // COPY are still one partial batch when the queue closes.
     let settings = BatchSettings {
-        max_rows: 2,
+        max_rows: 1_000,
         max_delay: Duration::from_millis(5),
         ..BatchSettings::default()
     };
@@ -493,8 +495,10 @@ devices:
         0
     );
 
-    lock.rollback().await.unwrap();
+    // The queue closes while the COPY is still stuck: what was taken during
+    // it is written too, after it.
     drop(tx);
+    lock.rollback().await.unwrap();
     writer.await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
         .fetch_one(&admin)
@@ -577,4 +581,118 @@ async fn until_activity(admin: &sqlx::PgPool, count_sql: &'static str, what: &st
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     panic!("{what} never began");
+}
+
+/// After an outage the spool is replayed record by record, and new readings
+/// are written between the records: a reading taken after the database came
+/// back is stored long before the replay of the old ones is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_readings_are_written_while_the_spool_replays() {
+    use regpoll::history::writer::{BatchSettings, HistoryStats, run_writer};
+    use regpoll::reading::{PollReport, Reading, Value};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    // 300 records of 100 rows left by an outage.
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    {
+        let mut spool = regpoll::history::spool::Spool::open(&spool_dir, None).unwrap();
+        for b in 0..300 {
+            let rows: Vec<Row> = (0..100)
+                .map(|i| {
+                    row(
+                        1_600_000_000_000_000 + b * 1_000 + i,
+                        1,
+                        Some(i as f64),
+                        None,
+                        Quality::Good,
+                        None,
+                    )
+                })
+                .collect();
+            spool.append_pieces(&[&rows]).unwrap();
+        }
+        spool.sync().unwrap();
+    }
+    let url = common::fresh_postgres().await;
+    let db = Db::postgres(&url).await.unwrap();
+    let mut device = regpoll::config::parse(
+        "devices:\n  - name: meter\n    host: 127.0.0.1\n    registers: [ { name: a, kind: holding, address: 0 } ]\n",
+        "devices.yaml",
+    )
+    .unwrap()
+    .remove(0);
+    device.id = 1;
+    device.register_ids = vec![2].into();
+    let ts = DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+    let report = Arc::new(PollReport {
+        device: Arc::new(device),
+        started: ts,
+        latency: Duration::from_millis(1),
+        error: None,
+        reachable: true,
+        readings: vec![Reading {
+            index: 0,
+            ts,
+            value: Value::Number(1.0),
+            quality: Quality::Good,
+            detail: None,
+        }],
+    });
+
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let stats = Arc::new(HistoryStats::default());
+    let (_abort, abort_rx) = tokio::sync::watch::channel(false);
+    let settings = BatchSettings {
+        max_rows: 100,
+        max_delay: Duration::from_millis(10),
+        spool_dir: Some(spool_dir.clone()),
+        ..BatchSettings::default()
+    };
+    let writer = tokio::spawn(run_writer(
+        db.clone(),
+        rx,
+        settings,
+        Arc::clone(&stats),
+        abort_rx,
+    ));
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while stats.rows_replayed.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the replay began");
+    tx.send(report).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let new: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM register_readings WHERE register_id = 2")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if new == 1 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the new reading was stored");
+    let replayed = stats.rows_replayed.load(Ordering::Relaxed);
+    assert!(
+        replayed < 15_000,
+        "the new reading waited for half the replay: {replayed} of 30,000 rows replayed before it"
+    );
+    drop(tx);
+    writer.await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 30_001);
+    assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
+    db.close().await;
 }

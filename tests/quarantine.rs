@@ -442,7 +442,10 @@ async fn a_spooled_row_postgres_cannot_hold_goes_to_the_file_and_the_rest_is_wri
             Row::new(ts, 1, 1, None, text.or(Some("ok")), Quality::Good, None)
         })
         .collect();
-    Spool::open(&spool_dir).unwrap().append(&rows).unwrap();
+    Spool::open(&spool_dir, None)
+        .unwrap()
+        .append(&rows)
+        .unwrap();
 
     let db = Db::postgres(&common::fresh_postgres().await).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -57,29 +57,12 @@ impl Default for ApiLimits {
     }
 }
 
-/// Parses a size: bytes (`65536`) or with a binary unit (`512KiB`, `2MiB`,
-/// `1GiB`; `K`, `M`, `G` alone mean the same).
+/// Parses a size as every size setting does ([`settings::parse_bytes`]),
+/// for a byte count in memory.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{text}` is not a size; use bytes or KiB, MiB, GiB (e.g. 2MiB)"
-            ));
-        }
-    };
-    digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("`{text}` is not a size above 0; e.g. 2MiB"))
+    settings::parse_bytes(text)?
+        .try_into()
+        .map_err(|_| format!("`{text}` is more than this machine can address"))
 }
 
 /// Writes a size the way `parse_bytes` reads it, in the largest unit that
@@ -202,7 +185,7 @@ mod tests {
             "",
             "0",
             "MiB",
-            "2TiB",
+            "2PiB",
             "-1",
             "1.5MiB",
             "99999999999999999999",

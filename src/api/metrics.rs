@@ -220,13 +220,18 @@ pub fn render(state: &ApiState) -> String {
         ),
         (
             "regpoll_history_rows_lost_total",
-            "Readings given up on (writer stopped while the database refused them and no spool could hold them).",
+            "Readings given up on: dropped past --history-memory-max while neither database nor spool took them, or not handed over because the history queue was full.",
             h.rows_lost,
         ),
         (
             "regpoll_history_rows_rejected_total",
             "Readings the database refused for good (a value or row it will not take), kept in register_readings_rejected or the quarantine file instead of blocking the others.",
             h.rows_rejected,
+        ),
+        (
+            "regpoll_history_reports_dropped_total",
+            "Poll reports that found the history queue full (their readings are in rows_lost).",
+            h.reports_dropped,
         ),
         (
             "regpoll_spool_rows_written_total",
@@ -251,6 +256,12 @@ pub fn render(state: &ApiState) -> String {
         "gauge",
         "Bytes in the disk spool (0 unless the database was down).",
         h.spool_bytes as f64,
+    );
+    t.single(
+        "regpoll_history_rows_waiting",
+        "gauge",
+        "Readings the history writer holds in memory, not yet written.",
+        h.rows_waiting as f64,
     );
     t.single(
         "regpoll_history_queue_depth",

@@ -290,6 +290,7 @@ async fn ready(State(state): State<ApiState>) -> Response {
     if !*s.scheduling.borrow() {
         reasons.push("scheduler: not running (shutting down)".to_string());
     }
+    reasons.extend(s.stats.history_snapshot().problems(Utc::now()));
     let warnings = ready_warnings(&s.stats);
     let (status, mut body) = if reasons.is_empty() {
         (StatusCode::OK, json!({ "ready": true }))

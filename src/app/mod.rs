@@ -216,7 +216,12 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         }
         None => (None, None),
     };
-    let sinks = Sinks::new(Arc::clone(&latest), history_tx, redis_queue.clone());
+    let sinks = Sinks::new(
+        Arc::clone(&latest),
+        history_tx,
+        Arc::clone(&history_stats),
+        redis_queue.clone(),
+    );
 
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(Counters::default());

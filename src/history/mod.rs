@@ -5,6 +5,7 @@
 //! go to the [`quarantine`]); [`retention`] bounds how
 //! long readings are kept, and [`query`] reads them back.
 
+mod pending;
 pub mod quarantine;
 pub mod query;
 pub mod retention;

@@ -109,6 +109,12 @@ impl Rows {
         self.len += 1;
     }
 
+    /// Puts `other`'s rows after these, moving its pieces (no row is copied).
+    pub fn append(&mut self, other: Rows) {
+        self.len += other.len;
+        self.pieces.extend(other.pieces);
+    }
+
     /// The rows, piece by piece, in order.
     pub fn pieces(&self) -> Vec<&[Row]> {
         self.pieces.iter().map(Vec::as_slice).collect()

@@ -18,18 +18,27 @@ use chrono::DateTime;
 use crate::history::row::Row;
 use crate::reading::Quality;
 
-/// Size at which a segment is closed and a new one started.
-pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Size at which a segment is closed and a new one started. A replay holds
+/// one segment's rows in memory (about 40 bytes a row for 34 on disk), so
+/// this bounds what a replay adds to the writer's memory: about 10 MB, a
+/// quarter of what 10,000 devices need in all (the 64 MiB it was held
+/// 75 MB of rows).
+pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// A record longer than this is taken for damage, not data.
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
 
 pub struct Spool {
     dir: PathBuf,
     next_seq: u64,
-    current: Option<(File, u64)>,
+    /// The segment being appended to, its path and size.
+    current: Option<(File, PathBuf, u64)>,
     /// Whether any segment exists, kept here so that the writer's per-batch
     /// check costs no directory listing while the database is healthy.
     holds_data: bool,
+    /// Bytes of every segment, kept here for the same reason.
+    bytes: u64,
+    /// Most bytes the spool may hold (`--spool-max`); `None`: what the disk holds.
+    max_bytes: Option<u64>,
 }
 
 /// What reading one segment found.
@@ -43,15 +52,24 @@ pub struct Segment {
 impl Spool {
     /// Opens (creating) the spool directory; segments left by an earlier run
     /// stay and are replayed first.
-    pub fn open(dir: &Path) -> io::Result<Spool> {
+    /// `max_bytes` bounds what it holds: an append past it fails as a full
+    /// disk would, and the writer treats both alike.
+    pub fn open(dir: &Path, max_bytes: Option<u64>) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         let existing = Self::list(dir)?;
         let next_seq = existing.last().and_then(|p| seq_of(p)).map_or(0, |s| s + 1);
+        let bytes = existing
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         Ok(Spool {
             dir: dir.to_path_buf(),
             next_seq,
             current: None,
             holds_data: !existing.is_empty(),
+            bytes,
+            max_bytes,
         })
     }
 
@@ -75,47 +93,82 @@ impl Spool {
 
     /// Bytes on disk, for reporting.
     pub fn bytes(&self) -> u64 {
-        self.segments()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
+        self.bytes
     }
 
     /// Appends one batch as one record, durably (fsync): the spool exists for
     /// the times things go wrong.
     pub fn append(&mut self, rows: &[Row]) -> io::Result<()> {
-        self.append_pieces(&[rows])
+        self.append_pieces(&[rows])?;
+        self.sync()
     }
 
-    /// [`Spool::append`] of one batch held in pieces: one record.
+    /// Appends one batch held in pieces as one record, without fsync: the
+    /// writer appends every batch it spills at once and then calls
+    /// [`Spool::sync`] once (a record is durable after the `sync` that
+    /// follows it). A record that could not be written whole is cut off
+    /// again, so the segment never holds a torn record that a later one
+    /// follows.
     pub fn append_pieces(&mut self, pieces: &[&[Row]]) -> io::Result<()> {
         let payload = encode(pieces);
         let mut record = Vec::with_capacity(8 + payload.len());
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
+        if let Some(max) = self.max_bytes
+            && self.bytes + record.len() as u64 > max
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the spool in {} holds {} bytes and a record of {} more would pass its limit of {max} bytes (--spool-max)",
+                    self.dir.display(),
+                    self.bytes,
+                    record.len()
+                ),
+            ));
+        }
         if self
             .current
             .as_ref()
-            .is_none_or(|(_, size)| *size >= SEGMENT_BYTES)
+            .is_none_or(|(_, _, size)| *size >= SEGMENT_BYTES)
         {
             let path = self.dir.join(format!("spool-{:020}.seg", self.next_seq));
             self.next_seq += 1;
-            self.current = Some((OpenOptions::new().create(true).append(true).open(path)?, 0));
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            self.current = Some((file, path, 0));
         }
-        let (file, size) = self.current.as_mut().expect("segment was just opened");
+        let (file, _, size) = self.current.as_mut().expect("segment was just opened");
         self.holds_data = true;
-        file.write_all(&record)?;
-        file.sync_data()?;
+        if let Err(e) = file.write_all(&record) {
+            // Best effort: if even this fails, the reader skips the torn
+            // record as damage.
+            let _ = file.set_len(*size);
+            return Err(e);
+        }
         *size += record.len() as u64;
+        self.bytes += record.len() as u64;
         Ok(())
+    }
+
+    /// Makes every record appended so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        match &self.current {
+            Some((file, _, _)) => file.sync_data(),
+            None => Ok(()),
+        }
     }
 
     /// Closes the segment being written, so that every segment can be replayed.
     pub fn seal(&mut self) {
         self.current = None;
+    }
+
+    /// [`Spool::seal`] when `path` is the segment being written.
+    pub fn seal_if(&mut self, path: &Path) {
+        if self.current.as_ref().is_some_and(|(_, p, _)| p == path) {
+            self.current = None;
+        }
     }
 
     /// Reads one segment, skipping damage.
@@ -143,9 +196,19 @@ impl Spool {
         Ok(out)
     }
 
+    /// Looks again whether any segment is left (after one was removed from
+    /// outside, say).
+    pub fn recheck(&mut self) -> io::Result<()> {
+        self.holds_data = !Self::list(&self.dir)?.is_empty();
+        Ok(())
+    }
+
     /// Removes a segment once all of it is stored.
     pub fn remove(&mut self, path: &Path) -> io::Result<()> {
+        self.seal_if(path);
+        let len = fs::metadata(path).map_or(0, |m| m.len());
         fs::remove_file(path)?;
+        self.bytes = self.bytes.saturating_sub(len);
         self.holds_data = !Self::list(&self.dir)?.is_empty();
         Ok(())
     }
@@ -299,7 +362,7 @@ mod tests {
     #[test]
     fn batches_come_back_in_order_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path()).unwrap();
+        let mut spool = Spool::open(dir.path(), None).unwrap();
         spool.append(&batch(0, 10)).unwrap();
         spool.append(&batch(10, 5)).unwrap();
         spool.seal();
@@ -309,7 +372,7 @@ mod tests {
         assert_eq!(seg.damaged, 0);
         assert_eq!(seg.batches, [batch(0, 10), batch(10, 5)]);
         // A reopened spool continues after the existing segments.
-        let mut again = Spool::open(dir.path()).unwrap();
+        let mut again = Spool::open(dir.path(), None).unwrap();
         again.append(&batch(15, 1)).unwrap();
         assert_eq!(again.segments().unwrap().len(), 2);
     }
@@ -317,7 +380,7 @@ mod tests {
     #[test]
     fn a_corrupted_record_is_reported_and_the_good_ones_around_it_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path()).unwrap();
+        let mut spool = Spool::open(dir.path(), None).unwrap();
         for i in 0..3 {
             spool.append(&batch(i * 10, 10)).unwrap();
         }
@@ -334,7 +397,7 @@ mod tests {
     #[test]
     fn a_truncated_tail_keeps_every_complete_record() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path()).unwrap();
+        let mut spool = Spool::open(dir.path(), None).unwrap();
         spool.append(&batch(0, 10)).unwrap();
         spool.append(&batch(10, 10)).unwrap();
         let path = spool.segments().unwrap().remove(0);

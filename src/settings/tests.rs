@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 24] = [
+const ALL: [Setting; 27] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -12,6 +12,9 @@ const ALL: [Setting; 24] = [
     BATCH_ROWS,
     BATCH_DELAY,
     SPOOL_AFTER,
+    HISTORY_MEMORY_MAX,
+    SPOOL_MAX,
+    HISTORY_STALLED_AFTER,
     DATA_DIR,
     HISTORY_RETRY_MAX,
     DATABASE_RETRY_MAX,
@@ -39,10 +42,17 @@ fn every_default_parses_as_its_setting_reads_it() {
         SHUTDOWN_TIMEOUT,
         API_WAIT,
         API_TIMEOUT,
+        HISTORY_STALLED_AFTER,
     ] {
         assert!(d.default_duration() > Duration::ZERO, "--{}", d.flag);
     }
-    for c in [BATCH_ROWS, SPOOL_AFTER, API_CONCURRENCY, API_DB_CONNECTIONS] {
+    for c in [
+        BATCH_ROWS,
+        SPOOL_AFTER,
+        HISTORY_MEMORY_MAX,
+        API_CONCURRENCY,
+        API_DB_CONNECTIONS,
+    ] {
         assert!(c.default_count() > 0, "--{}", c.flag);
     }
     assert!(crate::history::retention::parse_retention(RETENTION.default_text()).is_ok());
@@ -66,5 +76,17 @@ fn every_setting_has_its_own_flag_and_variable() {
 fn help_lines_end_without_a_period_as_clap_shows_them() {
     for s in ALL {
         assert!(!s.help.ends_with('.'), "--{}", s.flag);
+    }
+}
+
+#[test]
+fn sizes_are_bytes_or_a_number_with_a_unit() {
+    assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+    assert_eq!(parse_bytes("500MB"), Ok(500 << 20));
+    assert_eq!(parse_bytes("2 GB"), Ok(2 << 30));
+    assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+    for bad in ["", "0", "MB", "1.5GB", "-1", "12XB", "99999999999999TB"] {
+        let e = parse_bytes(bad).unwrap_err();
+        assert!(e.contains("e.g. 2GB"), "{bad}: {e}");
     }
 }

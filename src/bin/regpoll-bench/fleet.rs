@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::database::fresh_database;
 use crate::floor::bare_request_loop;
+use crate::outage::{Outage, make_outage};
 use crate::proc_stats::{
     cpu_pressure_s, cpu_seconds, cpu_user_system, run_queue_wait_s, status_kib,
 };
@@ -37,6 +38,8 @@ pub struct FleetSpec {
     pub redis_url: Option<String>,
     /// Stalls of the history table made during the window (`--stall`).
     pub stall: Option<Stall>,
+    /// A database outage made during the window (`--outage`).
+    pub outage: Option<Outage>,
 }
 
 /// Free loopback ports, found by binding and releasing them.
@@ -78,6 +81,11 @@ async fn get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Json
     Ok(serde_json::from_str(body)?)
 }
 
+/// The service's `/api/stats`.
+pub(crate) async fn stats_of(addr: std::net::SocketAddr) -> anyhow::Result<Json> {
+    get_json(addr, "/api/stats").await
+}
+
 struct Snapshot {
     at: Instant,
     stats: Json,
@@ -107,7 +115,7 @@ async fn snapshot(addr: std::net::SocketAddr, pid: u32, sim: u32) -> anyhow::Res
     })
 }
 
-fn counter(stats: &Json, path: &[&str]) -> f64 {
+pub(crate) fn counter(stats: &Json, path: &[&str]) -> f64 {
     path.iter()
         .fold(stats, |v, k| &v[*k])
         .as_f64()
@@ -171,6 +179,9 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
     std::fs::write(&yaml, fleet_yaml(spec, &ports))?;
     if spec.stall.is_some() && spec.database_url.is_none() {
         bail!("--stall needs --database-url: it locks the PostgreSQL history table");
+    }
+    if spec.outage.is_some() && spec.database_url.is_none() {
+        bail!("--outage needs --database-url: it makes the PostgreSQL database unreachable");
     }
     let database_url = match &spec.database_url {
         Some(admin) => Some(fresh_database(admin, &spec.name).await?),
@@ -292,8 +303,24 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
             None
         }
     };
+    let outage = match (spec.outage, &spec.database_url, &database_url) {
+        (Some(outage), Some(admin), Some(url)) => {
+            say(format!(
+                "the database unreachable {:?} into the window for {:?}",
+                outage.at, outage.length
+            ));
+            let db = url.rsplit('/').next().unwrap_or_default().to_string();
+            Some(tokio::spawn(make_outage(admin.clone(), db, http, outage)))
+        }
+        _ => None,
+    };
     tokio::time::sleep(spec.duration).await;
     let s1 = snapshot(http, pid, sim_pid).await?;
+    // After the window: the outage's replay may outlast it.
+    let outage = match outage {
+        Some(task) => task.await.context("the outage task panicked")??,
+        None => Json::Null,
+    };
     let stalls = match stalls {
         Some((stall, stop, task)) => {
             let _ = stop.send(());
@@ -396,6 +423,7 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
         "rows_in_database": stored,
         "history_queue_depth_at_end": counter(&s1.stats, &["history", "queue_depth"]),
         "stalls": stalls,
+        "outage": outage,
     });
     if !status.success() {
         bail!(

@@ -19,8 +19,10 @@ mod database;
 mod fleet;
 mod floor;
 mod ingest;
+mod outage;
 mod proc_stats;
 mod report;
+mod spool;
 mod stall;
 mod workload;
 
@@ -81,6 +83,12 @@ enum BenchCommand {
         /// --database-url.
         #[arg(long, value_name = "HOLD/EVERY", value_parser = stall::parse_stall)]
         stall: Option<stall::Stall>,
+        /// Make the service's database unreachable AT into the window for
+        /// LENGTH (AT/LENGTH, e.g. 10s/33s), as a stopped PostgreSQL is, and
+        /// report the spool's size and the replay time. Needs --database-url;
+        /// make the window long enough for the replay.
+        #[arg(long, value_name = "AT/LENGTH", value_parser = outage::parse_outage)]
+        outage: Option<outage::Outage>,
         /// The regpoll binary to run as simulator and service; by default the
         /// `regpoll` beside this program, where cargo builds both.
         #[arg(long, value_name = "PATH", env = "BENCH_REGPOLL")]
@@ -110,6 +118,26 @@ enum BenchCommand {
         /// The writer's batch size, as `run --batch-rows`.
         #[arg(long, default_value = regpoll::settings::BATCH_ROWS.default_text())]
         batch_rows: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Append readings to a disk spool as the history writer does during a
+    /// database outage (one fsync per spill round), then read them back as
+    /// a replay does; rows per second both ways.
+    Spool {
+        #[arg(long, default_value = "spool")]
+        name: String,
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: usize,
+        /// Rows of one record, as `run --batch-rows`.
+        #[arg(long, default_value = regpoll::settings::BATCH_ROWS.default_text())]
+        batch_rows: usize,
+        /// Records appended between two fsyncs (1: one fsync per record).
+        #[arg(long, default_value_t = 1)]
+        per_sync: usize,
+        /// Directory on the disk to measure (the spool's, `--data-dir`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -164,6 +192,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
             database_url,
             redis_url,
             stall,
+            outage,
             regpoll,
             out,
         } => {
@@ -180,6 +209,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 database_url,
                 redis_url,
                 stall,
+                outage,
             };
             write(out.as_deref(), &fleet::fleet(&spec, &product).await?)
         }
@@ -201,6 +231,23 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 batch_rows: batch_rows.max(1),
             };
             write(out.as_deref(), &ingest::ingest(&spec).await?)
+        }
+        BenchCommand::Spool {
+            name,
+            rows,
+            batch_rows,
+            per_sync,
+            dir,
+            out,
+        } => {
+            let spec = spool::SpoolSpec {
+                name,
+                rows,
+                batch_rows: batch_rows.max(1),
+                per_sync,
+                dir,
+            };
+            write(out.as_deref(), &spool::spool(&spec)?)
         }
         BenchCommand::Report { files, out } => report_files(&files, out.as_deref()),
     }

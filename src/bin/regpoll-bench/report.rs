@@ -159,6 +159,28 @@ pub fn report(results: &[Json]) -> (String, bool) {
             format!("({name}) rows lost {} = 0", r["rows_lost"]),
             Verdict::of(r["rows_lost"] == 0),
         );
+        let o = &r["outage"];
+        if o.is_object() {
+            judge(
+                format!(
+                    "({name}) database unreachable {} s: polls skipped {} = 0, readings lost {} = 0, rows in the database {} = rows written {}; peak RSS {} KiB, spool {} bytes written (peak {}), replayed in {} s",
+                    o["length_s"],
+                    r["missed_polls"],
+                    r["rows_lost"],
+                    r["rows_in_database"],
+                    r["rows_written_total"],
+                    r["peak_rss_kib"],
+                    o["spool_bytes_written"],
+                    o["spool_peak_bytes"],
+                    o["replay_s"]
+                ),
+                Verdict::of(
+                    f(r, "missed_polls") == Some(0.0)
+                        && r["rows_lost"] == 0
+                        && r["rows_in_database"] == r["rows_written_total"],
+                ),
+            );
+        }
         if r["devices"].as_u64() >= Some(10_000) {
             let p99 = f(&r["lateness"], "p99_ms").unwrap_or(f64::INFINITY);
             judge(
@@ -250,5 +272,21 @@ mod tests {
             table.contains("CPU 5.00 µs/reading ≤ 2 (a bare request loop alone: 2.35): out of reach on this machine"),
             "{table}"
         );
+        // An outage run: its figures in one line, met only without a
+        // skipped poll or a lost reading and with every row stored.
+        let mut outage = fleet.clone();
+        outage["scenario"] = json!("outage");
+        outage["rows_in_database"] = json!(5_000_000);
+        outage["rows_written_total"] = json!(5_000_000);
+        outage["outage"] = json!({"length_s": 33.0, "spool_bytes_written": 90_000_000, "spool_peak_bytes": 80_000_000, "replay_s": 12.5});
+        let (table, ok) = report(std::slice::from_ref(&outage));
+        assert!(ok, "{table}");
+        assert!(
+            table.contains("(outage) database unreachable 33.0 s: polls skipped 0.0 = 0, readings lost 0 = 0, rows in the database 5000000 = rows written 5000000; peak RSS 30000.0 KiB, spool 90000000 bytes written (peak 80000000), replayed in 12.5 s: ok"),
+            "{table}"
+        );
+        outage["missed_polls"] = json!(255_887.0);
+        let (table, ok) = report(&[outage]);
+        assert!(!ok, "{table}");
     }
 }

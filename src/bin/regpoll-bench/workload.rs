@@ -26,6 +26,7 @@ impl FleetSpec {
             database_url: None,
             redis_url: None,
             stall: None,
+            outage: None,
         }
     }
 }

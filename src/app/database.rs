@@ -12,7 +12,6 @@
 //! assigns, so a devices.yaml alone is not enough. `run` then exits with a
 //! message that says so.
 
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -166,7 +165,7 @@ impl Reconnect {
         let mut wait = RETRY_MIN;
         let mut logged = self.connectivity.outage().map(|o| o.error);
         loop {
-            tokio::time::sleep(jittered(wait)).await;
+            tokio::time::sleep(crate::schedule::jittered(wait)).await;
             match db.connect_and_migrate().await {
                 Ok(()) => {
                     let ended = self.connectivity.set_up();
@@ -222,31 +221,5 @@ impl Reconnect {
             })
             .ok()
             .flatten()
-    }
-}
-
-/// Between half of `wait` and all of it, so that many regpolls restarted
-/// together (a site's power cut) do not knock on the database in step.
-fn jittered(wait: Duration) -> Duration {
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let half = wait / 2;
-    half + half.mul_f64((random % 1024) as f64 / 1024.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_between_half_and_whole() {
-        let wait = Duration::from_secs(8);
-        let waits: Vec<Duration> = (0..50).map(|_| jittered(wait)).collect();
-        assert!(
-            waits.iter().all(|w| *w >= wait / 2 && *w <= wait),
-            "{waits:?}"
-        );
-        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
     }
 }

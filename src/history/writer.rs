@@ -387,20 +387,27 @@ pub async fn run_writer(
                 None => {}
                 Some(Ok(())) => {
                     stats.wrote();
+                    if retry.is_some() {
+                        tracing::info!("writing readings again; what was kept is being written");
+                    }
                     retry = None;
                 }
                 Some(Err(e)) => {
                     let backoff = retry.map_or(RETRY_MIN, |(_, b)| (b * 2).min(settings.retry_max));
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     let error = format!("{e:#}");
-                    tracing::warn!(
-                        error,
-                        waiting_rows = pending.memory_rows() + current.len(),
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "cannot write readings; keeping them and retrying"
-                    );
+                    // Once per outage and per new cause, not at every retry:
+                    // the counters and /ready show that it goes on.
+                    if lock(&stats.last_error).as_deref() != Some(error.as_str()) {
+                        tracing::warn!(
+                            error,
+                            waiting_rows = pending.memory_rows() + current.len(),
+                            retry_in_ms = backoff.as_millis() as u64,
+                            "cannot write readings; keeping them and retrying"
+                        );
+                    }
                     *lock(&stats.last_error) = Some(error);
-                    retry = Some((Instant::now() + backoff, backoff));
+                    retry = Some((Instant::now() + crate::schedule::jittered(backoff), backoff));
                 }
             }
         }

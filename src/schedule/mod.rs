@@ -28,6 +28,18 @@ pub fn phase(name: &str, every: Duration) -> Duration {
     Duration::from_micros(stable_hash(name) % every_us / step_us * step_us)
 }
 
+/// Between half of `wait` and all of it, at random: a retry wait, so that
+/// many clients that failed together (regpolls restarted by a site's power
+/// cut, writers that lost the same database) do not try again in step.
+pub fn jittered(wait: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = wait / 2;
+    half + half.mul_f64((random % 1024) as f64 / 1024.0)
+}
+
 /// Phases are whole multiples of 1 % of the interval, at least 1 ms and at
 /// most 10 ms (100 phases a second at 1 s). The groups that share a step
 /// fire on the same timer tick, so the runtime sends all their requests and
@@ -320,5 +332,16 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown time zone")
         );
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_whole() {
+        let wait = Duration::from_secs(8);
+        let waits: Vec<Duration> = (0..50).map(|_| jittered(wait)).collect();
+        assert!(
+            waits.iter().all(|w| *w >= wait / 2 && *w <= wait),
+            "{waits:?}"
+        );
+        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
     }
 }

@@ -187,15 +187,25 @@ pub fn report(results: &[Json]) -> (String, bool) {
                 format!("({name}) missed polls {} = 0", r["missed_polls"]),
                 Verdict::of(f(r, "missed_polls") == Some(0.0)),
             );
+            // Through an outage polls must stay within twice the normal
+            // lateness (scenario c holds the normal p99 to its target); the
+            // memory the writer holds meanwhile is reported, not judged.
+            let lateness = if o.is_object() {
+                2.0 * TARGET_LATENESS_P99_MS
+            } else {
+                TARGET_LATENESS_P99_MS
+            };
             judge(
-                format!("({name}) lateness p99 {p99:.2} ms ≤ {TARGET_LATENESS_P99_MS} ms"),
-                Verdict::of(p99 <= TARGET_LATENESS_P99_MS),
+                format!("({name}) lateness p99 {p99:.2} ms ≤ {lateness} ms"),
+                Verdict::of(p99 <= lateness),
             );
             let kib = f(r, "peak_rss_kib_per_device").unwrap_or(f64::INFINITY);
-            judge(
-                format!("({name}) peak RSS {kib:.2} KiB/device ≤ {TARGET_RSS_KB_PER_DEVICE}"),
-                Verdict::of(kib <= TARGET_RSS_KB_PER_DEVICE),
-            );
+            if !o.is_object() {
+                judge(
+                    format!("({name}) peak RSS {kib:.2} KiB/device ≤ {TARGET_RSS_KB_PER_DEVICE}"),
+                    Verdict::of(kib <= TARGET_RSS_KB_PER_DEVICE),
+                );
+            }
         }
     }
     for r in results.iter().filter(|r| r["kind"] == "ingest") {
@@ -279,8 +289,17 @@ mod tests {
         outage["rows_in_database"] = json!(5_000_000);
         outage["rows_written_total"] = json!(5_000_000);
         outage["outage"] = json!({"length_s": 33.0, "spool_bytes_written": 90_000_000, "spool_peak_bytes": 80_000_000, "replay_s": 12.5});
+        // Twice the normal lateness is allowed through an outage, and the
+        // backlog's memory is reported, not judged.
+        outage["lateness"]["p99_ms"] = json!(7.5);
+        outage["peak_rss_kib_per_device"] = json!(6.9);
         let (table, ok) = report(std::slice::from_ref(&outage));
         assert!(ok, "{table}");
+        assert!(
+            table.contains("(outage) lateness p99 7.50 ms ≤ 10 ms: ok"),
+            "{table}"
+        );
+        assert!(!table.contains("(outage) peak RSS"), "{table}");
         assert!(
             table.contains("(outage) database unreachable 33.0 s: polls skipped 0.0 = 0, readings lost 0 = 0, rows in the database 5000000 = rows written 5000000; peak RSS 30000.0 KiB, spool 90000000 bytes written (peak 80000000), replayed in 12.5 s: ok"),
             "{table}"

@@ -11,33 +11,8 @@ use std::time::{Duration, Instant};
 use regpoll::app::{self, DeviceSource, Settings};
 use regpoll::history::writer::BatchSettings;
 use regpoll::registry::cache;
-use sqlx::Executor as _;
 
 const FLEET: &str = "defaults: { host: 127.0.0.1, port: {A}, every: 500ms }\ndevices:\n  - name: a\n    registers: [ { name: x, kind: holding, address: 0 }, { name: y, kind: input, address: 0, type: f32 } ]\n  - name: b\n    unit_id: 2\n    registers: [ { name: x, kind: coil, address: 0 } ]\n";
-
-/// Refuses new connections to the database of `url` and ends the open ones
-/// (or lets them in again).
-async fn set_reachable(url: &str, reachable: bool) {
-    let admin = sqlx::PgPool::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
-        .await
-        .unwrap();
-    let db = url.rsplit('/').next().unwrap();
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS {reachable}"
-        )))
-        .await
-        .unwrap();
-    if !reachable {
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
-            )))
-            .await
-            .unwrap();
-    }
-    admin.close().await;
-}
 
 fn settings(url: &str, data: &Path) -> Settings {
     Settings {
@@ -80,7 +55,7 @@ async fn a_cold_start_polls_from_the_cache_and_stores_every_reading_once_the_dat
     let first = first.shutdown().await.unwrap();
     assert!(cache::path_in(data.path()).exists());
 
-    set_reachable(&url, false).await;
+    common::set_reachable(&url, false).await;
     settings.http = Some("127.0.0.1:0".parse().unwrap());
     let started = Instant::now();
     let running = app::start(&settings, DeviceSource::Devices(fixture.devices.clone()))
@@ -112,7 +87,7 @@ async fn a_cold_start_polls_from_the_cache_and_stores_every_reading_once_the_dat
 
     // 5 s of outage: 10 polls of each device, beyond the 20 rows kept in memory.
     common::wait_for_polls(&running, 12).await;
-    set_reachable(&url, true).await;
+    common::set_reachable(&url, true).await;
     within(Duration::from_secs(10), "reconnecting", async || {
         running.database_outage().is_none()
     })
@@ -177,7 +152,7 @@ async fn a_damaged_cache_is_reported_and_ignored() {
     let settings = settings(&url, data.path());
 
     // With the database away, a damaged cache is no registry: a clear refusal.
-    set_reachable(&url, false).await;
+    common::set_reachable(&url, false).await;
     let refused = app::start(&settings, DeviceSource::Devices(fixture.devices.clone()))
         .await
         .err()
@@ -194,7 +169,7 @@ async fn a_damaged_cache_is_reported_and_ignored() {
     );
 
     // With the database, it is ignored and replaced by a good one.
-    set_reachable(&url, true).await;
+    common::set_reachable(&url, true).await;
     let running = app::start(&settings, DeviceSource::Devices(fixture.devices.clone()))
         .await
         .unwrap();

@@ -9,35 +9,12 @@ use std::time::Duration;
 
 use regpoll::app::{self, DeviceSource, Settings};
 use regpoll::history::writer::BatchSettings;
-use sqlx::Executor as _;
-
-/// Refuses new connections to `db` and ends the open ones (or lets them in again).
-async fn set_reachable(admin: &sqlx::PgPool, db: &str, reachable: bool) {
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS {reachable}"
-        )))
-        .await
-        .unwrap();
-    if !reachable {
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
-            )))
-            .await
-            .unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_second_outage_loses_nothing_and_duplicates_nothing() {
     let yaml = "defaults: { host: 127.0.0.1, port: {A}, every: 200ms }\ndevices:\n  - name: a\n    registers: [ { name: x, kind: holding, address: 0 }, { name: y, kind: input, address: 0, type: f32 } ]\n  - name: b\n    unit_id: 2\n    registers: [ { name: x, kind: coil, address: 0 }, { name: y, kind: holding, address: 5, type: u32 } ]\n";
     let fixture = common::simulate(yaml, &["{A}"]).await;
     let url = common::fresh_postgres().await;
-    let db_name = url.rsplit('/').next().unwrap().to_string();
-    let admin = sqlx::PgPool::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
         database_url: Some(url.clone()),
@@ -55,7 +32,7 @@ async fn a_20_second_outage_loses_nothing_and_duplicates_nothing() {
         .unwrap();
     common::wait_for_polls(&running, 3).await;
 
-    set_reachable(&admin, &db_name, false).await;
+    common::set_reachable(&url, false).await;
     let polls_before = running.polls();
     let memory = Arc::clone(&running.latest);
     // 20 s of outage, measured in polls (2 devices × 5 polls/s): polling goes on.
@@ -64,7 +41,7 @@ async fn a_20_second_outage_loses_nothing_and_duplicates_nothing() {
         running.polls() >= polls_before + 190,
         "polling stalled during the outage"
     );
-    set_reachable(&admin, &db_name, true).await;
+    common::set_reachable(&url, true).await;
 
     common::wait_for_polls(&running, memory.device("a").unwrap().state.polls + 10).await;
     let summary = running.shutdown().await.unwrap();
@@ -167,10 +144,6 @@ async fn a_fleet_outage_skips_no_poll_and_loses_no_reading() {
     let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
     let fixture = common::simulate(&yaml, &ports).await;
     let url = common::fresh_postgres().await;
-    let db_name = url.rsplit('/').next().unwrap().to_string();
-    let admin = sqlx::PgPool::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
         database_url: Some(url.clone()),
@@ -206,10 +179,10 @@ async fn a_fleet_outage_skips_no_poll_and_loses_no_reading() {
     let s0 = running.stats();
     common::wait_for_polls(&running, polls_of(&running) + 12).await;
     let s1 = running.stats();
-    set_reachable(&admin, &db_name, false).await;
+    common::set_reachable(&url, false).await;
     common::wait_for_polls(&running, polls_of(&running) + 12).await;
     let s2 = running.stats();
-    set_reachable(&admin, &db_name, true).await;
+    common::set_reachable(&url, true).await;
     until_history_is_written(&running, 1_000).await;
     let summary = running.shutdown().await.unwrap();
 
@@ -312,10 +285,6 @@ async fn outage_with_a_full_spool(
     let yaml = "defaults: { host: 127.0.0.1, port: {A}, every: 100ms }\ndevices:\n  - name: a\n    registers: [ { name: x, kind: holding, address: 0 }, { name: y, kind: holding, address: 1 } ]\n  - name: b\n    unit_id: 2\n    registers: [ { name: x, kind: holding, address: 0 }, { name: y, kind: holding, address: 1 } ]\n";
     let fixture = common::simulate(yaml, &["{A}"]).await;
     let url = common::fresh_postgres().await;
-    let db_name = url.rsplit('/').next().unwrap().to_string();
-    let admin = sqlx::PgPool::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
         database_url: Some(url.clone()),
@@ -338,7 +307,7 @@ async fn outage_with_a_full_spool(
         .await
         .unwrap();
     common::wait_for_polls(&running, 3).await;
-    set_reachable(&admin, &db_name, false).await;
+    common::set_reachable(&url, false).await;
     let polls = running.latest.device("a").unwrap().state.polls;
     common::wait_for_polls(&running, polls + 60).await;
     let ready = common::http_get(running.http_addr().unwrap(), "/ready").await;
@@ -347,7 +316,7 @@ async fn outage_with_a_full_spool(
         during.spool_bytes > 0 && during.spool_bytes <= 900,
         "{during:?}"
     );
-    set_reachable(&admin, &db_name, true).await;
+    common::set_reachable(&url, true).await;
     until_history_is_written(&running, 8).await;
     let summary = running.shutdown().await.unwrap();
     println!("{:?}", summary.history);

@@ -181,3 +181,28 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> HttpAnswer {
         body: body.to_string(),
     }
 }
+
+/// Refuses new connections to the database of `url` and ends the open ones
+/// (or lets them in again).
+pub async fn set_reachable(url: &str, reachable: bool) {
+    use sqlx::Executor as _;
+    let admin = sqlx::PgPool::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    let db = url.rsplit('/').next().unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS {reachable}"
+        )))
+        .await
+        .unwrap();
+    if !reachable {
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+            )))
+            .await
+            .unwrap();
+    }
+    admin.close().await;
+}

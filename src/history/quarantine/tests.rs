@@ -58,19 +58,19 @@ impl HistoryStore for Picky {
         Ok(())
     }
     async fn latest(&self, _: i32) -> sqlx::Result<Option<StoredReading>> {
-        unimplemented!()
+        unreachable!("the writer only writes and quarantines")
     }
     async fn range(&self, _: &Span) -> sqlx::Result<Vec<StoredReading>> {
-        unimplemented!()
+        unreachable!("the writer only writes and quarantines")
     }
     async fn buckets(&self, _: &Span, _: Duration) -> sqlx::Result<Vec<BucketAggregate>> {
-        unimplemented!()
+        unreachable!("the writer only writes and quarantines")
     }
     async fn delete_before(&self, _: DateTime<Utc>, _: i64) -> sqlx::Result<u64> {
-        unimplemented!()
+        unreachable!("the writer only writes and quarantines")
     }
     async fn set_retention_policy(&self, _: Option<Duration>) -> anyhow::Result<bool> {
-        unimplemented!()
+        unreachable!("the writer only writes and quarantines")
     }
 }
 

@@ -63,6 +63,17 @@ pub enum Command {
     Migrate(DbArgs),
 }
 
+impl Command {
+    /// Whether the command runs until stopped and serves others (the poller,
+    /// the simulator, the demo), rather than answering once and exiting.
+    pub fn is_service(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_) | Command::Simulate { .. } | Command::Demo(_)
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DevicesCommand {
     /// Make the registry match a devices.yaml: add and update devices by name,

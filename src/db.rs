@@ -329,16 +329,40 @@ pub async fn has_timescaledb(pool: &PgPool) -> anyhow::Result<bool> {
 /// aggregate cannot be created inside a transaction block or a function, so
 /// this runs after the migrations, one statement at a time over the simple
 /// protocol, and only when it does not exist yet.
+///
+/// It answers with real-time aggregation (`materialized_only = false`):
+/// TimescaleDB's default since 2.13 is materialized only, which leaves the
+/// newest hour or two out of every answer and older hours stale until the
+/// next refresh. An aggregate created with that default is switched over
+/// (the statement is safe to repeat).
 async fn create_hourly_aggregate(pool: &PgPool) -> anyhow::Result<()> {
     let exists: bool =
         sqlx::query_scalar("SELECT to_regclass('register_readings_hourly') IS NOT NULL")
             .fetch_one(pool)
             .await?;
     if exists {
+        // A plain view (made by migration 0006 before TimescaleDB was
+        // installed) has no such option and is left as it is.
+        let materialized_only: Option<bool> = sqlx::query_scalar(
+            "SELECT materialized_only FROM timescaledb_information.continuous_aggregates \
+             WHERE view_name = 'register_readings_hourly'",
+        )
+        .fetch_optional(pool)
+        .await
+        .context("cannot read how register_readings_hourly answers")?;
+        if materialized_only == Some(true) {
+            sqlx::raw_sql(
+                "ALTER MATERIALIZED VIEW register_readings_hourly SET (timescaledb.materialized_only = false)",
+            )
+            .execute(pool)
+            .await
+            .context("cannot turn on real-time aggregation of register_readings_hourly")?;
+        }
         return Ok(());
     }
     sqlx::raw_sql(
-        "CREATE MATERIALIZED VIEW register_readings_hourly WITH (timescaledb.continuous) AS \
+        "CREATE MATERIALIZED VIEW register_readings_hourly \
+         WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS \
          SELECT register_id, time_bucket(INTERVAL '1 hour', ts) AS bucket, avg(value) AS avg, min(value) AS min, \
          max(value) AS max, count(value) AS count, last(value, ts) AS last \
          FROM register_readings WHERE quality IN ('good', 'uncertain') \
@@ -425,6 +449,13 @@ fn check_pg_params(url: &str) -> anyhow::Result<()> {
     let Ok(u) = url::Url::parse(url) else {
         return Ok(()); // sqlx reports what is wrong with it
     };
+    if !matches!(u.scheme(), "postgres" | "postgresql") {
+        anyhow::bail!(
+            "unsupported scheme `{}` in DATABASE_URL {}: regpoll keeps its registry and history in PostgreSQL (postgres://user@host/db, with or without TimescaleDB) or, without a database URL, in an embedded SQLite file",
+            u.scheme(),
+            redact_url(url)
+        );
+    }
     for (key, _) in u.query_pairs() {
         let known =
             PG_URL_PARAMS.contains(&&*key) || (key.starts_with("options[") && key.ends_with(']'));
@@ -473,6 +504,13 @@ mod tests {
             super::check_pg_params("postgres://u@h/db?sslmode=disable&options[search_path]=x")
                 .is_ok()
         );
+        let e = format!(
+            "{:#}",
+            super::check_pg_params("mysql://u:S3cret@h/db").unwrap_err()
+        );
+        assert!(e.contains("unsupported scheme `mysql`"), "{e}");
+        assert!(!e.contains("S3cret"), "{e}");
+        assert!(super::check_pg_params("postgresql://u@h/db").is_ok());
     }
 
     #[test]

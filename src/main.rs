@@ -49,6 +49,9 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run() -> std::process::ExitCode {
     let cli = regpoll::cli::Cli::parse();
+    if !cli.command.is_service() {
+        quiet_on_closed_stdout();
+    }
     let filter = match EnvFilter::try_new(&cli.log) {
         Ok(filter) => filter,
         Err(e) => {
@@ -66,4 +69,17 @@ async fn run() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     regpoll::commands::dispatch(cli.command).await
+}
+
+/// A one-shot command whose reader went away (`regpoll check … | head -1`)
+/// ends quietly, as command-line tools do, instead of panicking on the
+/// broken pipe: the process takes SIGPIPE's default action again (Rust
+/// ignores it). Not for the service commands, which own sockets and must
+/// outlive any one reader.
+fn quiet_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restores a signal's default disposition; no handler of ours runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

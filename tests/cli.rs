@@ -620,3 +620,51 @@ fn bench_fleet_measures_a_small_fleet_and_both_floors() {
     assert!(f(&with_sinks["copies"]) >= 5.0, "{floor:#}");
     assert!(f(&with_sinks["copy_rows_per_s"]) > 150.0, "{floor:#}");
 }
+
+/// `regpoll check devices.yaml | head -1`: the reader goes away after the
+/// first line, and the command ends quietly, without a panic or a backtrace.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let many: String = (0..2000)
+        .map(|i| format!("  - name: d{i}\n    host: 127.0.0.1\n    registers:\n      - {{ name: t, kind: holding, address: 0 }}\n"))
+        .collect();
+    let (dir, _) = common::write_yaml(&format!("devices:\n{many}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regpoll"))
+        .args(["check", "devices.yaml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone (dropped above) while the plan is still printed.
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!first.is_empty());
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_database_url_of_another_kind_is_an_unsupported_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = regpoll(
+        &[
+            "devices",
+            "list",
+            "--database-url",
+            "mysql://u:S3cret@127.0.0.1:1/db",
+        ],
+        dir.path(),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unsupported scheme `mysql`"), "{stderr}");
+    assert!(
+        !stderr.contains("S3cret") && !stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+}

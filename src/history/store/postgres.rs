@@ -155,6 +155,22 @@ impl HistoryStore for PostgresStore {
         if !has_timescaledb(pool).await? {
             return Ok(false);
         }
+        // Changed only when the setting differs, so the policy's job keeps
+        // its id and its run history across restarts (interval equality
+        // compares 365 days with 8760 hours as equal).
+        let same: Option<bool> = sqlx::query_scalar(
+            "SELECT (config->>'drop_after')::interval = make_interval(secs => $1) \
+             FROM timescaledb_information.jobs \
+             WHERE proc_name = 'policy_retention' AND hypertable_name = 'register_readings'",
+        )
+        .bind(keep.map_or(-1.0, |k| k.as_secs_f64()))
+        .fetch_optional(pool)
+        .await
+        .context("cannot read the retention policy")?;
+        match (same, keep) {
+            (Some(true), Some(_)) | (None, None) => return Ok(true),
+            _ => {}
+        }
         sqlx::query("SELECT remove_retention_policy('register_readings', if_exists => true)")
             .execute(pool)
             .await

@@ -198,7 +198,14 @@ async fn check_probe_reads_every_register_once() {
     );
     let (dir, _) = common::write_yaml(&yaml);
     let out = regpoll(&["check", "devices.yaml", "--probe"], dir.path());
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Like `read`: the whole probe is printed, then a bad value makes it exit 1
+    // with a summary on stderr.
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("1 of 2 values could not be read: boiler.pressure: exception 2 (illegal data address); check the address"),
+        "{stderr}"
+    );
     let stdout = text(&out.stdout);
     let temp = stdout
         .lines()

@@ -6,24 +6,27 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::load_file;
-use super::output::print_readings;
+use super::output::{fail_if_bad, print_readings};
 use crate::config;
 use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::plan_group;
 use crate::poller::DevicePoller;
+use crate::reading::Quality;
 use crate::registry::Device;
 
 pub(super) async fn check(file: &Path, probe: bool) -> anyhow::Result<()> {
     check_plan(file)?;
     if probe {
-        probe_all(load_file(file)?).await;
+        probe_all(load_file(file)?).await?;
     }
     Ok(())
 }
 
-/// One read of every register, devices sharing an endpoint sharing its link.
-async fn probe_all(devices: Vec<Device>) {
+/// One read of every register, devices sharing an endpoint sharing its link;
+/// fails when any value could not be read.
+async fn probe_all(devices: Vec<Device>) -> anyhow::Result<()> {
     let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
+    let (mut bad, mut total, mut first) = (0, 0, None);
     println!("probe (one read of every register):");
     for d in devices {
         let endpoint = Arc::clone(
@@ -39,7 +42,20 @@ async fn probe_all(devices: Vec<Device>) {
             report.latency.as_secs_f64() * 1e3
         );
         print_readings(&report, "    ");
+        total += report.readings.len();
+        for r in report.readings.iter().filter(|r| r.quality == Quality::Bad) {
+            bad += 1;
+            first.get_or_insert_with(|| {
+                let detail = r.detail.as_deref().unwrap_or("no value");
+                format!(
+                    "{}.{}: {detail}",
+                    report.device.name,
+                    report.register(r).name
+                )
+            });
+        }
     }
+    fail_if_bad(bad, total, first.as_deref().unwrap_or_default())
 }
 
 fn check_plan(file: &Path) -> anyhow::Result<()> {

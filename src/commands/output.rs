@@ -127,6 +127,18 @@ fn csv_line<'a>(fields: impl Iterator<Item = &'a str>) -> String {
         .join(",")
 }
 
+/// Fails, after the readings were printed, when any value could not be
+/// read: `read` and `check --probe` exit 1 then, so a script can tell, with
+/// the first failure's detail on stderr.
+pub(super) fn fail_if_bad(bad: usize, total: usize, detail: &str) -> anyhow::Result<()> {
+    if bad > 0 {
+        anyhow::bail!(
+            "{bad} of {total} values could not be read: {detail}; check the address, the unit id and the register kind"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::csv_line;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::output::print_readings;
+use super::output::{fail_if_bad, print_readings};
 use crate::cli::ReadArgs;
 use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
@@ -132,12 +132,6 @@ fn fail_when_bad(report: &PollReport) -> anyhow::Result<()> {
         .iter()
         .filter(|r| r.quality == Quality::Bad)
         .count();
-    if bad > 0 {
-        let detail = report.error.as_deref().unwrap_or("no value");
-        anyhow::bail!(
-            "{bad} of {} values could not be read: {detail}; check the address, the unit id and the register kind",
-            report.readings.len()
-        );
-    }
-    Ok(())
+    let detail = report.error.as_deref().unwrap_or("no value");
+    fail_if_bad(bad, report.readings.len(), detail)
 }

@@ -675,3 +675,27 @@ fn a_database_url_of_another_kind_is_an_unsupported_scheme() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_bad_redis_url_is_refused_before_the_registry_is_touched() {
+    let (dir, devices) = common::write_yaml(GOOD);
+    let sqlite = dir.path().join("untouched.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_regpoll"))
+        .args(["run", "--http", "off", "--devices"])
+        .arg(&devices)
+        .args(["--redis-url", "redis://:S3cret@[::1:6379/", "--sqlite-path"])
+        .arg(&sqlite)
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REGPOLL_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalid REDIS_URL"), "{stderr}");
+    assert!(!stderr.contains("S3cret"), "{stderr}");
+    assert!(
+        !sqlite.exists(),
+        "the registry was opened before the URL was checked"
+    );
+}

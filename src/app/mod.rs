@@ -139,6 +139,13 @@ pub struct Running {
 
 /// Starts the service; it runs until [`Running::shutdown`].
 pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<Running> {
+    // Every setting that can be wrong is checked before anything is
+    // written: a bad Redis URL must not leave a half-synced registry.
+    let redis_target = settings
+        .redis_url
+        .as_deref()
+        .map(Target::parse)
+        .transpose()?;
     let (db, unreachable) = database::open(settings).await?;
     let mut cache = database::cache_writer(settings, &db);
     let sync_source = match source {
@@ -194,11 +201,8 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         abort_rx,
     ));
     let redis_stats = Arc::new(RedisStats::default());
-    let mut redis_target = None;
-    let (redis_queue, redis) = match &settings.redis_url {
-        Some(url) => {
-            let target = Target::parse(url)?;
-            redis_target = Some(target.clone());
+    let (redis_queue, redis) = match &redis_target {
+        Some(target) => {
             let queue = Arc::new(redis_sink::Coalescer::default());
             let redis_settings = redis_sink::RedisSettings {
                 prefix: settings.redis_prefix.clone(),
@@ -207,7 +211,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
                 linger: settings.redis_linger,
             };
             let task = tokio::spawn(redis_sink::run_writer(
-                target,
+                target.clone(),
                 redis_settings,
                 Arc::clone(&queue),
                 Arc::clone(&redis_stats),

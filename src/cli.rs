@@ -189,6 +189,8 @@ pub struct SinkArgs {
     pub history_retry_max: Duration,
     #[arg(long = s::RETENTION.flag, env = s::RETENTION.env, help = s::RETENTION.help, default_value = s::RETENTION.default_text(), value_parser = crate::history::retention::parse_retention_arg)]
     pub retention: crate::history::retention::Retention,
+    #[arg(long = s::JOBS_CHECK_INTERVAL.flag, env = s::JOBS_CHECK_INTERVAL.env, help = s::JOBS_CHECK_INTERVAL.help, default_value = s::JOBS_CHECK_INTERVAL.default_text(), value_parser = parse_duration)]
+    pub jobs_check_interval: Duration,
     #[arg(long = s::SHUTDOWN_TIMEOUT.flag, env = s::SHUTDOWN_TIMEOUT.env, help = s::SHUTDOWN_TIMEOUT.help, default_value = s::SHUTDOWN_TIMEOUT.default_text(), value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }

@@ -210,6 +210,13 @@ pub const RETENTION: Setting = Setting {
     default: Some("365d"),
 };
 
+pub const JOBS_CHECK_INTERVAL: Setting = Setting {
+    flag: "jobs-check-interval",
+    env: "REGPOLL_JOBS_CHECK_INTERVAL",
+    help: "How often TimescaleDB's background jobs (retention, compression, the hourly aggregate's refresh) are checked; a failing one is a /ready warning and shows on /metrics",
+    default: Some("1m"),
+};
+
 /// Poll reports that may wait for the history writer (no flag): 1.6 s of
 /// 10,000 devices polled every second. The writer takes reports
 /// continuously, also while the database is away, so the queue fills only

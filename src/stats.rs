@@ -9,6 +9,7 @@ use serde_json::{Map, json};
 use tokio::sync::watch;
 
 use crate::fleet::Counters;
+use crate::history::jobs::{JobWatch, JobsReport};
 use crate::history::writer::{HistorySnapshot, HistoryStats};
 use crate::latest::memory::LatestMemory;
 use crate::latest::redis::{Coalescer, RedisSnapshot, RedisStats};
@@ -29,6 +30,8 @@ pub struct Sources {
     pub(crate) history_depth: HistoryDepth,
     /// The Redis writer's counters and its coalescer, when Redis is configured.
     pub(crate) redis: Option<(Arc<RedisStats>, Arc<Coalescer>)>,
+    /// TimescaleDB's background jobs, as last read.
+    pub(crate) jobs: Arc<JobWatch>,
 }
 
 /// The service's counters at one moment.
@@ -48,6 +51,8 @@ pub struct ServiceStats {
     pub history: HistorySnapshot,
     /// `None` without Redis.
     pub redis: Option<RedisSnapshot>,
+    /// TimescaleDB's background jobs (none without TimescaleDB).
+    pub jobs: JobsReport,
 }
 
 impl Sources {
@@ -69,6 +74,7 @@ impl Sources {
             endpoints: c.endpoints.snapshot(),
             history: self.history.snapshot(self.history_depth.get()),
             redis: self.redis.as_ref().map(|(s, q)| s.snapshot(q)),
+            jobs: self.jobs.report(),
         }
     }
 }
@@ -131,6 +137,9 @@ impl ServiceStats {
                 "failures": redis.failures,
                 "coalesced": redis.coalesced,
             },
+            "timescaledb_jobs": self.jobs.jobs.as_ref().map(|jobs| {
+                jobs.iter().map(|j| j.to_json(self.at)).collect::<Vec<_>>()
+            }),
             "distributions": {
                 "lateness": self.lateness.to_json(),
                 "history_write": h.write_latency.to_json(),

@@ -740,3 +740,159 @@ async fn the_api_limits_refuse_with_json_that_says_what_to_do() {
     assert!(body.contains("--api-timeout"), "{body}");
     running.shutdown().await.unwrap();
 }
+
+/// TimescaleDB's informational views as its documentation describes them
+/// (the columns regpoll reads), so the job watch can be tested on plain
+/// PostgreSQL; the real views exist only with the extension.
+const FAKE_TIMESCALEDB_JOB_VIEWS: &str = "
+CREATE SCHEMA timescaledb_information;
+CREATE TABLE timescaledb_information.jobs (
+    job_id integer, proc_name name, hypertable_schema name, hypertable_name name);
+CREATE TABLE timescaledb_information.job_stats (
+    job_id integer, last_run_status text, last_successful_finish timestamptz,
+    total_failures bigint);
+CREATE TABLE timescaledb_information.job_errors (
+    job_id integer, start_time timestamptz, finish_time timestamptz, err_message text);
+CREATE TABLE timescaledb_information.continuous_aggregates (
+    view_name name, materialization_hypertable_schema name,
+    materialization_hypertable_name name);
+INSERT INTO timescaledb_information.continuous_aggregates VALUES
+    ('register_readings_hourly', '_timescaledb_internal', '_materialized_hypertable_2');
+INSERT INTO timescaledb_information.jobs VALUES
+    (1000, 'policy_retention', 'public', 'register_readings'),
+    (1001, 'policy_refresh_continuous_aggregate', '_timescaledb_internal', '_materialized_hypertable_2'),
+    (1002, 'policy_retention', 'public', 'someone_elses_table');
+INSERT INTO timescaledb_information.job_stats VALUES
+    (1000, 'Success', now() - interval '10 minutes', 0),
+    (1001, 'Failed', now() - interval '3 hours', 3),
+    (1002, 'Failed', NULL, 7);
+INSERT INTO timescaledb_information.job_errors VALUES
+    (1001, now() - interval '4 hours', now() - interval '4 hours', 'an old error before the last success'),
+    (1001, now() - interval '2 hours', now() - interval '2 hours', 'canceling statement due to statement timeout'),
+    (1001, now() - interval '1 hour', now() - interval '1 hour', 'permission denied for table _materialized_hypertable_2'),
+    (1002, now(), now(), 'not regpoll''s job');
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_timescaledb_jobs_are_ready_warnings_and_metrics() {
+    let fixture = simulate(FLEET, &["{A}"]).await;
+    let url = fresh_postgres().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(FAKE_TIMESCALEDB_JOB_VIEWS)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let settings = Settings {
+        database_url: Some(url),
+        jobs_check_interval: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let (running, addr) = start(&fixture, settings).await;
+
+    // Failing, but the service polls and writes: ready, with a warning
+    // naming the job, what it works on, how often it failed and why.
+    let warnings = loop {
+        let ready = http_get(addr, "/ready").await;
+        assert_eq!(ready.status, 200, "{}", ready.body);
+        if let Some(w) = ready.json()["warnings"].as_array() {
+            break w.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        warnings.len(),
+        1,
+        "only regpoll's failing job: {warnings:?}"
+    );
+    let w = warnings[0].as_str().unwrap();
+    assert!(
+        w.starts_with("timescaledb: background job 1001 (policy_refresh_continuous_aggregate on register_readings_hourly) is failing: 2 failed runs in a row"),
+        "{w}"
+    );
+    assert!(
+        w.contains("last error: permission denied for table _materialized_hypertable_2"),
+        "{w}"
+    );
+
+    let metrics = http_get(addr, "/metrics").await.body;
+    let job = |id: &str, name: &str| format!("{{job_id=\"{id}\",job=\"{name}\"}}");
+    let refresh = job(
+        "1001",
+        "policy_refresh_continuous_aggregate on register_readings_hourly",
+    );
+    let retention = job("1000", "policy_retention on register_readings");
+    for line in [
+        format!("regpoll_timescaledb_job_last_run_success{refresh} 0"),
+        format!("regpoll_timescaledb_job_last_run_success{retention} 1"),
+        format!("regpoll_timescaledb_job_consecutive_failures{refresh} 2"),
+        format!("regpoll_timescaledb_job_consecutive_failures{retention} 0"),
+        format!("regpoll_timescaledb_job_failures_total{refresh} 3"),
+    ] {
+        assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+    }
+    let age = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "regpoll_timescaledb_job_last_success_age_seconds{retention}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .expect("the retention job's last success age");
+    assert!((590.0..700.0).contains(&age), "{age}");
+    assert!(!metrics.contains("someone_elses_table"), "{metrics}");
+
+    let stats = http_get(addr, "/api/stats").await.json();
+    let jobs = stats["timescaledb_jobs"]
+        .as_array()
+        .expect("jobs in /api/stats");
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs[1]["consecutive_failures"], 2);
+
+    // The job recovers: the warning goes at the next check.
+    sqlx::raw_sql(
+        "UPDATE timescaledb_information.job_stats \
+         SET last_run_status = 'Success', last_successful_finish = now() WHERE job_id = 1001",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = http_get(addr, "/ready").await.json();
+        if ready.get("warnings").is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still warned: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = http_get(addr, "/metrics").await.body;
+    assert!(
+        metrics.contains(&format!(
+            "regpoll_timescaledb_job_consecutive_failures{refresh} 0"
+        )),
+        "{metrics}"
+    );
+    running.shutdown().await.unwrap();
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_timescaledb_there_are_no_job_metrics_or_warnings() {
+    let (_fixture, running, addr) = service().await;
+    let stats = http_get(addr, "/api/stats").await.json();
+    assert!(stats["timescaledb_jobs"].is_null(), "{stats}");
+    let metrics = http_get(addr, "/metrics").await.body;
+    assert!(!metrics.contains("regpoll_timescaledb_job"), "{metrics}");
+    assert!(
+        http_get(addr, "/ready")
+            .await
+            .json()
+            .get("warnings")
+            .is_none()
+    );
+    running.shutdown().await.unwrap();
+}

@@ -311,6 +311,8 @@ pub fn render(state: &ApiState) -> String {
         );
     }
 
+    jobs(&mut t, &c);
+
     t.family(
         "regpoll_http_requests_total",
         "counter",
@@ -361,6 +363,63 @@ pub fn render(state: &ApiState) -> String {
         s.started_at,
     );
     t.0
+}
+
+/// TimescaleDB's background jobs on regpoll's tables, one sample per job
+/// and family; nothing without TimescaleDB.
+fn jobs(t: &mut Text, c: &crate::stats::ServiceStats) {
+    let Some(jobs) = &c.jobs.jobs else {
+        return;
+    };
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+    let labels = |i: usize| [("job_id", ids[i].as_str()), ("job", jobs[i].name.as_str())];
+    t.family(
+        "regpoll_timescaledb_job_last_run_success",
+        "gauge",
+        "1 when the job's last run succeeded, 0 when it failed (absent before its first run).",
+    );
+    for (i, j) in jobs.iter().enumerate() {
+        if let Some(status) = &j.last_run_status {
+            let ok = if status == "Success" { 1.0 } else { 0.0 };
+            t.sample("regpoll_timescaledb_job_last_run_success", &labels(i), ok);
+        }
+    }
+    t.family(
+        "regpoll_timescaledb_job_consecutive_failures",
+        "gauge",
+        "Failed runs of the job since its last success.",
+    );
+    for (i, j) in jobs.iter().enumerate() {
+        let n = j.consecutive_failures as f64;
+        t.sample(
+            "regpoll_timescaledb_job_consecutive_failures",
+            &labels(i),
+            n,
+        );
+    }
+    t.family(
+        "regpoll_timescaledb_job_failures_total",
+        "counter",
+        "Failed runs of the job, as TimescaleDB counts them.",
+    );
+    for (i, j) in jobs.iter().enumerate() {
+        let n = j.total_failures as f64;
+        t.sample("regpoll_timescaledb_job_failures_total", &labels(i), n);
+    }
+    t.family(
+        "regpoll_timescaledb_job_last_success_age_seconds",
+        "gauge",
+        "Seconds since the job last succeeded (absent when it never did).",
+    );
+    for (i, j) in jobs.iter().enumerate() {
+        if let Some(age) = j.last_success_age(c.at) {
+            t.sample(
+                "regpoll_timescaledb_job_last_success_age_seconds",
+                &labels(i),
+                age,
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState};
 use crate::db::{Connectivity, Db, Outage};
 use crate::fleet::{Counters, Fleet};
+use crate::history::jobs::{self, JobWatch};
 use crate::history::retention;
 use crate::history::writer::{self as history, BatchSettings, HistoryStats};
 use crate::latest::memory::LatestMemory;
@@ -67,6 +68,8 @@ pub struct Settings {
     pub reload_interval: Duration,
     /// How long readings are kept (`None`: forever).
     pub retention: Option<Duration>,
+    /// How often TimescaleDB's background jobs are checked.
+    pub jobs_check_interval: Duration,
     /// Where the HTTP API listens (`None`: no HTTP). The command line
     /// defaults to `settings::HTTP`; the library default is off so that
     /// embedded and test services never compete for a port.
@@ -99,6 +102,7 @@ impl Default for Settings {
             reload_interval: settings::RELOAD_INTERVAL.default_duration(),
             retention: retention::parse_retention(settings::RETENTION.default_text())
                 .expect("the default retention parses"),
+            jobs_check_interval: settings::JOBS_CHECK_INTERVAL.default_duration(),
             http: None,
             api: api::ApiLimits::default(),
             data_dir: None,
@@ -125,6 +129,8 @@ pub struct Running {
     abort_writers: watch::Sender<bool>,
     supervisor: JoinHandle<()>,
     retention_job: Option<JoinHandle<()>>,
+    /// Reads TimescaleDB's job statistics; aborted at shutdown.
+    jobs_watch: JoinHandle<()>,
     sinks: Sinks,
     history: JoinHandle<()>,
     redis: Option<JoinHandle<()>>,
@@ -227,6 +233,12 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         redis_queue.clone(),
     );
 
+    let jobs = Arc::new(JobWatch::default());
+    let jobs_watch = tokio::spawn(jobs::watch(
+        db.clone(),
+        Arc::clone(&jobs),
+        settings.jobs_check_interval,
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(Counters::default());
     let mut fleet = Fleet::new(sinks.clone(), Arc::clone(&counters));
@@ -238,6 +250,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         history: history_stats,
         history_depth: sinks.history_depth_probe(),
         redis: redis_queue.map(|q| (redis_stats, q)),
+        jobs: Arc::clone(&jobs),
     };
     fleet.reconcile(to_poll).await;
     let supervision = Supervision {
@@ -290,6 +303,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         abort_writers,
         supervisor,
         retention_job,
+        jobs_watch,
         sinks,
         history,
         redis,
@@ -379,6 +393,7 @@ impl Running {
         if let Some(job) = self.retention_job {
             job.abort();
         }
+        self.jobs_watch.abort();
         self.sinks.close_redis();
         // The last senders: once dropped, the writers drain their queues and end.
         drop(self.sinks);

@@ -43,6 +43,7 @@ fn settings(args: RunArgs) -> Settings {
         shutdown_timeout: args.sinks.shutdown_timeout,
         reload_interval: args.reload_interval,
         retention: args.sinks.retention.0,
+        jobs_check_interval: args.sinks.jobs_check_interval,
         http: args.http.0,
         api: args.api.limits(),
         data_dir: Some(args.sinks.data_dir),

@@ -3,8 +3,10 @@
 //! [`row::Row`]s and hands them to a [`store`], keeping what the database
 //! does not take in memory and the disk [`spool`] (rows it refuses for good
 //! go to the [`quarantine`]); [`retention`] bounds how
-//! long readings are kept, and [`query`] reads them back.
+//! long readings are kept, [`jobs`] watches TimescaleDB's background jobs,
+//! and [`query`] reads them back.
 
+pub mod jobs;
 mod pending;
 pub mod quarantine;
 pub mod query;

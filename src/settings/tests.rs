@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 27] = [
+const ALL: [Setting; 28] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -19,6 +19,7 @@ const ALL: [Setting; 27] = [
     HISTORY_RETRY_MAX,
     DATABASE_RETRY_MAX,
     RETENTION,
+    JOBS_CHECK_INTERVAL,
     DEVICES,
     RELOAD_INTERVAL,
     SHUTDOWN_TIMEOUT,
@@ -43,6 +44,7 @@ fn every_default_parses_as_its_setting_reads_it() {
         API_WAIT,
         API_TIMEOUT,
         HISTORY_STALLED_AFTER,
+        JOBS_CHECK_INTERVAL,
     ] {
         assert!(d.default_duration() > Duration::ZERO, "--{}", d.flag);
     }

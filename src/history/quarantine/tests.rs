@@ -72,6 +72,12 @@ impl HistoryStore for Picky {
     async fn set_retention_policy(&self, _: Option<Duration>) -> anyhow::Result<bool> {
         unreachable!("the writer only writes and quarantines")
     }
+
+    async fn background_jobs(
+        &self,
+    ) -> anyhow::Result<Option<Vec<crate::history::jobs::JobHealth>>> {
+        unreachable!("the writer only writes and quarantines")
+    }
 }
 
 /// Rows with register ids 0..n, in pieces of `piece` rows.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::jobs::JobHealth;
 use super::row::Row;
 use crate::db::Db;
 
@@ -133,6 +134,11 @@ pub trait HistoryStore: Send + Sync {
     /// one. Returns false when the database has no TimescaleDB (expired rows
     /// must then be deleted with [`delete_before`](Self::delete_before)).
     async fn set_retention_policy(&self, keep: Option<Duration>) -> anyhow::Result<bool>;
+
+    /// The state of TimescaleDB's background jobs on regpoll's tables
+    /// (retention, compression, the hourly aggregate's refresh); `None`
+    /// when the database has no TimescaleDB.
+    async fn background_jobs(&self) -> anyhow::Result<Option<Vec<JobHealth>>>;
 }
 
 /// The history store of `db`. Cheap: the store shares the database's pool.

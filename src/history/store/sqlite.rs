@@ -13,6 +13,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use super::{
     BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Rejected, Span, StoredReading,
 };
+use crate::history::jobs::JobHealth;
 use crate::history::row::Row;
 
 /// 7 parameters a row (9 in the quarantine) keeps a statement well under
@@ -132,6 +133,10 @@ impl HistoryStore for SqliteStore {
     /// SQLite has no TimescaleDB.
     async fn set_retention_policy(&self, _keep: Option<Duration>) -> anyhow::Result<bool> {
         Ok(false)
+    }
+
+    async fn background_jobs(&self) -> anyhow::Result<Option<Vec<JobHealth>>> {
+        Ok(None)
     }
 }
 

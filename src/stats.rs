@@ -15,6 +15,7 @@ use crate::latest::redis::{Coalescer, RedisSnapshot, RedisStats};
 use crate::modbus::stats::EndpointSnapshot;
 use crate::reading::{Quality, rfc3339};
 use crate::registry::Device;
+use crate::registry::rejections::Rejections;
 use crate::sink::HistoryDepth;
 use crate::telemetry::DistributionSnapshot;
 
@@ -29,6 +30,8 @@ pub struct Sources {
     pub(crate) history_depth: HistoryDepth,
     /// The Redis writer's counters and its coalescer, when Redis is configured.
     pub(crate) redis: Option<(Arc<RedisStats>, Arc<Coalescer>)>,
+    /// Active devices whose registry rows cannot be used.
+    pub(crate) registry: Arc<Rejections>,
 }
 
 /// The service's counters at one moment.
@@ -48,6 +51,8 @@ pub struct ServiceStats {
     pub history: HistorySnapshot,
     /// `None` without Redis.
     pub redis: Option<RedisSnapshot>,
+    /// Active devices whose registry rows cannot be used, with the reason.
+    pub registry_rejected: std::collections::BTreeMap<String, String>,
 }
 
 impl Sources {
@@ -69,6 +74,12 @@ impl Sources {
             endpoints: c.endpoints.snapshot(),
             history: self.history.snapshot(self.history_depth.get()),
             redis: self.redis.as_ref().map(|(s, q)| s.snapshot(q)),
+            registry_rejected: self
+                .registry
+                .snapshot()
+                .into_iter()
+                .map(|(d, r)| (d, r.reason))
+                .collect(),
         }
     }
 }
@@ -131,6 +142,7 @@ impl ServiceStats {
                 "failures": redis.failures,
                 "coalesced": redis.coalesced,
             },
+            "registry": { "rejected": self.registry_rejected },
             "distributions": {
                 "lateness": self.lateness.to_json(),
                 "history_write": h.write_latency.to_json(),

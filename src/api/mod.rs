@@ -320,6 +320,7 @@ fn ready_warnings(stats: &Sources) -> Vec<String> {
             "history: {rejected} rows rejected since start (see register_readings_rejected)"
         ));
     }
+    warnings.extend(stats.registry.warnings());
     warnings
 }
 

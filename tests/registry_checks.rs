@@ -26,6 +26,9 @@ devices:
   - name: pump
     unit_id: 2
     registers: [ { name: r, kind: holding, address: 0 } ]
+  - name: retired
+    unit_id: 4
+    registers: [ { name: r, kind: holding, address: 0 } ]
 "#;
 
 fn pool(db: &Db) -> &sqlx::PgPool {
@@ -83,6 +86,16 @@ async fn a_renamed_register_leaves_redis_and_a_deactivated_device_is_published_i
             .await
             .unwrap();
     }
+    // Deactivated while regpoll was not running: marked so at start, and
+    // its values of an earlier run leave Redis.
+    pool(&db)
+        .execute("UPDATE devices SET active = false WHERE name = 'retired'")
+        .await
+        .unwrap();
+    let _: () = con
+        .hset(format!("{prefix}:latest:retired"), "r", "{}")
+        .await
+        .unwrap();
     let running = start(&url, Some((&redis_url, &prefix))).await;
     common::wait_for_polls(&running, 2).await;
     message_where(&mut pubsub, "both fields of meter", |m| {
@@ -120,6 +133,16 @@ async fn a_renamed_register_leaves_redis_and_a_deactivated_device_is_published_i
     assert_eq!(state["state"], "inactive", "{state:?}");
     let latest: HashMap<String, String> =
         con.hgetall(format!("{prefix}:latest:pump")).await.unwrap();
+    assert!(latest.is_empty(), "{latest:?}");
+    let retired: HashMap<String, String> = con
+        .hgetall(format!("{prefix}:device:retired"))
+        .await
+        .unwrap();
+    assert_eq!(retired["state"], "inactive", "{retired:?}");
+    let latest: HashMap<String, String> = con
+        .hgetall(format!("{prefix}:latest:retired"))
+        .await
+        .unwrap();
     assert!(latest.is_empty(), "{latest:?}");
     running.shutdown().await.unwrap();
     db.close().await;

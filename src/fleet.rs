@@ -100,6 +100,11 @@ impl Fleet {
         }
     }
 
+    /// Where the polls' reports go (a reload tells it what changed).
+    pub fn sinks(&self) -> &Sinks {
+        &self.sinks
+    }
+
     /// The devices being polled, updated after every reconciliation.
     pub fn devices(&self) -> watch::Receiver<Vec<Arc<Device>>> {
         self.published.subscribe()

@@ -10,6 +10,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::history::writer::HistoryStats;
 use crate::latest::memory::{self, LatestMemory};
+use crate::latest::notice::Notice;
 use crate::latest::redis;
 use crate::reading::PollReport;
 use crate::registry::Device;
@@ -58,6 +59,20 @@ impl Sinks {
     /// queue open (the writer ends when the last real sender is dropped).
     pub fn history_depth_probe(&self) -> HistoryDepth {
         HistoryDepth(self.history.downgrade())
+    }
+
+    /// Tells the latest values what a registry reload changed: memory drops
+    /// at once the registers the `reloaded` definitions no longer have;
+    /// Redis is told of every notice (after the reports pending with it).
+    pub fn registry_changed(&self, reloaded: &[Arc<Device>], notices: Vec<Notice>) {
+        for device in reloaded {
+            self.latest.follow(device);
+        }
+        if let Some(redis) = &self.redis {
+            for n in notices {
+                redis.push_notice(n);
+            }
+        }
     }
 
     /// Tells the Redis writer that no more reports will come.

@@ -16,6 +16,7 @@ use crate::latest::redis::{Coalescer, RedisSnapshot, RedisStats};
 use crate::modbus::stats::EndpointSnapshot;
 use crate::reading::{Quality, rfc3339};
 use crate::registry::Device;
+use crate::registry::rejections::Rejections;
 use crate::sink::HistoryDepth;
 use crate::telemetry::DistributionSnapshot;
 
@@ -32,6 +33,8 @@ pub struct Sources {
     pub(crate) redis: Option<(Arc<RedisStats>, Arc<Coalescer>)>,
     /// TimescaleDB's background jobs, as last read.
     pub(crate) jobs: Arc<JobWatch>,
+    /// Active devices whose registry rows cannot be used.
+    pub(crate) registry: Arc<Rejections>,
 }
 
 /// The service's counters at one moment.
@@ -53,6 +56,8 @@ pub struct ServiceStats {
     pub redis: Option<RedisSnapshot>,
     /// TimescaleDB's background jobs (none without TimescaleDB).
     pub jobs: JobsReport,
+    /// Active devices whose registry rows cannot be used, with the reason.
+    pub registry_rejected: std::collections::BTreeMap<String, String>,
 }
 
 impl Sources {
@@ -75,6 +80,12 @@ impl Sources {
             history: self.history.snapshot(self.history_depth.get()),
             redis: self.redis.as_ref().map(|(s, q)| s.snapshot(q)),
             jobs: self.jobs.report(),
+            registry_rejected: self
+                .registry
+                .snapshot()
+                .into_iter()
+                .map(|(d, r)| (d, r.reason))
+                .collect(),
         }
     }
 }
@@ -140,6 +151,7 @@ impl ServiceStats {
             "timescaledb_jobs": self.jobs.jobs.as_ref().map(|jobs| {
                 jobs.iter().map(|j| j.to_json(self.at)).collect::<Vec<_>>()
             }),
+            "registry": { "rejected": self.registry_rejected },
             "distributions": {
                 "lateness": self.lateness.to_json(),
                 "history_write": h.write_latency.to_json(),

@@ -196,7 +196,9 @@ devices:
 "#;
     let devices = config::parse(yaml, "devices.yaml").unwrap();
     db.sync_devices(&devices).await.unwrap();
-    let sql = "UPDATE device_register_map SET data_type = 'u17' \
+    // A cron pattern: the database cannot check it (an unknown type it
+    // refuses since migration 0009, see tests/registry_checks.rs).
+    let sql = "UPDATE device_register_map SET cron = 'u17' \
                WHERE name = 'r1' AND device_id = (SELECT id FROM devices WHERE name = 'b')";
     let edited = match &db {
         Db::Postgres(p) => sqlx::query(sql).execute(p).await.unwrap().rows_affected(),

@@ -44,15 +44,34 @@ fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
 }
 
 pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    let s = &state.0;
-    let devices: Vec<serde_json::Value> = s
-        .stats
+    Json(json!({ "devices": device_list(&state.0.stats) }))
+}
+
+/// Every device: the polled ones, then those skipped because their registry
+/// rows cannot be used (state "skipped", with the "reason"). A rejected
+/// device still polled on its previous definition is listed as polled,
+/// with the "reason" its new rows were refused.
+pub(crate) fn device_list(stats: &crate::stats::Sources) -> Vec<serde_json::Value> {
+    let rejected = stats.registry.snapshot();
+    let mut list: Vec<serde_json::Value> = stats
         .devices
         .borrow()
         .iter()
-        .map(|d| device_json(d, &s.stats.latest))
+        .map(|d| {
+            let mut json = device_json(d, &stats.latest);
+            if let Some(r) = rejected.get(&d.name) {
+                json["reason"] = json!(r.reason);
+            }
+            json
+        })
         .collect();
-    Json(json!({ "devices": devices }))
+    list.extend(
+        rejected
+            .iter()
+            .filter(|(_, r)| !r.polling_previous)
+            .map(|(name, r)| json!({ "name": name, "state": "skipped", "reason": r.reason })),
+    );
+    list
 }
 
 pub(crate) async fn device_latest(

@@ -121,6 +121,14 @@ pub fn render(state: &ApiState) -> String {
         "Devices whose last poll reached them.",
         c.devices_up as f64,
     );
+    t.family(
+        "regpoll_registry_rejected",
+        "gauge",
+        "1 for each active device whose registry rows regpoll cannot use (skipped, or polled on its previous definition); gone once fixed. /ready names the reason.",
+    );
+    for device in c.registry_rejected.keys() {
+        t.sample("regpoll_registry_rejected", &[("device", device)], 1.0);
+    }
     t.single(
         "regpoll_polls_total",
         "counter",

@@ -321,6 +321,7 @@ fn ready_warnings(stats: &Sources) -> Vec<String> {
         ));
     }
     warnings.extend(stats.jobs.warnings());
+    warnings.extend(stats.registry.warnings());
     warnings
 }
 

@@ -40,6 +40,7 @@ use crate::sink::Sinks;
 use crate::stats::{ServiceStats, Sources};
 
 mod database;
+mod reload;
 mod supervise;
 
 use database::{Reconnect, SyncSource};
@@ -166,19 +167,18 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
             if let Some(source) = &sync_source {
                 database::sync(&db, &source.devices()?).await?;
             }
+            // Rejected rows are logged once each when applied below.
             let loaded = db.load_active_devices().await?;
-            for p in &loaded.problems {
-                tracing::error!(problem = %p, "registry row cannot be used");
-            }
-            if let Some(cache) = &mut cache {
-                cache.store(&loaded.devices).await;
-            }
             let retention_job = start_retention(&db, settings.retention).await?;
             watcher.listen_on(&db).await;
-            (loaded.devices, retention_job, None)
+            (loaded, retention_job, None)
         }
         Some(error) => {
             let devices = database::cached_devices(settings, &db, &error, sync_source.as_ref())?;
+            let devices = crate::registry::store::Loaded {
+                devices,
+                ..Default::default()
+            };
             connectivity.set_down(format!("{error:#}"));
             let cold = Reconnect {
                 connectivity: connectivity.clone(),
@@ -189,7 +189,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
             (devices, None, Some(cold))
         }
     };
-    if to_poll.is_empty() {
+    if to_poll.devices.is_empty() {
         tracing::warn!(
             "no active devices in the registry; add some with `regpoll devices sync devices.yaml`"
         );
@@ -251,12 +251,23 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         history_depth: sinks.history_depth_probe(),
         redis: redis_queue.map(|q| (redis_stats, q)),
         jobs: Arc::clone(&jobs),
+        registry: Arc::default(),
     };
-    fleet.reconcile(to_poll).await;
+    // After a start from the cache, the cache is not rewritten from itself.
+    let fresh = cold.is_none();
+    reload::apply(
+        &mut fleet,
+        to_poll,
+        &stats.registry,
+        cache.as_mut().filter(|_| fresh),
+        true,
+    )
+    .await;
     let supervision = Supervision {
         db: db.clone(),
         watcher,
         cache,
+        rejections: Arc::clone(&stats.registry),
         cold,
     };
     let supervisor = tokio::spawn(supervise(fleet, supervision, stop_rx));

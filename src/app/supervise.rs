@@ -5,6 +5,7 @@
 //! registry cache in `--data-dir` equal to what it loaded.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use crate::db::Db;
 use crate::fleet::Fleet;
 use crate::registry::cache::CacheWriter;
+use crate::registry::rejections::Rejections;
 
 /// What the supervisor works with besides the fleet.
 pub(super) struct Supervision {
@@ -20,6 +22,8 @@ pub(super) struct Supervision {
     /// Listening already, unless the database was away at start.
     pub watcher: RegistryWatch,
     pub cache: Option<CacheWriter>,
+    /// The devices whose registry rows cannot be used (shared with the API).
+    pub rejections: Arc<Rejections>,
     /// Set after a start without the database: connect first.
     pub cold: Option<super::database::Reconnect>,
 }
@@ -33,7 +37,7 @@ pub(super) async fn supervise(
     let mut reloader = Reloader {
         db: s.db,
         cache: s.cache,
-        last_problems: Vec::new(),
+        rejections: s.rejections,
     };
     let db = reloader.db.clone();
     let mut retention = None;
@@ -87,7 +91,7 @@ pub(super) async fn supervise(
 struct Reloader {
     db: Db,
     cache: Option<CacheWriter>,
-    last_problems: Vec<String>,
+    rejections: Arc<Rejections>,
 }
 
 impl Reloader {
@@ -104,16 +108,9 @@ impl Reloader {
                 return false;
             }
         };
-        if loaded.problems != self.last_problems {
-            for p in &loaded.problems {
-                tracing::error!(problem = %p, "registry row cannot be used");
-            }
-            self.last_problems = loaded.problems;
-        }
-        if let Some(cache) = &mut self.cache {
-            cache.store(&loaded.devices).await;
-        }
-        let changes = fleet.reconcile(loaded.devices).await;
+        // Each rejected device is logged once, when its reason changes.
+        let changes =
+            super::reload::apply(fleet, loaded, &self.rejections, self.cache.as_mut(), false).await;
         if !changes.is_empty() {
             tracing::info!(started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "registry reloaded");
         }

@@ -267,8 +267,10 @@ impl Slot {
             },
             values: vec![None; device.registers.len()],
         });
+        let first = entry.state.polls == 0;
         entry.rebind(device);
         let s = &mut entry.state;
+        log_transition(&device.name, first, s.up, report);
         s.up = report.reachable;
         s.last_poll = report.started;
         if report.reachable {
@@ -292,12 +294,46 @@ impl Slot {
         self.lock().as_ref().map(Entry::view)
     }
 
+    /// Follows a reloaded definition at once, so registers it no longer
+    /// has are not served until its first poll.
+    fn follow(&self, device: &Arc<Device>) {
+        if let Some(entry) = self.lock().as_mut() {
+            entry.rebind(device);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Entry>> {
         self.entry.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
+/// Logs a device going down (with the error) or coming back, once per
+/// change: not at every poll. A first poll that fails counts as going down.
+fn log_transition(device: &str, first: bool, was_up: bool, report: &PollReport) {
+    let error = report.error.as_deref().unwrap_or("no answer");
+    match (first, was_up, report.reachable) {
+        (true, _, false) => tracing::warn!(device, error, "device is down from its first poll"),
+        (false, true, false) => tracing::warn!(device, error, "device went down"),
+        (false, false, true) => tracing::info!(device, "device is up again"),
+        _ => {}
+    }
+}
+
 impl LatestMemory {
+    /// Drops the values of registers `device` (a reloaded definition) no
+    /// longer has; the others stay.
+    pub fn follow(&self, device: &Arc<Device>) {
+        let slot = self
+            .devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&device.name)
+            .cloned();
+        if let Some(slot) = slot {
+            slot.follow(device);
+        }
+    }
+
     /// A receiver that changes after every update.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.updates.subscribe()
@@ -528,5 +564,72 @@ mod tests {
         let entry = slot.lock();
         let stored = entry.as_ref().unwrap().values.iter().flatten();
         assert_eq!(stored.filter(|s| s.rare.is_some()).count(), 1);
+    }
+
+    /// Log lines, captured.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_device_going_down_and_coming_back_is_logged_once_each() {
+        let logs = Capture::default();
+        let writer = {
+            let logs = logs.clone();
+            move || logs.clone()
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mem = LatestMemory::default();
+            let d = device(TWO);
+            let down = |secs| PollReport {
+                reachable: false,
+                error: Some("connect: connection refused".into()),
+                readings: Vec::new(),
+                ..report(&d, &[], secs)
+            };
+            mem.update(&report(&d, &[(0, 1.0)], 0));
+            mem.update(&report(&d, &[(0, 1.0)], 1));
+            mem.update(&down(2));
+            mem.update(&down(3));
+            mem.update(&down(4));
+            mem.update(&report(&d, &[(0, 1.0)], 5));
+            mem.update(&report(&d, &[(0, 1.0)], 6));
+        });
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("device went down")
+                && lines[0].contains("meter-1")
+                && lines[0].contains("connection refused"),
+            "{text}"
+        );
+        assert!(lines[1].contains("device is up again"), "{text}");
+    }
+
+    #[test]
+    fn a_reloaded_definition_drops_removed_registers_before_its_first_poll() {
+        let mem = LatestMemory::default();
+        let d = device(TWO);
+        mem.update(&report(&d, &[(0, 230.0), (1, 5.0)], 0));
+        let renamed = device(
+            "      - { name: volts, kind: holding, address: 0, type: u16, unit: V }\n      - { name: current, kind: holding, address: 1, type: u16 }\n",
+        );
+        mem.follow(&renamed);
+        let values = mem.device("meter-1").unwrap().values;
+        assert_eq!(values.keys().collect::<Vec<_>>(), ["volts"]);
     }
 }

@@ -4,4 +4,5 @@
 
 pub mod contract;
 pub mod memory;
+pub mod notice;
 pub mod redis;

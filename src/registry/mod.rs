@@ -4,6 +4,8 @@
 //! that build these types from untrusted input.
 
 pub mod cache;
+pub mod rejections;
+mod shape;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};

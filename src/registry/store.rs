@@ -146,6 +146,19 @@ pub(crate) struct RegisterRef {
 pub struct Loaded {
     pub devices: Vec<Device>,
     pub problems: Vec<String>,
+    /// The active devices left out, each with why (the same as in
+    /// `problems`, by device, for `/ready`, `/metrics` and Redis).
+    pub rejected: Vec<Rejected>,
+    /// Devices of the registry that are not to be polled: inactive, or with
+    /// no active register (filled by `load_active_devices`).
+    pub inactive: Vec<String>,
+}
+
+/// An active device whose rows regpoll cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub device: String,
+    pub reason: String,
 }
 
 /// What `devices sync` did.
@@ -216,11 +229,21 @@ impl Db {
                 .remove(&row.id)
                 .unwrap_or_else(|| Ok(DeviceMap::default()));
             let name = row.name.clone();
+            let active = row.active;
             match regs.and_then(|regs| device_from_rows(row, regs, &mut maps)) {
                 Ok(d) => loaded.devices.push(d),
-                Err(e) => loaded
-                    .problems
-                    .push(format!("device `{name}` is skipped: {e}")),
+                Err(e) => {
+                    loaded
+                        .problems
+                        .push(format!("device `{name}` is skipped: {e}"));
+                    // An inactive device is not polled anyway: nothing to alarm.
+                    if active {
+                        loaded.rejected.push(Rejected {
+                            device: name,
+                            reason: e,
+                        });
+                    }
+                }
             }
         }
         Ok(loaded)
@@ -271,9 +294,11 @@ impl Db {
     /// The active devices that have at least one active register: what `run` polls.
     pub async fn load_active_devices(&self) -> anyhow::Result<Loaded> {
         let mut loaded = self.load_devices().await?;
-        loaded
-            .devices
-            .retain(|d| d.active && !d.registers.is_empty());
+        let (polled, idle): (Vec<Device>, Vec<Device>) = std::mem::take(&mut loaded.devices)
+            .into_iter()
+            .partition(|d| d.active && !d.registers.is_empty());
+        loaded.devices = polled;
+        loaded.inactive = idle.into_iter().map(|d| d.name).collect();
         Ok(loaded)
     }
 
@@ -528,6 +553,9 @@ pub(super) fn device_from_rows(
     map: DeviceMap,
     maps: &mut RegisterMaps,
 ) -> Result<Device, String> {
+    if row.host.is_empty() {
+        return Err("host is empty; give the device's address or name".into());
+    }
     let port = u16::try_from(row.port)
         .ok()
         .filter(|&p| p > 0)
@@ -591,12 +619,13 @@ pub(super) fn register_from_row(r: RegisterRow) -> Result<Register, String> {
     let address = u16::try_from(r.address)
         .map_err(|_| format!("address {} is outside 0..65535", r.address))?;
     let data_type = r.data_type.parse()?;
+    let (order, named_64) = super::WordOrder::parse(&r.word_order)?;
     let reg = Register {
         name: r.name.into(),
         kind: r.kind.parse()?,
         address: Address(address),
         data_type,
-        order: r.word_order.parse()?,
+        order,
         scale: r.scale,
         offset: r.offset,
         unit: r.unit.map(Into::into),
@@ -634,6 +663,7 @@ pub(super) fn register_from_row(r: RegisterRow) -> Result<Register, String> {
         }
         _ => {}
     }
+    super::shape::check_shape(&reg, named_64)?;
     if u32::from(address) + u32::from(reg.width()) > 65536 {
         return Err(format!(
             "address {address} + {} registers runs past 65535",

@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
+use crate::latest::notice::Notice;
 use crate::reading::PollReport;
 
-/// Reports not yet written, one per poll group.
+/// Reports not yet written, one per poll group, and registry changes not
+/// yet written, in the order they happened.
 #[derive(Debug, Default)]
 struct Pending {
     reports: HashSet<ByGroup>,
+    notices: Vec<Arc<Notice>>,
     closed: bool,
 }
 
@@ -70,6 +73,29 @@ impl Coalescer {
         self.wake.notify_one();
     }
 
+    /// Keeps a registry change for the writer. It is written after every
+    /// report pending with it: the polls of a stopped device have all been
+    /// delivered by the time the reload tells of it.
+    pub fn push_notice(&self, notice: Notice) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .notices
+            .push(Arc::new(notice));
+        self.wake.notify_one();
+    }
+
+    /// Puts back registry changes whose pipeline was lost, before any that
+    /// came meanwhile.
+    pub(super) fn requeue_notices(&self, notices: Vec<Arc<Notice>>) {
+        if notices.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let newer = std::mem::replace(&mut pending.notices, notices);
+        pending.notices.extend(newer);
+    }
+
     /// Puts back reports whose pipeline was lost with its connection, unless
     /// a newer report of the same group came meanwhile.
     pub(super) fn requeue(&self, reports: Vec<Arc<PollReport>>) {
@@ -102,7 +128,7 @@ impl Coalescer {
         loop {
             {
                 let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                if !pending.reports.is_empty() {
+                if !pending.reports.is_empty() || !pending.notices.is_empty() {
                     return true;
                 }
                 if pending.closed {
@@ -113,9 +139,21 @@ impl Coalescer {
         }
     }
 
-    /// Everything pending (after `wait` said there is some).
+    /// Every report pending (after `wait` said there is something).
     pub(super) fn drain(&self) -> Vec<Arc<PollReport>> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.reports.drain().map(|g| g.0).collect()
+    }
+
+    /// Every registry change pending, oldest first; taken after
+    /// [`drain`](Self::drain) so they are written after those reports.
+    pub(super) fn drain_notices(&self) -> Vec<Arc<Notice>> {
+        std::mem::take(
+            &mut self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .notices,
+        )
     }
 }

@@ -3,6 +3,7 @@
 use super::RedisSettings;
 use super::connection::Commands;
 use crate::latest::contract::{push_json, push_latest_json, push_rfc3339};
+use crate::latest::notice::Notice;
 use crate::reading::PollReport;
 
 /// Appends one poll's commands to `out`: the latest values, the device
@@ -142,4 +143,66 @@ pub fn packed_report(settings: &RedisSettings, report: &PollReport) -> Vec<u8> {
     let mut out = Commands::default();
     add_report(&mut out, &mut Scratch::default(), settings, report);
     out.into_bytes()
+}
+
+/// Appends one registry change's commands to `out`: removed registers leave
+/// the latest-values hash; a device no longer polled loses that hash and its
+/// state becomes `inactive` or `skipped` (the reason in `error`, which the
+/// next poll's state replaces); then the change is published on the
+/// device's update channel.
+pub(super) fn add_notice(out: &mut Commands, settings: &RedisSettings, notice: &Notice) {
+    let prefix = settings.prefix.as_bytes();
+    let device = notice.device().as_bytes();
+    let key = |kind: &'static [u8]| -> [&[u8]; 3] { [prefix, kind, device] };
+    match notice {
+        Notice::RegistersRemoved { registers, .. } => {
+            if registers.is_empty() {
+                return;
+            }
+            out.command(2 + registers.len())
+                .arg(b"HDEL")
+                .arg_parts(&key(b":latest:"));
+            for r in registers {
+                out.arg(r.as_bytes());
+            }
+        }
+        Notice::DeviceStopped { state, reason, .. } => {
+            out.command(2).arg(b"DEL").arg_parts(&key(b":latest:"));
+            match reason {
+                Some(reason) => {
+                    out.command(6)
+                        .arg(b"HSET")
+                        .arg_parts(&key(b":device:"))
+                        .arg(b"state")
+                        .arg(state.as_str().as_bytes())
+                        .arg(b"error")
+                        .arg(reason.as_bytes());
+                }
+                None => {
+                    out.command(4)
+                        .arg(b"HSET")
+                        .arg_parts(&key(b":device:"))
+                        .arg(b"state")
+                        .arg(state.as_str().as_bytes());
+                    out.command(3)
+                        .arg(b"HDEL")
+                        .arg_parts(&key(b":device:"))
+                        .arg(b"error");
+                }
+            }
+            if let Some(ttl) = settings.ttl {
+                let secs = ttl.as_secs().max(1).min(i64::MAX as u64).to_string();
+                out.command(3)
+                    .arg(b"EXPIRE")
+                    .arg_parts(&key(b":device:"))
+                    .arg(secs.as_bytes());
+            }
+        }
+    }
+    let mut msg = Vec::new();
+    push_json(&mut msg, &notice.message());
+    out.command(3)
+        .arg(b"PUBLISH")
+        .arg_parts(&key(b":updates:"))
+        .arg(&msg);
 }

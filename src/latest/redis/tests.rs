@@ -451,3 +451,82 @@ async fn a_redis_that_drops_every_connection_is_retried_ten_times_a_second_and_s
         .expect("the writer ends once closed, though Redis keeps dropping it")
         .unwrap();
 }
+
+fn notices() -> [crate::latest::notice::Notice; 2] {
+    use crate::latest::notice::{Notice, Stopped};
+    let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    [
+        Notice::RegistersRemoved {
+            device: "boiler-1".into(),
+            registers: vec!["t".into(), "sn".into()],
+            at,
+        },
+        Notice::DeviceStopped {
+            device: "pump".into(),
+            state: Stopped::Skipped,
+            reason: Some("register `p`: unknown type `float`".into()),
+            at,
+        },
+    ]
+}
+
+#[tokio::test]
+async fn registry_changes_are_written_after_the_reports_pending_with_them() {
+    let (url, seen) = fake_redis(false).await;
+    let (queue, stats, task) = start_writer(&url);
+    queue.push(report_for("boiler-1"));
+    for n in notices() {
+        queue.push_notice(n);
+    }
+    queue.close();
+    task.await.unwrap();
+    assert_eq!(stats.polls_written.load(Ordering::Relaxed), 1);
+    let seen = seen.lock().unwrap().clone();
+    let commands: Vec<Vec<String>> = seen.into_iter().flatten().collect();
+    let tail: Vec<Vec<&str>> = commands[commands.len() - 5..]
+        .iter()
+        .map(|c| c.iter().map(String::as_str).collect())
+        .collect();
+    assert_eq!(tail[0], ["HDEL", "p:latest:boiler-1", "t", "sn"]);
+    assert_eq!(tail[1][..2], ["PUBLISH", "p:updates:boiler-1"]);
+    let removed: serde_json::Value = serde_json::from_str(tail[1][2]).unwrap();
+    assert_eq!(removed["removed"], serde_json::json!(["t", "sn"]));
+    assert_eq!(tail[2], ["DEL", "p:latest:pump"]);
+    assert_eq!(
+        tail[3],
+        [
+            "HSET",
+            "p:device:pump",
+            "state",
+            "skipped",
+            "error",
+            "register `p`: unknown type `float`"
+        ]
+    );
+    let stopped: serde_json::Value = serde_json::from_str(tail[4][2]).unwrap();
+    assert_eq!(stopped["state"], "skipped");
+    assert_eq!(stopped["error"], "register `p`: unknown type `float`");
+    // The poll's own commands came first.
+    assert_eq!(commands[0][..2], ["HSET", "p:latest:boiler-1"]);
+}
+
+#[tokio::test]
+async fn registry_changes_lost_with_a_silent_redis_are_written_after_reconnecting() {
+    let (url, seen) = fake_redis(true).await;
+    let (queue, _stats, task) = start_writer(&url);
+    let [removed, _] = notices();
+    queue.push_notice(removed);
+    until("the change written on a second connection", || {
+        seen.lock()
+            .unwrap()
+            .get(1)
+            .is_some_and(|c| c.iter().any(|cmd| cmd[0] == "PUBLISH"))
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    for connection in &seen[..2] {
+        assert_eq!(connection[0], ["HDEL", "p:latest:boiler-1", "t", "sn"]);
+    }
+    queue.close();
+    task.await.unwrap();
+}

@@ -9,9 +9,10 @@ use chrono::Utc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::coalescer::Coalescer;
-use super::commands::{Scratch, add_report};
+use super::commands::{Scratch, add_notice, add_report};
 use super::connection::{self as resp, Commands, Stream, Target};
 use super::{MAX_IN_FLIGHT, PIPELINE_REPORTS, RedisSettings};
+use crate::latest::notice::Notice;
 use crate::reading::PollReport;
 use crate::telemetry::{Distribution, DistributionSnapshot};
 
@@ -163,6 +164,7 @@ pub async fn run_writer(
                                 // Shutting down: nothing more will come, and
                                 // what is left cannot be written.
                                 let left = queue.drain();
+                                queue.drain_notices();
                                 stats.failures.fetch_add(left.len() as u64, Ordering::Relaxed);
                             } else {
                                 retry.arm();
@@ -182,6 +184,10 @@ pub async fn run_writer(
                         break;
                     }
                     l.send(chunk, &settings);
+                }
+                let notices = queue.drain_notices();
+                if !notices.is_empty() {
+                    l.send_notices(notices, &settings);
                 }
                 if was_idle && let Some(first) = l.waiting.front() {
                     watchdog.as_mut().reset(first.deadline);
@@ -208,7 +214,10 @@ struct Link {
 /// A pipeline written (or being written) and the answers it waits for.
 struct Sent {
     reports: Vec<Arc<PollReport>>,
-    /// How many commands the pipeline has up to the end of each report.
+    /// Registry changes; a pipeline carries either reports or these.
+    notices: Vec<Arc<Notice>>,
+    /// How many commands the pipeline has up to the end of each report
+    /// (or notice).
     ends: Vec<usize>,
     answered: usize,
     /// The report the next answer is for.
@@ -263,6 +272,32 @@ impl Link {
             .collect();
         self.waiting.push_back(Sent {
             reports,
+            notices: Vec::new(),
+            ends,
+            answered: 0,
+            current: 0,
+            refused: Vec::new(),
+            error: None,
+            deadline: tokio::time::Instant::now() + settings.timeout,
+        });
+    }
+
+    /// Builds one pipeline of registry changes and queues it to be written.
+    fn send_notices(&mut self, notices: Vec<Arc<Notice>>, settings: &RedisSettings) {
+        let before = self.outbox.count();
+        let ends: Vec<usize> = notices
+            .iter()
+            .map(|n| {
+                add_notice(&mut self.outbox, settings, n);
+                self.outbox.count() - before
+            })
+            .collect();
+        if ends.last() == Some(&0) {
+            return;
+        }
+        self.waiting.push_back(Sent {
+            reports: Vec::new(),
+            notices,
             ends,
             answered: 0,
             current: 0,
@@ -366,7 +401,11 @@ fn lose(
     losses: &mut u64,
 ) {
     let Some(l) = link.take() else { return };
-    let reports: Vec<_> = l.waiting.into_iter().flat_map(|s| s.reports).collect();
+    let (mut reports, mut notices) = (Vec::new(), Vec::new());
+    for s in l.waiting {
+        reports.extend(s.reports);
+        notices.extend(s.notices);
+    }
     *losses += 1;
     if *losses % 100 == 1 {
         tracing::warn!(error = %format!("{error:#}"), polls = reports.len(), losses = *losses, "lost the Redis connection; its unanswered polls are written again after reconnecting");
@@ -378,12 +417,19 @@ fn lose(
     // connections and drops them the writer would otherwise never end.
     if !queue.is_closed() {
         queue.requeue(reports);
+        queue.requeue_notices(notices);
     }
 }
 
 /// Counts one pipeline's outcome: for each report Redis took, its time
 /// from its last response to now; the others are failures.
 fn record(stats: &RedisStats, sent: &Sent) {
+    if !sent.notices.is_empty() {
+        if let Some(e) = &sent.error {
+            tracing::warn!(error = %e, devices = sent.refused.len(), "Redis refused a registry change (removed registers or a device no longer polled)");
+        }
+        return;
+    }
     let now = Utc::now();
     let mut refused = sent.refused.iter().peekable();
     for (i, report) in sent.reports.iter().enumerate() {

@@ -1,0 +1,110 @@
+//! One load of the registry applied to the fleet: which devices are polled
+//! (a device whose rows went bad keeps its previous good definition), which
+//! devices are rejected and why, and what the latest values must forget
+//! (registers renamed or removed, devices no longer polled).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::fleet::{Changes, Fleet};
+use crate::latest::notice::{Notice, Stopped};
+use crate::registry::Device;
+use crate::registry::cache::CacheWriter;
+use crate::registry::rejections::{Rejection, Rejections};
+use crate::registry::store::Loaded;
+
+/// Makes the fleet poll `loaded`; `first` at start, when the devices the
+/// registry holds inactive are also marked so in Redis (they may have been
+/// deactivated while regpoll was not running).
+pub(super) async fn apply(
+    fleet: &mut Fleet,
+    loaded: Loaded,
+    rejections: &Rejections,
+    cache: Option<&mut CacheWriter>,
+    first: bool,
+) -> Changes {
+    let before: BTreeMap<String, Arc<Device>> = fleet
+        .devices()
+        .borrow()
+        .iter()
+        .map(|d| (d.name.clone(), Arc::clone(d)))
+        .collect();
+    let mut wanted = loaded.devices;
+    let mut rejected = BTreeMap::new();
+    for r in loaded.rejected {
+        let previous = before.get(&r.device);
+        if let Some(previous) = previous {
+            wanted.push(Device::clone(previous));
+        }
+        rejected.insert(
+            r.device,
+            Rejection {
+                reason: r.reason,
+                polling_previous: previous.is_some(),
+            },
+        );
+    }
+    let newly_skipped = rejections.replace(rejected);
+    if let Some(cache) = cache {
+        cache.store(&wanted).await;
+    }
+    let changes = fleet.reconcile(wanted).await;
+    let after: BTreeMap<String, Arc<Device>> = fleet
+        .devices()
+        .borrow()
+        .iter()
+        .map(|d| (d.name.clone(), Arc::clone(d)))
+        .collect();
+
+    let at = Utc::now();
+    let mut notices = Vec::new();
+    let mut reloaded = Vec::new();
+    for name in &changes.restarted {
+        let (Some(old), Some(new)) = (before.get(name), after.get(name)) else {
+            continue;
+        };
+        reloaded.push(Arc::clone(new));
+        let kept: HashSet<&str> = new.registers.iter().map(|r| &*r.name).collect();
+        let registers: Vec<String> = old
+            .registers
+            .iter()
+            .filter(|r| !kept.contains(&*r.name))
+            .map(|r| r.name.to_string())
+            .collect();
+        if !registers.is_empty() {
+            notices.push(Notice::RegistersRemoved {
+                device: name.clone(),
+                registers,
+                at,
+            });
+        }
+    }
+    let mut told: HashSet<&str> = HashSet::new();
+    for (device, reason) in &newly_skipped {
+        told.insert(device);
+        notices.push(Notice::DeviceStopped {
+            device: device.clone(),
+            state: Stopped::Skipped,
+            reason: Some(reason.clone()),
+            at,
+        });
+    }
+    let inactive = changes
+        .stopped
+        .iter()
+        .chain(loaded.inactive.iter().filter(|_| first));
+    for device in inactive {
+        if told.insert(device) && rejections.get(device).is_none() {
+            notices.push(Notice::DeviceStopped {
+                device: device.clone(),
+                state: Stopped::Inactive,
+                reason: None,
+                at,
+            });
+        }
+    }
+    fleet.sinks().registry_changed(&reloaded, notices);
+    changes
+}

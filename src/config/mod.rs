@@ -6,6 +6,7 @@
 //! stopping at the first, so a field engineer fixes a file in one pass.
 
 pub mod lint;
+mod node;
 mod raw;
 mod validate;
 pub(crate) use raw::describe_parse_error;
@@ -17,6 +18,7 @@ use std::path::Path;
 use serde_saphyr::Spanned;
 
 use crate::registry::Device;
+use node::Node;
 use raw::{RawDevice, RawFile};
 use validate::Validator;
 
@@ -99,6 +101,11 @@ fn yaml_options(text: &str) -> serde_saphyr::Options {
         alias_limits: serde_saphyr::alias_limits! {
             max_total_replayed_events: defaults.max_events.max(nodes.saturating_mul(2)),
         },
+        // Keys written twice reach `node::entries`, which names the key and
+        // both places; serde-saphyr's own error names neither place.
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        // `scale: .nan` reaches validation, which says why it is refused.
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
     }
 }
 
@@ -131,8 +138,13 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
         serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(text), |de| {
             serde::de::DeserializeSeed::deserialize(
                 raw::DevicesOf {
-                    each: |dev: Spanned<RawDevice>, seen: &mut HashMap<String, u64>| {
-                        v.device(dev.value, &defaults, dev.referenced, seen)
+                    each: |dev: Spanned<Node>, seen: &mut HashMap<String, u64>| {
+                        v.device(
+                            RawDevice::read(&dev, "device"),
+                            &defaults,
+                            dev.referenced,
+                            seen,
+                        )
                     },
                 },
                 de,

@@ -78,7 +78,7 @@ fn unknown_key_is_rejected_with_its_line() {
     let yaml = GOOD.replace("        scale: 0.1\n", "        scael: 0.1\n");
     let e = only_error(&yaml);
     assert_eq!(e.line, 15, "{e}");
-    assert!(e.message.contains("unknown field `scael`"), "{e}");
+    assert!(e.message.contains("unknown register field `scael`"), "{e}");
     assert!(e.message.contains("scale"), "should list valid fields: {e}");
 }
 
@@ -430,4 +430,176 @@ fn a_register_map_can_be_shared_through_a_yaml_anchor() {
     assert_eq!(devices.len(), 2_000);
     assert_eq!(devices[1_999].registers.len(), 100);
     assert_eq!(&*devices[1_999].registers[99].name, "r99");
+}
+
+/// `(line, column, message)` of every error, for assertions on places.
+fn places(yaml: &str) -> Vec<(u64, u64, String)> {
+    errors(yaml)
+        .into_iter()
+        .map(|e| (e.line, e.column, e.to_string()))
+        .collect()
+}
+
+#[test]
+fn seven_mistakes_are_seven_errors_each_with_its_place_and_field() {
+    let yaml = "\
+devices:
+  - name: m1
+    host: 127.0.0.1
+    port: \"five-oh-two\"
+    unit_id: [1]
+    active: maybe
+    hots: 10.0.0.1
+    registers:
+      - name: v
+        kind: holding
+        address: 0
+        scale: x
+        offset: {a: 1}
+        address: 1
+";
+    let e = places(yaml);
+    let want = [
+        (
+            4,
+            11,
+            "`port` is the string `five-oh-two`; valid: an integer 1..65535",
+        ),
+        (5, 14, "`unit_id` is a list; valid: an integer 0..255"),
+        (
+            6,
+            13,
+            "`active` is the string `maybe`; valid: true or false",
+        ),
+        (
+            7,
+            5,
+            "unknown device field `hots`; valid fields: name, host,",
+        ),
+        (12, 16, "`scale` is the string `x`; valid: a number"),
+        (13, 17, "`offset` is a map; valid: a number"),
+        (
+            14,
+            9,
+            "`address` is set twice in one register, here and at line 11, column 9",
+        ),
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for ((line, column, text), (wl, wc, wt)) in e.iter().zip(want) {
+        assert_eq!((*line, *column), (wl, wc), "{text}");
+        assert!(text.contains(wt), "{text:?} should contain {wt:?}");
+        assert!(
+            text.starts_with(&format!("devices.yaml:{wl}:{wc}: device `m1`: ")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_field_and_what_is_valid() {
+    for (line, field, valid) in [
+        (
+            "    port: \"five-oh-two\"\n",
+            "`port` is the string `five-oh-two`",
+            "an integer 1..65535",
+        ),
+        ("    port: [1]\n", "`port` is a list", "an integer 1..65535"),
+        (
+            "    port: 1.5\n",
+            "`port` is the number `1.5`",
+            "an integer 1..65535",
+        ),
+        (
+            "    tags: [a]\n",
+            "`tags` is a list",
+            "a map of tag names to text",
+        ),
+        ("    tags: { site: [a] }\n", "tag `site` is a list", "text"),
+        (
+            "    registers: { a: 1 }\n",
+            "`registers` is a map",
+            "a list of registers",
+        ),
+        ("    every: [5s]\n", "`every` is a list", "a duration"),
+    ] {
+        let registers = "    registers:\n      - { name: v, kind: holding, address: 0 }\n";
+        let registers = if line.contains("registers") {
+            ""
+        } else {
+            registers
+        };
+        let yaml = format!("devices:\n  - name: d\n    host: h\n{line}{registers}");
+        let e = errors(&yaml);
+        assert!(
+            e.iter().any(
+                |e| e.message.contains(field) && e.message.contains(&format!("valid: {valid}"))
+            ),
+            "{line:?}: {e:#?}"
+        );
+    }
+    for (value, found) in [
+        ("x", "the string `x`"),
+        ("[1]", "a list"),
+        ("true", "the boolean `true`"),
+    ] {
+        let e = only_error(&GOOD.replace("scale: 0.1", &format!("scale: {value}")));
+        assert_eq!(
+            (e.line, e.register.as_deref()),
+            (15, Some("supply_temp")),
+            "{e}"
+        );
+        assert!(
+            e.message
+                .contains(&format!("`scale` is {found}; valid: a number")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn quoted_numbers_and_empty_values_still_read_as_before() {
+    let yaml = GOOD
+        .replace("port: 5020", "port: \"5021\"")
+        .replace("scale: 0.1", "scale: \"0.5\"")
+        .replace("unit_id: 3", "unit_id:");
+    let d = &parse(&yaml, "q.yaml").unwrap()[0];
+    assert_eq!((d.port, d.unit_id), (5021, UnitId(DEFAULT_UNIT_ID)));
+    assert_eq!(d.registers[0].scale, 0.5);
+}
+
+#[test]
+fn entries_that_are_not_maps_are_explained_and_the_rest_still_checked() {
+    let yaml = "devices:\n  - just-a-name\n  - name: d\n    host: h\n    registers:\n      - 5\n      - { name: v, kind: holding, address: 0, valid: 3 }\n";
+    let e = places(yaml);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].2
+            .contains("device is the string `just-a-name`; valid: a map of fields"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].2.contains("a register must be a map of fields") && e[1].2.contains("the integer `5`"),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].2
+            .contains("`valid` is the integer `3`; valid: a map with `min` and/or `max`"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn a_key_written_twice_is_named_with_both_places() {
+    let e = only_error(&GOOD.replace("    unit_id: 3\n", "    unit_id: 3\n    host: 10.0.0.9\n"));
+    assert_eq!((e.line, e.column), (8, 5), "{e}");
+    assert!(
+        e.message
+            .contains("`host` is set twice in one device, here and at line 6, column 5; keep one"),
+        "{e}"
+    );
+    let e = only_error(&GOOD.replace("  every: 2s\n", "  every: 2s\n  every: 3s\n"));
+    assert!(
+        e.message.contains("`every` is set twice in one `defaults`"),
+        "{e}"
+    );
 }

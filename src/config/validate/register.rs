@@ -21,7 +21,10 @@ impl Validator<'_> {
         limits: &RequestLimits,
         seen: &mut HashMap<String, u64>,
     ) -> Option<Register> {
+        let mut raw = raw;
+        let problems = std::mem::take(&mut raw.problems);
         let Some(name) = raw.name.clone() else {
+            self.problems(problems, dctx);
             self.error(
                 at,
                 dctx,
@@ -34,6 +37,7 @@ impl Validator<'_> {
             register: Some(&name.value),
         };
         let before = self.errors.len();
+        self.problems(problems, ctx);
         self.register_name(&name, ctx, seen);
         let kind = self.kind(raw.kind.as_ref(), at, ctx);
         let data_type = self.data_type(&raw, kind, ctx);

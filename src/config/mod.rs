@@ -67,17 +67,39 @@ impl fmt::Display for ConfigErrors {
 /// Reads and validates a devices.yaml file.
 pub fn load(path: &Path) -> Result<Vec<Device>, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let error = |line, column, message| {
         ConfigErrors(vec![ConfigError {
             file: file.clone(),
-            line: 0,
-            column: 0,
+            line,
+            column,
             device: None,
             register: None,
-            message: format!("cannot read the file: {e}"),
+            message,
         }])
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| error(0, 0, format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let (line, column, byte) = first_bad_byte(e.as_bytes(), e.utf8_error().valid_up_to());
+        error(
+            line,
+            column,
+            format!(
+                "the file is not UTF-8: byte 0x{byte:02X} here is not valid UTF-8 (a file saved as Latin-1 or Windows-1252?); save it as UTF-8"
+            ),
+        )
     })?;
     parse(&text, &file)
+}
+
+/// The 1-based line and column (in characters) of the byte at `at`, and
+/// that byte: the text before it is valid UTF-8.
+fn first_bad_byte(bytes: &[u8], at: usize) -> (u64, u64, u8) {
+    let before = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line as u64, column as u64, bytes[at])
 }
 
 /// serde-saphyr's default budget (250,000 nodes, 1,000,000 parser events) is

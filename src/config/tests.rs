@@ -603,3 +603,62 @@ fn a_key_written_twice_is_named_with_both_places() {
         "{e}"
     );
 }
+
+#[test]
+fn a_file_that_is_not_utf8_names_the_first_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.yaml");
+    std::fs::write(&path, b"devices:\n  - name: m\xc3\xa91\xff\n").unwrap();
+    let e = load(&path).unwrap_err().0;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    // `  - name: mé1` is 13 characters (14 bytes): the bad byte is the 14th character.
+    assert_eq!((e[0].line, e[0].column), (2, 14), "{}", e[0]);
+    assert!(e[0].message.contains("not UTF-8: byte 0xFF"), "{}", e[0]);
+    assert!(e[0].message.contains("save it as UTF-8"), "{}", e[0]);
+}
+
+#[test]
+fn a_timezone_without_a_cron_is_an_error_that_says_how_to_fix_it() {
+    let e = only_error(&GOOD.replace(
+        "    unit_id: 3\n",
+        "    unit_id: 3\n    timezone: Europe/Paris\n",
+    ));
+    assert_eq!((e.line, e.register.as_deref()), (8, None), "{e}");
+    assert!(
+        e.message
+            .contains("`timezone` applies only to a `cron` schedule"),
+        "{e}"
+    );
+    assert!(e.message.contains("remove `timezone`"), "{e}");
+    let e = only_error(&GOOD.replace("        unit: \"°C\"\n", "        timezone: UTC\n"));
+    assert_eq!(e.register.as_deref(), Some("supply_temp"), "{e}");
+    // With a cron, in `defaults` (for the devices that use cron) or beside it, it is fine.
+    let ok = GOOD
+        .replace("  every: 2s\n", "  timezone: Europe/Paris\n")
+        .replace(
+            "    unit_id: 3\n",
+            "    cron: \"0 0 * * * *\"\n    timezone: UTC\n",
+        );
+    parse(&ok, "ok.yaml").unwrap();
+}
+
+#[test]
+fn a_cron_that_can_never_fire_is_an_error_found_quickly() {
+    let started = std::time::Instant::now();
+    let e = only_error(&GOOD.replace("  every: 2s\n", "  cron: \"0 0 0 30 2 *\"\n"));
+    let took = started.elapsed();
+    println!("never-firing cron checked in {took:?}");
+    assert!(e.message.contains("cron `0 0 0 30 2 *` never fires"), "{e}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // 29 February fires every four years, and 31 April never.
+    parse(
+        &GOOD.replace("  every: 2s\n", "  cron: \"0 0 0 29 2 *\"\n"),
+        "leap.yaml",
+    )
+    .unwrap();
+    assert!(
+        only_error(&GOOD.replace("  every: 2s\n", "  cron: \"0 0 0 31 4 *\"\n"))
+            .message
+            .contains("never fires")
+    );
+}

@@ -55,6 +55,7 @@ impl Validator<'_> {
         let scale = self.scale(raw.scale.as_ref(), ctx);
         let offset = self.offset(raw.offset.as_ref(), ctx);
         let valid = self.valid(raw.valid.as_ref(), ctx);
+        self.timezone_without_cron(raw.timezone.as_ref(), raw.cron.as_ref(), "register", ctx);
         let schedule = self.schedule(
             raw.every.as_ref(),
             raw.cron.as_ref(),

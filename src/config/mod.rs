@@ -92,6 +92,16 @@ pub fn load(path: &Path) -> Result<Vec<Device>, ConfigErrors> {
     parse(&text, &file)
 }
 
+/// The error under serde-saphyr's wrappers (source snippet, alias site).
+fn innermost(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = e
+    {
+        e = error;
+    }
+    e
+}
+
 /// The 1-based line and column (in characters) of the byte at `at`, and
 /// that byte: the text before it is valid UTF-8.
 fn first_bad_byte(bytes: &[u8], at: usize) -> (u64, u64, u8) {
@@ -108,16 +118,29 @@ fn first_bad_byte(bytes: &[u8], at: usize) -> (u64, u64, u8) {
 /// through an anchor (`registers: *meter`) expands to far more nodes than
 /// the text has bytes. The caps on nodes, events and replayed alias events
 /// grow with the text instead, 64 nodes per byte, so the work stays linear
-/// in the file's size. The alias-to-anchor ratio check is off: one map
-/// shared by thousands of devices is the normal case here, and the linear
-/// caps already bound what aliases can expand to.
+/// in the file's size. Scalar text grows the same way, 1 KiB per byte
+/// (16 bytes per node): 20,000 devices sharing one 100-register map are
+/// 1.3 MB of text that expands to 120 MB of scalars, past the default cap of
+/// 64 MiB. The alias-to-anchor ratio check is off: one map shared by
+/// thousands of devices is the normal case here, and the linear caps already
+/// bound what aliases can expand to.
+const NODES_PER_BYTE: usize = 64;
+const SCALAR_BYTES_PER_NODE: usize = 16;
+
 fn yaml_options(text: &str) -> serde_saphyr::Options {
     let defaults = serde_saphyr::Budget::default();
-    let nodes = defaults.max_nodes.max(text.len().saturating_mul(64));
+    let nodes = defaults
+        .max_nodes
+        .max(text.len().saturating_mul(NODES_PER_BYTE));
+    let scalar_bytes = defaults
+        .max_total_scalar_bytes
+        .max(nodes.saturating_mul(SCALAR_BYTES_PER_NODE));
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_nodes: nodes,
             max_events: defaults.max_events.max(nodes.saturating_mul(2)),
+            max_total_scalar_bytes: scalar_bytes,
+            max_recorded_anchor_bytes: defaults.max_recorded_anchor_bytes.max(scalar_bytes),
             enforce_alias_anchor_ratio: false,
         },
         alias_limits: serde_saphyr::alias_limits! {
@@ -149,7 +172,13 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
             column: loc.map_or(0, |l| l.column()),
             device: None,
             register: None,
-            message: raw::describe_parse_error(&e),
+            message: match innermost(&e) {
+                serde_saphyr::Error::Budget { breach, .. } => format!(
+                    "the file expands, through its anchors and aliases, past regpoll's limit of {NODES_PER_BYTE} YAML nodes and {} bytes of text per byte of the file ({breach:?}); share fewer or smaller maps through anchors, or split the fleet into several files",
+                    NODES_PER_BYTE * SCALAR_BYTES_PER_NODE
+                ),
+                _ => raw::describe_parse_error(&e),
+            },
         }])
     };
     let head: RawFile =

@@ -662,3 +662,69 @@ fn a_cron_that_can_never_fire_is_an_error_found_quickly() {
             .contains("never fires")
     );
 }
+
+/// 20,000 devices sharing one 100-register map through an anchor: 1.3 MB of
+/// text that expands to 120 MB of scalars (past serde-saphyr's default of
+/// 64 MiB, which refused it with `budget breached: ScalarBytes`).
+fn fleet_sharing_one_map(devices: usize) -> String {
+    let mut yaml = String::from(
+        "defaults: { host: 127.0.0.1, every: 1s }\ndevices:\n  - name: m0\n    port: 10000\n    unit_id: 1\n    registers: &meter\n",
+    );
+    for r in 0..100 {
+        yaml.push_str(&format!(
+            "    - {{ name: r{r}, kind: holding, address: {r}, type: u16 }}\n"
+        ));
+    }
+    for d in 1..devices {
+        yaml.push_str(&format!(
+            "  - {{ name: m{d}, port: {}, unit_id: {}, registers: *meter }}\n",
+            10_000 + d / 100,
+            d % 100 + 1
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn the_yaml_budget_admits_20000_devices_sharing_a_100_register_map() {
+    // The budget is what refused this file; checking every one of its two
+    // million registers takes minutes in an unoptimised test build (seconds
+    // in release), so this reads the whole file through the parser with
+    // the same options and budget, and the 2,000-device test above checks
+    // the full load.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    std::fs::write(&path, fleet_sharing_one_map(20_000)).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let started = std::time::Instant::now();
+    let read: Result<serde::de::IgnoredAny, _> =
+        serde_saphyr::from_str_with_options(&text, yaml_options(&text));
+    println!(
+        "{} bytes, 20,000 devices × 100 registers through one anchor: parsed in {:?}",
+        text.len(),
+        started.elapsed()
+    );
+    read.expect("the file's budget grows with its size");
+}
+
+#[test]
+fn an_alias_bomb_is_refused_with_the_limit_named() {
+    // Each level doubles the one below it: 2^40 scalars from 40 short lines.
+    let mut yaml = String::from("devices:\n  - &a0 [x, x]\n");
+    for i in 1..40 {
+        yaml.push_str(&format!("  - &a{i} [*a{p}, *a{p}]\n", p = i - 1));
+    }
+    let started = std::time::Instant::now();
+    let e = only_error(&yaml);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.message.contains(
+            "past regpoll's limit of 64 YAML nodes and 1024 bytes of text per byte of the file"
+        ),
+        "{e}"
+    );
+}

@@ -187,7 +187,8 @@ const REGISTER_FIELDS: &[&str] = &[
     "cron", "timezone", "bit", "length",
 ];
 
-const DURATION: &str = "a duration: a number followed by ms, s, m, h or d, e.g. 500ms, 5s, 1m";
+const DURATION: &str =
+    "a duration: a number followed by ms, s, m (or min), h, d or w, e.g. 500ms, 5s, 1m";
 const CRON: &str = "a cron expression in quotes, e.g. \"0 */5 * * * *\"";
 const TIMEZONE: &str = "an IANA time zone name, e.g. Europe/Paris";
 const NUMBER: &str = "a number, e.g. 0.1";

@@ -6,6 +6,7 @@
 //! stopping at the first, so a field engineer fixes a file in one pass.
 
 pub mod lint;
+mod node;
 mod raw;
 mod validate;
 pub(crate) use raw::describe_parse_error;
@@ -17,6 +18,7 @@ use std::path::Path;
 use serde_saphyr::Spanned;
 
 use crate::registry::Device;
+use node::Node;
 use raw::{RawDevice, RawFile};
 use validate::Validator;
 
@@ -65,17 +67,49 @@ impl fmt::Display for ConfigErrors {
 /// Reads and validates a devices.yaml file.
 pub fn load(path: &Path) -> Result<Vec<Device>, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let error = |line, column, message| {
         ConfigErrors(vec![ConfigError {
             file: file.clone(),
-            line: 0,
-            column: 0,
+            line,
+            column,
             device: None,
             register: None,
-            message: format!("cannot read the file: {e}"),
+            message,
         }])
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| error(0, 0, format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let (line, column, byte) = first_bad_byte(e.as_bytes(), e.utf8_error().valid_up_to());
+        error(
+            line,
+            column,
+            format!(
+                "the file is not UTF-8: byte 0x{byte:02X} here is not valid UTF-8 (a file saved as Latin-1 or Windows-1252?); save it as UTF-8"
+            ),
+        )
     })?;
     parse(&text, &file)
+}
+
+/// The error under serde-saphyr's wrappers (source snippet, alias site).
+fn innermost(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = e
+    {
+        e = error;
+    }
+    e
+}
+
+/// The 1-based line and column (in characters) of the byte at `at`, and
+/// that byte: the text before it is valid UTF-8.
+fn first_bad_byte(bytes: &[u8], at: usize) -> (u64, u64, u8) {
+    let before = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line as u64, column as u64, bytes[at])
 }
 
 /// serde-saphyr's default budget (250,000 nodes, 1,000,000 parser events) is
@@ -84,21 +118,39 @@ pub fn load(path: &Path) -> Result<Vec<Device>, ConfigErrors> {
 /// through an anchor (`registers: *meter`) expands to far more nodes than
 /// the text has bytes. The caps on nodes, events and replayed alias events
 /// grow with the text instead, 64 nodes per byte, so the work stays linear
-/// in the file's size. The alias-to-anchor ratio check is off: one map
-/// shared by thousands of devices is the normal case here, and the linear
-/// caps already bound what aliases can expand to.
+/// in the file's size. Scalar text grows the same way, 1 KiB per byte
+/// (16 bytes per node): 20,000 devices sharing one 100-register map are
+/// 1.3 MB of text that expands to 120 MB of scalars, past the default cap of
+/// 64 MiB. The alias-to-anchor ratio check is off: one map shared by
+/// thousands of devices is the normal case here, and the linear caps already
+/// bound what aliases can expand to.
+const NODES_PER_BYTE: usize = 64;
+const SCALAR_BYTES_PER_NODE: usize = 16;
+
 fn yaml_options(text: &str) -> serde_saphyr::Options {
     let defaults = serde_saphyr::Budget::default();
-    let nodes = defaults.max_nodes.max(text.len().saturating_mul(64));
+    let nodes = defaults
+        .max_nodes
+        .max(text.len().saturating_mul(NODES_PER_BYTE));
+    let scalar_bytes = defaults
+        .max_total_scalar_bytes
+        .max(nodes.saturating_mul(SCALAR_BYTES_PER_NODE));
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_nodes: nodes,
             max_events: defaults.max_events.max(nodes.saturating_mul(2)),
+            max_total_scalar_bytes: scalar_bytes,
+            max_recorded_anchor_bytes: defaults.max_recorded_anchor_bytes.max(scalar_bytes),
             enforce_alias_anchor_ratio: false,
         },
         alias_limits: serde_saphyr::alias_limits! {
             max_total_replayed_events: defaults.max_events.max(nodes.saturating_mul(2)),
         },
+        // Keys written twice reach `node::entries`, which names the key and
+        // both places; serde-saphyr's own error names neither place.
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        // `scale: .nan` reaches validation, which says why it is refused.
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
     }
 }
 
@@ -120,7 +172,13 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
             column: loc.map_or(0, |l| l.column()),
             device: None,
             register: None,
-            message: raw::describe_parse_error(&e),
+            message: match innermost(&e) {
+                serde_saphyr::Error::Budget { breach, .. } => format!(
+                    "the file expands, through its anchors and aliases, past regpoll's limit of {NODES_PER_BYTE} YAML nodes and {} bytes of text per byte of the file ({breach:?}); share fewer or smaller maps through anchors, or split the fleet into several files",
+                    NODES_PER_BYTE * SCALAR_BYTES_PER_NODE
+                ),
+                _ => raw::describe_parse_error(&e),
+            },
         }])
     };
     let head: RawFile =
@@ -131,8 +189,13 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
         serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(text), |de| {
             serde::de::DeserializeSeed::deserialize(
                 raw::DevicesOf {
-                    each: |dev: Spanned<RawDevice>, seen: &mut HashMap<String, u64>| {
-                        v.device(dev.value, &defaults, dev.referenced, seen)
+                    each: |dev: Spanned<Node>, seen: &mut HashMap<String, u64>| {
+                        v.device(
+                            RawDevice::read(&dev, "device"),
+                            &defaults,
+                            dev.referenced,
+                            seen,
+                        )
                     },
                 },
                 de,

@@ -1,6 +1,7 @@
-//! The devices.yaml shape as serde sees it. Every field is optional here so that
-//! validation (in `config`) can say precisely what is missing and where;
-//! `deny_unknown_fields` turns typos into errors instead of silent defaults.
+//! The devices.yaml shape, read from `Node`s field by field. Every field is
+//! optional here so that validation (in `config`) can say precisely what is
+//! missing and where; a value of the wrong type, an unknown key (a typo) or a
+//! key written twice is recorded in `problems` instead of stopping the read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -9,13 +10,16 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
+use super::node::{Node, Problems, entries, field};
+use crate::registry::{DataType, RegisterKind, WordOrder};
+
 /// The file's first pass: `defaults` in full, `devices` only checked to be
 /// there and skipped over (see `config::parse`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
     #[serde(default)]
-    pub defaults: Option<Spanned<RawDevice>>,
+    pub defaults: Option<Spanned<Node>>,
     #[allow(dead_code)] // read only to require the key; the second pass takes the entries
     pub devices: IgnoredAny,
 }
@@ -30,7 +34,7 @@ pub(super) struct DevicesOf<F> {
 
 impl<'de, F, T> DeserializeSeed<'de> for DevicesOf<F>
 where
-    F: FnMut(Spanned<RawDevice>, &mut HashMap<String, u64>) -> Option<T>,
+    F: FnMut(Spanned<Node>, &mut HashMap<String, u64>) -> Option<T>,
 {
     type Value = Vec<T>;
 
@@ -41,7 +45,7 @@ where
 
 impl<'de, F, T> Visitor<'de> for DevicesOf<F>
 where
-    F: FnMut(Spanned<RawDevice>, &mut HashMap<String, u64>) -> Option<T>,
+    F: FnMut(Spanned<Node>, &mut HashMap<String, u64>) -> Option<T>,
 {
     type Value = Vec<T>;
 
@@ -74,7 +78,7 @@ struct EachDevice<'f, F, T> {
 
 impl<'de, F, T> DeserializeSeed<'de> for EachDevice<'_, F, T>
 where
-    F: FnMut(Spanned<RawDevice>, &mut HashMap<String, u64>) -> Option<T>,
+    F: FnMut(Spanned<Node>, &mut HashMap<String, u64>) -> Option<T>,
 {
     type Value = Vec<T>;
 
@@ -85,7 +89,7 @@ where
 
 impl<'de, F, T> Visitor<'de> for EachDevice<'_, F, T>
 where
-    F: FnMut(Spanned<RawDevice>, &mut HashMap<String, u64>) -> Option<T>,
+    F: FnMut(Spanned<Node>, &mut HashMap<String, u64>) -> Option<T>,
 {
     type Value = Vec<T>;
 
@@ -96,7 +100,7 @@ where
     fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<T>, S::Error> {
         let mut seen = HashMap::new();
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(dev) = seq.next_element::<Spanned<RawDevice>>()? {
+        while let Some(dev) = seq.next_element::<Spanned<Node>>()? {
             if let Some(d) = (self.each)(dev, &mut seen) {
                 out.push(d);
             }
@@ -106,9 +110,10 @@ where
 }
 
 /// A device entry, and also the `defaults` block (which may set every field but
-/// `name` and `registers`).
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `name` and `registers`). `problems` holds what was wrong with the fields'
+/// values (type, duplicate, unknown key); validation reports them in the
+/// device's context and goes on checking the rest.
+#[derive(Debug, Default, Clone)]
 pub(super) struct RawDevice {
     pub name: Option<Spanned<String>>,
     pub host: Option<Spanned<String>>,
@@ -128,10 +133,10 @@ pub(super) struct RawDevice {
     pub max_gap: Option<Spanned<i64>>,
     pub tags: Option<Spanned<BTreeMap<String, String>>>,
     pub registers: Option<Spanned<Vec<Spanned<RawRegister>>>>,
+    pub problems: Problems,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub(super) struct RawRegister {
     pub name: Option<Spanned<String>>,
     pub kind: Option<Spanned<String>>,
@@ -147,13 +152,262 @@ pub(super) struct RawRegister {
     pub timezone: Option<Spanned<String>>,
     pub bit: Option<Spanned<i64>>,
     pub length: Option<Spanned<i64>>,
+    pub problems: Problems,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct RawValid {
     pub min: Option<f64>,
     pub max: Option<f64>,
+}
+
+const DEVICE_FIELDS: &[&str] = &[
+    "name",
+    "host",
+    "port",
+    "unit_id",
+    "active",
+    "every",
+    "cron",
+    "timezone",
+    "align",
+    "timeout",
+    "connect_timeout",
+    "retries",
+    "pause_between_requests",
+    "max_registers_per_request",
+    "max_bits_per_request",
+    "max_gap",
+    "tags",
+    "registers",
+];
+
+const REGISTER_FIELDS: &[&str] = &[
+    "name", "kind", "address", "type", "order", "scale", "offset", "unit", "valid", "every",
+    "cron", "timezone", "bit", "length",
+];
+
+const DURATION: &str =
+    "a duration: a number followed by ms, s, m (or min), h, d or w, e.g. 500ms, 5s, 1m";
+const CRON: &str = "a cron expression in quotes, e.g. \"0 */5 * * * *\"";
+const TIMEZONE: &str = "an IANA time zone name, e.g. Europe/Paris";
+const NUMBER: &str = "a number, e.g. 0.1";
+
+fn text(n: &Node) -> Option<String> {
+    n.text()
+}
+
+impl RawDevice {
+    /// Reads a device (or `defaults`) node field by field; what cannot be read
+    /// is left out and described in `problems`.
+    pub(super) fn read(node: &Spanned<Node>, what: &str) -> RawDevice {
+        let mut d = RawDevice::default();
+        let p = &mut d.problems;
+        let Node::Map(map) = &node.value else {
+            p.push((
+                node.referenced,
+                format!(
+                    "this {what} is {}; valid: a map of fields (name, host, registers, ...)",
+                    node.value.describe()
+                ),
+            ));
+            return d;
+        };
+        for (key, v) in entries(map, DEVICE_FIELDS, what, p) {
+            match key {
+                "name" => {
+                    d.name = field(
+                        key,
+                        v,
+                        "a name of letters, digits, `-`, `_` and `.`",
+                        text,
+                        p,
+                    )
+                }
+                "host" => {
+                    d.host = field(
+                        key,
+                        v,
+                        "a host name or IP address, e.g. 192.0.2.10",
+                        text,
+                        p,
+                    )
+                }
+                "port" => d.port = field(key, v, "an integer 1..65535 (default 502)", Node::int, p),
+                "unit_id" => {
+                    d.unit_id = field(key, v, "an integer 0..255 (default 1)", Node::int, p)
+                }
+                "active" => d.active = field(key, v, "true or false", bool_of, p),
+                "every" => d.every = field(key, v, DURATION, text, p),
+                "cron" => d.cron = field(key, v, CRON, text, p),
+                "timezone" => d.timezone = field(key, v, TIMEZONE, text, p),
+                "align" => d.align = field(key, v, "spread (default) or strict", text, p),
+                "timeout" => d.timeout = field(key, v, DURATION, text, p),
+                "connect_timeout" => d.connect_timeout = field(key, v, DURATION, text, p),
+                "retries" => d.retries = field(key, v, "an integer 0..10", Node::int, p),
+                "pause_between_requests" => {
+                    d.pause_between_requests = field(key, v, DURATION, text, p)
+                }
+                "max_registers_per_request" => {
+                    d.max_registers_per_request = field(key, v, "an integer 1..125", Node::int, p)
+                }
+                "max_bits_per_request" => {
+                    d.max_bits_per_request = field(key, v, "an integer 1..2000", Node::int, p)
+                }
+                "max_gap" => d.max_gap = field(key, v, "an integer 0..2000", Node::int, p),
+                "tags" => d.tags = tags(v, p),
+                "registers" => d.registers = registers(v, p),
+                _ => unreachable!("`entries` passes only the keys listed in DEVICE_FIELDS"),
+            }
+        }
+        d
+    }
+}
+
+fn bool_of(n: &Node) -> Option<bool> {
+    match n {
+        Node::Bool(b) => Some(*b),
+        _ => None,
+    }
+}
+
+/// `tags: {site: north}`: names to text; a tag whose value is not a scalar is
+/// reported and left out.
+fn tags(v: &Spanned<Node>, p: &mut Problems) -> Option<Spanned<BTreeMap<String, String>>> {
+    const VALID: &str = "a map of tag names to text, e.g. {site: north}";
+    let Node::Map(map) = &v.value else {
+        return field("tags", v, VALID, |_| None::<BTreeMap<String, String>>, p);
+    };
+    let mut out = BTreeMap::new();
+    for (k, t) in map {
+        match t.value.text() {
+            Some(s) => {
+                out.insert(k.value.clone(), s);
+            }
+            None => p.push((
+                t.referenced,
+                format!(
+                    "tag `{}` is {}; valid: text, e.g. north",
+                    k.value,
+                    t.value.describe()
+                ),
+            )),
+        }
+    }
+    Some(Spanned::new(out, v.referenced, v.defined))
+}
+
+fn registers(v: &Spanned<Node>, p: &mut Problems) -> Option<Spanned<Vec<Spanned<RawRegister>>>> {
+    const VALID: &str = "a list of registers, each a map with name, kind, address, ...";
+    let Node::Seq(items) = &v.value else {
+        return field("registers", v, VALID, |_| None::<Vec<_>>, p);
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match &item.value {
+            Node::Map(map) => out.push(Spanned::new(
+                RawRegister::read(map),
+                item.referenced,
+                item.defined,
+            )),
+            other => p.push((
+                item.referenced,
+                format!(
+                    "a register must be a map of fields (name, kind, address, ...), not {}",
+                    other.describe()
+                ),
+            )),
+        }
+    }
+    Some(Spanned::new(out, v.referenced, v.defined))
+}
+
+impl RawRegister {
+    fn read(map: &[(Spanned<String>, Spanned<Node>)]) -> RawRegister {
+        let mut r = RawRegister {
+            name: None,
+            kind: None,
+            address: None,
+            r#type: None,
+            order: None,
+            scale: None,
+            offset: None,
+            unit: None,
+            valid: None,
+            every: None,
+            cron: None,
+            timezone: None,
+            bit: None,
+            length: None,
+            problems: Vec::new(),
+        };
+        let p = &mut r.problems;
+        for (key, v) in entries(map, REGISTER_FIELDS, "register", p) {
+            match key {
+                "name" => {
+                    r.name = field(
+                        key,
+                        v,
+                        "a name of letters, digits, `-`, `_` and `.`",
+                        text,
+                        p,
+                    )
+                }
+                "kind" => r.kind = field(key, v, RegisterKind::VALID, text, p),
+                "address" => {
+                    r.address = field(
+                        key,
+                        v,
+                        "an integer 0..65535 (the protocol address)",
+                        Node::int,
+                        p,
+                    )
+                }
+                "type" => r.r#type = field(key, v, DataType::VALID, text, p),
+                "order" => r.order = field(key, v, WordOrder::VALID, text, p),
+                "scale" => r.scale = field(key, v, NUMBER, Node::float, p),
+                "offset" => r.offset = field(key, v, NUMBER, Node::float, p),
+                "unit" => r.unit = field(key, v, "text, e.g. kWh", text, p),
+                "valid" => r.valid = valid(v, p),
+                "every" => r.every = field(key, v, DURATION, text, p),
+                "cron" => r.cron = field(key, v, CRON, text, p),
+                "timezone" => r.timezone = field(key, v, TIMEZONE, text, p),
+                "bit" => r.bit = field(key, v, "an integer 0..15", Node::int, p),
+                "length" => {
+                    r.length = field(
+                        key,
+                        v,
+                        "an integer number of registers, e.g. 8",
+                        Node::int,
+                        p,
+                    )
+                }
+                _ => unreachable!("`entries` passes only the keys listed in REGISTER_FIELDS"),
+            }
+        }
+        r
+    }
+}
+
+/// `valid: {min: 0, max: 100}`, either bound optional.
+fn valid(v: &Spanned<Node>, p: &mut Problems) -> Option<Spanned<RawValid>> {
+    const VALID: &str = "a map with `min` and/or `max`, e.g. {min: 0, max: 100}";
+    let Node::Map(map) = &v.value else {
+        return field("valid", v, VALID, |_| None::<RawValid>, p);
+    };
+    let mut out = RawValid {
+        min: None,
+        max: None,
+    };
+    for (key, b) in entries(map, &["min", "max"], "`valid` range", p) {
+        let bound = field(key, b, NUMBER, Node::float, p).map(|b| b.value);
+        if key == "min" {
+            out.min = bound;
+        } else {
+            out.max = bound;
+        }
+    }
+    Some(Spanned::new(out, v.referenced, v.defined))
 }
 
 /// serde-saphyr's message without its source snippet (we print our own

@@ -591,7 +591,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A span of any length up to `max_ms` (named `max_text` in errors):
 /// a number followed by ms, s, m (or min), h, d or w.
 pub fn parse_span(s: &str, max_ms: u64, max_text: &str) -> Result<Duration, String> {
-    let hint = "write a number followed by ms, s, m, h or d, e.g. 500ms, 5s, 1m, 1d";
+    let hint = "write a number followed by ms, s, m (or min), h, d or w, e.g. 500ms, 5s, 1m, 1d";
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

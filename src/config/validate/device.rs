@@ -17,7 +17,15 @@ impl Validator<'_> {
         at: Location,
         seen: &mut HashMap<String, u64>,
     ) -> Option<Device> {
+        let mut raw = raw;
+        let problems = std::mem::take(&mut raw.problems);
         let Some(name) = raw.name.clone() else {
+            // A device that is not a map, or whose `name` is not text, has
+            // its problem reported already; "no name" would only repeat it.
+            if !problems.is_empty() {
+                self.problems(problems, Ctx::TOP);
+                return None;
+            }
             self.error(
                 at,
                 Ctx::TOP,
@@ -31,6 +39,7 @@ impl Validator<'_> {
         };
         self.device_name(&name, ctx, seen);
         let errors_before = self.errors.len();
+        self.problems(problems, ctx);
 
         let (host, port, unit_id) = self.endpoint(&raw, defaults, at, ctx);
         let schedule = self.device_schedule(&raw, defaults, ctx);

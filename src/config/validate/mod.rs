@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
+use super::node::{Node, Problems};
 use super::raw::RawDevice;
 use super::{ConfigError, ConfigErrors};
 use crate::registry::{Device, RegisterMaps, parse_duration};
@@ -77,6 +78,13 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// What reading the fields found wrong (see `raw`), in `ctx`.
+    fn problems(&mut self, problems: Problems, ctx: Ctx<'_>) {
+        for (at, message) in problems {
+            self.error(at, ctx, message);
+        }
+    }
+
     fn error(&mut self, at: Location, ctx: Ctx<'_>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
@@ -89,10 +97,16 @@ impl<'a> Validator<'a> {
     }
 
     /// The `defaults` block, with the keys it may not set reported.
-    pub(super) fn defaults(&mut self, raw: Option<Spanned<RawDevice>>) -> RawDevice {
-        let Some(d) = raw else {
+    pub(super) fn defaults(&mut self, raw: Option<Spanned<Node>>) -> RawDevice {
+        let Some(node) = raw else {
             return RawDevice::default();
         };
+        let mut d = Spanned::new(
+            RawDevice::read(&node, "`defaults`"),
+            node.referenced,
+            node.defined,
+        );
+        self.problems(std::mem::take(&mut d.value.problems), Ctx::TOP);
         if let Some(n) = &d.value.name {
             self.error(
                 n.referenced,

@@ -21,7 +21,10 @@ impl Validator<'_> {
         limits: &RequestLimits,
         seen: &mut HashMap<String, u64>,
     ) -> Option<Register> {
+        let mut raw = raw;
+        let problems = std::mem::take(&mut raw.problems);
         let Some(name) = raw.name.clone() else {
+            self.problems(problems, dctx);
             self.error(
                 at,
                 dctx,
@@ -34,6 +37,7 @@ impl Validator<'_> {
             register: Some(&name.value),
         };
         let before = self.errors.len();
+        self.problems(problems, ctx);
         self.register_name(&name, ctx, seen);
         let kind = self.kind(raw.kind.as_ref(), at, ctx);
         let data_type = self.data_type(&raw, kind, ctx);
@@ -51,6 +55,7 @@ impl Validator<'_> {
         let scale = self.scale(raw.scale.as_ref(), ctx);
         let offset = self.offset(raw.offset.as_ref(), ctx);
         let valid = self.valid(raw.valid.as_ref(), ctx);
+        self.timezone_without_cron(raw.timezone.as_ref(), raw.cron.as_ref(), "register", ctx);
         let schedule = self.schedule(
             raw.every.as_ref(),
             raw.cron.as_ref(),

@@ -150,12 +150,11 @@ impl Db {
         let _ = probe.close().await;
         let migrate = async {
             accept_edited_migrations(pool).await?;
-            PG_MIGRATIONS
-                .run(pool)
-                .await
-                .context("PostgreSQL migrations failed")?;
+            run_migrations_quietly(pool).await?;
             if has_timescaledb(pool).await? {
                 create_hourly_aggregate(pool).await?;
+            } else {
+                warn_if_timescaledb_left_out(pool).await;
             }
             Ok(())
         };
@@ -284,6 +283,66 @@ const EDITED_MIGRATIONS: &[(i64, &str)] = &[(
 )];
 
 /// See [`EDITED_MIGRATIONS`].
+/// Applies pending migrations on one connection whose notices are off:
+/// sqlx creates its `_sqlx_migrations` table with `IF NOT EXISTS`, which
+/// PostgreSQL answers with a NOTICE that sqlx logs at INFO, once per
+/// command. What a migration's own notices said (TimescaleDB left out) is
+/// told by [`warn_if_timescaledb_left_out`] instead, at every start.
+async fn run_migrations_quietly(pool: &PgPool) -> anyhow::Result<()> {
+    let opts = (*pool.connect_options())
+        .clone()
+        .options([("client_min_messages", "warning")]);
+    let quiet = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(opts)
+        .await
+        .context("no PostgreSQL connection for the migrations")?;
+    let migrated = PG_MIGRATIONS
+        .run(&quiet)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_text(&e)))
+        .context("PostgreSQL migrations failed");
+    quiet.close().await;
+    migrated
+}
+
+/// Says so when TimescaleDB is installed on the server but not in this
+/// database, so `register_readings` is a plain table: a setup mistake that
+/// is otherwise noticed only when the disk fills.
+async fn warn_if_timescaledb_left_out(pool: &PgPool) {
+    let available: Result<bool, _> = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+    )
+    .fetch_one(pool)
+    .await;
+    if let Ok(true) = available {
+        tracing::warn!(
+            "TimescaleDB is installed on this server but not in this database, so \
+             register_readings is a plain table (no chunks, compression or hourly aggregate); \
+             with timescaledb in shared_preload_libraries, a superuser can run \
+             CREATE EXTENSION timescaledb in this database (see README: With TimescaleDB)"
+        );
+    }
+}
+
+/// An error and its causes as one line, each cause once: sqlx's errors
+/// repeat their cause's text in their own (`error returned from database:
+/// X`, whose source is X), so printing the chain with `{:#}` said it twice.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 async fn accept_edited_migrations(pool: &PgPool) -> anyhow::Result<()> {
     let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
         .fetch_one(pool)
@@ -472,6 +531,41 @@ fn check_pg_params(url: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::error_text;
+
+    /// An error that, like sqlx's, repeats its source's text in its own.
+    #[derive(Debug)]
+    struct Wrapping(std::io::Error);
+
+    impl std::fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error returned from database: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let inner = std::io::Error::other("syntax error at line 334");
+        let e = anyhow::Error::new(Wrapping(inner)).context("PostgreSQL migrations failed");
+        assert_eq!(
+            format!("{e:#}").matches("line 334").count(),
+            2,
+            "the repeat this guards against"
+        );
+        assert_eq!(
+            error_text(e.as_ref()),
+            "PostgreSQL migrations failed: error returned from database: syntax error at line 334"
+        );
+        let plain = anyhow::anyhow!("refused").context("cannot connect");
+        assert_eq!(error_text(plain.as_ref()), "cannot connect: refused");
+    }
+
     #[test]
     fn every_password_form_is_redacted() {
         for (url, shown) in [

@@ -699,3 +699,51 @@ fn a_bad_redis_url_is_refused_before_the_registry_is_touched() {
         "the registry was opened before the URL was checked"
     );
 }
+
+/// A database error is printed once: sqlx's errors repeat their cause's text
+/// in their own, and printing the whole chain used to say it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_migration_is_printed_once_and_migrations_are_quiet() {
+    let url = common::fresh_postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Migrating an up-to-date database twice: no notice about the
+    // migrations table at all (it used to be one INFO line per command).
+    for _ in 0..2 {
+        let out = regpoll(&["migrate", "--database-url", &url], dir.path());
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("_sqlx_migrations"), "{stderr}");
+        assert!(!stderr.contains("already exists"), "{stderr}");
+    }
+    let out = regpoll(&["devices", "list", "--database-url", &url], dir.path());
+    assert!(
+        !text(&out.stderr).contains("notice"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A registry row the checks migration refuses, written with the
+    // checks taken away, then the migration run again: one error, once.
+    let fresh = common::fresh_postgres().await;
+    let pool = sqlx::PgPool::connect(&fresh).await.unwrap();
+    let out = regpoll(&["migrate", "--database-url", &fresh], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sqlx::raw_sql(
+        "DELETE FROM _sqlx_migrations WHERE version = 9;
+         ALTER TABLE device_register_map DROP CONSTRAINT register_data_type_known;
+         INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms)
+           VALUES ('pump-station', '127.0.0.1', 502, 1, 1000, 500);
+         INSERT INTO device_register_map (device_id, name, kind, address, data_type)
+           SELECT id, 'flow', 'holding', 0, 'float' FROM devices WHERE name = 'pump-station';",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let out = regpoll(&["migrate", "--database-url", &fresh], dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pump-station"), "{stderr}");
+    let message = "regpoll cannot use these registry rows";
+    assert_eq!(stderr.matches(message).count(), 1, "{stderr}");
+}

@@ -42,7 +42,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::db::error_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -176,9 +176,10 @@ fn regpoll(args: &[&str], db: &[&str], dir: &std::path::Path) -> String {
     stdout
 }
 
-/// What `query` prints for the polled meter, after rows an earlier version
-/// stored (NaN and infinity) and ten more readings of `flat` were added.
-async fn query_prints_the_decimal_and_never_nan(db: &Db, db_args: &[&str], dir: &std::path::Path) {
+/// Adds, just before the meter's first poll, rows an earlier version stored
+/// (NaN and infinity) and ten more readings of `flat`. Returns the first
+/// poll's instant.
+async fn add_older_rows(db: &Db) -> i64 {
     let ids = "SELECT m.id FROM device_register_map m JOIN devices d ON d.id = m.device_id \
                WHERE d.name = 'meter' ORDER BY m.name";
     let ids: Vec<i32> = match db {
@@ -207,7 +208,11 @@ async fn query_prints_the_decimal_and_never_nan(db: &Db, db_args: &[&str], dir: 
         .map(|i| row(first - 10 - i, flat, FLAT, Quality::Good))
         .collect();
     write(db, &flat_rows).await.unwrap();
+    first
+}
 
+/// What `query` prints for the meter after [`add_older_rows`].
+fn query_prints_the_decimal_and_never_nan(db_args: &[&str], dir: &std::path::Path) {
     let table = regpoll(&["query", "latest", "meter"], db_args, dir);
     let volts_line = table.lines().find(|l| l.starts_with("volts ")).unwrap();
     assert!(
@@ -290,8 +295,33 @@ async fn an_f32_230_1_is_230_1_in_redis_postgres_and_query_and_nan_is_null() {
         devices_file: Some(path),
         ..Settings::default()
     };
+    let settings = Settings {
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        ..settings
+    };
     let running = app::start(&settings, DeviceSource::Registry).await.unwrap();
     common::wait_for_polls(&running, 2).await;
+    let db = Db::postgres(&url).await.unwrap();
+    let first = add_older_rows(&db).await;
+    let addr = running.http_addr().expect("HTTP is on");
+    let flat = common::http_get(addr, "/api/readings?device=meter&register=flat&bucket=1m").await;
+    let flat = flat.json();
+    let rows = flat["rows"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{flat}");
+    for b in rows {
+        for k in ["avg", "min", "max"] {
+            assert_eq!(b[k].as_f64(), Some(FLAT), "{k} in {b}");
+        }
+    }
+    let volts = common::http_get(addr, "/api/readings?device=meter&register=volts&bucket=1m").await;
+    let volts = volts.json();
+    for b in volts["rows"].as_array().unwrap() {
+        assert_eq!(b["avg"].as_f64(), Some(230.1), "{b}");
+    }
+    // Only NaN and infinities: no bucket at all, rather than a NaN one.
+    let broken =
+        common::http_get(addr, "/api/readings?device=meter&register=broken&bucket=1m").await;
+    assert_eq!(broken.json()["rows"], serde_json::json!([]));
     let summary = running.shutdown().await.unwrap();
     assert_eq!(summary.history.rows_lost, 0);
 
@@ -313,12 +343,12 @@ async fn an_f32_230_1_is_230_1_in_redis_postgres_and_query_and_nan_is_null() {
         )
     );
 
-    let db = Db::postgres(&url).await.unwrap();
     let pool = db.as_postgres().unwrap();
     // value::text is PostgreSQL's own shortest round-trip output.
     let volts: Vec<(Option<f64>, Option<String>)> = sqlx::query_as(
-        "SELECT value, value::text FROM register_readings_named WHERE register = 'volts'",
+        "SELECT value, value::text FROM register_readings_named WHERE register = 'volts' AND ts >= $1",
     )
+    .bind(at(first))
     .fetch_all(pool)
     .await
     .unwrap();
@@ -330,8 +360,9 @@ async fn an_f32_230_1_is_230_1_in_redis_postgres_and_query_and_nan_is_null() {
         "{volts:?}"
     );
     let broken: Vec<(Option<f64>, String, Option<String>)> = sqlx::query_as(
-        "SELECT value, quality, detail FROM register_readings_named WHERE register = 'broken'",
+        "SELECT value, quality, detail FROM register_readings_named WHERE register = 'broken' AND ts >= $1",
     )
+    .bind(at(first))
     .fetch_all(pool)
     .await
     .unwrap();
@@ -342,14 +373,14 @@ async fn an_f32_230_1_is_230_1_in_redis_postgres_and_query_and_nan_is_null() {
         "{broken:?}"
     );
     let stamps: Vec<(i32, DateTime<Utc>)> =
-        sqlx::query_as("SELECT register_id, ts FROM register_readings")
+        sqlx::query_as("SELECT register_id, ts FROM register_readings WHERE ts >= $1")
+            .bind(at(first))
             .fetch_all(pool)
             .await
             .unwrap();
     assert_one_ts_per_request(&stamps);
 
-    query_prints_the_decimal_and_never_nan(&db, &["--database-url", url.as_str()], dir.path())
-        .await;
+    query_prints_the_decimal_and_never_nan(&["--database-url", url.as_str()], dir.path());
     db.close().await;
 }
 
@@ -386,8 +417,9 @@ async fn an_f32_230_1_is_230_1_in_sqlite_and_query_never_prints_nan() {
         .unwrap();
     let stamps: Vec<(i32, DateTime<Utc>)> = stamps.into_iter().map(|(r, t)| (r, at(t))).collect();
     assert_one_ts_per_request(&stamps);
+    add_older_rows(&db).await;
 
     let path = sqlite.to_str().unwrap().to_string();
-    query_prints_the_decimal_and_never_nan(&db, &["--sqlite-path", &path], dir.path()).await;
+    query_prints_the_decimal_and_never_nan(&["--sqlite-path", &path], dir.path());
     db.close().await;
 }

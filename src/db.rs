@@ -384,7 +384,9 @@ pub async fn has_timescaledb(pool: &PgPool) -> anyhow::Result<bool> {
 }
 
 /// The hourly continuous aggregate (avg, min, max, count, last per register,
-/// over good and uncertain values) and its refresh policy. A continuous
+/// over good and uncertain finite values: NaN and infinity in rows written
+/// before they were stored as NULL stay out, as in migration 0008) and its
+/// refresh policy. A continuous
 /// aggregate cannot be created inside a transaction block or a function, so
 /// this runs after the migrations, one statement at a time over the simple
 /// protocol, and only when it does not exist yet.
@@ -425,6 +427,7 @@ async fn create_hourly_aggregate(pool: &PgPool) -> anyhow::Result<()> {
          SELECT register_id, time_bucket(INTERVAL '1 hour', ts) AS bucket, avg(value) AS avg, min(value) AS min, \
          max(value) AS max, count(value) AS count, last(value, ts) AS last \
          FROM register_readings WHERE quality IN ('good', 'uncertain') \
+         AND value > '-Infinity' AND value < 'Infinity' \
          GROUP BY register_id, time_bucket(INTERVAL '1 hour', ts) WITH NO DATA",
     )
     .execute(pool)

@@ -13,7 +13,7 @@ use crate::modbus::decode::{decode, decode_text};
 use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::{ReadRequest, plan_group};
 use crate::modbus::{ReadError, Words};
-use crate::reading::{PollReport, Quality, Reading, Value};
+use crate::reading::{PollReport, Quality, Reading, Value, non_finite_name};
 use crate::registry::{DataType, Device, Register};
 
 /// Polls one device through its endpoint with a plan made once.
@@ -118,6 +118,11 @@ impl DevicePoller {
     }
 }
 
+/// A non-finite number's reading: stored as NULL (see the README's schema).
+fn non_finite(detail: String) -> (Value, Quality, Option<String>) {
+    (Value::None, Quality::Uncertain, Some(detail))
+}
+
 /// Decodes one register out of a request's answer and judges its quality.
 fn evaluate(reg: &Register, req: &ReadRequest, words: &Words) -> (Value, Quality, Option<String>) {
     let at = usize::from(reg.address.0 - req.start);
@@ -142,15 +147,21 @@ fn evaluate(reg: &Register, req: &ReadRequest, words: &Words) -> (Value, Quality
         Value::Number(n) => n,
         other => return (other, Quality::Good, None),
     };
+    // NaN and infinity (read as such, or from scale/offset overflowing) are
+    // kept out of every aggregate: no value, quality uncertain, and the
+    // detail names what was read.
     if !n.is_finite() {
-        let what = if n.is_nan() { "NaN" } else { "infinite" };
-        return (
-            Value::Number(n),
-            Quality::Uncertain,
-            Some(format!("{what} float")),
-        );
+        return non_finite(format!("{} float", non_finite_name(n)));
     }
     let value = reg.engineering(n);
+    if !value.is_finite() {
+        return non_finite(format!(
+            "{} after scale {} and offset {} (raw {n})",
+            non_finite_name(value),
+            reg.scale,
+            reg.offset
+        ));
+    }
     if !reg.valid.contains(value) {
         return (
             Value::Number(value),
@@ -189,6 +200,57 @@ mod tests {
             detail.as_deref(),
             Some("text cut at a NUL byte at offset 2 (2 more bytes followed)")
         );
+    }
+
+    fn float_register(data_type: DataType) -> (Register, ReadRequest) {
+        let reg = Register::test(RegisterKind::Holding, 0, data_type);
+        let req = ReadRequest {
+            kind: RegisterKind::Holding,
+            start: 0,
+            count: reg.width(),
+            registers: vec![0],
+        };
+        (reg, req)
+    }
+
+    #[test]
+    fn non_finite_floats_have_no_value_and_say_what_was_read() {
+        let (reg, req) = float_register(DataType::F32);
+        for (word, what) in [(0x7FC0, "NaN"), (0x7F80, "+Inf"), (0xFF80, "-Inf")] {
+            let words = Words::Registers(vec![word, 0]);
+            assert_eq!(
+                evaluate(&reg, &req, &words),
+                (
+                    Value::None,
+                    Quality::Uncertain,
+                    Some(format!("{what} float"))
+                ),
+            );
+        }
+    }
+
+    #[test]
+    fn scale_that_overflows_to_infinity_has_no_value() {
+        let (mut reg, req) = float_register(DataType::F64);
+        reg.scale = 10.0;
+        // f64::MAX: finite as read, +Inf once scaled.
+        let words = Words::Registers(vec![0x7FEF, 0xFFFF, 0xFFFF, 0xFFFF]);
+        let (value, quality, detail) = evaluate(&reg, &req, &words);
+        assert_eq!((value, quality), (Value::None, Quality::Uncertain));
+        let detail = detail.unwrap();
+        assert!(detail.starts_with("+Inf after scale 10"), "{detail}");
+    }
+
+    #[test]
+    fn an_f32_is_read_as_its_decimal_then_scaled() {
+        let (mut reg, req) = float_register(DataType::F32);
+        let words = Words::Registers(vec![0x4366, 0x199A]); // 230.1f32
+        assert_eq!(
+            evaluate(&reg, &req, &words),
+            (Value::Number(230.1), Quality::Good, None)
+        );
+        reg.scale = 0.001;
+        assert_eq!(evaluate(&reg, &req, &words).0, Value::Number(0.2301));
     }
 
     #[test]

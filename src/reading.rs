@@ -19,6 +19,40 @@ pub fn rfc3339(ts: DateTime<Utc>) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// A number as regpoll prints it everywhere a person or a script reads it
+/// (`read`, `check --probe`, `query`, CSV): the shortest text that parses
+/// back to exactly the same f64, so `230.1` and not `230.100006` (too
+/// short: another value) or `230.10000000000002` (noise). Very small and
+/// very large magnitudes use exponent form (`1.2e-40`, `3e20`) rather than
+/// dozens of zeros; `-0` prints as `0`. JSON output (serde_json) uses the
+/// same shortest digits.
+pub fn shortest(n: f64) -> String {
+    if n == 0.0 {
+        "0".to_string()
+    } else if !n.is_finite() {
+        non_finite_name(n).to_string()
+    } else if (1e-4..1e15).contains(&n.abs()) {
+        // Display and LowerExp without a precision are shortest round-trip.
+        format!("{n}")
+    } else {
+        format!("{n:e}")
+    }
+}
+
+/// How a non-finite number is named in a reading's detail and in output:
+/// `NaN`, `+Inf` or `-Inf`. (`Finite` for any other number.)
+pub fn non_finite_name(n: f64) -> &'static str {
+    if n.is_nan() {
+        "NaN"
+    } else if n == f64::INFINITY {
+        "+Inf"
+    } else if n == f64::NEG_INFINITY {
+        "-Inf"
+    } else {
+        "finite"
+    }
+}
+
 /// How far a value can be trusted (the quality contract in DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Quality {
@@ -69,48 +103,27 @@ pub enum Value {
 }
 
 impl Value {
-    /// The value for people: numbers without float noise (`-4.8`, not
-    /// `-4.800000000000001`; integers without decimals), tiny and huge
-    /// numbers in exponent form (a float read with the wrong word order shows
-    /// as `1.2e-40`, not `0`), strings quoted, `—` for none.
+    /// The value for people: numbers in their shortest round-trip form
+    /// ([`shortest`]), strings quoted, `—` for none.
     pub fn for_people(&self) -> String {
         match self {
             Value::None => "—".to_string(),
             Value::Bool(b) => b.to_string(),
-            Value::Number(n) => {
-                // Six decimals cover every scale in use (0.001 and finer is
-                // rare); trailing zeros carry no information.
-                fn trim(digits: &str) -> &str {
-                    if digits.contains('.') {
-                        digits.trim_end_matches('0').trim_end_matches('.')
-                    } else {
-                        digits
-                    }
-                }
-                let n = *n;
-                if !n.is_finite() {
-                    n.to_string()
-                } else if n != 0.0 && !(1e-4..1e15).contains(&n.abs()) {
-                    let e = format!("{n:.6e}");
-                    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
-                    format!("{}e{exp}", trim(mantissa))
-                } else {
-                    match trim(&format!("{n:.6}")) {
-                        "-0" => "0".to_string(),
-                        s => s.to_string(),
-                    }
-                }
-            }
+            Value::Number(n) => shortest(*n),
             Value::Text(t) => format!("{t:?}"),
         }
     }
 
     /// The value as stored in `register_readings.value` (bool as 0/1).
+    /// NaN and infinity are none: stored as NULL, so that no aggregate
+    /// (avg, min, max, the hourly rollup) ever meets one. The poller
+    /// already turns them into [`Value::None`]; this keeps any other
+    /// producer from storing one.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::None => None,
             Value::Bool(b) => Some(f64::from(u8::from(*b))),
-            Value::Number(n) => Some(*n),
+            Value::Number(n) => n.is_finite().then_some(*n),
             Value::Text(_) => None,
         }
     }
@@ -176,9 +189,14 @@ mod tests {
     use super::Value;
 
     #[test]
-    fn values_for_people_drop_float_noise_but_not_information() {
+    fn values_for_people_are_shortest_round_trip() {
         let n = |x: f64| Value::Number(x).for_people();
-        assert_eq!(n(-48.0 * 0.1), "-4.8");
+        assert_eq!(n(-48.0 / 10.0), "-4.8");
+        // Six decimals cut what the device sent; every digit is kept.
+        assert_eq!(n(123_456_789.012), "123456789.012");
+        assert_eq!(n(0.001_234_567_8), "0.0012345678");
+        // Noise that is really in the value is shown, as stored.
+        assert_eq!(n(-48.0 * 0.1), "-4.800000000000001");
         assert_eq!(n(114.0), "114");
         assert_eq!(n(7_733_248.0), "7733248");
         assert_eq!(n(87.5), "87.5");
@@ -188,8 +206,28 @@ mod tests {
         assert_eq!(n(1.2e-40), "1.2e-40");
         assert_eq!(n(3.0e20), "3e20");
         assert_eq!(n(f64::NAN), "NaN");
+        assert_eq!(n(f64::NEG_INFINITY), "-Inf");
+        for x in [
+            230.1,
+            1.0 / 3.0,
+            1.2e-40,
+            6.02e23,
+            -0.000_1,
+            999_999_999_999_999.9,
+        ] {
+            assert_eq!(n(x).parse::<f64>().unwrap(), x, "{x}");
+        }
         assert_eq!(Value::Bool(true).for_people(), "true");
         assert_eq!(Value::None.for_people(), "—");
         assert_eq!(Value::Text("SN-1".into()).for_people(), "\"SN-1\"");
+    }
+
+    #[test]
+    fn non_finite_numbers_are_never_stored_as_numbers() {
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(Value::Number(x).as_f64(), None, "{x}");
+            assert_eq!(Value::Number(x).to_json(), serde_json::Value::Null);
+        }
+        assert_eq!(Value::Number(230.1).as_f64(), Some(230.1));
     }
 }

@@ -75,7 +75,7 @@ async fn binary_copy_round_trips_every_column_type_and_null() {
             Some(f64::NEG_INFINITY),
             None,
             Quality::Uncertain,
-            Some("infinite float"),
+            Some("-Inf float"),
         ),
         row(1, 5, Some(-0.0), Some(""), Quality::Good, Some("")),
         row(

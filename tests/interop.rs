@@ -100,7 +100,7 @@ fn cases() -> Vec<(String, String, serde_json::Value, Value)> {
             order,
             2,
             json!(123.456),
-            Value::Number(f64::from(123.456f32)),
+            Value::Number(123.456),
             "",
         );
         add(

@@ -106,7 +106,7 @@ proptest! {
         let reg64 = register(RegisterKind::Holding, 0, DataType::F64, ORDERS[o]);
         prop_assert_eq!(decode(&encode(&Value::Number(v), &reg64), &reg64), Value::Number(v));
         let reg32 = register(RegisterKind::Holding, 0, DataType::F32, ORDERS[o]);
-        let v32 = f64::from(v as f32);
+        let v32 = regpoll::modbus::decode::f32_to_f64(v as f32);
         prop_assert_eq!(decode(&encode(&Value::Number(v32), &reg32), &reg32), Value::Number(v32));
     }
 }

@@ -289,12 +289,21 @@ async fn buckets(
     out.extend(rows.into_iter().map(|b| BucketRow {
         register: reg.name.clone(),
         bucket: b.start,
-        avg: b.avg,
+        avg: clamp_avg(b.avg, b.min, b.max),
         min: b.min,
         max: b.max,
         count: b.count,
     }));
     Ok(n)
+}
+
+/// A bucket's average kept inside its own [min, max]. The database sums in
+/// floating point, so the average of values that are all 123456.7 can come
+/// back as 123456.70000000011, above the max: a chart scaled to the bucket's
+/// range then draws rounding noise as a spike. The true average of finite
+/// numbers always lies in [min, max], so clamping only removes that error.
+fn clamp_avg(avg: f64, min: f64, max: f64) -> f64 {
+    if min <= max { avg.clamp(min, max) } else { avg }
 }
 
 /// How far back a query reaches: a duration like `30m`, `6h`, `7d` or `52w`
@@ -332,6 +341,17 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_bucket_average_never_leaves_its_range() {
+        // What PostgreSQL's avg gives for ten readings of 123456.7.
+        let sum: f64 = std::iter::repeat_n(123_456.7, 10).sum();
+        let avg = sum / 10.0;
+        assert_ne!(avg, 123_456.7, "the rounding this guards against");
+        assert_eq!(clamp_avg(avg, 123_456.7, 123_456.7), 123_456.7);
+        assert_eq!(clamp_avg(1.0 - 1e-16, 1.0, 2.0), 1.0);
+        assert_eq!(clamp_avg(1.5, 1.0, 2.0), 1.5);
     }
 
     #[test]

@@ -45,6 +45,9 @@ impl Row {
                 detail: detail.map(Box::from),
             })
         });
+        // NaN and infinity are stored as NULL whoever made the row (an old
+        // spool file, a future producer): no aggregate may meet one.
+        let value = value.filter(|v| v.is_finite());
         Row {
             ts,
             register_id,
@@ -56,7 +59,8 @@ impl Row {
         }
     }
 
-    /// `register_readings.value`: the number (bool as 0/1), NULL for none.
+    /// `register_readings.value`: the number (bool as 0/1), NULL for none
+    /// and for NaN or infinity.
     pub fn value(&self) -> Option<f64> {
         self.has_value.then_some(self.value)
     }
@@ -192,17 +196,11 @@ mod tests {
         assert_eq!(good.value().map(f64::to_bits), Some((-0.0f64).to_bits()));
         assert_eq!((good.value_text(), good.detail()), (None, None));
 
-        let nan = Row::new(
-            ts,
-            7,
-            3,
-            Some(f64::NAN),
-            None,
-            Quality::Uncertain,
-            Some("NaN"),
-        );
-        assert!(nan.value().is_some_and(f64::is_nan));
-        assert_eq!(nan.detail(), Some("NaN"));
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let odd = Row::new(ts, 7, 3, Some(x), None, Quality::Uncertain, Some("NaN"));
+            assert_eq!(odd.value(), None, "{x} is stored as NULL");
+            assert_eq!(odd.detail(), Some("NaN"));
+        }
 
         let bad = Row::new(
             ts,

@@ -359,6 +359,33 @@ mod tests {
             .collect()
     }
 
+    /// A spool written before NaN and infinity were stored as NULL may hold
+    /// them: they come back as NULL, never as a number to aggregate.
+    #[test]
+    fn a_spooled_nan_or_infinity_comes_back_as_null() {
+        let ts = DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+        let one = Row::new(
+            ts,
+            7,
+            1,
+            Some(1.0),
+            None,
+            Quality::Uncertain,
+            Some("NaN float"),
+        );
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut bytes = encode(&[&[one.clone()][..]]);
+            let at = bytes
+                .windows(8)
+                .position(|w| w == 1.0f64.to_bits().to_le_bytes())
+                .unwrap();
+            bytes[at..at + 8].copy_from_slice(&x.to_bits().to_le_bytes());
+            let back = decode(&bytes).unwrap();
+            assert_eq!(back[0].value(), None, "{x}");
+            assert_eq!(back[0].detail(), Some("NaN float"));
+        }
+    }
+
     #[test]
     fn batches_come_back_in_order_exactly() {
         let dir = tempfile::tempdir().unwrap();

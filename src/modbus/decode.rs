@@ -30,12 +30,34 @@ pub fn decode(words: &[u16], reg: &Register) -> Value {
         DataType::I16 => Value::Number(f64::from(w[0] as i16)),
         DataType::U32 => Value::Number(f64::from(join(w) as u32)),
         DataType::I32 => Value::Number(f64::from(join(w) as u32 as i32)),
-        DataType::F32 => Value::Number(f64::from(f32::from_bits(join(w) as u32))),
+        DataType::F32 => Value::Number(f32_to_f64(f32::from_bits(join(w) as u32))),
         DataType::U64 => Value::Number(join(w) as f64),
         DataType::I64 => Value::Number(join(w) as i64 as f64),
         DataType::F64 => Value::Number(f64::from_bits(join(w))),
         DataType::String => Value::Text(decode_text(words, reg.order).0),
     }
+}
+
+/// Widens an f32 to the f64 nearest its shortest round-trip decimal:
+/// 230.1f32 becomes 230.1, not 230.10000610351562 (what `f64::from` gives,
+/// the f32's exact binary value). The device meant the decimal; the extra
+/// digits are an artefact of the f32's 24-bit mantissa and would show up in
+/// Redis, the database, JSON and CSV, and break equality with what the
+/// device's display shows. The f32 is still recovered exactly from the
+/// result (`as f32`), so no information is lost.
+///
+/// It runs for every f32 of every poll: integers below 2^24 (counters,
+/// setpoints) are exact either way and skip the decimal round trip; the
+/// rest costs one `ryu` format and one parse (BENCHMARKS.md, "f32 widening").
+/// Non-finite values pass through unchanged (the poller flags them).
+pub fn f32_to_f64(v: f32) -> f64 {
+    const EXACT: f32 = 16_777_216.0; // 2^24
+    if !v.is_finite() || (v.abs() < EXACT && v.trunc() == v) {
+        return f64::from(v);
+    }
+    let mut buf = ryu::Buffer::new();
+    // ryu's output is always a valid float literal; the fallback is never taken.
+    buf.format_finite(v).parse().unwrap_or(f64::from(v))
 }
 
 /// Decodes a `string` register's words into its text and, when the text
@@ -203,11 +225,7 @@ mod tests {
                 f64::from(0x1234_5678i32),
                 "{order:?}"
             );
-            assert_eq!(
-                num(&float_words, F32, order),
-                f64::from(123.456f32),
-                "{order:?}"
-            );
+            assert_eq!(num(&float_words, F32, order), 123.456, "{order:?}");
         }
         assert_eq!(num(&[0xFFFF, 0xFFFE], I32, Abcd), -2.0);
         assert_eq!(num(&[0xFEFF, 0xFFFF], I32, Dcba), -2.0);
@@ -237,6 +255,42 @@ mod tests {
         }
         assert_eq!(num(&[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], I64, Abcd), -2.0);
         assert_eq!(num(&[0xFFFF; 4], U64, Abcd), u64::MAX as f64);
+    }
+
+    /// 230.1f32 is 0x4366199A; as f64 its exact value is 230.10000610351562.
+    #[test]
+    fn an_f32_becomes_the_decimal_the_device_meant() {
+        assert_eq!(230.1f32.to_bits(), 0x4366_199A);
+        assert_eq!(num(&[0x4366, 0x199A], F32, Abcd), 230.1);
+        assert_eq!(num(&[0x199A, 0x4366], F32, Cdab), 230.1);
+        for (x, want) in [
+            (0.1f32, 0.1),
+            (-4.8, -4.8),
+            (123_456.7, 123_456.7),
+            (1.0e-45, 1.0e-45),
+            (3.4028235e38, 3.4028235e38),
+            (16_777_215.0, 16_777_215.0),
+            (123_456_790.0, 123_456_790.0),
+            (-0.0, -0.0),
+        ] {
+            let got = f32_to_f64(x);
+            assert_eq!(got.to_bits(), f64::to_bits(want), "{x}");
+            // Nothing is lost: the f32 comes back exactly.
+            assert_eq!((got as f32).to_bits(), x.to_bits(), "{x}");
+        }
+        assert!(f32_to_f64(f32::NAN).is_nan());
+        assert_eq!(f32_to_f64(f32::NEG_INFINITY), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn every_f32_widened_rounds_back_to_itself() {
+        // A stride through all 2^32 bit patterns, every exponent and sign.
+        for bits in (0..=u32::MAX).step_by(65_521) {
+            let x = f32::from_bits(bits);
+            if x.is_finite() {
+                assert_eq!((f32_to_f64(x) as f32).to_bits(), bits, "{x}");
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! PostgreSQL knows to take rows, on the same machine in the same run
 //! ([`ingest`]).
 //!
+//! `widen` times the f32 widening on the decode path ([`widen`]).
+//!
 //! `report` prints the table of every scenario's JSON and checks the
 //! targets ([`report`]).
 
@@ -24,6 +26,7 @@ mod proc_stats;
 mod report;
 mod spool;
 mod stall;
+mod widen;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -150,6 +153,19 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Time the widening of f32 values through their shortest decimal on
+    /// the decode path, in this process; prints nanoseconds per value.
+    Widen {
+        /// Values per pass.
+        #[arg(long, default_value_t = 1_000_000)]
+        values: usize,
+        /// Passes; the fastest is reported.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Where to write the result JSON (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -250,6 +266,14 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
             write(out.as_deref(), &spool::spool(&spec)?)
         }
         BenchCommand::Report { files, out } => report_files(&files, out.as_deref()),
+        BenchCommand::Widen {
+            values,
+            rounds,
+            out,
+        } => write(
+            out.as_deref(),
+            &widen::widen(&widen::WidenSpec { values, rounds }),
+        ),
     }
 }
 

@@ -30,10 +30,14 @@ const UNIQUE_VIOLATION: &str = "23505";
 const PIECE_ROWS: usize = 8_192;
 
 /// Per-bucket aggregates; `date_bin` from the Unix epoch aligns the buckets
-/// as SQLite's integer division does.
+/// as SQLite's integer division does. Only finite values count: regpoll
+/// stores NaN and infinity as NULL, but rows written before it did still
+/// hold them (PostgreSQL sorts NaN above every number, so NaN and both
+/// infinities fail the range test).
 const BUCKETS: &str = "SELECT date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b, \
      avg(value), min(value), max(value), count(value) FROM register_readings \
      WHERE register_id = $1 AND ts >= $3 AND ts < $4 AND quality IN ('good', 'uncertain') \
+     AND value > '-Infinity' AND value < 'Infinity' \
      GROUP BY b HAVING count(value) > 0 ORDER BY b LIMIT $5";
 
 /// Where the rows of a batch that overlaps stored ones are copied first.

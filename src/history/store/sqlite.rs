@@ -28,9 +28,13 @@ const ON_CONFLICT: &str = " ON CONFLICT (register_id, ts) DO NOTHING";
 
 /// Per-bucket aggregates; integer division of the microsecond timestamps
 /// aligns the buckets to the Unix epoch, as `date_bin` does on PostgreSQL.
+/// Only finite values count: SQLite stores NaN as NULL itself, and an
+/// infinity written before regpoll stored them as NULL fails the range
+/// test (`1e999` is SQLite's infinity).
 const BUCKETS: &str = "SELECT (ts / $2) * $2 AS b, avg(value), min(value), max(value), count(value) \
      FROM register_readings \
      WHERE register_id = $1 AND ts >= $3 AND ts < $4 AND quality IN ('good', 'uncertain') \
+     AND value > -1e999 AND value < 1e999 \
      GROUP BY b HAVING count(value) > 0 ORDER BY b LIMIT $5";
 
 /// A stored reading as SQLite returns it: `ts` in microseconds.

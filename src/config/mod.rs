@@ -18,7 +18,7 @@ use std::path::Path;
 use serde_saphyr::Spanned;
 
 use crate::registry::Device;
-use node::Node;
+use node::{Node, keep_written_text};
 use raw::{RawDevice, RawFile};
 use validate::Validator;
 
@@ -181,15 +181,19 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Device>, ConfigErrors> {
             },
         }])
     };
-    let head: RawFile =
+    let mut head: RawFile =
         serde_saphyr::from_str_with_options(text, yaml_options(text)).map_err(parse_error)?;
+    if let Some(d) = &mut head.defaults {
+        keep_written_text(d, text);
+    }
     let mut v = Validator::new(file);
     let defaults = v.defaults(head.defaults);
     let devices =
         serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(text), |de| {
             serde::de::DeserializeSeed::deserialize(
                 raw::DevicesOf {
-                    each: |dev: Spanned<Node>, seen: &mut HashMap<String, u64>| {
+                    each: |mut dev: Spanned<Node>, seen: &mut HashMap<String, u64>| {
+                        keep_written_text(&mut dev, text);
                         v.device(
                             RawDevice::read(&dev, "device"),
                             &defaults,

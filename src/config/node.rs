@@ -19,6 +19,11 @@ pub(super) enum Node {
     Int(i128),
     Float(f64),
     Str(String),
+    /// A plain scalar YAML reads as a boolean or a number (`on`, `007`,
+    /// `1.50`), with the text it was written as: a field that holds text
+    /// (a name, a tag) takes the text, not `true`, `7` or `1.5`. See
+    /// [`keep_written_text`].
+    Written(String, Box<Node>),
     Seq(Vec<Spanned<Node>>),
     /// Entries in file order, duplicates kept, so that checking can report
     /// a key written twice with both places (see `config::yaml_options`).
@@ -30,6 +35,7 @@ impl Node {
     pub(super) fn describe(&self) -> String {
         match self {
             Node::Null => "nothing (an empty value)".into(),
+            Node::Written(_, n) => n.describe(),
             Node::Bool(b) => format!("the boolean `{b}`"),
             Node::Int(i) => format!("the integer `{i}`"),
             Node::Float(f) => format!("the number `{f}`"),
@@ -43,7 +49,7 @@ impl Node {
     /// is read as `5`, so that the duration check can say it lacks a unit.
     pub(super) fn text(&self) -> Option<String> {
         match self {
-            Node::Str(s) => Some(s.clone()),
+            Node::Str(s) | Node::Written(s, _) => Some(s.clone()),
             Node::Int(i) => Some(i.to_string()),
             Node::Float(f) => Some(f.to_string()),
             Node::Bool(b) => Some(b.to_string()),
@@ -56,6 +62,7 @@ impl Node {
         match self {
             Node::Int(i) => i64::try_from(*i).ok(),
             Node::Str(s) => s.trim().parse().ok(),
+            Node::Written(_, n) => n.int(),
             _ => None,
         }
     }
@@ -66,8 +73,46 @@ impl Node {
             Node::Int(i) => Some(*i as f64),
             Node::Float(f) => Some(*f),
             Node::Str(s) => s.trim().parse().ok(),
+            Node::Written(_, n) => n.float(),
             _ => None,
         }
+    }
+
+    pub(super) fn boolean(&self) -> Option<bool> {
+        match self {
+            Node::Bool(b) => Some(*b),
+            Node::Written(_, n) => n.boolean(),
+            _ => None,
+        }
+    }
+}
+
+/// Gives every plain scalar that YAML read as a boolean or a number the
+/// text it was written as in `source` (from its span), so that `name: on`
+/// stays `on` and `site: 007` stays `007`, as when these fields were read
+/// straight into strings. A scalar met through an alias is read where its
+/// anchor defined it.
+pub(super) fn keep_written_text(node: &mut Spanned<Node>, source: &str) {
+    match &mut node.value {
+        Node::Bool(_) | Node::Int(_) | Node::Float(_) => {
+            let span = node.defined.span();
+            let written = span
+                .byte_offset()
+                .zip(span.byte_len())
+                .and_then(|(at, len)| {
+                    let at = usize::try_from(at).ok()?;
+                    source.get(at..at.checked_add(usize::try_from(len).ok()?)?)
+                });
+            if let Some(text) = written.map(str::trim).filter(|t| !t.is_empty()) {
+                let value = std::mem::replace(&mut node.value, Node::Null);
+                node.value = Node::Written(text.to_string(), Box::new(value));
+            }
+        }
+        Node::Seq(items) => items.iter_mut().for_each(|n| keep_written_text(n, source)),
+        Node::Map(entries) => entries
+            .iter_mut()
+            .for_each(|(_, n)| keep_written_text(n, source)),
+        Node::Null | Node::Str(_) | Node::Written(..) => {}
     }
 }
 
@@ -238,6 +283,26 @@ mod tests {
         assert_eq!(Node::Float(1.5).int(), None);
         assert_eq!(Node::Int(2).float(), Some(2.0));
         assert_eq!(Node::Seq(vec![]).text(), None);
+    }
+
+    #[test]
+    fn names_and_tags_keep_the_text_yaml_reads_as_booleans_or_numbers() {
+        let source = "a: on\nb: 007\nc: 1.50\nd: 0x1F6\ne: off\nf: 12\n";
+        let mut n: Spanned<Node> = serde_saphyr::from_str(source).unwrap();
+        keep_written_text(&mut n, source);
+        let Node::Map(entries) = &n.value else {
+            panic!("{n:?}")
+        };
+        let texts: Vec<String> = entries
+            .iter()
+            .map(|(_, v)| v.value.text().unwrap())
+            .collect();
+        assert_eq!(texts, ["on", "007", "1.50", "0x1F6", "off", "12"]);
+        // ... and read as what YAML says where a field wants that.
+        assert_eq!(entries[0].1.value.boolean(), Some(true));
+        assert_eq!(entries[3].1.value.int(), Some(502));
+        assert_eq!(entries[2].1.value.float(), Some(1.5));
+        assert_eq!(entries[4].1.value.describe(), "the boolean `false`");
     }
 
     #[test]

@@ -265,10 +265,7 @@ impl RawDevice {
 }
 
 fn bool_of(n: &Node) -> Option<bool> {
-    match n {
-        Node::Bool(b) => Some(*b),
-        _ => None,
-    }
+    n.boolean()
 }
 
 /// `tags: {site: north}`: names to text; a tag whose value is not a scalar is

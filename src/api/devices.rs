@@ -7,9 +7,9 @@ use axum::extract::{Path, State};
 use chrono::Utc;
 use serde_json::{Map, json};
 
-use super::ApiState;
 use super::error::ApiError;
 use super::params::check_text;
+use super::{ApiState, Shared};
 use crate::latest::memory::LatestMemory;
 use crate::reading::rfc3339;
 use crate::registry::Device;
@@ -43,16 +43,20 @@ fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
     })
 }
 
-pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    let s = &state.0;
-    let devices: Vec<serde_json::Value> = s
-        .stats
+/// Every device the API lists, each with its `state`: what `/api/devices`
+/// serves, and what `/api/fleet` summarises, filters and pages (one listing,
+/// so the two never disagree).
+pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
+    s.stats
         .devices
         .borrow()
         .iter()
         .map(|d| device_json(d, &s.stats.latest))
-        .collect();
-    Json(json!({ "devices": devices }))
+        .collect()
+}
+
+pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({ "devices": listing(&state.0) }))
 }
 
 pub(crate) async fn device_latest(

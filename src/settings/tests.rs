@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 27] = [
+const ALL: [Setting; 28] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -28,6 +28,7 @@ const ALL: [Setting; 27] = [
     API_TIMEOUT,
     API_DB_CONNECTIONS,
     API_MAX_RESPONSE,
+    API_MAX_DEVICES,
 ];
 
 #[test]
@@ -52,6 +53,7 @@ fn every_default_parses_as_its_setting_reads_it() {
         HISTORY_MEMORY_MAX,
         API_CONCURRENCY,
         API_DB_CONNECTIONS,
+        API_MAX_DEVICES,
     ] {
         assert!(c.default_count() > 0, "--{}", c.flag);
     }

@@ -28,7 +28,7 @@ use super::params::Params;
 use super::readings::{Capped, MIN_ROW_BYTES};
 use super::{ApiState, Shared};
 use crate::history::query::{self, QueryError, RangeQuery, Rows};
-use crate::reading::{Quality, rfc3339};
+use crate::reading::rfc3339;
 use crate::registry::{format_duration, parse_duration};
 
 /// The longest device name (see `config::validate::check_name`): a list of
@@ -102,11 +102,7 @@ fn needs_attention(d: &Value, s: &Shared) -> bool {
     if !CALM_STATES.contains(&state) {
         return true;
     }
-    state == "up"
-        && s.stats
-            .latest
-            .device(name_of(d))
-            .is_some_and(|l| l.values.values().any(|v| v.quality != Quality::Good))
+    state == "up" && s.stats.latest.has_value_not_good(name_of(d))
 }
 
 /// Counts by state (whatever states the listing has), readings by quality,
@@ -372,7 +368,10 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
             let (tx, ty) = (cx.trim_start_matches('0'), cy.trim_start_matches('0'));
             tx.len().cmp(&ty.len()).then_with(|| tx.cmp(ty))
         } else {
-            cx.to_lowercase().cmp(&cy.to_lowercase())
+            // Without allocating: a sort compares each name many times.
+            cx.chars()
+                .flat_map(char::to_lowercase)
+                .cmp(cy.chars().flat_map(char::to_lowercase))
         };
         if order != Ordering::Equal {
             return order;

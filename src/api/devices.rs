@@ -21,7 +21,7 @@ fn opt_ts(ts: Option<chrono::DateTime<Utc>>) -> serde_json::Value {
 /// The state of one polled device: "up", "down", or "pending" before its
 /// first poll.
 fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
-    let state = latest.device(&device.name).map(|d| d.state);
+    let state = latest.state(&device.name);
     json!({
         "name": device.name,
         "host": device.host,

@@ -355,6 +355,14 @@ impl LatestMemory {
             .and_then(|slot| slot.view())
     }
 
+    /// The device's poll state alone, without copying its values (what a
+    /// listing of every device needs).
+    pub fn state(&self, name: &str) -> Option<DeviceState> {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let slot = devices.get(name)?;
+        slot.lock().as_ref().map(|e| e.state.clone())
+    }
+
     /// Whether a latest value of the device is not good, read in place: the
     /// status page asks it of every device on each refresh, where a copy of
     /// the values (`device`) would allocate for each of them.

@@ -248,6 +248,8 @@ pub struct ApiArgs {
     pub api_db_connections: u32,
     #[arg(long = s::API_MAX_RESPONSE.flag, env = s::API_MAX_RESPONSE.env, help = s::API_MAX_RESPONSE.help, default_value = s::API_MAX_RESPONSE.default_text(), value_parser = crate::api::limits::parse_bytes)]
     pub api_max_response: usize,
+    #[arg(long = s::API_MAX_DEVICES.flag, env = s::API_MAX_DEVICES.env, help = s::API_MAX_DEVICES.help, default_value = s::API_MAX_DEVICES.default_text(), value_parser = clap::value_parser!(u16).range(1..))]
+    pub api_max_devices: u16,
 }
 
 impl ApiArgs {
@@ -258,6 +260,7 @@ impl ApiArgs {
             timeout: self.api_timeout,
             db_connections: self.api_db_connections,
             max_response: self.api_max_response,
+            max_devices: usize::from(self.api_max_devices),
         }
     }
 }

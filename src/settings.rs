@@ -305,6 +305,16 @@ pub const API_MAX_RESPONSE: Setting = Setting {
     default: Some("2MiB"),
 };
 
+/// A page shows a few dozen devices; 200 lets a tall screen ask for all of
+/// its own at once while keeping one request's work (and, for sparklines,
+/// its database queries) bounded whatever the fleet size.
+pub const API_MAX_DEVICES: Setting = Setting {
+    flag: "api-max-devices",
+    env: "REGPOLL_API_MAX_DEVICES",
+    help: "Most devices one request may name or page through (/api/latest, /api/buckets, /api/fleet's per_page); more is a 400 that says to split the list",
+    default: Some("200"),
+};
+
 /// A size in bytes: plain bytes, or a number with KB, MB, GB or TB (powers
 /// of 1024), e.g. `500MB`.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {

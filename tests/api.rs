@@ -33,19 +33,6 @@ devices:
       - { name: energy, kind: input, address: 0, type: u32, unit: kWh }
 "#;
 
-/// Starts the fixture's devices with `settings` and the API on a free port.
-async fn start(fixture: &common::SimFixture, settings: Settings) -> (Running, SocketAddr) {
-    let settings = Settings {
-        http: Some("127.0.0.1:0".parse().unwrap()),
-        ..settings
-    };
-    let running = app::start(&settings, DeviceSource::Devices(fixture.devices.clone()))
-        .await
-        .expect("service starts");
-    let addr = running.http_addr().expect("HTTP is on");
-    (running, addr)
-}
-
 /// A service on PostgreSQL and Redis, polled until every device has 3 polls.
 async fn service() -> (common::SimFixture, Running, SocketAddr) {
     let fixture = simulate(FLEET, &["{A}"]).await;
@@ -56,7 +43,7 @@ async fn service() -> (common::SimFixture, Running, SocketAddr) {
         redis_prefix: prefix,
         ..Settings::default()
     };
-    let (running, addr) = start(&fixture, settings).await;
+    let (running, addr) = common::start_with_api(&fixture, settings).await;
     wait_for_polls(&running, 3).await;
     (fixture, running, addr)
 }
@@ -72,7 +59,7 @@ async fn sqlite_service(
         redis_url,
         ..Settings::default()
     };
-    start(fixture, settings).await
+    common::start_with_api(fixture, settings).await
 }
 
 fn assert_error(answer: &HttpAnswer, status: u16, fragment: &str) {
@@ -448,9 +435,6 @@ async fn readings_work_on_sqlite_too() {
 /// device cards with their state, and register rows with values and quality.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_in_chromium() {
-    let chromium = std::env::var("REGPOLL_TEST_CHROMIUM").unwrap_or_else(|_| {
-        panic!("REGPOLL_TEST_CHROMIUM is not set: run the tests with scripts/test, which installs chromium")
-    });
     let (_fixture, running, addr) = service().await;
     // Some history earlier in the hour, so the sparkline has points to draw.
     let Db::Postgres(pool) = &running.db else {
@@ -467,25 +451,11 @@ async fn status_page_renders_in_chromium() {
     .await
     .unwrap();
     let profile = tempfile::tempdir().unwrap();
-    // The background-networking flags keep Chromium from dialling Google's
-    // hosts (refused here). The virtual time budget lets the page's fetches
-    // complete and render before the DOM is dumped.
-    let run = tokio::process::Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+    // The virtual time budget lets the page's fetches complete and render
+    // before the DOM is dumped.
+    let run = common::chromium(profile.path())
+        .arg("--virtual-time-budget=5000")
         .arg(format!("http://{addr}/"))
-        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(90), run)
         .await
@@ -660,7 +630,7 @@ async fn the_api_limits_refuse_with_json_that_says_what_to_do() {
         max_response: 64 * 1024 * 1024,
         ..Default::default()
     };
-    let (running, addr) = start(&fixture, limits(small)).await;
+    let (running, addr) = common::start_with_api(&fixture, limits(small)).await;
     // 100,000 readings of each of two registers, about 11 MB of JSON each.
     let Db::Postgres(pool) = &running.db else {
         panic!("expected PostgreSQL")
@@ -709,7 +679,7 @@ async fn the_api_limits_refuse_with_json_that_says_what_to_do() {
     running.shutdown().await.unwrap();
 
     // The default cap (2 MiB) refuses the same range with how to page.
-    let (running, addr) = start(&fixture, limits(Default::default())).await;
+    let (running, addr) = common::start_with_api(&fixture, limits(Default::default())).await;
     assert_error(
         &http_get(
             addr,
@@ -726,7 +696,7 @@ async fn the_api_limits_refuse_with_json_that_says_what_to_do() {
         timeout: Duration::from_micros(1),
         ..Default::default()
     };
-    let (running, addr) = start(&fixture, limits(hasty)).await;
+    let (running, addr) = common::start_with_api(&fixture, limits(hasty)).await;
     let (status, head, body) = raw_request(
         addr,
         format!(
@@ -787,7 +757,7 @@ async fn failing_timescaledb_jobs_are_ready_warnings_and_metrics() {
         jobs_check_interval: Duration::from_millis(100),
         ..Settings::default()
     };
-    let (running, addr) = start(&fixture, settings).await;
+    let (running, addr) = common::start_with_api(&fixture, settings).await;
 
     // Failing, but the service polls and writes: ready, with a warning
     // naming the job, what it works on, how often it failed and why.

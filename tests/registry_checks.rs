@@ -335,6 +335,22 @@ async fn a_row_only_the_loader_can_refuse_is_shown_on_ready_metrics_devices_and_
         .clone();
     assert_eq!(tank["state"], "skipped");
     assert!(tank["reason"].as_str().unwrap().contains("every tuesday"));
+    // The status page's listing: both need attention and come first, the
+    // skipped one counted under its own state.
+    let fleet = common::http_get(http, "/api/fleet?state=attention")
+        .await
+        .json();
+    assert_eq!(fleet["summary"]["states"]["skipped"], 1, "{fleet}");
+    let names: Vec<&str> = fleet["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"tank") && names.contains(&"pump"),
+        "{fleet}"
+    );
     let metrics = common::http_get(http, "/metrics").await.body;
     for device in ["tank", "pump"] {
         assert!(

@@ -7,9 +7,9 @@ use axum::extract::{Path, State};
 use chrono::Utc;
 use serde_json::{Map, json};
 
-use super::ApiState;
 use super::error::ApiError;
 use super::params::check_text;
+use super::{ApiState, Shared};
 use crate::latest::memory::LatestMemory;
 use crate::reading::rfc3339;
 use crate::registry::Device;
@@ -21,7 +21,7 @@ fn opt_ts(ts: Option<chrono::DateTime<Utc>>) -> serde_json::Value {
 /// The state of one polled device: "up", "down", or "pending" before its
 /// first poll.
 fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
-    let state = latest.device(&device.name).map(|d| d.state);
+    let state = latest.state(&device.name);
     json!({
         "name": device.name,
         "host": device.host,
@@ -44,14 +44,17 @@ fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
 }
 
 pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "devices": device_list(&state.0.stats) }))
+    Json(json!({ "devices": listing(&state.0) }))
 }
 
-/// Every device: the polled ones, then those skipped because their registry
-/// rows cannot be used (state "skipped", with the "reason"). A rejected
-/// device still polled on its previous definition is listed as polled,
-/// with the "reason" its new rows were refused.
-pub(crate) fn device_list(stats: &crate::stats::Sources) -> Vec<serde_json::Value> {
+/// Every device the API lists, each with its `state`: the polled ones, then
+/// those skipped because their registry rows cannot be used (state
+/// "skipped", with the "reason"). A rejected device still polled on its
+/// previous definition is listed as polled, with the "reason" its new rows
+/// were refused. What `/api/devices` serves and what `/api/fleet`
+/// summarises, filters and pages: one listing, so the two never disagree.
+pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
+    let stats = &s.stats;
     let rejected = stats.registry.snapshot();
     let mut list: Vec<serde_json::Value> = stats
         .devices

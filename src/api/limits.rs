@@ -41,6 +41,8 @@ pub struct ApiLimits {
     pub db_connections: u32,
     /// Largest `/api/readings` answer, in bytes.
     pub max_response: usize,
+    /// Most devices one bulk request may name (`/api/latest`, `/api/buckets`).
+    pub max_devices: usize,
 }
 
 impl Default for ApiLimits {
@@ -53,6 +55,7 @@ impl Default for ApiLimits {
                 .expect("the default pool size fits u32"),
             max_response: parse_bytes(settings::API_MAX_RESPONSE.default_text())
                 .expect("the default response cap parses"),
+            max_devices: settings::API_MAX_DEVICES.default_count(),
         }
     }
 }

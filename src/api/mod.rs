@@ -10,6 +10,7 @@
 
 mod devices;
 mod error;
+mod fleet;
 pub mod limits;
 pub mod metrics;
 mod params;
@@ -146,6 +147,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/devices", get(devices::devices))
         .route("/api/devices/{name}/latest", get(devices::device_latest))
         .route("/api/readings", get(readings::readings))
+        .route("/api/fleet", get(fleet::fleet))
+        .route("/api/latest", get(fleet::latest))
+        .route("/api/buckets", get(fleet::buckets))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .route("/health", get(health))
         .fallback(not_found)
@@ -230,7 +234,7 @@ async fn status_page() -> Html<&'static str> {
 
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
-        "no such endpoint: {} {}; see /health, /ready, /metrics, /api/devices, /api/devices/{{name}}/latest, /api/readings",
+        "no such endpoint: {} {}; see /health, /ready, /metrics, /api/devices, /api/devices/{{name}}/latest, /api/readings, /api/fleet, /api/latest, /api/buckets",
         req.method(),
         req.uri().path()
     ))
@@ -340,5 +344,18 @@ async fn metrics_text(State(state): State<ApiState>) -> Response {
 /// `stats::ServiceStats::to_json`): the machine-readable form of what
 /// `/metrics` shows.
 async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(state.0.stats.snapshot().to_json())
+    let mut body = state.0.stats.snapshot().to_json();
+    body["http_requests"] = http_requests(&state.0.http);
+    Json(body)
+}
+
+/// Requests answered since start, by route (all statuses): what a client
+/// such as the status page costs the server, counted where it lands.
+fn http_requests(http: &HttpStats) -> serde_json::Value {
+    let mut by_route = serde_json::Map::new();
+    for (route, _, n, _) in http.snapshot() {
+        let total = by_route.entry(route).or_insert(json!(0));
+        *total = json!(total.as_u64().unwrap_or(0) + n);
+    }
+    serde_json::Value::Object(by_route)
 }

@@ -26,7 +26,7 @@ const PARAMS: &[&str] = &["device", "register", "from", "to", "bucket", "limit"]
 
 /// No row serializes to fewer bytes (a unit test checks): the most rows an
 /// answer of `max_response` bytes can hold is `max_response / MIN_ROW_BYTES`.
-const MIN_ROW_BYTES: usize = 64;
+pub(super) const MIN_ROW_BYTES: usize = 64;
 
 #[derive(Serialize)]
 struct Answer<'a> {
@@ -135,13 +135,13 @@ fn too_large(cap: usize, q: &RangeQuery) -> ApiError {
 }
 
 /// A buffer that refuses to grow past `cap` bytes.
-struct Capped {
-    buf: Vec<u8>,
+pub(super) struct Capped {
+    pub(super) buf: Vec<u8>,
     cap: usize,
 }
 
 impl Capped {
-    fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         Self {
             buf: Vec::with_capacity(cap.min(64 * 1024)),
             cap,

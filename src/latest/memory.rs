@@ -391,6 +391,29 @@ impl LatestMemory {
             .and_then(|slot| slot.view())
     }
 
+    /// The device's poll state alone, without copying its values (what a
+    /// listing of every device needs).
+    pub fn state(&self, name: &str) -> Option<DeviceState> {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let slot = devices.get(name)?;
+        slot.lock().as_ref().map(|e| e.state.clone())
+    }
+
+    /// Whether a latest value of the device is not good, read in place: the
+    /// status page asks it of every device on each refresh, where a copy of
+    /// the values (`device`) would allocate for each of them.
+    pub fn has_value_not_good(&self, name: &str) -> bool {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        devices.get(name).is_some_and(|slot| {
+            slot.lock().as_ref().is_some_and(|e| {
+                e.values
+                    .iter()
+                    .flatten()
+                    .any(|v| v.quality != Quality::Good)
+            })
+        })
+    }
+
     /// Every device, by name. Builds a copy of everything: for summaries and
     /// tests, not for a per-request path at fleet scale.
     pub fn snapshot(&self) -> BTreeMap<String, DeviceLatest> {

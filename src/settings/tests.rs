@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 28] = [
+const ALL: [Setting; 29] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -29,6 +29,7 @@ const ALL: [Setting; 28] = [
     API_TIMEOUT,
     API_DB_CONNECTIONS,
     API_MAX_RESPONSE,
+    API_MAX_DEVICES,
 ];
 
 #[test]
@@ -54,6 +55,7 @@ fn every_default_parses_as_its_setting_reads_it() {
         HISTORY_MEMORY_MAX,
         API_CONCURRENCY,
         API_DB_CONNECTIONS,
+        API_MAX_DEVICES,
     ] {
         assert!(c.default_count() > 0, "--{}", c.flag);
     }

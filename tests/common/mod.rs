@@ -206,3 +206,49 @@ pub async fn set_reachable(url: &str, reachable: bool) {
     }
     admin.close().await;
 }
+
+/// Starts the fixture's devices with `settings` and the API on a free port.
+pub async fn start_with_api(
+    fixture: &SimFixture,
+    settings: regpoll::app::Settings,
+) -> (Running, std::net::SocketAddr) {
+    let settings = regpoll::app::Settings {
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        ..settings
+    };
+    let running = regpoll::app::start(
+        &settings,
+        regpoll::app::DeviceSource::Devices(fixture.devices.clone()),
+    )
+    .await
+    .expect("service starts");
+    let addr = running.http_addr().expect("HTTP is on");
+    (running, addr)
+}
+
+/// Headless Chromium (installed by scripts/test) with a throwaway profile,
+/// none of its calls home (refused here, and noise on the shared cores) and
+/// the page's DOM dumped to stdout. At the lowest priority: the browser
+/// runs on the operator's machine, not beside regpoll; here it shares two
+/// cores with the service, whose polling lateness tests measure.
+pub fn chromium(profile: &std::path::Path) -> tokio::process::Command {
+    let chromium = required_env("REGPOLL_TEST_CHROMIUM");
+    let mut cmd = tokio::process::Command::new("nice");
+    cmd.args(["-n", "19"])
+        .arg(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1600",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .kill_on_drop(true);
+    cmd
+}

@@ -40,6 +40,8 @@ pub struct FleetSpec {
     pub stall: Option<Stall>,
     /// A database outage made during the window (`--outage`).
     pub outage: Option<Outage>,
+    /// Chromium, to open the status page after the window (`--page`).
+    pub page: Option<PathBuf>,
 }
 
 /// Free loopback ports, found by binding and releasing them.
@@ -122,7 +124,7 @@ pub(crate) fn counter(stats: &Json, path: &[&str]) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn window_quantiles(a: &Json, b: &Json, name: &str) -> Json {
+pub(crate) fn window_quantiles(a: &Json, b: &Json, name: &str) -> Json {
     let d = |s: &Json| DistributionSnapshot::from_json(&s["distributions"][name]);
     let (Some(a), Some(b)) = (d(a), d(b)) else {
         return Json::Null;
@@ -329,6 +331,15 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
         }
         None => Json::Null,
     };
+    // The status page, after the window and for as long, on the same fleet.
+    let page = match &spec.page {
+        Some(chromium) => {
+            say(format!("the status page open for {:?}", spec.duration));
+            let shot = crate::page::screenshot_path(spec.devices);
+            crate::page::page(chromium, http, spec.duration, &shot, work).await?
+        }
+        None => Json::Null,
+    };
     let hwm_kib = status_kib(pid, "VmHWM")?;
     let rss_kib = status_kib(pid, "VmRSS")?;
 
@@ -424,6 +435,7 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
         "history_queue_depth_at_end": counter(&s1.stats, &["history", "queue_depth"]),
         "stalls": stalls,
         "outage": outage,
+        "page": page,
     });
     if !status.success() {
         bail!(

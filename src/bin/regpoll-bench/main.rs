@@ -22,6 +22,7 @@ mod fleet;
 mod floor;
 mod ingest;
 mod outage;
+mod page;
 mod proc_stats;
 mod report;
 mod spool;
@@ -92,6 +93,11 @@ enum BenchCommand {
         /// make the window long enough for the replay.
         #[arg(long, value_name = "AT/LENGTH", value_parser = outage::parse_outage)]
         outage: Option<outage::Outage>,
+        /// After the window, open the status page in this headless
+        /// Chromium for as long: first paint, requests per refresh by route,
+        /// lateness with the page open, a screenshot under target/.
+        #[arg(long, value_name = "CHROMIUM")]
+        page: Option<PathBuf>,
         /// The regpoll binary to run as simulator and service; by default the
         /// `regpoll` beside this program, where cargo builds both.
         #[arg(long, value_name = "PATH", env = "BENCH_REGPOLL")]
@@ -209,6 +215,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
             redis_url,
             stall,
             outage,
+            page,
             regpoll,
             out,
         } => {
@@ -226,6 +233,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 redis_url,
                 stall,
                 outage,
+                page,
             };
             write(out.as_deref(), &fleet::fleet(&spec, &product).await?)
         }

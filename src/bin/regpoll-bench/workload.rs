@@ -27,6 +27,7 @@ impl FleetSpec {
             redis_url: None,
             stall: None,
             outage: None,
+            page: None,
         }
     }
 }

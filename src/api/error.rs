@@ -76,12 +76,15 @@ impl ApiError {
                 }
                 warn.warn(|suppressed| {
                     tracing::warn!(
-                        error = format!("{e:#}"),
+                        error = crate::db::error_text(e.as_ref()),
                         suppressed,
                         "history query failed; HTTP clients get 503"
                     );
                 });
-                ApiError::busy(format!("the database cannot answer: {e:#}"))
+                ApiError::busy(format!(
+                    "the database cannot answer: {}",
+                    crate::db::error_text(e.as_ref())
+                ))
             }
         }
     }

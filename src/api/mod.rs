@@ -287,7 +287,7 @@ async fn ready(State(state): State<ApiState>) -> Response {
             .ping(READY_TIMEOUT)
             .await
             .err()
-            .map(|e| format!("redis: {e:#}"))
+            .map(|e| format!("redis: {}", crate::db::error_text(e.as_ref())))
     };
     let (db, redis) = tokio::join!(db, redis);
     let mut reasons: Vec<String> = db.into_iter().chain(redis).collect();

@@ -206,7 +206,7 @@ impl Reconnect {
             };
             if let Err(e) = synced {
                 tracing::error!(
-                    error = format!("{e:#}"),
+                    error = crate::db::error_text(e.as_ref()),
                     "cannot sync the devices into the registry; polling the registry as it is"
                 );
             }
@@ -215,7 +215,7 @@ impl Reconnect {
             .await
             .inspect_err(|e| {
                 tracing::error!(
-                    error = format!("{e:#}"),
+                    error = crate::db::error_text(e.as_ref()),
                     "cannot set up retention; old readings are not deleted until the next start"
                 );
             })

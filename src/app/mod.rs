@@ -347,7 +347,7 @@ async fn retention_loop(db: Db, keep: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "expired readings deleted"),
             Err(e) => tracing::warn!(
-                error = format!("{e:#}"),
+                error = crate::db::error_text(e.as_ref()),
                 "cannot delete expired readings; will retry"
             ),
         }

@@ -102,7 +102,7 @@ impl Reloader {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(
-                    error = format!("{e:#}"),
+                    error = crate::db::error_text(e.as_ref()),
                     "cannot reload the registry; keeping the devices being polled"
                 );
                 return false;
@@ -203,7 +203,7 @@ impl RegistryWatch {
                     tracing::info!(file = %path.display(), added = ?report.added, changed = ?report.changed, deactivated = ?report.deactivated, "devices file changed; registry synced")
                 }
                 Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
+                    error = crate::db::error_text(e.as_ref()),
                     "cannot sync the changed devices file"
                 ),
             },

@@ -395,7 +395,7 @@ pub async fn run_writer(
                 Some(Err(e)) => {
                     let backoff = retry.map_or(RETRY_MIN, |(_, b)| (b * 2).min(settings.retry_max));
                     stats.failures.fetch_add(1, Ordering::Relaxed);
-                    let error = format!("{e:#}");
+                    let error = crate::db::error_text(e.as_ref());
                     // Once per outage and per new cause, not at every retry:
                     // the counters and /ready show that it goes on.
                     if lock(&stats.last_error).as_deref() != Some(error.as_str()) {

@@ -103,7 +103,7 @@ pub fn describe(e: &anyhow::Error) -> String {
             Some(code) => format!("{} (code {code})", db.message()),
             None => db.message().to_string(),
         },
-        _ => format!("{e:#}"),
+        _ => crate::db::error_text(e.as_ref()),
     }
 }
 

@@ -51,8 +51,8 @@ pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::V
 /// those skipped because their registry rows cannot be used (state
 /// "skipped", with the "reason"). A rejected device still polled on its
 /// previous definition is listed as polled, with the "reason" its new rows
-/// were refused. What `/api/devices` serves and what `/api/fleet`
-/// summarises, filters and pages: one listing, so the two never disagree.
+/// were refused. What `/api/devices` serves; `/api/fleet` builds the same
+/// objects (`polled_json`, `skipped_json`) for the devices of its page.
 pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
     let stats = &s.stats;
     let rejected = stats.registry.snapshot();
@@ -61,20 +61,36 @@ pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
         .borrow()
         .iter()
         .map(|d| {
-            let mut json = device_json(d, &stats.latest);
-            if let Some(r) = rejected.get(&d.name) {
-                json["reason"] = json!(r.reason);
-            }
-            json
+            let reason = rejected.get(&d.name).map(|r| r.reason.as_str());
+            polled_json(d, &stats.latest, reason)
         })
         .collect();
     list.extend(
         rejected
             .iter()
             .filter(|(_, r)| !r.polling_previous)
-            .map(|(name, r)| json!({ "name": name, "state": "skipped", "reason": r.reason })),
+            .map(|(name, r)| skipped_json(name, &r.reason)),
     );
     list
+}
+
+/// A polled device, with the `reason` its newest registry rows were refused
+/// when it is polled on its previous definition.
+pub(crate) fn polled_json(
+    device: &Device,
+    latest: &LatestMemory,
+    reason: Option<&str>,
+) -> serde_json::Value {
+    let mut json = device_json(device, latest);
+    if let Some(reason) = reason {
+        json["reason"] = json!(reason);
+    }
+    json
+}
+
+/// A device not polled because its registry rows cannot be used.
+pub(crate) fn skipped_json(name: &str, reason: &str) -> serde_json::Value {
+    json!({ "name": name, "state": "skipped", "reason": reason })
 }
 
 pub(crate) async fn device_latest(

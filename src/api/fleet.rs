@@ -22,14 +22,14 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 
-use super::devices::listing;
+use super::devices::{polled_json, skipped_json};
 use super::error::ApiError;
 use super::params::Params;
 use super::readings::{Capped, MIN_ROW_BYTES};
 use super::{ApiState, Shared};
 use crate::history::query::{self, QueryError, RangeQuery, Rows};
 use crate::reading::rfc3339;
-use crate::registry::{format_duration, parse_duration};
+use crate::registry::{Device, format_duration, parse_duration};
 
 /// The longest device name (see `config::validate::check_name`): a list of
 /// `n` names is at most `n × (this + 1)` bytes, so a longer one is refused
@@ -49,6 +49,11 @@ const BUCKET_PARAMS: &[&str] = &["devices", "from", "to", "bucket"];
 const CALM_STATES: &[&str] = &["up", "pending"];
 
 /// `GET /api/fleet?search=&state=&tag=&page=&per_page=`.
+///
+/// The summary, filters and order work on borrowed rows (a name, a state,
+/// the tags); only the page's devices are turned into JSON. Building the
+/// JSON of every device on each refresh cost 20 MiB of peak memory and
+/// 66 ms an answer at 10,000 devices (BENCHMARKS.md, "The status page").
 pub(crate) async fn fleet(
     State(state): State<ApiState>,
     RawQuery(raw): RawQuery,
@@ -59,18 +64,39 @@ pub(crate) async fn fleet(
     let per_page = count(&params, "per_page", 50, s.limits.max_devices)?;
     let page = count(&params, "page", 0, usize::MAX)?;
 
-    let mut devices = listing(s);
-    for d in &mut devices {
-        let attention = needs_attention(d, s);
-        d["attention"] = json!(attention);
-    }
-    let summary = summary(&devices, s);
-    let mut matched: Vec<Value> = devices.into_iter().filter(|d| filter.keeps(d)).collect();
+    let latest = &s.stats.latest;
+    let polled = s.stats.devices.borrow();
+    let rejected = s.stats.registry.snapshot();
+    let mut rows: Vec<Row> = polled
+        .iter()
+        .map(|d| {
+            let state = match latest.up(&d.name) {
+                None => "pending",
+                Some(true) => "up",
+                Some(false) => "down",
+            };
+            Row::new(
+                &d.name,
+                state,
+                Some(&d.tags),
+                Some(d),
+                rejected.get(&d.name).map(|r| r.reason.as_str()),
+                s,
+            )
+        })
+        .collect();
+    rows.extend(
+        rejected
+            .iter()
+            .filter(|(_, r)| !r.polling_previous)
+            .map(|(name, r)| Row::new(name, "skipped", None, None, Some(&r.reason), s)),
+    );
+    let summary = summary(&rows, s);
+    let mut matched: Vec<&Row> = rows.iter().filter(|r| filter.keeps(r)).collect();
     matched.sort_by(|a, b| {
-        let rank = |d: &Value| !d["attention"].as_bool().unwrap_or(false);
-        rank(a)
-            .cmp(&rank(b))
-            .then_with(|| natural_cmp(name_of(a), name_of(b)))
+        (!a.attention)
+            .cmp(&!b.attention)
+            .then_with(|| natural_cmp(a.name, b.name))
     });
     let total = matched.len();
     let pages = total.div_ceil(per_page).max(1);
@@ -79,6 +105,14 @@ pub(crate) async fn fleet(
         .into_iter()
         .skip(page * per_page)
         .take(per_page)
+        .map(|r| {
+            let mut json = match r.device {
+                Some(d) => polled_json(d, latest, r.reason),
+                None => skipped_json(r.name, r.reason.unwrap_or_default()),
+            };
+            json["attention"] = json!(r.attention);
+            json
+        })
         .collect();
     Ok(Json(json!({
         "summary": summary,
@@ -90,47 +124,68 @@ pub(crate) async fn fleet(
     })))
 }
 
-fn name_of(d: &Value) -> &str {
-    d["name"].as_str().unwrap_or("")
+/// One device of the listing, borrowed: what the summary, the filters and
+/// the order need.
+struct Row<'a> {
+    name: &'a str,
+    state: &'a str,
+    tags: Option<&'a BTreeMap<String, String>>,
+    /// The polled device; `None` for a skipped one.
+    device: Option<&'a Device>,
+    /// Why its registry rows were refused, if they were.
+    reason: Option<&'a str>,
+    attention: bool,
 }
 
-/// A device needs attention when its state is not a calm one, when its
-/// newest registry rows were refused (it is polled on its previous
-/// definition, with a `reason`), or when a value it reported last is not
-/// good (a device can be up with one request failing).
-fn needs_attention(d: &Value, s: &Shared) -> bool {
-    let state = d["state"].as_str().unwrap_or("");
-    if !CALM_STATES.contains(&state) || d.get("reason").is_some() {
-        return true;
+impl<'a> Row<'a> {
+    /// A device needs attention when its state is not a calm one, when its
+    /// newest registry rows were refused (it is skipped, or polled on its
+    /// previous definition), or when a value it reported last is not good
+    /// (a device can be up with one request failing).
+    fn new(
+        name: &'a str,
+        state: &'a str,
+        tags: Option<&'a BTreeMap<String, String>>,
+        device: Option<&'a Device>,
+        reason: Option<&'a str>,
+        s: &Shared,
+    ) -> Row<'a> {
+        let attention = !CALM_STATES.contains(&state)
+            || reason.is_some()
+            || (state == "up" && s.stats.latest.has_value_not_good(name));
+        Row {
+            name,
+            state,
+            tags,
+            device,
+            reason,
+            attention,
+        }
     }
-    state == "up" && s.stats.latest.has_value_not_good(name_of(d))
 }
 
 /// Counts by state (whatever states the listing has), readings by quality,
 /// the history writer and Redis as `/api/stats` shows them, and the tags the
 /// page can filter by.
-fn summary(devices: &[Value], s: &Shared) -> Value {
-    let mut states: BTreeMap<String, usize> = ["up", "down", "pending"]
-        .iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
-    let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+fn summary(rows: &[Row], s: &Shared) -> Value {
+    let mut states: BTreeMap<&str, usize> =
+        ["up", "down", "pending"].iter().map(|s| (*s, 0)).collect();
+    let mut tags: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut attention = 0;
-    for d in devices {
-        let state = d["state"].as_str().unwrap_or("unknown").to_string();
-        *states.entry(state).or_default() += 1;
-        attention += usize::from(d["attention"].as_bool().unwrap_or(false));
-        for (k, v) in d["tags"].as_object().into_iter().flatten() {
-            let values = tags.entry(k.clone()).or_default();
+    for r in rows {
+        *states.entry(r.state).or_default() += 1;
+        attention += usize::from(r.attention);
+        for (k, v) in r.tags.into_iter().flatten() {
+            let values = tags.entry(k).or_default();
             if values.len() < MAX_TAG_VALUES {
-                values.insert(v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                values.insert(v);
             }
         }
     }
     let stats = s.stats.snapshot().to_json();
     let problems = s.stats.history_snapshot().problems(Utc::now());
     json!({
-        "devices": devices.len(),
+        "devices": rows.len(),
         "attention": attention,
         "states": states,
         "readings": stats["readings"],
@@ -163,16 +218,16 @@ impl Filter {
         })
     }
 
-    fn keeps(&self, d: &Value) -> bool {
+    fn keeps(&self, r: &Row) -> bool {
         if let Some(search) = &self.search
-            && !name_of(d).to_lowercase().contains(search.as_str())
+            && !r.name.to_lowercase().contains(search.as_str())
         {
             return false;
         }
         if let Some(state) = &self.state {
             let keep = match state.as_str() {
-                "attention" => d["attention"].as_bool().unwrap_or(false),
-                s => d["state"].as_str() == Some(s),
+                "attention" => r.attention,
+                s => r.state == s,
             };
             if !keep {
                 return false;
@@ -180,11 +235,9 @@ impl Filter {
         }
         match &self.tag {
             None => true,
-            Some((key, value)) => d["tags"].as_object().is_some_and(|tags| {
-                tags.iter().any(|(k, v)| {
-                    key.as_ref().is_none_or(|key| key == k)
-                        && v.as_str().map_or_else(|| v.to_string(), str::to_string) == *value
-                })
+            Some((key, value)) => r.tags.is_some_and(|tags| {
+                tags.iter()
+                    .any(|(k, v)| key.as_ref().is_none_or(|key| key == k) && v == value)
             }),
         }
     }

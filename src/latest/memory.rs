@@ -399,6 +399,14 @@ impl LatestMemory {
         slot.lock().as_ref().map(|e| e.state.clone())
     }
 
+    /// Whether the device is up (`None` before its first poll), read in
+    /// place: the status page's listing asks it of every device.
+    pub fn up(&self, name: &str) -> Option<bool> {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let slot = devices.get(name)?;
+        slot.lock().as_ref().map(|e| e.state.up)
+    }
+
     /// Whether a latest value of the device is not good, read in place: the
     /// status page asks it of every device on each refresh, where a copy of
     /// the values (`device`) would allocate for each of them.

@@ -64,8 +64,18 @@ fn bad_characters_and_empty_names_are_refused_by_name() {
 
 #[test]
 fn the_filter_matches_name_state_and_tag() {
-    let d = json!({"name": "Pump-7", "state": "down", "attention": true,
-                   "tags": {"site": "plant-a", "line": 3}});
+    let tags: BTreeMap<String, String> = [("site", "plant-a"), ("line", "3")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let d = Row {
+        name: "Pump-7",
+        state: "down",
+        tags: Some(&tags),
+        device: None,
+        reason: None,
+        attention: true,
+    };
     let keeps = |q: &str| Filter::parse(&params(q)).unwrap().keeps(&d);
     assert!(keeps(""));
     assert!(keeps("search=pump"));

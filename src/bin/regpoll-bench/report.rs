@@ -11,6 +11,12 @@ pub const TARGET_CPU_US_PER_READING: f64 = 2.0;
 pub const TARGET_RSS_KB_PER_DEVICE: f64 = 4.0;
 pub const TARGET_REDIS_P99_MS: f64 = 10.0;
 pub const TARGET_WRITER_RATIO: f64 = 0.9;
+/// The status page (issue 21): its summary painted within 2 s of the
+/// browser's start at 10,000 devices, and a refresh costing the server a
+/// fixed number of requests (`/api/fleet`, `/ready`, `/api/latest`, and
+/// `/api/buckets` when the page's devices change or every 30 s).
+pub const TARGET_FIRST_PAINT_MS: f64 = 2000.0;
+pub const TARGET_REQUESTS_PER_REFRESH: f64 = 4.0;
 
 fn f(v: &Json, key: &str) -> Option<f64> {
     v.get(key).and_then(Json::as_f64)
@@ -110,6 +116,41 @@ pub fn report(results: &[Json]) -> (String, bool) {
             );
         }
     }
+    let paged: Vec<&Json> = fleets
+        .iter()
+        .copied()
+        .filter(|r| r["page"].is_object())
+        .collect();
+    if !paged.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nThe status page open on the fleet:\n\n| scenario | first paint with the summary (ms) | refreshes | requests per refresh | requests by route | lateness p99 page open / blank page (ms) | mean answer ms by route |\n|---|---|---|---|---|---|---|"
+        );
+        for r in &paged {
+            let p = &r["page"];
+            let by_route = |v: &Json| {
+                v.as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, n)| n.as_f64().is_some_and(|n| n > 0.0))
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.2} | {} | {:.2} / {:.2} | {} |",
+                r["scenario"].as_str().unwrap_or("?"),
+                p["first_paint_ms"],
+                p["refreshes"],
+                f(p, "requests_per_refresh").unwrap_or(f64::NAN),
+                by_route(&p["requests"]),
+                f(&p["lateness"], "p99_ms").unwrap_or(f64::NAN),
+                f(&p["lateness_blank_page"], "p99_ms").unwrap_or(f64::NAN),
+                by_route(&p["mean_answer_ms"]),
+            );
+        }
+    }
     for r in results.iter().filter(|r| r["kind"] == "ingest") {
         let _ = writeln!(
             out,
@@ -181,6 +222,31 @@ pub fn report(results: &[Json]) -> (String, bool) {
                 ),
             );
         }
+        let p = &r["page"];
+        if p.is_object() {
+            let paint = f(p, "first_paint_ms").unwrap_or(f64::INFINITY);
+            judge(
+                format!(
+                    "({name}) first paint with the summary {paint:.0} ms ≤ {TARGET_FIRST_PAINT_MS} ms"
+                ),
+                Verdict::of(paint <= TARGET_FIRST_PAINT_MS),
+            );
+            let per = f(p, "requests_per_refresh").unwrap_or(f64::INFINITY);
+            judge(
+                format!(
+                    "({name}) {per:.2} requests per refresh ≤ {TARGET_REQUESTS_PER_REFRESH}, whatever the fleet size"
+                ),
+                Verdict::of(per <= TARGET_REQUESTS_PER_REFRESH),
+            );
+            let open = f(&p["lateness"], "p99_ms").unwrap_or(f64::INFINITY);
+            let blank = f(&p["lateness_blank_page"], "p99_ms").unwrap_or(0.0);
+            judge(
+                format!(
+                    "({name}) lateness p99 with the page open {open:.2} ms ≤ 2 × {blank:.2} ms with a blank page"
+                ),
+                Verdict::of(open <= 2.0 * blank),
+            );
+        }
         if r["devices"].as_u64() >= Some(10_000) {
             let p99 = f(&r["lateness"], "p99_ms").unwrap_or(f64::INFINITY);
             judge(
@@ -243,6 +309,33 @@ mod tests {
         assert!(ok, "{table}");
         assert!(
             table.contains("| c | 21.2 | 31.0 | 48.5 | 19.0 | 12.0 | 54.3 / 63.9 |"),
+            "{table}"
+        );
+        // The page scenario: its table, and its own targets judged.
+        let mut paged = fleet.clone();
+        paged["scenario"] = json!("page");
+        paged["page"] = json!({"first_paint_ms": 1213, "refreshes": 15.0,
+            "requests": {"/api/fleet": 15.0, "/ready": 15.0, "/api/latest": 15.0, "/api/buckets": 1.0, "/api/readings": 0.0},
+            "requests_per_refresh": 3.07, "lateness": {"p99_ms": 4.99}, "lateness_blank_page": {"p99_ms": 4.74},
+            "mean_answer_ms": {"/api/fleet": 9.5}});
+        let (table, ok) = report(std::slice::from_ref(&paged));
+        assert!(ok, "{table}");
+        assert!(
+            table.contains("| page | 1213 | 15.0 | 3.07 | /api/fleet 15.0, /ready 15.0, /api/latest 15.0, /api/buckets 1.0 | 4.99 / 4.74 | /api/fleet 9.5 |"),
+            "{table}"
+        );
+        paged["page"]["first_paint_ms"] = json!(2500);
+        paged["page"]["lateness"]["p99_ms"] = json!(9.6);
+        let (table, ok) = report(&[paged]);
+        assert!(!ok);
+        assert!(
+            table.contains("first paint with the summary 2500 ms ≤ 2000 ms: MISSED"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "lateness p99 with the page open 9.60 ms ≤ 2 × 4.74 ms with a blank page: MISSED"
+            ),
             "{table}"
         );
         let mut slow = fleet.clone();

@@ -164,7 +164,7 @@ fn cases() -> Vec<(String, String, serde_json::Value, Value)> {
     for order in ["ABCD", "BADC"] {
         // 0.1 is no half; Python rounds it to the nearest, 0x2E66, which
         // regpoll reads as the shortest decimal of that half. A half keeps
-        // about three digits: 3.1416 is served as 3.140625, read as 3.14.
+        // about three digits: 1.2345 is served as 1.234375, read as 1.234.
         add("input", "f16", order, 1, json!(0.1), Value::Number(0.1), "");
         add(
             "input",
@@ -180,8 +180,8 @@ fn cases() -> Vec<(String, String, serde_json::Value, Value)> {
             "f16",
             order,
             1,
-            json!(3.1416),
-            Value::Number(3.14),
+            json!(1.2345),
+            Value::Number(1.234),
             "",
         );
         add(

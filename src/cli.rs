@@ -305,7 +305,7 @@ pub struct ReadArgs {
     /// How many values to read.
     #[arg(long, default_value_t = 1)]
     pub count: u16,
-    /// Type of each value: bool u16 i16 u32 i32 u64 i64 f32 f64.
+    /// Type of each value: u8 i8 (both bytes of each word) u16 i16 u32 i32 u64 i64 f16 f32 f64 bcd16 bcd32.
     #[arg(long = "type", default_value = "u16")]
     pub data_type: String,
     /// Byte order of multi-word values (ABCD, CDAB, BADC, DCBA or the 64-bit names).

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use crate::modbus::decode::{decode, decode_text};
+use crate::modbus::decode::{decode, decode_text, invalid_bcd};
 use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::{ReadRequest, plan_group};
 use crate::modbus::{ReadError, Words};
@@ -140,7 +140,12 @@ fn evaluate(reg: &Register, req: &ReadRequest, words: &Words) -> (Value, Quality
                 };
                 return (Value::Text(text), quality, note);
             }
-            decode(w, reg)
+            match decode(w, reg) {
+                // Only BCD with a nibble above 9 decodes to nothing: the
+                // device sent no number, so there is no value to judge.
+                Value::None => return (Value::None, Quality::Bad, invalid_bcd(w, reg)),
+                v => v,
+            }
         }
     };
     let n = match raw {
@@ -227,6 +232,49 @@ mod tests {
                 ),
             );
         }
+    }
+
+    #[test]
+    fn non_finite_halves_are_treated_like_any_float() {
+        let (reg, req) = float_register(DataType::F16);
+        for (word, what) in [(0x7E00, "NaN"), (0x7C00, "+Inf"), (0xFC00, "-Inf")] {
+            assert_eq!(
+                evaluate(&reg, &req, &Words::Registers(vec![word])),
+                (
+                    Value::None,
+                    Quality::Uncertain,
+                    Some(format!("{what} float"))
+                ),
+            );
+        }
+    }
+
+    #[test]
+    fn bcd_with_a_nibble_above_nine_is_bad_and_names_the_digit() {
+        let (reg, req) = float_register(DataType::Bcd16);
+        assert_eq!(
+            evaluate(&reg, &req, &Words::Registers(vec![0x12A4])),
+            (
+                Value::None,
+                Quality::Bad,
+                Some("BCD digit 0xA at nibble 2 of 0x12A4 is not a decimal digit".into())
+            ),
+        );
+        let (mut reg, req) = float_register(DataType::Bcd32);
+        reg.order = crate::registry::WordOrder::Cdab;
+        assert_eq!(
+            evaluate(&reg, &req, &Words::Registers(vec![0x345F, 0x0012])),
+            (
+                Value::None,
+                Quality::Bad,
+                Some("BCD digit 0xF at nibble 7 of 0x0012345F is not a decimal digit".into())
+            ),
+        );
+        reg.scale = 0.01;
+        assert_eq!(
+            evaluate(&reg, &req, &Words::Registers(vec![0x3456, 0x0012])),
+            (Value::Number(1234.56), Quality::Good, None),
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! regpoll against an independent Modbus TCP server: pymodbus, loaded with known
 //! values of every type and byte order that it encodes itself (Python's struct
-//! module). Every decoded value must come back exactly.
+//! module; BCD from hex digits). Every decoded value must come back exactly.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -131,7 +131,68 @@ fn cases() -> Vec<(String, String, serde_json::Value, Value)> {
             "",
         );
     }
+    for order in ["ABCD", "CDAB", "BADC", "DCBA"] {
+        add(
+            "input",
+            "bcd32",
+            order,
+            2,
+            json!("12345678"),
+            Value::Number(12_345_678.0),
+            "",
+        );
+        add(
+            "holding",
+            "string",
+            order,
+            6,
+            json!("pump ñ 7/ab"),
+            Value::Text("pump ñ 7/ab".into()),
+            ", length: 6",
+        );
+        // An odd length: the last register has no partner to swap with.
+        add(
+            "input",
+            "string",
+            order,
+            3,
+            json!("valve"),
+            Value::Text("valve".into()),
+            ", length: 3",
+        );
+    }
     for order in ["ABCD", "BADC"] {
+        // 0.1 is no half; Python rounds it to the nearest, 0x2E66, which
+        // regpoll reads as the shortest decimal of that half. A half keeps
+        // about three digits: 1.2345 is served as 1.234375, read as 1.234.
+        add("input", "f16", order, 1, json!(0.1), Value::Number(0.1), "");
+        add(
+            "input",
+            "f16",
+            order,
+            1,
+            json!(-65504.0),
+            Value::Number(-65504.0),
+            "",
+        );
+        add(
+            "holding",
+            "f16",
+            order,
+            1,
+            json!(1.2345),
+            Value::Number(1.234),
+            "",
+        );
+        add(
+            "holding",
+            "bcd16",
+            order,
+            1,
+            json!("9071"),
+            Value::Number(9071.0),
+            "",
+        );
         add(
             "holding",
             "u16",
@@ -163,9 +224,32 @@ fn cases() -> Vec<(String, String, serde_json::Value, Value)> {
     out
 }
 
+/// (register name, devices.yaml fields, server entry, value) of bytes that
+/// share one word: a u8 in the high byte, an i8 in the low one, at `address`.
+fn byte_cases(address: u16) -> Vec<(String, String, serde_json::Value, Value)> {
+    [("u8", "high", 200, 200.0), ("i8", "low", -100, -100.0)]
+        .into_iter()
+        .map(|(ty, byte, server, expect)| {
+            let name = format!("{ty}_{byte}_{address}");
+            let yaml = format!(
+                "{{ name: {name}, kind: holding, address: {address}, type: {ty}, byte: {byte} }}"
+            );
+            let entry = json!({"kind": "holding", "address": address, "type": ty, "byte": byte, "value": server});
+            (name, yaml, entry, Value::Number(expect))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn every_type_and_order_decodes_exactly_from_an_independent_server() {
-    let cases = cases();
+    let mut cases = cases();
+    cases.extend(byte_cases(145));
+    assert!(
+        cases.iter().all(|c| c.2["address"].as_u64() < Some(145)
+            || c.2["type"] == "u8"
+            || c.2["type"] == "i8"),
+        "the cases run into the byte and bit words"
+    );
     let mut spec: Vec<serde_json::Value> = cases.iter().map(|c| c.2.clone()).collect();
     spec.push(json!({"kind": "holding", "address": 150, "type": "bool", "bit": 13, "value": true}));
     spec.push(json!({"kind": "coil", "address": 7, "type": "bool", "value": true}));
@@ -205,4 +289,44 @@ async fn every_type_and_order_decodes_exactly_from_an_independent_server() {
     assert_eq!(read("coil_off"), Value::Bool(false));
     assert_eq!(read("running"), Value::Bool(true));
     assert_eq!(report.readings.len(), cases.len() + 5);
+}
+
+/// A BCD nibble above 9 from an independent server is a bad reading that
+/// names the digit; its neighbours in the same request are unaffected.
+#[tokio::test]
+async fn bcd_with_a_nibble_above_nine_is_a_bad_reading_that_names_it() {
+    let spec = json!([
+        {"kind": "input", "address": 0, "type": "bcd16", "value": "12A4"},
+        {"kind": "input", "address": 1, "type": "bcd32", "order": "CDAB", "value": "0012345F"},
+        {"kind": "input", "address": 3, "type": "bcd16", "value": "0042"},
+    ]);
+    let (_server, port, _dir) = start_pymodbus(&spec);
+    let yaml = format!(
+        "devices:\n  - name: independent\n    host: 127.0.0.1\n    port: {port}\n    registers:\n      - {{ name: a, kind: input, address: 0, type: bcd16 }}\n      - {{ name: b, kind: input, address: 1, type: bcd32, order: CDAB }}\n      - {{ name: c, kind: input, address: 3, type: bcd16 }}\n"
+    );
+    let device = Arc::new(config::parse(&yaml, "interop.yaml").unwrap().remove(0));
+    let report = DevicePoller::new(device, Arc::new(Endpoint::new("127.0.0.1", port)))
+        .poll()
+        .await;
+    let seen: Vec<_> = report
+        .readings
+        .iter()
+        .map(|r| (r.value.clone(), r.quality, r.detail.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                Value::None,
+                Quality::Bad,
+                Some("BCD digit 0xA at nibble 2 of 0x12A4 is not a decimal digit".into())
+            ),
+            (
+                Value::None,
+                Quality::Bad,
+                Some("BCD digit 0xF at nibble 7 of 0x0012345F is not a decimal digit".into())
+            ),
+            (Value::Number(42.0), Quality::Good, None),
+        ]
+    );
 }

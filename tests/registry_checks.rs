@@ -1,5 +1,5 @@
-//! Registry rows regpoll cannot use: the database refuses them (migration
-//! 0009), a migration over rows that already break the rules stops and names
+//! Registry rows regpoll cannot use: the database refuses them (migrations
+//! 0009 and 0010), a migration over rows that already break the rules stops and names
 //! them, and what still gets through (rules only the loader can check, such
 //! as a cron pattern) is shown on /ready, /metrics, /api/devices and Redis.
 //! A reload also clears from Redis what is no longer polled.
@@ -216,6 +216,97 @@ async fn postgres_refuses_registry_rows_regpoll_cannot_use() {
     db.close().await;
 }
 
+/// Migration 0010: the types f16, bcd16, bcd32, u8 and i8, the `byte` a u8
+/// or i8 reads, and strings that swap words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_takes_the_new_types_and_refuses_a_byte_where_it_means_nothing() {
+    let url = common::fresh_postgres().await;
+    let db = Db::postgres(&url).await.unwrap();
+    let pool = pool(&db);
+    pool.execute("INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms) VALUES ('d', 'h', 502, 1, 1000, 1000)")
+        .await
+        .unwrap();
+    let insert = |columns: &str, values: &str| {
+        format!(
+            "INSERT INTO device_register_map (device_id, name, {columns}) \
+             SELECT id, 'r', {values} FROM devices WHERE name = 'd'"
+        )
+    };
+    for (columns, values, constraint) in [
+        (
+            "kind, address, data_type, byte",
+            "'holding', 0, 'u8', 'middle'",
+            "register_byte_known",
+        ),
+        (
+            "kind, address, data_type, byte",
+            "'holding', 0, 'u16', 'high'",
+            "register_byte_only_on_bytes",
+        ),
+        (
+            "kind, address, data_type",
+            "'holding', 0, 'i8'",
+            "register_byte_only_on_bytes",
+        ),
+        (
+            "kind, address, data_type, byte, word_order",
+            "'holding', 0, 'u8', 'low', 'BADC'",
+            "register_word_order_fits_type",
+        ),
+        (
+            "kind, address, data_type, word_order",
+            "'holding', 0, 'bcd16', 'CDAB'",
+            "register_word_order_fits_type",
+        ),
+        (
+            "kind, address, data_type, word_order",
+            "'holding', 0, 'f16', 'DCBA'",
+            "register_word_order_fits_type",
+        ),
+        (
+            "kind, address, data_type, length, word_order",
+            "'holding', 0, 'string', 4, 'GHEFCDAB'",
+            "register_word_order_fits_type",
+        ),
+        (
+            "kind, address, data_type",
+            "'holding', 65535, 'bcd32'",
+            "register_fits_address_space",
+        ),
+    ] {
+        let sql = insert(columns, values);
+        let e = pool
+            .execute(sqlx::AssertSqlSafe(sql.clone()))
+            .await
+            .expect_err(&sql)
+            .to_string();
+        assert!(e.contains(constraint), "{sql}: {e}");
+    }
+
+    // What devices.yaml accepts goes in, and comes back as it was written.
+    let yaml = "devices:\n  - name: meter\n    host: 127.0.0.1\n    registers:\n      - { name: mode, kind: holding, address: 0, type: u8, byte: high }\n      - { name: trim, kind: holding, address: 0, type: i8, byte: low }\n      - { name: level, kind: input, address: 1, type: f16, order: BADC }\n      - { name: code, kind: input, address: 2, type: bcd16 }\n      - { name: hours, kind: input, address: 3, type: bcd32, order: CDAB }\n      - { name: label, kind: input, address: 5, type: string, length: 3, order: DCBA }\n";
+    let devices = regpoll::config::parse(yaml, "devices.yaml").unwrap();
+    db.sync_devices(&devices).await.unwrap();
+    let loaded = db.load_devices().await.unwrap();
+    assert_eq!(loaded.problems, Vec::<String>::new());
+    let meter = loaded.devices.iter().find(|d| d.name == "meter").unwrap();
+    assert_eq!(meter.registers, devices[0].registers);
+    let stored: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT name, byte FROM device_register_map WHERE byte IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        [
+            ("mode".to_string(), Some("high".to_string())),
+            ("trim".to_string(), Some("low".to_string()))
+        ]
+    );
+    db.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checks_migration_names_rows_that_break_them_and_changes_nothing() {
     // Every migration before 0009, as a database migrated by an older regpoll.
@@ -425,6 +516,30 @@ async fn sqlite_refuses_registry_rows_regpoll_cannot_use() {
         .expect_err("a word swap of one word")
         .to_string();
     assert!(e.contains("swaps words"), "{e}");
+    let e = pool
+        .execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'middle')")
+        .await
+        .expect_err("middle is no byte")
+        .to_string();
+    assert!(e.contains("unknown byte (valid: high, low)"), "{e}");
+    let e = pool
+        .execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type) VALUES (1, 'b', 'holding', 0, 'i8')")
+        .await
+        .expect_err("an i8 without its byte")
+        .to_string();
+    assert!(e.contains("byte (high or low) is required"), "{e}");
+    pool.execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'high')")
+        .await
+        .unwrap();
+    pool.execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type, word_order, length) VALUES (1, 's', 'holding', 1, 'string', 'CDAB', 4)")
+        .await
+        .expect("strings swap words");
+    let e = pool
+        .execute("UPDATE device_register_map SET byte = NULL WHERE name = 'b'")
+        .await
+        .expect_err("a u8 losing its byte")
+        .to_string();
+    assert!(e.contains("byte (high or low) is required"), "{e}");
     pool.execute("UPDATE device_register_map SET active = false")
         .await
         .expect("deactivating is never refused");

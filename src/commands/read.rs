@@ -12,7 +12,7 @@ use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
 use crate::reading::{PollReport, Quality};
 use crate::registry::{
-    DataType, Device, Register, RegisterKind, RequestLimits, Schedule, UnitId, WordOrder,
+    Byte, DataType, Device, Register, RegisterKind, RequestLimits, Schedule, UnitId, WordOrder,
 };
 
 pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
@@ -87,16 +87,26 @@ fn registers(
         count,
         data_type.as_str()
     );
+    // A u8 or i8 is read as both bytes of each word, high first: which one
+    // the device means is what the reader is finding out.
+    let bytes: &[Option<Byte>] = if matches!(data_type, DataType::U8 | DataType::I8) {
+        &[Some(Byte::High), Some(Byte::Low)]
+    } else {
+        &[None]
+    };
     Ok((0..u32::from(count.max(1)))
-        .map(|i| {
+        .flat_map(|i| {
             let address = (u32::from(start) + i * width) as u16;
-            Register::plain(
-                format!("{}[{address}]", kind.as_str()),
-                kind,
-                address,
-                data_type,
-                order,
-            )
+            bytes.iter().map(move |&byte| {
+                let name = match byte {
+                    Some(b) => format!("{}[{address}].{}", kind.as_str(), b.as_str()),
+                    None => format!("{}[{address}]", kind.as_str()),
+                };
+                Register {
+                    byte,
+                    ..Register::plain(name, kind, address, data_type, order)
+                }
+            })
         })
         .collect())
 }

@@ -11,7 +11,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde_saphyr::Spanned;
 
 use super::node::{Node, Problems, entries, field};
-use crate::registry::{DataType, RegisterKind, WordOrder};
+use crate::registry::{Byte, DataType, RegisterKind, WordOrder};
 
 /// The file's first pass: `defaults` in full, `devices` only checked to be
 /// there and skipped over (see `config::parse`).
@@ -151,6 +151,7 @@ pub(super) struct RawRegister {
     pub cron: Option<Spanned<String>>,
     pub timezone: Option<Spanned<String>>,
     pub bit: Option<Spanned<i64>>,
+    pub byte: Option<Spanned<String>>,
     pub length: Option<Spanned<i64>>,
     pub problems: Problems,
 }
@@ -184,7 +185,7 @@ const DEVICE_FIELDS: &[&str] = &[
 
 const REGISTER_FIELDS: &[&str] = &[
     "name", "kind", "address", "type", "order", "scale", "offset", "unit", "valid", "every",
-    "cron", "timezone", "bit", "length",
+    "cron", "timezone", "bit", "byte", "length",
 ];
 
 const DURATION: &str =
@@ -335,6 +336,7 @@ impl RawRegister {
             cron: None,
             timezone: None,
             bit: None,
+            byte: None,
             length: None,
             problems: Vec::new(),
         };
@@ -370,6 +372,7 @@ impl RawRegister {
                 "cron" => r.cron = field(key, v, CRON, text, p),
                 "timezone" => r.timezone = field(key, v, TIMEZONE, text, p),
                 "bit" => r.bit = field(key, v, "an integer 0..15", Node::int, p),
+                "byte" => r.byte = field(key, v, Byte::VALID, text, p),
                 "length" => {
                     r.length = field(
                         key,

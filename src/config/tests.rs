@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::registry::{
-    Address, Align, DataType, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange, WordOrder,
+    Address, Align, Byte, DataType, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange,
+    WordOrder,
 };
 
 fn errors(yaml: &str) -> Vec<ConfigError> {
@@ -130,10 +131,10 @@ fn zero_or_malformed_interval_is_rejected() {
 
 #[test]
 fn unknown_type_lists_valid_types() {
-    let e = only_error(&GOOD.replace("type: f32", "type: f16"));
+    let e = only_error(&GOOD.replace("type: f32", "type: f128"));
     assert_eq!(e.line, 13, "{e}");
     assert!(
-        e.message.contains("unknown type `f16`") && e.message.contains("u32"),
+        e.message.contains("unknown type `f128`") && e.message.contains("u32"),
         "{e}"
     );
     let shown = e.to_string();
@@ -341,6 +342,94 @@ fn shapes_that_cannot_work_are_explained() {
     for (register, message) in cases {
         let e = only_error(&with_register(register));
         assert_eq!(e.line, 18, "{register}: {e}");
+        assert!(
+            e.message.contains(message),
+            "{register}: expected `{message}` in `{e}`"
+        );
+    }
+}
+
+#[test]
+fn the_new_types_are_read_with_their_byte_and_order() {
+    let yaml = with_register(
+        "{ name: mode, kind: holding, address: 400, type: u8, byte: high }\n      - { name: trim, kind: holding, address: 400, type: i8, byte: low }\n      - { name: level, kind: input, address: 401, type: f16, order: BADC }\n      - { name: hours, kind: input, address: 402, type: bcd32, order: CDAB }\n      - { name: code, kind: input, address: 404, type: bcd16 }\n      - { name: label, kind: input, address: 405, type: string, length: 4, order: DCBA }",
+    );
+    let d = &parse(&yaml, "devices.yaml").unwrap()[0];
+    let by = |n: &str| d.registers.iter().find(|r| &*r.name == n).unwrap();
+    assert_eq!(
+        (by("mode").data_type, by("mode").byte),
+        (DataType::U8, Some(Byte::High))
+    );
+    assert_eq!(
+        (by("trim").data_type, by("trim").byte),
+        (DataType::I8, Some(Byte::Low))
+    );
+    assert_eq!(
+        (by("level").data_type, by("level").order),
+        (DataType::F16, WordOrder::Badc)
+    );
+    assert_eq!(
+        (by("hours").width(), by("hours").order),
+        (2, WordOrder::Cdab)
+    );
+    assert_eq!((by("code").width(), by("code").byte), (1, None));
+    assert_eq!(by("label").order, WordOrder::Dcba);
+}
+
+#[test]
+fn hostile_bytes_and_orders_of_the_new_types_are_explained_in_place() {
+    let cases = [
+        (
+            "{ name: x, kind: holding, address: 0, type: u8, byte: middle }",
+            "unknown byte `middle`; valid bytes: high, low",
+            "middle",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: u16, byte: high }",
+            "`byte` is only for `type: u8` or `type: i8`; u16 uses the whole register",
+            "high",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: i8 }",
+            "`type: i8` needs `byte: high` (bits 15..8, first on the wire) or `byte: low`",
+            "i8 }",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: u8, byte: low, order: BADC }",
+            "BADC does not apply to u8: a byte has no byte order",
+            "BADC",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: bcd16, order: CDAB }",
+            "CDAB swaps words, but bcd16 has one word; use ABCD or BADC",
+            "CDAB",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: bcd32, order: GHEFCDAB }",
+            "GHEFCDAB is a 64-bit order; for bcd32 use CDAB",
+            "GHEFCDAB",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: f16, order: DCBA }",
+            "DCBA swaps words, but f16 has one word",
+            "DCBA",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: string, length: 4, order: HGFEDCBA }",
+            "HGFEDCBA is a 64-bit order; for string use DCBA",
+            "HGFEDCBA",
+        ),
+        (
+            "{ name: x, kind: holding, address: 0, type: u16, byte: [high] }",
+            "`byte` is a list; valid: high, low",
+            "[high]",
+        ),
+    ];
+    for (register, message, at) in cases {
+        let e = only_error(&with_register(register));
+        // The place of the offending text: `      - ` starts the line.
+        let column = 9 + register.find(at).unwrap() as u64;
+        assert_eq!((e.line, e.column), (18, column), "{register}: {e}");
         assert!(
             e.message.contains(message),
             "{register}: expected `{message}` in `{e}`"

@@ -3,13 +3,16 @@
 //! order is configured per register as two independent swaps: of the words
 //! (`CDAB`, `GHEFCDAB`) and of the bytes inside each word (`BADC`, `BADCFEHG`);
 //! `DCBA`/`HGFEDCBA` do both. Decoding first undoes the swaps, giving the
-//! big-endian `ABCD…` form, then reads the type.
+//! big-endian `ABCD…` form, then reads the type. Text is the exception: it
+//! is a run of bytes, not one number, so a word swap exchanges the words of
+//! each pair of registers (text copied out of 32-bit memory a word at a time)
+//! rather than reversing the whole run.
 //!
 //! The encoder exists for the simulator; round-trip tests keep the two honest
 //! with each other, and hand-written byte patterns keep both honest with devices.
 
 use crate::reading::Value;
-use crate::registry::{DataType, Register, WordOrder};
+use crate::registry::{Byte, DataType, Register, WordOrder};
 
 /// Decodes the words of one register into its raw value (before scale and
 /// offset). `words` must hold exactly `reg.width()` words.
@@ -34,8 +37,131 @@ pub fn decode(words: &[u16], reg: &Register) -> Value {
         DataType::U64 => Value::Number(join(w) as f64),
         DataType::I64 => Value::Number(join(w) as i64 as f64),
         DataType::F64 => Value::Number(f64::from_bits(join(w))),
+        DataType::F16 => Value::Number(f16_to_f64(w[0])),
+        DataType::Bcd16 | DataType::Bcd32 => match bcd(join(w), w.len()) {
+            Ok(n) => Value::Number(n as f64),
+            // Not a number: `invalid_bcd` says why, the poller marks it bad.
+            Err(_) => Value::None,
+        },
+        DataType::U8 => Value::Number(f64::from(byte_of(w[0], reg.byte))),
+        DataType::I8 => Value::Number(f64::from(byte_of(w[0], reg.byte) as i8)),
         DataType::String => Value::Text(decode_text(words, reg.order).0),
     }
+}
+
+/// Why a BCD register's words are no number (a nibble above 9), or `None`
+/// when they are one, or the register is not BCD. Nibbles are counted from 0
+/// at the left of the value written in hex, after the order's swaps are
+/// undone: `BCD digit 0xA at nibble 2 of 0x12A4 is not a decimal digit`.
+pub fn invalid_bcd(words: &[u16], reg: &Register) -> Option<String> {
+    if !matches!(reg.data_type, DataType::Bcd16 | DataType::Bcd32) {
+        return None;
+    }
+    let w = to_big_endian(words, reg.order);
+    let raw = join(&w);
+    let (digit, nibble) = bcd(raw, w.len()).err()?;
+    Some(format!(
+        "BCD digit {digit:#X} at nibble {nibble} of 0x{raw:0width$X} is not a decimal digit",
+        width = w.len() * 4
+    ))
+}
+
+/// The number packed BCD `raw` (of `words` words) holds, or the first digit
+/// above 9 and its nibble, counted from 0 at the most significant.
+fn bcd(raw: u64, words: usize) -> Result<u64, (u8, usize)> {
+    let nibbles = words * 4;
+    (0..nibbles).try_fold(0u64, |n, i| {
+        let digit = ((raw >> (4 * (nibbles - 1 - i))) & 0xF) as u8;
+        if digit > 9 {
+            Err((digit, i))
+        } else {
+            Ok(n * 10 + u64::from(digit))
+        }
+    })
+}
+
+/// Packs `n` (rounded, held to 0..=99…9) into BCD of `words` words.
+fn to_bcd(n: f64, words: usize) -> u64 {
+    let nibbles = words * 4;
+    let max = 10u64.pow(nibbles as u32) - 1;
+    let mut n = (n.round().max(0.0) as u64).min(max);
+    (0..nibbles).fold(0u64, |acc, i| {
+        let digit = n % 10;
+        n /= 10;
+        acc | (digit << (4 * i))
+    })
+}
+
+fn byte_of(word: u16, byte: Option<Byte>) -> u8 {
+    match byte {
+        Some(Byte::High) => (word >> 8) as u8,
+        Some(Byte::Low) | None => word as u8,
+    }
+}
+
+fn byte_shift(byte: Option<Byte>) -> u16 {
+    match byte {
+        Some(Byte::High) => 8,
+        Some(Byte::Low) | None => 0,
+    }
+}
+
+/// Widens an IEEE 754 half to the f64 nearest its shortest decimal that
+/// reads back as the same half, for the reason `f32_to_f64` gives: 0x3555
+/// is exactly 0.333251953125, but the device meant 0.3333. Written out
+/// rather than through a crate: the format is three fields in one word.
+/// Non-finite values pass through unchanged (the poller flags them).
+pub fn f16_to_f64(h: u16) -> f64 {
+    let exact = f16_exact(h);
+    if !exact.is_finite() || exact.trunc() == exact {
+        return exact;
+    }
+    // A half has at most five significant decimal digits that matter.
+    (0..5)
+        .map(|digits| format!("{exact:.digits$e}"))
+        .filter_map(|s| s.parse::<f64>().ok())
+        .find(|&d| f64_to_f16(d) == h)
+        .unwrap_or(exact)
+}
+
+/// The exact value of a half: sign, 5-bit exponent (bias 15), 10-bit fraction.
+fn f16_exact(h: u16) -> f64 {
+    let sign = if h & 0x8000 == 0 { 1.0 } else { -1.0 };
+    let exponent = i32::from((h >> 10) & 0x1F);
+    let fraction = f64::from(h & 0x03FF);
+    let magnitude = match exponent {
+        0 => fraction * 2f64.powi(-24),
+        0x1F if fraction == 0.0 => f64::INFINITY,
+        0x1F => f64::NAN,
+        e => (1024.0 + fraction) * 2f64.powi(e - 25),
+    };
+    sign * magnitude
+}
+
+/// The half nearest `v` (ties to even); beyond 65504 it is infinite.
+fn f64_to_f16(v: f64) -> u16 {
+    let sign = if v.is_sign_negative() { 0x8000 } else { 0 };
+    let a = v.abs();
+    if a.is_nan() {
+        return 0x7E00;
+    }
+    // 65520 is halfway between 65504 and the next step, 65536: ties to even
+    // round up, out of range.
+    if a >= 65520.0 {
+        return sign | 0x7C00;
+    }
+    if a < 2f64.powi(-14) {
+        // Subnormal, in steps of 2^-24; rounding up to 1024 gives the
+        // smallest normal, which the bit layout encodes the same way.
+        return sign | (a * 2f64.powi(24)).round_ties_even() as u16;
+    }
+    let mut exponent = ((a.to_bits() >> 52) & 0x7FF) as i32 - 1023;
+    let mut mantissa = (a / 2f64.powi(exponent - 10)).round_ties_even() as u16;
+    if mantissa == 2048 {
+        exponent += 1;
+        mantissa = 1024;
+    }
+    sign | (((exponent + 15) as u16) << 10) | (mantissa - 1024)
 }
 
 /// Widens an f32 to the f64 nearest its shortest round-trip decimal:
@@ -64,7 +190,21 @@ pub fn f32_to_f64(v: f32) -> f64 {
 /// had to be changed to be stored (a NUL inside it, bytes that are not
 /// UTF-8), what was done: the reading's `detail`, with quality `uncertain`.
 pub fn decode_text(words: &[u16], order: WordOrder) -> (String, Option<String>) {
-    text(&to_big_endian(words, order))
+    text(&text_order(words, order))
+}
+
+/// Undoes (or applies) an order's swaps on text: bytes inside each word,
+/// and words inside each pair of registers. A last register without a
+/// partner stays where it is.
+fn text_order(words: &[u16], order: WordOrder) -> Vec<u16> {
+    let mut w = words.to_vec();
+    if order.swaps_words() {
+        w.chunks_exact_mut(2).for_each(|pair| pair.swap(0, 1));
+    }
+    if order.swaps_bytes() {
+        w.iter_mut().for_each(|x| *x = x.swap_bytes());
+    }
+    w
 }
 
 /// Encodes a raw value into the words a device would send for `reg`. Numbers
@@ -89,7 +229,12 @@ pub fn encode(value: &Value, reg: &Register) -> Vec<u16> {
         DataType::U64 => split(n.round() as u64, 4),
         DataType::I64 => split(n.round() as i64 as u64, 4),
         DataType::F64 => split(n.to_bits(), 4),
-        DataType::String => pack_text(value, reg.width()),
+        DataType::F16 => vec![f64_to_f16(n)],
+        DataType::Bcd16 => split(to_bcd(n, 1), 1),
+        DataType::Bcd32 => split(to_bcd(n, 2), 2),
+        DataType::U8 => vec![u16::from(n.round() as u8) << byte_shift(reg.byte)],
+        DataType::I8 => vec![u16::from(n.round() as i8 as u8) << byte_shift(reg.byte)],
+        DataType::String => return text_order(&pack_text(value, reg.width()), reg.order),
     };
     // Both swaps are their own inverse, so the same function applies them.
     to_big_endian(&big_endian, reg.order)
@@ -376,6 +521,139 @@ mod tests {
         );
     }
 
+    /// Half-precision patterns as a device sends them, byte swap included.
+    #[test]
+    fn halves_decode_from_hand_written_words() {
+        for (word, want) in [
+            (0x3C00, 1.0),
+            (0xC000, -2.0),
+            (0x7BFF, 65504.0),
+            (0x0001, 6e-8),
+            (0x0400, 6.104e-5),
+            (0x3555, 0.3333),
+            (0x5640, 100.0),
+            (0x8000, -0.0),
+        ] {
+            assert_eq!(
+                num(&[word], F16, Abcd).to_bits(),
+                f64::to_bits(want),
+                "{word:#06X}"
+            );
+            assert_eq!(
+                num(&[u16::swap_bytes(word)], F16, Badc).to_bits(),
+                f64::to_bits(want),
+                "{word:#06X} BADC"
+            );
+        }
+        assert_eq!(num(&[0x7C00], F16, Abcd), f64::INFINITY);
+        assert_eq!(num(&[0xFC00], F16, Abcd), f64::NEG_INFINITY);
+        assert!(num(&[0x7E00], F16, Abcd).is_nan());
+    }
+
+    #[test]
+    fn every_half_widened_encodes_back_to_itself() {
+        for h in 0..=u16::MAX {
+            let v = f16_to_f64(h);
+            if !v.is_nan() {
+                assert_eq!(f64_to_f16(v), h, "{h:#06X} read as {v}");
+            }
+        }
+        // Rounding to the nearest half, ties to even, and beyond 65504.
+        assert_eq!(f64_to_f16(65519.0), 0x7BFF);
+        assert_eq!(f64_to_f16(65520.0), 0x7C00);
+        assert_eq!(f64_to_f16(1.0 + 2f64.powi(-11)), 0x3C00);
+        assert_eq!(f64_to_f16(1.0 + 3.0 * 2f64.powi(-11)), 0x3C02);
+        assert_eq!(f64_to_f16(1.0e-9), 0x0000);
+    }
+
+    #[test]
+    fn bcd_reads_decimal_digits_in_every_order() {
+        assert_eq!(num(&[0x1234], Bcd16, Abcd), 1234.0);
+        assert_eq!(num(&[0x3412], Bcd16, Badc), 1234.0);
+        assert_eq!(num(&[0x9999], Bcd16, Abcd), 9999.0);
+        for (order, words) in [
+            (Abcd, [0x0012, 0x3456]),
+            (Cdab, [0x3456, 0x0012]),
+            (Badc, [0x1200, 0x5634]),
+            (Dcba, [0x5634, 0x1200]),
+        ] {
+            assert_eq!(num(&words, Bcd32, order), 123_456.0, "{order:?}");
+        }
+        assert_eq!(num(&[0x9999, 0x9999], Bcd32, Abcd), 99_999_999.0);
+    }
+
+    #[test]
+    fn bcd_with_a_nibble_above_nine_is_no_number() {
+        let r = reg(Bcd16, Abcd);
+        assert_eq!(decode(&[0x12A4], &r), Value::None);
+        assert_eq!(
+            invalid_bcd(&[0x12A4], &r).as_deref(),
+            Some("BCD digit 0xA at nibble 2 of 0x12A4 is not a decimal digit")
+        );
+        assert_eq!(
+            invalid_bcd(&[0xF000], &r).as_deref(),
+            Some("BCD digit 0xF at nibble 0 of 0xF000 is not a decimal digit")
+        );
+        // Nibbles are counted in the value with the order undone.
+        let r = reg(Bcd32, Cdab);
+        assert_eq!(
+            invalid_bcd(&[0x3B56, 0x0012], &r).as_deref(),
+            Some("BCD digit 0xB at nibble 5 of 0x00123B56 is not a decimal digit")
+        );
+        assert_eq!(invalid_bcd(&[0x3456, 0x0012], &r), None);
+        assert_eq!(invalid_bcd(&[0xFFFF], &reg(U16, Abcd)), None);
+    }
+
+    #[test]
+    fn bytes_read_their_half_of_the_word() {
+        let byte = |t, b| Register {
+            byte: Some(b),
+            ..reg(t, Abcd)
+        };
+        assert_eq!(
+            decode(&[0xAB12], &byte(U8, Byte::High)),
+            Value::Number(171.0)
+        );
+        assert_eq!(decode(&[0xAB12], &byte(U8, Byte::Low)), Value::Number(18.0));
+        assert_eq!(
+            decode(&[0xAB12], &byte(I8, Byte::High)),
+            Value::Number(-85.0)
+        );
+        assert_eq!(decode(&[0x00FF], &byte(I8, Byte::Low)), Value::Number(-1.0));
+        assert_eq!(
+            decode(&[0x7F80], &byte(I8, Byte::High)),
+            Value::Number(127.0)
+        );
+        assert_eq!(
+            decode(&[0x7F80], &byte(I8, Byte::Low)),
+            Value::Number(-128.0)
+        );
+        // Each encodes into its own byte only, so two can share a word.
+        let high = encode(&Value::Number(171.0), &byte(U8, Byte::High));
+        let low = encode(&Value::Number(-1.0), &byte(I8, Byte::Low));
+        assert_eq!(
+            (high[0], low[0], high[0] | low[0]),
+            (0xAB00, 0x00FF, 0xABFF)
+        );
+    }
+
+    /// "ABCDEFGH" in four registers, as each order puts it on the wire: byte
+    /// swap inside each word, word swap inside each pair of registers.
+    #[test]
+    fn strings_in_every_order() {
+        for (order, words) in [
+            (Abcd, [0x4142, 0x4344, 0x4546, 0x4748]),
+            (Badc, [0x4241, 0x4443, 0x4645, 0x4847]),
+            (Cdab, [0x4344, 0x4142, 0x4748, 0x4546]),
+            (Dcba, [0x4443, 0x4241, 0x4847, 0x4645]),
+        ] {
+            assert_eq!(decode_text(&words, order).0, "ABCDEFGH", "{order:?}");
+        }
+        // An odd last register has no partner and keeps its place.
+        assert_eq!(decode_text(&[0x4344, 0x4142, 0x4500], Cdab).0, "ABCDE");
+        assert_eq!(decode_text(&[0x4443, 0x4241, 0x0045], Dcba).0, "ABCDE");
+    }
+
     #[test]
     fn encode_then_decode_gives_the_value_back() {
         for order in [Abcd, Cdab, Badc, Dcba] {
@@ -397,11 +675,49 @@ mod tests {
                 );
             }
         }
-        let mut r = reg(String, Badc);
-        r.length = Some(4);
+        for order in [Abcd, Cdab, Badc, Dcba] {
+            for (t, v) in [(F16, -0.3333), (Bcd32, 12_345_678.0)] {
+                let r = reg(t, order);
+                let back = decode(&encode(&Value::Number(v), &r), &r);
+                assert_eq!(back, Value::Number(v), "{t:?} {order:?}");
+            }
+            for length in [3, 4] {
+                let mut r = reg(String, order);
+                r.length = Some(length);
+                assert_eq!(
+                    decode(&encode(&Value::Text("pump-7".into()), &r), &r),
+                    Value::Text("pump-7".into()),
+                    "{order:?} {length}"
+                );
+            }
+        }
+        for order in [Abcd, Badc] {
+            let r = reg(Bcd16, order);
+            assert_eq!(
+                decode(&encode(&Value::Number(9876.0), &r), &r),
+                Value::Number(9876.0)
+            );
+        }
+        for (t, b, v) in [(U8, Byte::High, 200.0), (I8, Byte::Low, -100.0)] {
+            let r = Register {
+                byte: Some(b),
+                ..reg(t, Abcd)
+            };
+            assert_eq!(decode(&encode(&Value::Number(v), &r), &r), Value::Number(v));
+        }
+    }
+
+    #[test]
+    fn bcd_is_held_to_its_digits_when_encoded() {
+        assert_eq!(encode(&Value::Number(1234.4), &reg(Bcd16, Abcd)), [0x1234]);
         assert_eq!(
-            decode(&encode(&Value::Text("pump-7".into()), &r), &r),
-            Value::Text("pump-7".into())
+            encode(&Value::Number(123_456.0), &reg(Bcd16, Abcd)),
+            [0x9999]
+        );
+        assert_eq!(encode(&Value::Number(-5.0), &reg(Bcd32, Abcd)), [0, 0]);
+        assert_eq!(
+            encode(&Value::Number(123_456.0), &reg(Bcd32, Cdab)),
+            [0x3456, 0x0012]
         );
     }
 }

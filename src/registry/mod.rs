@@ -70,9 +70,31 @@ pub enum DataType {
     I64,
     F32,
     F64,
+    /// IEEE 754 half precision (binary16): one word, about three significant
+    /// digits, largest finite 65504.
+    F16,
+    /// Packed BCD, four decimal digits in one word (0x1234 is 1234).
+    Bcd16,
+    /// Packed BCD, eight decimal digits in two words.
+    Bcd32,
+    /// One byte of a word, unsigned; which one is `Register::byte`.
+    U8,
+    /// One byte of a word, two's complement; which one is `Register::byte`.
+    I8,
     /// Text packed two bytes per register; its length (in registers) is
     /// `Register::length`.
     String,
+}
+
+/// Which byte of its register a `u8` or `i8` reads. Devices pack two small
+/// values (a status and a mode, two percentages) into one register; the
+/// high byte is the one sent first on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Byte {
+    /// Bits 15..8, the first byte on the wire.
+    High,
+    /// Bits 7..0, the second byte on the wire.
+    Low,
 }
 
 /// Byte order of values wider than one byte, named by where the bytes of the
@@ -218,6 +240,8 @@ pub struct Register {
     pub valid: ValidRange,
     /// For `bool` on a holding or input register: which bit (0 = least significant).
     pub bit: Option<u8>,
+    /// For `u8` and `i8`: which byte of the register.
+    pub byte: Option<Byte>,
     /// For `string`: how many registers (two bytes each) the text spans.
     pub length: Option<u16>,
     /// Its own schedule, when it is polled apart from the device's (a poll group).
@@ -278,6 +302,7 @@ impl Register {
             unit: None,
             valid: ValidRange::default(),
             bit: None,
+            byte: None,
             length: None,
             schedule: None,
         }
@@ -413,14 +438,54 @@ impl RegisterMaps {
 }
 
 impl DataType {
-    pub const VALID: &'static str = "bool, u16, i16, u32, i32, u64, i64, f32, f64, string";
+    pub const VALID: &'static str =
+        "bool, u8, i8, u16, i16, u32, i32, u64, i64, f16, f32, f64, bcd16, bcd32, string";
 
     /// Registers a value of this type spans (strings: see `Register::width`).
     pub fn width(self) -> u16 {
         match self {
-            DataType::Bool | DataType::U16 | DataType::I16 | DataType::String => 1,
-            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::Bool
+            | DataType::U8
+            | DataType::I8
+            | DataType::U16
+            | DataType::I16
+            | DataType::F16
+            | DataType::Bcd16
+            | DataType::String => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 | DataType::Bcd32 => 2,
             DataType::U64 | DataType::I64 | DataType::F64 => 4,
+        }
+    }
+
+    /// Whether `order` (named in the 64-bit form when `named_64`) can be
+    /// used with this type; if not, why and what to use instead. One word
+    /// has no words to swap; a byte's place is `byte:`, not an order; a
+    /// string swaps the words of each pair of registers (see `decode_text`),
+    /// so the 64-bit names, which swap across four, do not apply to it.
+    pub fn check_order(self, order: WordOrder, named_64: bool) -> Result<(), String> {
+        let name = if named_64 {
+            order.name_for(DataType::F64)
+        } else {
+            order.as_str()
+        };
+        match self {
+            DataType::U64 | DataType::I64 | DataType::F64 => Ok(()),
+            _ if named_64 => Err(format!(
+                "{name} is a 64-bit order; for {} use {}",
+                self.as_str(),
+                order.as_str()
+            )),
+            DataType::U8 | DataType::I8 if order != WordOrder::Abcd => Err(format!(
+                "{name} does not apply to {}: a byte has no byte order; say which byte of the register with `byte: high` or `byte: low`",
+                self.as_str()
+            )),
+            _ if order.swaps_words() && self.width() == 1 && self != DataType::String => {
+                Err(format!(
+                    "{name} swaps words, but {} has one word; use ABCD or BADC (byte swap)",
+                    self.as_str()
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -435,6 +500,11 @@ impl DataType {
             DataType::I64 => "i64",
             DataType::F32 => "f32",
             DataType::F64 => "f64",
+            DataType::F16 => "f16",
+            DataType::Bcd16 => "bcd16",
+            DataType::Bcd32 => "bcd32",
+            DataType::U8 => "u8",
+            DataType::I8 => "i8",
             DataType::String => "string",
         }
     }
@@ -453,6 +523,11 @@ impl FromStr for DataType {
             "i64" => DataType::I64,
             "f32" => DataType::F32,
             "f64" => DataType::F64,
+            "f16" => DataType::F16,
+            "bcd16" => DataType::Bcd16,
+            "bcd32" => DataType::Bcd32,
+            "u8" => DataType::U8,
+            "i8" => DataType::I8,
             "string" => DataType::String,
             other => {
                 return Err(format!(
@@ -461,6 +536,31 @@ impl FromStr for DataType {
                 ));
             }
         })
+    }
+}
+
+impl Byte {
+    pub const VALID: &'static str = "high, low";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Byte::High => "high",
+            Byte::Low => "low",
+        }
+    }
+}
+
+impl FromStr for Byte {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "high" => Ok(Byte::High),
+            "low" => Ok(Byte::Low),
+            other => Err(format!(
+                "unknown byte `{other}`; valid bytes: {} (high is bits 15..8, the first on the wire)",
+                Byte::VALID
+            )),
+        }
     }
 }
 

@@ -33,29 +33,21 @@ pub(super) fn check_shape(reg: &Register, named_64: bool) -> Result<(), String> 
     if reg.bit.is_some() && (t != DataType::Bool || reg.kind.is_bit()) {
         return Err("bit selects a bit of a holding or input register of type bool".into());
     }
-    let words = t.width();
-    if named_64 && words != 4 {
+    if reg.byte.is_some() != matches!(t, DataType::U8 | DataType::I8) {
         return Err(format!(
-            "word_order {} is a 64-bit order; for {} use {}",
-            reg.order.name_for(DataType::F64),
-            t.as_str(),
-            reg.order.as_str()
-        ));
-    }
-    if reg.order.swaps_words() && (words == 1 || t == DataType::String) {
-        return Err(format!(
-            "word_order {} swaps words, but {} has one word; use ABCD or BADC",
-            reg.order.as_str(),
+            "byte (high or low) is required for types u8 and i8 and only for them, not {}",
             t.as_str()
         ));
     }
+    t.check_order(reg.order, named_64)
+        .map_err(|m| format!("word_order {m}"))?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{RegisterKind, WordOrder};
+    use crate::registry::{Byte, RegisterKind, WordOrder};
 
     fn reg(kind: RegisterKind, t: DataType, order: WordOrder) -> Register {
         Register::plain("r", kind, 0, t, order)
@@ -67,6 +59,10 @@ mod tests {
         s.length = Some(4);
         let mut b = reg(RegisterKind::Input, DataType::Bool, WordOrder::Abcd);
         b.bit = Some(3);
+        let mut swapped_text = reg(RegisterKind::Holding, DataType::String, WordOrder::Dcba);
+        swapped_text.length = Some(6);
+        let mut high = reg(RegisterKind::Holding, DataType::I8, WordOrder::Abcd);
+        high.byte = Some(Byte::High);
         for (r, named_64) in [
             (
                 reg(RegisterKind::Holding, DataType::F32, WordOrder::Cdab),
@@ -82,6 +78,16 @@ mod tests {
             ),
             (s, false),
             (b, false),
+            (swapped_text, false),
+            (high, false),
+            (
+                reg(RegisterKind::Input, DataType::Bcd32, WordOrder::Cdab),
+                false,
+            ),
+            (
+                reg(RegisterKind::Input, DataType::F16, WordOrder::Badc),
+                false,
+            ),
         ] {
             assert_eq!(check_shape(&r, named_64), Ok(()), "{r:?}");
         }
@@ -102,6 +108,10 @@ mod tests {
         length.length = Some(2);
         let mut bit = reg(RegisterKind::Coil, DataType::Bool, WordOrder::Abcd);
         bit.bit = Some(1);
+        let mut byte_on_u16 = reg(RegisterKind::Holding, DataType::U16, WordOrder::Abcd);
+        byte_on_u16.byte = Some(Byte::Low);
+        let mut swapped_byte = reg(RegisterKind::Holding, DataType::U8, WordOrder::Badc);
+        swapped_byte.byte = Some(Byte::Low);
         for (r, named_64, want) in [
             (scale, false, "scale NaN"),
             (offset, false, "offset inf"),
@@ -109,6 +119,23 @@ mod tests {
             (range, false, "min 10 above max 1"),
             (length, false, "length is only for type string"),
             (bit, false, "bit selects"),
+            (byte_on_u16, false, "byte (high or low) is required"),
+            (
+                reg(RegisterKind::Holding, DataType::U8, WordOrder::Abcd),
+                false,
+                "byte (high or low) is required",
+            ),
+            (swapped_byte, false, "a byte has no byte order"),
+            (
+                reg(RegisterKind::Holding, DataType::Bcd16, WordOrder::Cdab),
+                false,
+                "swaps words",
+            ),
+            (
+                reg(RegisterKind::Holding, DataType::String, WordOrder::Cdab),
+                true,
+                "64-bit order",
+            ),
             (
                 reg(RegisterKind::Holding, DataType::F32, WordOrder::Cdab),
                 true,

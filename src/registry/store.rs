@@ -16,7 +16,7 @@ use futures::TryStreamExt as _;
 use sqlx::types::Json;
 
 use super::{
-    Address, Align, CronSchedule, DataType, Device, Register, RegisterMaps, RequestLimits,
+    Address, Align, Byte, CronSchedule, DataType, Device, Register, RegisterMaps, RequestLimits,
     Schedule, UnitId, ValidRange,
 };
 use crate::db::{Db, on_pool};
@@ -64,6 +64,11 @@ pub(super) struct RegisterRow {
     valid_min: Option<f64>,
     valid_max: Option<f64>,
     bit: Option<i32>,
+    /// Left out of the registry cache when empty, so a cache without u8 or
+    /// i8 registers is the version-1 file it was before `byte` existed; one
+    /// with them names types an older regpoll skips the device for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    byte: Option<String>,
     length: Option<i32>,
     every_ms: Option<i64>,
     cron: Option<String>,
@@ -114,6 +119,7 @@ impl RegisterRow {
             valid_min: r.valid.min,
             valid_max: r.valid.max,
             bit: r.bit.map(i32::from),
+            byte: r.byte.map(|b| b.as_str().to_string()),
             length: r.length.map(i32::from),
             every_ms: match schedule {
                 Some(Schedule::Every { every, .. }) => Some(millis(*every)),
@@ -129,7 +135,7 @@ const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, ti
      pause_ms, max_registers_per_request, max_bits_per_request, max_gap, cron, timezone, align, active, tags \
      FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
-     unit, valid_min, valid_max, bit, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
+     unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
 
 /// A register of the registry, as history queries need it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -363,12 +369,12 @@ impl Db {
                 for r in d.registers.iter() {
                     sqlx::query(
                         "INSERT INTO device_register_map (device_id, name, kind, address, data_type, word_order, \
-                         scale, \"offset\", unit, valid_min, valid_max, bit, length, every_ms, cron, timezone, active) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, true) \
+                         scale, \"offset\", unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone, active) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, true) \
                          ON CONFLICT (device_id, name) DO UPDATE SET kind = excluded.kind, address = excluded.address, \
                          data_type = excluded.data_type, word_order = excluded.word_order, scale = excluded.scale, \
                          \"offset\" = excluded.\"offset\", unit = excluded.unit, valid_min = excluded.valid_min, \
-                         valid_max = excluded.valid_max, bit = excluded.bit, length = excluded.length, \
+                         valid_max = excluded.valid_max, bit = excluded.bit, byte = excluded.byte, length = excluded.length, \
                          every_ms = excluded.every_ms, cron = excluded.cron, timezone = excluded.timezone, \
                          active = true, updated_at = CURRENT_TIMESTAMP",
                     )
@@ -384,6 +390,7 @@ impl Db {
                     .bind(r.valid.min)
                     .bind(r.valid.max)
                     .bind(r.bit.map(i32::from))
+                    .bind(r.byte.map(Byte::as_str))
                     .bind(r.length.map(i32::from))
                     .bind(match r.schedule.as_deref() {
                         Some(Schedule::Every { every, .. }) => Some(millis(*every)),
@@ -638,6 +645,7 @@ pub(super) fn register_from_row(r: RegisterRow) -> Result<Register, String> {
             .map(|b| in_range(b, 0, 15, "bit"))
             .transpose()?
             .map(|b| b as u8),
+        byte: r.byte.as_deref().map(str::parse).transpose()?,
         length: r
             .length
             .map(|l| in_range(l, 1, 125, "length"))

@@ -63,9 +63,19 @@ fn orders_parse_in_32_and_64_bit_names() {
             .contains("valid orders")
     );
     assert!(
-        "f16"
+        "f128"
             .parse::<DataType>()
             .unwrap_err()
             .contains("unknown type")
     );
+}
+
+#[test]
+fn every_type_reads_back_from_its_name() {
+    for name in DataType::VALID.split(", ") {
+        let t: DataType = name.parse().unwrap();
+        assert_eq!(t.as_str(), name);
+    }
+    assert_eq!("high".parse::<Byte>(), Ok(Byte::High));
+    assert!("middle".parse::<Byte>().unwrap_err().contains("high, low"));
 }

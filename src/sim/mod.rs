@@ -148,8 +148,10 @@ impl UnitTable {
                 let addr = u32::from(r.address.0) + k as u32;
                 if (lo..hi).contains(&addr) {
                     let slot = &mut out[(addr - lo) as usize];
-                    // Bit fields share their word; every other value owns its words.
-                    *slot = if r.bit.is_some() { *slot | w } else { w };
+                    // Bit fields and bytes share their word; every other
+                    // value owns its words.
+                    let shared = r.bit.is_some() || r.byte.is_some();
+                    *slot = if shared { *slot | w } else { w };
                 }
             }
         }

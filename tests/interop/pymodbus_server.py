@@ -6,9 +6,14 @@ serves them with pymodbus on 127.0.0.1 on a free port, prints that port on one
 line, and runs until its stdin closes.
 
 Each entry: {"kind": "holding"|"input"|"coil"|"discrete", "address": int,
-"type": "u16"|"i16"|"u32"|"i32"|"u64"|"i64"|"f32"|"f64"|"string"|"bool",
-"order": "ABCD"|"CDAB"|"BADC"|"DCBA", "value": number|string|bool,
-"length": registers (strings), "bit": 0..15 (bools in a register)}.
+"type": "u16"|"i16"|"u32"|"i32"|"u64"|"i64"|"f16"|"f32"|"f64"|"bcd16"|"bcd32"|
+"u8"|"i8"|"string"|"bool", "order": "ABCD"|"CDAB"|"BADC"|"DCBA",
+"value": number|string|bool (bcd: a string of hex digits, so that a bad
+nibble can be served), "length": registers (strings), "bit": 0..15 (bools in a
+register), "byte": "high"|"low" (u8, i8)}.
+
+A word swap reverses the words of a number, and exchanges the words of each
+pair of registers of a string.
 """
 import asyncio
 import json
@@ -18,19 +23,29 @@ import sys
 from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext, ModbusSlaveContext
 from pymodbus.server.async_io import ModbusTcpServer
 
-FORMATS = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "u64": ">Q", "i64": ">q", "f32": ">f", "f64": ">d"}
+FORMATS = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "u64": ">Q", "i64": ">q",
+           "f16": ">e", "f32": ">f", "f64": ">d", "u8": ">B", "i8": ">b"}
+BCD_DIGITS = {"bcd16": 4, "bcd32": 8}
 SIZE = 200
 
 
 def words_of(entry):
     """Big-endian bytes, then the order's swaps, as registers."""
-    if entry["type"] == "string":
+    kind = entry["type"]
+    if kind == "string":
         raw = entry["value"].encode("utf-8").ljust(entry["length"] * 2, b"\0")
+    elif kind in BCD_DIGITS:
+        # Each hex digit is one nibble: "00123456" is BCD 123456.
+        raw = bytes.fromhex(entry["value"].rjust(BCD_DIGITS[kind], "0"))
     else:
-        raw = struct.pack(FORMATS[entry["type"]], entry["value"])
+        raw = struct.pack(FORMATS[kind], entry["value"])
     chunks = [raw[i:i + 2] for i in range(0, len(raw), 2)]
     if entry.get("order", "ABCD") in ("CDAB", "DCBA"):
-        chunks.reverse()
+        if kind == "string":
+            for i in range(0, len(chunks) - 1, 2):
+                chunks[i], chunks[i + 1] = chunks[i + 1], chunks[i]
+        else:
+            chunks.reverse()
     if entry.get("order", "ABCD") in ("BADC", "DCBA"):
         chunks = [c[::-1] for c in chunks]
     return [int.from_bytes(c, "big") for c in chunks]
@@ -45,6 +60,9 @@ def tables(entries):
         elif e["type"] == "bool":
             if e["value"]:
                 regs[e["kind"]][e["address"]] |= 1 << e["bit"]
+        elif e["type"] in ("u8", "i8"):
+            byte = struct.pack(FORMATS[e["type"]], e["value"])[0]
+            regs[e["kind"]][e["address"]] |= byte << (8 if e["byte"] == "high" else 0)
         else:
             for i, w in enumerate(words_of(e)):
                 regs[e["kind"]][e["address"] + i] = w

@@ -9,7 +9,7 @@ use serde_saphyr::{Location, Spanned};
 use super::super::raw::{RawRegister, RawValid};
 use super::{Ctx, Validator, check_name};
 use crate::registry::{
-    Address, DataType, Register, RegisterKind, RequestLimits, ValidRange, WordOrder,
+    Address, Byte, DataType, Register, RegisterKind, RequestLimits, ValidRange, WordOrder,
 };
 
 impl Validator<'_> {
@@ -44,6 +44,7 @@ impl Validator<'_> {
         let at_type = raw.r#type.as_ref().map_or(at, |t| t.referenced);
         self.bits_are_bool(kind, data_type, ctx, at_type);
         let bit = self.bit(&raw, kind, data_type, ctx, at_type);
+        let byte = self.byte(raw.byte.as_ref(), data_type, ctx, at_type);
         let length = self.length(&raw, data_type, limits, ctx, at_type);
         let order = match (&raw.order, data_type) {
             (None, _) => Some(WordOrder::Abcd),
@@ -77,6 +78,7 @@ impl Validator<'_> {
             unit: raw.unit.map(|u| u.value.into()),
             valid,
             bit,
+            byte,
             length,
             schedule: schedule.map(Box::new),
         })
@@ -253,43 +255,55 @@ impl Validator<'_> {
         }
     }
 
-    /// Orders must fit the type: word swaps need several words, 64-bit names
-    /// need 64-bit types, and strings only know the byte swap.
-    fn order(&mut self, o: &Spanned<String>, t: DataType, ctx: Ctx<'_>) -> Option<WordOrder> {
-        let (order, named_64) = match WordOrder::parse(&o.value) {
-            Ok(v) => v,
-            Err(m) => {
-                self.error(o.referenced, ctx, m);
-                return None;
+    /// `byte: high|low` says which byte of the register a `u8` or `i8` is.
+    /// It is required: a manual names the byte ("high byte: mode"), and a
+    /// default would read the other one without a word of warning.
+    fn byte(
+        &mut self,
+        byte: Option<&Spanned<String>>,
+        t: Option<DataType>,
+        ctx: Ctx<'_>,
+        at_type: Location,
+    ) -> Option<Byte> {
+        let small = matches!(t, Some(DataType::U8 | DataType::I8));
+        match (byte, t) {
+            (Some(b), Some(t)) if !small => {
+                self.error(
+                    b.referenced,
+                    ctx,
+                    format!(
+                        "`byte` is only for `type: u8` or `type: i8`; {} uses the whole register",
+                        t.as_str()
+                    ),
+                );
+                None
             }
-        };
-        let problem = match t {
-            DataType::U64 | DataType::I64 | DataType::F64 => None,
-            _ if named_64 => Some(format!(
-                "{} is a 64-bit order; for {} use {}",
-                o.value,
-                t.as_str(),
-                order.as_str()
-            )),
-            DataType::U32 | DataType::I32 | DataType::F32 => None,
-            _ if order.swaps_words() => Some(format!(
-                "{} swaps words, but {} has {}; use ABCD or BADC (byte swap)",
-                o.value,
-                t.as_str(),
-                if t == DataType::String {
-                    "no word order"
-                } else {
-                    "one word"
-                }
-            )),
-            _ => None,
-        };
-        match problem {
-            Some(m) => {
+            (Some(b), _) => self.parsed::<Byte>(b, ctx),
+            (None, Some(t)) if small => {
+                self.error(
+                    at_type,
+                    ctx,
+                    format!(
+                        "`type: {}` needs `byte: high` (bits 15..8, first on the wire) or `byte: low` (bits 7..0)",
+                        t.as_str()
+                    ),
+                );
+                None
+            }
+            (None, _) => None,
+        }
+    }
+
+    /// Orders must fit the type (`DataType::check_order`).
+    fn order(&mut self, o: &Spanned<String>, t: DataType, ctx: Ctx<'_>) -> Option<WordOrder> {
+        let checked = WordOrder::parse(&o.value)
+            .and_then(|(order, named_64)| t.check_order(order, named_64).map(|()| order));
+        match checked {
+            Ok(order) => Some(order),
+            Err(m) => {
                 self.error(o.referenced, ctx, m);
                 None
             }
-            None => Some(order),
         }
     }
 

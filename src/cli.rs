@@ -314,4 +314,8 @@ pub struct ReadArgs {
     /// Bound on the connect and on the request.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Show each 32- or 64-bit value in all four byte orders side by side,
+    /// to find the one a device uses (instead of --order).
+    #[arg(long, conflicts_with = "order")]
+    pub guess_order: bool,
 }

@@ -136,6 +136,68 @@ async fn probed_device() -> (common::SimFixture, regpoll::sim::Simulator, u16) {
     (fixture, sim, port)
 }
 
+/// `read --guess-order`: one row per value, one column per order; the
+/// device's own order (ABCD here) holds the value it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_guess_order_shows_every_order_side_by_side() {
+    let (fixture, _sim, port) = probed_device().await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("127.0.0.1:{port}");
+    let before = chrono::Utc::now();
+    let out = regpoll(
+        &[
+            "read",
+            &endpoint,
+            "--holding",
+            "100",
+            "--type",
+            "f32",
+            "--guess-order",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["REGISTER", "ABCD", "CDAB", "BADC", "DCBA"],
+        "{stdout}"
+    );
+    let row: Vec<&str> = lines
+        .find(|l| l.starts_with("holding[100]"))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.len(), 5, "{stdout}");
+    let reg = &fixture.devices[0].registers[0];
+    let candidates: Vec<String> = [before, before + chrono::Duration::seconds(1)]
+        .iter()
+        .map(|&t| regpoll::sim::expected_value("boiler", reg, t).for_people())
+        .collect();
+    assert!(
+        candidates.contains(&row[1].to_string()),
+        "{row:?} vs {candidates:?}"
+    );
+
+    // Refused with what to do instead: a one-word type, and an order given too.
+    for (extra, says) in [
+        (&["--type", "u16"][..], "--type u16 has one word"),
+        (
+            &["--type", "f32", "--order", "CDAB"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let mut args = vec!["read", &endpoint, "--holding", "100", "--guess-order"];
+        args.extend_from_slice(extra);
+        let out = regpoll(&args, dir.path());
+        assert!(!out.status.success());
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_prints_a_value_and_an_exception_by_name() {
     let (fixture, _sim, port) = probed_device().await;

@@ -19,12 +19,25 @@ pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
     let (host, port) = host_port(&args.endpoint)?;
     let (kind, start) = kind_and_start(&args)?;
     let data_type = data_type(&args, kind)?;
-    let (order, _) = WordOrder::parse(&args.order).map_err(anyhow::Error::msg)?;
-    let registers = registers(kind, start, args.count, data_type, order)?;
+    let orders: Vec<WordOrder> = if args.guess_order {
+        anyhow::ensure!(
+            data_type.width() > 1,
+            "--guess-order compares the orders of a 32- or 64-bit value (u32, i32, f32, bcd32, u64, i64, f64); --type {} has one word (use --order BADC to swap its bytes)",
+            data_type.as_str()
+        );
+        ORDERS.to_vec()
+    } else {
+        vec![WordOrder::parse(&args.order).map_err(anyhow::Error::msg)?.0]
+    };
+    let registers = registers(kind, start, args.count, data_type, &orders)?;
     let device = device(&host, port, &args, registers);
     let report = DevicePoller::new(Arc::new(device), Arc::new(Endpoint::new(host, port)))
         .poll()
         .await;
+    if args.guess_order {
+        print_orders(&report, data_type);
+        return fail_when_bad(&report);
+    }
     println!(
         "{:<16} {:>6} {:>14}{:<6} {:<9}DETAIL",
         "REGISTER", "ADDR", "VALUE", "", "QUALITY"
@@ -71,13 +84,54 @@ fn data_type(args: &ReadArgs, kind: RegisterKind) -> anyhow::Result<DataType> {
     Ok(data_type)
 }
 
-/// `count` values of `data_type` side by side from `start`.
+/// The four orders `--guess-order` compares, in the order of its columns.
+const ORDERS: [WordOrder; 4] = [
+    WordOrder::Abcd,
+    WordOrder::Cdab,
+    WordOrder::Badc,
+    WordOrder::Dcba,
+];
+
+/// `--guess-order`'s table: one row per address, one column per order, the
+/// value in each (or `bad`), then why a value was bad when one was.
+fn print_orders(report: &PollReport, data_type: DataType) {
+    let mut line = format!("{:<16}", "REGISTER");
+    for order in ORDERS {
+        line.push_str(&format!(" {:>24}", order.name_for(data_type)));
+    }
+    println!("{line}");
+    let registers = &report.device.registers;
+    let mut details = Vec::new();
+    for row in report.readings.chunks(ORDERS.len()) {
+        let Some(first) = row.first() else { continue };
+        let name = registers[first.index].name.split(' ').next().unwrap_or("");
+        let mut line = format!("{name:<16}");
+        for r in row {
+            let cell = if r.quality == Quality::Bad {
+                "bad".to_string()
+            } else {
+                r.value.for_people()
+            };
+            line.push_str(&format!(" {cell:>24}"));
+            if let Some(d) = &r.detail {
+                details.push(format!("{}: {d}", registers[r.index].name));
+            }
+        }
+        println!("{line}");
+    }
+    for d in details {
+        println!("  {d}");
+    }
+}
+
+/// `count` values of `data_type` side by side from `start`, each read in
+/// every one of `orders` (one order but for `--guess-order`).
 fn registers(
     kind: RegisterKind,
     start: u16,
     count: u16,
     data_type: DataType,
-    order: WordOrder,
+    orders: &[WordOrder],
 ) -> anyhow::Result<Vec<Register>> {
     let width = u32::from(data_type.width());
     let last = u32::from(start) + u32::from(count.max(1)) * width - 1;
@@ -94,18 +148,25 @@ fn registers(
     } else {
         &[None]
     };
+    let several = orders.len() > 1;
     Ok((0..u32::from(count.max(1)))
         .flat_map(|i| {
             let address = (u32::from(start) + i * width) as u16;
-            bytes.iter().map(move |&byte| {
-                let name = match byte {
-                    Some(b) => format!("{}[{address}].{}", kind.as_str(), b.as_str()),
-                    None => format!("{}[{address}]", kind.as_str()),
-                };
-                Register {
-                    byte,
-                    ..Register::plain(name, kind, address, data_type, order)
-                }
+            bytes.iter().flat_map(move |&byte| {
+                orders.iter().map(move |&order| {
+                    let mut name = match byte {
+                        Some(b) => format!("{}[{address}].{}", kind.as_str(), b.as_str()),
+                        None => format!("{}[{address}]", kind.as_str()),
+                    };
+                    if several {
+                        name.push(' ');
+                        name.push_str(order.name_for(data_type));
+                    }
+                    Register {
+                        byte,
+                        ..Register::plain(name, kind, address, data_type, order)
+                    }
+                })
             })
         })
         .collect())

@@ -498,48 +498,43 @@ async fn sqlite_refuses_registry_rows_regpoll_cannot_use() {
     let Db::Sqlite(pool) = &db else {
         unreachable!()
     };
-    pool.execute("INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms) VALUES ('d', 'h', 502, 1, 1000, 1000)")
-        .await
-        .unwrap();
-    let e = pool
-        .execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type) VALUES (1, 'r', 'holding', 0, 'float')")
-        .await
-        .expect_err("float is no type")
-        .to_string();
-    assert!(e.contains("unknown data_type"), "{e}");
-    pool.execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type) VALUES (1, 'r', 'holding', 0, 'u16')")
-        .await
-        .unwrap();
-    let e = pool
-        .execute("UPDATE device_register_map SET word_order = 'DCBA'")
-        .await
-        .expect_err("a word swap of one word")
-        .to_string();
-    assert!(e.contains("swaps words"), "{e}");
-    let e = pool
-        .execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'middle')")
-        .await
-        .expect_err("middle is no byte")
-        .to_string();
-    assert!(e.contains("unknown byte (valid: high, low)"), "{e}");
-    let e = pool
-        .execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type) VALUES (1, 'b', 'holding', 0, 'i8')")
-        .await
-        .expect_err("an i8 without its byte")
-        .to_string();
-    assert!(e.contains("byte (high or low) is required"), "{e}");
-    pool.execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'high')")
-        .await
-        .unwrap();
-    pool.execute("INSERT INTO device_register_map (device_id, name, kind, address, data_type, word_order, length) VALUES (1, 's', 'holding', 1, 'string', 'CDAB', 4)")
-        .await
-        .expect("strings swap words");
-    let e = pool
-        .execute("UPDATE device_register_map SET byte = NULL WHERE name = 'b'")
-        .await
-        .expect_err("a u8 losing its byte")
-        .to_string();
-    assert!(e.contains("byte (high or low) is required"), "{e}");
+    const ROW: &str = "INSERT INTO device_register_map (device_id, name, kind, address, data_type";
+    // Each statement in turn: `Some(part)` must be refused with a message
+    // containing `part`, `None` accepted.
+    let steps: [(String, Option<&str>); 9] = [
+        (
+            "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms) VALUES ('d', 'h', 502, 1, 1000, 1000)".into(),
+            None,
+        ),
+        (format!("{ROW}) VALUES (1, 'r', 'holding', 0, 'float')"), Some("unknown data_type")),
+        (format!("{ROW}) VALUES (1, 'r', 'holding', 0, 'u16')"), None),
+        ("UPDATE device_register_map SET word_order = 'DCBA'".into(), Some("swaps words")),
+        (
+            format!("{ROW}, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'middle')"),
+            Some("unknown byte (valid: high, low)"),
+        ),
+        (
+            format!("{ROW}) VALUES (1, 'b', 'holding', 0, 'i8')"),
+            Some("byte (high or low) is required"),
+        ),
+        (format!("{ROW}, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'high')"), None),
+        (
+            format!("{ROW}, word_order, length) VALUES (1, 's', 'holding', 1, 'string', 'CDAB', 4)"),
+            None,
+        ),
+        (
+            "UPDATE device_register_map SET byte = NULL WHERE name = 'b'".into(),
+            Some("byte (high or low) is required"),
+        ),
+    ];
+    for (sql, refused) in steps {
+        let done = pool.execute(sqlx::AssertSqlSafe(sql.clone())).await;
+        match (refused, done) {
+            (None, Ok(_)) => {}
+            (Some(part), Err(e)) => assert!(e.to_string().contains(part), "{sql}: {e}"),
+            (refused, done) => panic!("{sql}: expected refused={refused:?}, got {done:?}"),
+        }
+    }
     pool.execute("UPDATE device_register_map SET active = false")
         .await
         .expect("deactivating is never refused");

@@ -38,6 +38,16 @@ fn pool(db: &Db) -> &sqlx::PgPool {
     pool
 }
 
+/// The device every row check hangs its registers on.
+const DEVICE_D: &str = "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms) VALUES ('d', 'h', 502, 1, 1000, 1000)";
+
+/// A fresh PostgreSQL registry holding `DEVICE_D` (id 1).
+async fn postgres_with_device() -> Db {
+    let db = Db::postgres(&common::fresh_postgres().await).await.unwrap();
+    pool(&db).execute(DEVICE_D).await.unwrap();
+    db
+}
+
 /// The next message on the subscribed channels that `wanted` accepts.
 async fn message_where(
     pubsub: &mut redis::aio::PubSub,
@@ -150,12 +160,8 @@ async fn a_renamed_register_leaves_redis_and_a_deactivated_device_is_published_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_registry_rows_regpoll_cannot_use() {
-    let url = common::fresh_postgres().await;
-    let db = Db::postgres(&url).await.unwrap();
+    let db = postgres_with_device().await;
     let pool = pool(&db);
-    pool.execute("INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms) VALUES ('d', 'h', 502, 1, 1000, 1000)")
-        .await
-        .unwrap();
     for (columns, values, constraint) in [
         (
             "kind, address, data_type",
@@ -220,12 +226,8 @@ async fn postgres_refuses_registry_rows_regpoll_cannot_use() {
 /// or i8 reads, and strings that swap words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_takes_the_new_types_and_refuses_a_byte_where_it_means_nothing() {
-    let url = common::fresh_postgres().await;
-    let db = Db::postgres(&url).await.unwrap();
+    let db = postgres_with_device().await;
     let pool = pool(&db);
-    pool.execute("INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms) VALUES ('d', 'h', 502, 1, 1000, 1000)")
-        .await
-        .unwrap();
     let insert = |columns: &str, values: &str| {
         format!(
             "INSERT INTO device_register_map (device_id, name, {columns}) \
@@ -502,13 +504,16 @@ async fn sqlite_refuses_registry_rows_regpoll_cannot_use() {
     // Each statement in turn: `Some(part)` must be refused with a message
     // containing `part`, `None` accepted.
     let steps: [(String, Option<&str>); 9] = [
+        (DEVICE_D.into(), None),
         (
-            "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms) VALUES ('d', 'h', 502, 1, 1000, 1000)".into(),
-            None,
+            format!("{ROW}) VALUES (1, 'r', 'holding', 0, 'float')"),
+            Some("unknown data_type"),
         ),
-        (format!("{ROW}) VALUES (1, 'r', 'holding', 0, 'float')"), Some("unknown data_type")),
         (format!("{ROW}) VALUES (1, 'r', 'holding', 0, 'u16')"), None),
-        ("UPDATE device_register_map SET word_order = 'DCBA'".into(), Some("swaps words")),
+        (
+            "UPDATE device_register_map SET word_order = 'DCBA'".into(),
+            Some("swaps words"),
+        ),
         (
             format!("{ROW}, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'middle')"),
             Some("unknown byte (valid: high, low)"),
@@ -517,9 +522,14 @@ async fn sqlite_refuses_registry_rows_regpoll_cannot_use() {
             format!("{ROW}) VALUES (1, 'b', 'holding', 0, 'i8')"),
             Some("byte (high or low) is required"),
         ),
-        (format!("{ROW}, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'high')"), None),
         (
-            format!("{ROW}, word_order, length) VALUES (1, 's', 'holding', 1, 'string', 'CDAB', 4)"),
+            format!("{ROW}, byte) VALUES (1, 'b', 'holding', 0, 'u8', 'high')"),
+            None,
+        ),
+        (
+            format!(
+                "{ROW}, word_order, length) VALUES (1, 's', 'holding', 1, 'string', 'CDAB', 4)"
+            ),
             None,
         ),
         (

@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::modbus::endpoint::Endpoint;
+use crate::modbus::learn::LearnedPlans;
 use crate::modbus::stats::Endpoints;
 use crate::poller::DevicePoller;
 use crate::reading::{PollReport, Quality};
@@ -34,6 +35,8 @@ pub struct Counters {
     pub readings: [AtomicU64; 3],
     /// Modbus request stats of every endpoint the fleet has used.
     pub endpoints: Endpoints,
+    /// What each polled device's plan has learned (see `modbus::learn`).
+    pub learned: Arc<LearnedPlans>,
 }
 
 impl Counters {
@@ -138,6 +141,7 @@ impl Fleet {
         }
         for name in &changes.stopped {
             self.sinks.latest.remove(name);
+            self.counters.learned.remove(name);
         }
         for (name, device) in wanted {
             if !changes.restarted.contains(&name) {
@@ -164,16 +168,20 @@ impl Fleet {
         }));
         let device = Arc::new(device);
         let groups = device.poll_groups();
+        // A changed definition starts from the coalesced plan: forget what
+        // the old one learned (its tasks have ended).
+        self.counters.learned.remove(&device.name);
         // Collected into Vecs of their own size: collecting from the groups'
         // iterator would reuse the groups' larger allocation for the handles.
         let mut tasks = Vec::with_capacity(groups.len());
         let mut stops = Vec::with_capacity(groups.len());
-        for (schedule, members) in groups {
+        for (group, (schedule, members)) in groups.into_iter().enumerate() {
             let ticker = Ticker::new(
                 &schedule,
                 &format!("{}/{}", device.name, schedule.describe()),
             );
-            let poller = DevicePoller::group(Arc::clone(&device), Arc::clone(&endpoint), members);
+            let poller = DevicePoller::group(Arc::clone(&device), Arc::clone(&endpoint), members)
+                .publish_learned(Arc::clone(&self.counters.learned), group);
             let (stop, stopped) = oneshot::channel();
             stops.push(stop);
             tasks.push(tokio::spawn(group_loop(
@@ -223,7 +231,7 @@ impl Fleet {
     reason = "an async fn stores its arguments twice; see above"
 )]
 fn group_loop(
-    poller: DevicePoller,
+    mut poller: DevicePoller,
     ticker: Ticker,
     sinks: DeviceSinks,
     mut stop: oneshot::Receiver<()>,

@@ -2,25 +2,31 @@
 //!
 //! A failed request marks only the registers it carried; the device's other
 //! requests still count. A connect failure ends the poll early, because every
-//! further request would fail the same way.
+//! further request would fail the same way. A request the device refuses as
+//! coalesced (exception 2 or 3, or a timeout where smaller reads answer) is
+//! split until the values at fault stand alone, and the plan keeps the
+//! pieces (see [`crate::modbus::learn`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::modbus::decode::{decode, decode_text, invalid_bcd};
-use crate::modbus::endpoint::Endpoint;
+use crate::modbus::endpoint::{Endpoint, Session};
+use crate::modbus::learn::{LearnedPlan, LearnedPlans, Learner, bisect, splittable};
 use crate::modbus::plan::{ReadRequest, plan_group};
 use crate::modbus::{ReadError, Words};
 use crate::reading::{PollReport, Quality, Reading, Value, non_finite_name};
 use crate::registry::{DataType, Device, Register};
 
-/// Polls one device through its endpoint with a plan made once.
+/// Polls one device through its endpoint with a plan made once and then
+/// learned from the device's answers.
 pub struct DevicePoller {
     device: Arc<Device>,
     plan: Vec<ReadRequest>,
     endpoint: Arc<Endpoint>,
+    learner: Learner,
 }
 
 impl DevicePoller {
@@ -34,17 +40,41 @@ impl DevicePoller {
     pub fn group(device: Arc<Device>, endpoint: Arc<Endpoint>, members: Vec<usize>) -> Self {
         let plan = plan_group(&device.registers, &members, &device.limits);
         Self {
+            learner: Learner::new(plan.len()),
             device,
             plan,
             endpoint,
         }
     }
 
+    /// Shows what this poller learns in `plans`, as the device's poll group `group`.
+    pub fn publish_learned(mut self, plans: Arc<LearnedPlans>, group: usize) -> Self {
+        self.learner.publish_to(plans, group);
+        self
+    }
+
     pub fn device(&self) -> &Arc<Device> {
         &self.device
     }
 
-    pub async fn poll(&self) -> PollReport {
+    /// The requests one poll sends now (the learned plan), not counting
+    /// those spent learning.
+    pub fn requests(&self) -> &[ReadRequest] {
+        &self.plan
+    }
+
+    /// What the plan has learned; `None` while it is the coalesced one and
+    /// the device refuses nothing.
+    pub fn learned(&self) -> Option<LearnedPlan> {
+        self.learner.view(&self.plan, &self.device.registers)
+    }
+
+    /// Whether the last poll finished learning (no split left for the next).
+    pub fn settled(&self) -> bool {
+        self.learner.settled()
+    }
+
+    pub async fn poll(&mut self) -> PollReport {
         let device = &self.device;
         let started = Utc::now();
         let clock = Instant::now();
@@ -53,60 +83,64 @@ impl DevicePoller {
         let mut reachable = false;
         let mut session = self.endpoint.session().await;
         let mut connect_failure: Option<ReadError> = None;
+        // Requests split by this poll: (position in the plan, pieces).
+        let mut splits: Vec<(usize, Vec<ReadRequest>)> = Vec::new();
+        self.learner.start_poll();
         for (n, req) in self.plan.iter().enumerate() {
-            if n > 0 && !device.limits.pause.is_zero() && connect_failure.is_none() {
-                tokio::time::sleep(device.limits.pause).await;
+            if n > 0 && connect_failure.is_none() {
+                pause(device).await;
             }
             let (ts, result) = match &connect_failure {
                 Some(e) => (Utc::now(), Err(e.clone())),
-                None => {
-                    let (start, count) = (req.start, req.count);
-                    session
-                        .read(
-                            device.unit_id,
-                            req.kind,
-                            start,
-                            count,
-                            device.timeout,
-                            &device.limits,
-                        )
-                        .await
-                }
+                None => read(&mut session, device, req).await,
             };
             match result {
                 Ok(words) => {
                     reachable = true;
-                    for &i in &req.registers {
-                        let (value, quality, detail) = evaluate(&device.registers[i], req, &words);
-                        readings.push(Reading {
-                            index: i,
-                            ts,
-                            value,
-                            quality,
-                            detail,
-                        });
+                    self.learner.outcome(req, Ok(()));
+                    push_answer(&mut readings, &device.registers, req, ts, &words);
+                }
+                Err(e)
+                    if connect_failure.is_none()
+                        && splittable(req, &device.registers)
+                        && self.learner.may_split(req, &e) =>
+                {
+                    let learned = learn(
+                        &mut session,
+                        device,
+                        (req, ts, e),
+                        &mut self.learner,
+                        &mut readings,
+                    )
+                    .await;
+                    reachable |= learned.answered;
+                    if error.is_none() {
+                        error = learned.error;
+                    }
+                    connect_failure = learned.connect_failure;
+                    if let Some(pieces) = learned.pieces {
+                        splits.push((n, pieces));
                     }
                 }
                 Err(e) => {
                     reachable |= e.device_answered();
+                    self.learner.outcome(req, Err(&e));
                     let detail = e.to_string();
-                    error.get_or_insert_with(|| detail.clone());
                     if e.is_connect() {
                         connect_failure = Some(e);
                     }
-                    for &i in &req.registers {
-                        readings.push(Reading {
-                            index: i,
-                            ts,
-                            value: Value::None,
-                            quality: Quality::Bad,
-                            detail: Some(detail.clone()),
-                        });
-                    }
+                    push_bad(&mut readings, req, ts, &detail);
+                    error.get_or_insert(detail);
                 }
             }
         }
         drop(session);
+        // Back to front, so the positions of the earlier splits hold.
+        for (n, pieces) in splits.into_iter().rev() {
+            self.learner.replaced(&mut self.plan, n, pieces);
+        }
+        self.learner
+            .after_poll(&device.name, &self.plan, &device.registers);
         PollReport {
             device: Arc::clone(device),
             started,
@@ -116,6 +150,153 @@ impl DevicePoller {
             readings,
         }
     }
+}
+
+/// The pause between two requests of one poll, for devices that need it.
+async fn pause(device: &Device) {
+    if !device.limits.pause.is_zero() {
+        tokio::time::sleep(device.limits.pause).await;
+    }
+}
+
+async fn read(
+    session: &mut Session<'_>,
+    device: &Device,
+    req: &ReadRequest,
+) -> (DateTime<Utc>, Result<Words, ReadError>) {
+    session
+        .read(
+            device.unit_id,
+            req.kind,
+            req.start,
+            req.count,
+            device.timeout,
+            &device.limits,
+        )
+        .await
+}
+
+/// The readings of every register `req` carried, out of its answer.
+fn push_answer(
+    readings: &mut Vec<Reading>,
+    registers: &[Register],
+    req: &ReadRequest,
+    ts: DateTime<Utc>,
+    words: &Words,
+) {
+    for &i in &req.registers {
+        let (value, quality, detail) = evaluate(&registers[i], req, words);
+        readings.push(Reading {
+            index: i,
+            ts,
+            value,
+            quality,
+            detail,
+        });
+    }
+}
+
+/// A bad reading, saying why, for every register `req` carried.
+fn push_bad(readings: &mut Vec<Reading>, req: &ReadRequest, ts: DateTime<Utc>, detail: &str) {
+    for &i in &req.registers {
+        readings.push(Reading {
+            index: i,
+            ts,
+            value: Value::None,
+            quality: Quality::Bad,
+            detail: Some(detail.to_string()),
+        });
+    }
+}
+
+/// What splitting one failed request gave.
+struct Learned {
+    /// The requests that replace it in the plan; `None` when it stays whole
+    /// (its halves were silent too).
+    pieces: Option<Vec<ReadRequest>>,
+    answered: bool,
+    /// The first failure left standing.
+    error: Option<String>,
+    connect_failure: Option<ReadError>,
+}
+
+/// Splits `failed` (a request, when it was sent, and how it failed; the
+/// learner has granted its split) and its failing pieces in turn, as far as
+/// the poll's budget goes, and reads every register it carried once: from
+/// the piece that answered, or bad with the failure of the piece left
+/// standing.
+async fn learn(
+    session: &mut Session<'_>,
+    device: &Device,
+    failed: (&ReadRequest, DateTime<Utc>, ReadError),
+    learner: &mut Learner,
+    readings: &mut Vec<Reading>,
+) -> Learned {
+    let registers = &device.registers;
+    let (req, ts, e) = failed;
+    let mut out = Learned {
+        pieces: None,
+        answered: e.device_answered(),
+        error: None,
+        connect_failure: None,
+    };
+    let mut pieces = Vec::new();
+    let mut split = false;
+    // Failing pieces, and whether their split was granted.
+    let mut failing = vec![(req.clone(), ts, e, true)];
+    while let Some((piece, ts, e, granted)) = failing.pop() {
+        let halves = if granted
+            || (out.connect_failure.is_none()
+                && splittable(&piece, registers)
+                && learner.may_split(&piece, &e))
+        {
+            bisect(&piece, registers)
+        } else {
+            None
+        };
+        let Some((a, b)) = halves else {
+            learner.outcome(&piece, Err(&e));
+            let detail = e.to_string();
+            push_bad(readings, &piece, ts, &detail);
+            out.error.get_or_insert(detail);
+            pieces.push(piece);
+            continue;
+        };
+        pause(device).await;
+        let first = read(session, device, &a).await;
+        pause(device).await;
+        let second = read(session, device, &b).await;
+        let timed_out = |r: &Result<Words, ReadError>| matches!(r, Err(ReadError::Timeout(_)));
+        if matches!(e, ReadError::Timeout(_)) && timed_out(&first.1) && timed_out(&second.1) {
+            // Smaller reads time out too: the device is silent, not picky.
+            learner.found_silent(&piece);
+            failing.push((piece, ts, e, false));
+            continue;
+        }
+        split = true;
+        for (half, (ts, result)) in [(a, first), (b, second)] {
+            match result {
+                Ok(words) => {
+                    out.answered = true;
+                    learner.outcome(&half, Ok(()));
+                    push_answer(readings, registers, &half, ts, &words);
+                    pieces.push(half);
+                }
+                Err(e) => {
+                    out.answered |= e.device_answered();
+                    if e.is_connect() {
+                        out.connect_failure.get_or_insert_with(|| e.clone());
+                    }
+                    failing.push((half, ts, e, false));
+                }
+            }
+        }
+    }
+    if split {
+        pieces.sort_by_key(|r| (r.kind, r.start));
+        out.pieces = Some(pieces);
+    }
+    out
 }
 
 /// A non-finite number's reading: stored as NULL (see the README's schema).

@@ -67,7 +67,7 @@ async fn poll_all(devices: &[Arc<Device>]) -> Vec<PollReport> {
                     .entry(d.port)
                     .or_insert_with(|| Arc::new(Endpoint::new("127.0.0.1", d.port))),
             );
-            let poller = DevicePoller::new(Arc::clone(d), endpoint);
+            let mut poller = DevicePoller::new(Arc::clone(d), endpoint);
             async move { poller.poll().await }
         })
         .collect();
@@ -305,7 +305,7 @@ async fn a_stray_frame_is_never_taken_for_an_answer() {
     let (_sim, devs) = start(&devs, vec![fault]).await;
     let device = Arc::clone(&devs[0]);
     let endpoint = Arc::new(Endpoint::new("127.0.0.1", device.port));
-    let poller = DevicePoller::new(Arc::clone(&device), endpoint);
+    let mut poller = DevicePoller::new(Arc::clone(&device), endpoint);
     let mut good = 0;
     for _ in 0..15 {
         let report = poller.poll().await;

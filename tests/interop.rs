@@ -265,7 +265,7 @@ async fn every_type_and_order_decodes_exactly_from_an_independent_server() {
     yaml += "      - { name: alarm, kind: holding, address: 150, bit: 13 }\n      - { name: alarm_off, kind: holding, address: 150, bit: 12 }\n";
     yaml += "      - { name: pump_on, kind: coil, address: 7 }\n      - { name: coil_off, kind: coil, address: 8 }\n      - { name: running, kind: discrete, address: 9 }\n";
     let device = Arc::new(config::parse(&yaml, "interop.yaml").unwrap().remove(0));
-    let poller = DevicePoller::new(
+    let mut poller = DevicePoller::new(
         Arc::clone(&device),
         Arc::new(Endpoint::new("127.0.0.1", port)),
     );

@@ -6,6 +6,7 @@
 
 pub mod decode;
 pub mod endpoint;
+pub mod learn;
 pub mod plan;
 pub mod stats;
 pub mod tcp;

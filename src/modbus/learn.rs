@@ -3,9 +3,9 @@
 //! device does not map answers exception 2 (illegal data address), one longer
 //! than the device takes answers exception 3 (illegal data value), and some
 //! devices simply do not answer such reads. When a request fails that way,
-//! the poller splits it in two at the value border nearest its middle
-//! ([`bisect`]) and reads the halves, and so on until each failing value
-//! stands alone. The pieces replace the request in the plan, so later polls
+//! the poller splits it in two at a value border (at its widest gap, else
+//! nearest its middle: [`bisect`]) and reads the halves, and so on until
+//! each failing value stands alone. The pieces replace the request in the plan, so later polls
 //! read the learned blocks straight away; the plan is kept for as long as the
 //! poller lives, which is until its device's definition changes.
 //!
@@ -29,25 +29,29 @@ use crate::registry::{Register, RegisterKind};
 /// see [`Learner::may_split`]).
 pub const LEARN_REQUESTS_PER_POLL: usize = 8;
 
-/// Splits `req` into two requests at the value border nearest the middle of
-/// its addresses, so that no value (a u32, a string, the bit fields of one
-/// word) is ever cut in two; the gap at the border is read by neither half.
-/// `None` when the request carries a single value and cannot be split.
+/// Splits `req` into two requests at a value border, so that no value (a
+/// u32, a string, the bit fields of one word) is ever cut in two: at the
+/// widest gap of unconfigured addresses it reads through, because that is
+/// where a device's unmapped addresses are, and the gap is then read by
+/// neither half; with no gap (or several as wide), at the border nearest
+/// the middle, which halves a request too long for the device or around a
+/// value it refuses. `None` when the request carries a single value.
 pub fn bisect(req: &ReadRequest, registers: &[Register]) -> Option<(ReadRequest, ReadRequest)> {
     let mut members = req.registers.clone();
     members.sort_by_key(|&i| registers[i].address.0);
     let middle = u32::from(req.start) + u32::from(req.count) / 2;
     // Borders: positions in `members` where a value starts after every
-    // earlier value has ended.
+    // earlier value has ended; the best has the widest gap before it, then
+    // the start nearest the middle.
     let mut end = 0u32;
-    let mut best: Option<(usize, u32)> = None;
+    let mut best: Option<(usize, (u32, u32))> = None;
     for (pos, &i) in members.iter().enumerate() {
         let r = &registers[i];
         let start = u32::from(r.address.0);
         if pos > 0 && start >= end {
-            let distance = start.abs_diff(middle);
-            if best.is_none_or(|(_, d)| distance < d) {
-                best = Some((pos, distance));
+            let rank = (start - end, u32::MAX - start.abs_diff(middle));
+            if best.is_none_or(|(_, b)| rank > b) {
+                best = Some((pos, rank));
             }
         }
         end = end.max(r.last_address() + 1);
@@ -450,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn a_request_is_split_at_the_value_border_nearest_its_middle_leaving_the_gap_out() {
+    fn a_request_is_split_at_its_widest_gap_which_neither_half_reads() {
         let regs = vec![
             reg(0, DataType::U16),
             reg(5, DataType::U16),
@@ -458,8 +462,19 @@ mod tests {
             reg(20, DataType::U16),
         ];
         let (a, b) = bisect(&whole(&regs), &regs).unwrap();
-        assert_eq!(shape(&a), (0, 6, vec![0, 1]));
-        assert_eq!(shape(&b), (10, 11, vec![2, 3]));
+        assert_eq!(shape(&a), (0, 12, vec![0, 1, 2]));
+        assert_eq!(shape(&b), (20, 1, vec![3]));
+    }
+
+    #[test]
+    fn a_request_without_gaps_is_halved_at_the_border_nearest_its_middle() {
+        let regs: Vec<_> = (0..10u16).map(|i| reg(i * 2, DataType::U32)).collect();
+        let (a, b) = bisect(&whole(&regs), &regs).unwrap();
+        assert_eq!((a.start, a.count, b.start, b.count), (0, 10, 10, 10));
+        // Gaps as wide as each other: the one nearest the middle.
+        let regs: Vec<_> = (0..5u16).map(|i| reg(i * 3, DataType::U16)).collect();
+        let (a, b) = bisect(&whole(&regs), &regs).unwrap();
+        assert_eq!((a.start, a.count, b.start, b.count), (0, 4, 6, 7));
     }
 
     #[test]

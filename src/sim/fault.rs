@@ -1,8 +1,8 @@
 //! What a simulated device can do wrong, per device or per register: answer
 //! late, not at all, with an exception, with garbage or a truncated frame, drop
-//! the connection every N requests, refuse reads longer than a limit, send
-//! frames nobody asked for, or hold fixed words in a register (text with a
-//! NUL in it, say). Each is a failure seen on real devices and gateways.
+//! the connection every N requests, refuse reads longer than a limit or
+//! reads touching an address no register maps, send frames nobody asked
+//! for, or hold fixed words in a register (text with a NUL in it, say). Each is a failure seen on real devices and gateways.
 
 use std::time::Duration;
 
@@ -37,6 +37,43 @@ pub enum FaultAction {
     /// Serve these words at the register's addresses instead of its value
     /// (only with a register; cut to the register's width).
     Words(Vec<u16>),
+    /// Answer exception 2 (illegal data address) to a read touching an
+    /// address none of the device's registers covers, as devices with a
+    /// sparse map do (only for a whole device). Empty as parsed; resolving
+    /// the fault against its device fills in the addresses.
+    Holes(Mapped),
+}
+
+/// The addresses a device's registers cover, per table: inclusive ranges,
+/// sorted, with touching ones merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mapped(Vec<(RegisterKind, u32, u32)>);
+
+impl Mapped {
+    fn of(device: &Device) -> Self {
+        let mut ranges: Vec<(RegisterKind, u32, u32)> = device
+            .registers
+            .iter()
+            .map(|r| (r.kind, u32::from(r.address.0), r.last_address()))
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(RegisterKind, u32, u32)> = Vec::with_capacity(ranges.len());
+        for (kind, first, last) in ranges {
+            match merged.last_mut() {
+                Some(m) if m.0 == kind && first <= m.2 + 1 => m.2 = m.2.max(last),
+                _ => merged.push((kind, first, last)),
+            }
+        }
+        Mapped(merged)
+    }
+
+    /// Whether every address of the read is some register's.
+    pub fn covers(&self, kind: RegisterKind, start: u16, count: u16) -> bool {
+        let (lo, hi) = (u32::from(start), u32::from(start) + u32::from(count) - 1);
+        self.0
+            .iter()
+            .any(|&(k, first, last)| k == kind && first <= lo && hi <= last)
+    }
 }
 
 /// A fault on a device, or only on the requests that touch one of its registers.
@@ -85,6 +122,12 @@ pub(crate) fn resolve(
                         f.device
                     ));
                 }
+                Some(name) if matches!(f.action, FaultAction::Holes(_)) => {
+                    return Err(format!(
+                        "a `holes` fault applies to the whole device `{}`: drop `register: {name}`",
+                        f.device
+                    ));
+                }
                 None => (None, None),
                 Some(name) => {
                     let r = d
@@ -103,13 +146,17 @@ pub(crate) fn resolve(
                     )
                 }
             };
+            let action = match &f.action {
+                FaultAction::Holes(_) => FaultAction::Holes(Mapped::of(d)),
+                other => other.clone(),
+            };
             Ok((
                 d.endpoint(),
                 Scoped {
                     unit: d.unit_id.0,
                     kind,
                     addresses,
-                    action: f.action.clone(),
+                    action,
                 },
             ))
         })
@@ -122,6 +169,7 @@ pub(crate) fn resolve(
 /// faults:
 ///   - { device: meter-2, delay: 2s }
 ///   - { device: boiler-1, register: pressure, exception: 2 }
+///   - { device: sparse-1, holes: true }
 /// ```
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,9 +191,10 @@ struct RawFault {
     max_registers: Option<u16>,
     stray_frame: Option<bool>,
     words: Option<Vec<u16>>,
+    holes: Option<bool>,
 }
 
-const ACTIONS: &str = "delay, no_reply, exception, drop_every, garbage, short_frame, max_registers, stray_frame, words";
+const ACTIONS: &str = "delay, no_reply, exception, drop_every, garbage, short_frame, max_registers, stray_frame, words, holes";
 
 /// Parses a faults file; errors carry `file:line:column`.
 pub fn parse_faults(yaml: &str, file: &str) -> Result<Vec<SimFault>, String> {
@@ -193,6 +242,9 @@ pub fn parse_faults(yaml: &str, file: &str) -> Result<Vec<SimFault>, String> {
             }
             if let Some(w) = f.words {
                 actions.push(FaultAction::Words(w));
+            }
+            if f.holes == Some(true) {
+                actions.push(FaultAction::Holes(Mapped::default()));
             }
             match <[FaultAction; 1]>::try_from(actions) {
                 Ok([action]) => Ok(SimFault {
@@ -248,6 +300,41 @@ mod tests {
         };
         let e = resolve(&[whole], &device).unwrap_err();
         assert!(e.contains("needs a register"), "{e}");
+    }
+
+    #[test]
+    fn a_holes_fault_refuses_reads_touching_an_unmapped_address() {
+        let f = parse_faults("faults:\n  - { device: a, holes: true }\n", "f.yaml").unwrap();
+        assert_eq!(f[0].action, FaultAction::Holes(Mapped::default()));
+        let device = crate::config::parse(
+            "devices:\n  - { name: a, host: 127.0.0.1, port: 5020, registers: [\n    { name: x, kind: holding, address: 0, type: u32 },\n    { name: y, kind: holding, address: 2, type: u16 },\n    { name: z, kind: holding, address: 10, type: u16 },\n    { name: i, kind: input, address: 3, type: u16 } ] }\n",
+            "d.yaml",
+        )
+        .unwrap();
+        let scoped = resolve(&f, &device).unwrap();
+        let FaultAction::Holes(mapped) = &scoped[0].1.action else {
+            panic!("{:?}", scoped[0].1.action);
+        };
+        let holding = RegisterKind::Holding;
+        // x and y touch: 0..=2 is one mapped run.
+        assert!(mapped.covers(holding, 0, 3));
+        assert!(mapped.covers(holding, 10, 1));
+        assert!(!mapped.covers(holding, 0, 4));
+        assert!(!mapped.covers(holding, 2, 9));
+        assert!(!mapped.covers(holding, 11, 1));
+        assert!(!mapped.covers(RegisterKind::Input, 2, 1));
+        assert!(mapped.covers(RegisterKind::Input, 3, 1));
+        // It applies to the whole device only, and `false` is no fault.
+        let on_register = SimFault {
+            register: Some("x".into()),
+            ..f[0].clone()
+        };
+        let e = resolve(&[on_register], &device).unwrap_err();
+        assert!(e.contains("whole device `a`: drop `register: x`"), "{e}");
+        let e = parse_faults("faults:\n  - { device: a, holes: false }\n", "f.yaml").unwrap_err();
+        assert!(e.starts_with("f.yaml:2:") && e.contains("holes"), "{e}");
+        let e = parse_faults("faults:\n  - { device: a, holes: 3 }\n", "f.yaml").unwrap_err();
+        assert!(e.starts_with("f.yaml:2:"), "{e}");
     }
 
     #[test]

@@ -103,6 +103,10 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
                             answer = Some(Answer::Exception(0x03))
                         }
                         FaultAction::MaxRegisters(_) => {}
+                        FaultAction::Holes(mapped) if !mapped.covers(kind, start, count) => {
+                            answer = Some(Answer::Exception(0x02))
+                        }
+                        FaultAction::Holes(_) => {}
                         FaultAction::Words(w) => {
                             if let Some((first, last)) = f.addresses {
                                 fixed.push((first, last, w));

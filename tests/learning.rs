@@ -50,6 +50,16 @@ fn holes(device: &str) -> SimFault {
     }
 }
 
+/// `SPARSE`'s faults: holes in its map, and `refused` answering exception 2.
+fn sparse_faults() -> Vec<SimFault> {
+    let refused = SimFault {
+        device: "sparse".into(),
+        register: Some("refused".into()),
+        action: FaultAction::Exception(2),
+    };
+    vec![holes("sparse"), refused]
+}
+
 /// Starts the simulator for `yaml` and returns the device moved to it.
 async fn start(yaml: &str, faults: Vec<SimFault>) -> (Simulator, Arc<Device>) {
     let devices = config::parse(yaml, "learning.yaml").unwrap();
@@ -112,12 +122,7 @@ fn assert_readings(report: &PollReport, bad: &[&str], detail: &str) {
 
 #[tokio::test]
 async fn a_device_with_holes_learns_its_blocks_and_keeps_reading_them_coalesced() {
-    let refused = SimFault {
-        device: "sparse".into(),
-        register: Some("refused".into()),
-        action: FaultAction::Exception(2),
-    };
-    let (_sim, device) = start(SPARSE, vec![holes("sparse"), refused]).await;
+    let (_sim, device) = start(SPARSE, sparse_faults()).await;
     let (mut poller, endpoint) = poller(&device);
     assert_eq!(poller.requests().len(), 1, "gap fill makes one request");
 
@@ -314,4 +319,51 @@ async fn a_changed_definition_starts_from_the_coalesced_plan_again() {
     })
     .await;
     fleet.stop_all().await;
+}
+
+/// `check --probe` prints what each device's plan learned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probe_shows_the_learned_plan() {
+    let (_sim, device) = start(SPARSE, sparse_faults()).await;
+    let yaml = SPARSE.replace("port: 1,", &format!("port: {},", device.port));
+    let (dir, _) = common::write_yaml(&yaml);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regpoll"))
+        .args(["check", "devices.yaml", "--probe"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The refused register is a bad value: exit 1, as for any other.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("1 of 10 values could not be read: sparse.refused: exception 2"),
+        "{stderr}"
+    );
+    let learned: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("learned:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        learned,
+        [
+            "learned: 4 blocks, 1 address refused (coalesced: 1 request) after 1 poll",
+            "block   holding  0..3 (4)",
+            "block   holding  10..15 (6)",
+            "block   holding  30..31 (2)",
+            "block   holding  33..33 (1)",
+            "refused holding  32..32 (1): refused: exception 2 (illegal data address)",
+        ],
+        "{stdout}"
+    );
+    for name in ["a", "d", "label", "h"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.contains("good"), "{line}");
+    }
 }

@@ -416,3 +416,73 @@ async fn values_show_every_digit_and_rounding_noise_draws_a_flat_sparkline() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A device whose map has holes, read with gap fill, and one mapped
+/// register it refuses.
+const SPARSE: &str = r#"
+defaults: { host: 127.0.0.1, every: 200ms, timeout: 300ms, max_gap: 30 }
+devices:
+  - name: sparse
+    port: {A}
+    registers:
+      - { name: a, kind: holding, address: 0, type: u16 }
+      - { name: b, kind: holding, address: 10, type: u32 }
+      - { name: refused, kind: holding, address: 12, type: u16 }
+      - { name: c, kind: holding, address: 30, type: u16 }
+"#;
+
+/// What the read plan learned is in `/api/devices` and the device's card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learned_plan_shows_in_the_api_and_the_device_detail() {
+    use regpoll::sim::fault::{FaultAction, Mapped};
+    let fault = |register: Option<&str>, action| regpoll::sim::SimFault {
+        device: "sparse".into(),
+        register: register.map(str::to_string),
+        action,
+    };
+    let faults = vec![
+        fault(None, FaultAction::Holes(Mapped::default())),
+        fault(Some("refused"), FaultAction::Exception(2)),
+    ];
+    let fixture = common::simulate_with_faults(SPARSE, &["{A}"], faults).await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        sqlite_path: dir.path().join("h.db"),
+        ..Settings::default()
+    };
+    let (running, addr) = common::start_with_api(&fixture, settings).await;
+    wait_for_polls(&running, 2).await;
+
+    let devices = http_get(addr, "/api/devices").await.json();
+    let learned = &devices["devices"][0]["learned"];
+    assert_eq!(
+        learned["summary"], "learned: 3 blocks, 1 address refused (coalesced: 1 request)",
+        "{devices:#}"
+    );
+    assert_eq!(learned["coalesced_requests"], 1);
+    assert_eq!(
+        learned["blocks"][1],
+        serde_json::json!({ "kind": "holding", "start": 10, "count": 2 })
+    );
+    assert_eq!(
+        learned["refused"][0],
+        serde_json::json!({
+            "kind": "holding", "address": 12, "count": 1, "registers": ["refused"],
+            "exception": 2, "detail": "exception 2 (illegal data address)",
+        })
+    );
+
+    let (dom, _) = render(&page(addr), Duration::from_secs(3), None).await;
+    let card = &dom[dom.find("data-device=\"sparse\"").expect("the card")..];
+    let at = card
+        .find("class=\"learned\"")
+        .unwrap_or_else(|| panic!("{card}"));
+    let line = &card[at..];
+    let line = &line[line.find('>').unwrap() + 1..];
+    let line = &line[..line.find('<').unwrap()];
+    assert_eq!(
+        line,
+        "learned: 3 blocks, 1 address refused (coalesced: 1 request) · refused holding 12 (refused): exception 2 (illegal data address)"
+    );
+    running.shutdown().await.unwrap();
+}

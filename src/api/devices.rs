@@ -10,18 +10,20 @@ use serde_json::{Map, json};
 use super::error::ApiError;
 use super::params::check_text;
 use super::{ApiState, Shared};
-use crate::latest::memory::LatestMemory;
 use crate::reading::rfc3339;
 use crate::registry::Device;
+use crate::stats::Sources;
 
 fn opt_ts(ts: Option<chrono::DateTime<Utc>>) -> serde_json::Value {
     ts.map_or(serde_json::Value::Null, |t| json!(rfc3339(t)))
 }
 
 /// The state of one polled device: "up", "down", or "pending" before its
-/// first poll.
-fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
-    let state = latest.state(&device.name);
+/// first poll; and what its read plan learned ("learned", null when it is
+/// the coalesced plan and the device refuses nothing).
+fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
+    let state = stats.latest.state(&device.name);
+    let learned = stats.counters.learned.get(&device.name);
     json!({
         "name": device.name,
         "host": device.host,
@@ -40,6 +42,7 @@ fn device_json(device: &Device, latest: &LatestMemory) -> serde_json::Value {
         "last_error": state.as_ref().and_then(|s| s.error.clone()),
         "latency_ms": state.as_ref().map(|s| s.latency_ms),
         "polls": state.as_ref().map_or(0, |s| s.polls),
+        "learned": learned.map(|l| l.to_json()),
     })
 }
 
@@ -62,7 +65,7 @@ pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
         .iter()
         .map(|d| {
             let reason = rejected.get(&d.name).map(|r| r.reason.as_str());
-            polled_json(d, &stats.latest, reason)
+            polled_json(d, stats, reason)
         })
         .collect();
     list.extend(
@@ -78,10 +81,10 @@ pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
 /// when it is polled on its previous definition.
 pub(crate) fn polled_json(
     device: &Device,
-    latest: &LatestMemory,
+    stats: &Sources,
     reason: Option<&str>,
 ) -> serde_json::Value {
-    let mut json = device_json(device, latest);
+    let mut json = device_json(device, stats);
     if let Some(reason) = reason {
         json["reason"] = json!(reason);
     }
@@ -115,7 +118,7 @@ pub(crate) async fn device_latest(
                 "no device named `{name}` is being polled; GET /api/devices lists them"
             ))
         })?;
-    let mut body = device_json(&device, &s.stats.latest);
+    let mut body = device_json(&device, &s.stats);
     let values: Map<String, serde_json::Value> = s
         .stats
         .latest

@@ -107,7 +107,7 @@ pub(crate) async fn fleet(
         .take(per_page)
         .map(|r| {
             let mut json = match r.device {
-                Some(d) => polled_json(d, latest, r.reason),
+                Some(d) => polled_json(d, &s.stats, r.reason),
                 None => skipped_json(r.name, r.reason.unwrap_or_default()),
             };
             json["attention"] = json!(r.attention);

@@ -22,19 +22,32 @@ pub(super) async fn check(file: &Path, probe: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One read of every register, devices sharing an endpoint sharing its link;
-/// fails when any value could not be read.
+/// Polls of one device a probe may spend learning its plan (see
+/// `modbus::learn`): each spends at most `LEARN_REQUESTS_PER_POLL` extra
+/// requests, so a few isolate the holes of any block; a plan still
+/// learning after that is shown as it stands.
+const PROBE_POLLS: usize = 8;
+
+/// One read of every register, devices sharing an endpoint sharing its link,
+/// polled again while a device's plan is still learning; prints what was
+/// learned. Fails when any value could not be read.
 async fn probe_all(devices: Vec<Device>) -> anyhow::Result<()> {
     let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
     let (mut bad, mut total, mut first) = (0, 0, None);
-    println!("probe (one read of every register):");
+    println!("probe (one read of every register, once its plan is learned):");
     for d in devices {
         let endpoint = Arc::clone(
             endpoints
                 .entry(d.endpoint())
                 .or_insert_with(|| Arc::new(Endpoint::new(d.host.clone(), d.port))),
         );
-        let report = DevicePoller::new(Arc::new(d), endpoint).poll().await;
+        let mut poller = DevicePoller::new(Arc::new(d), endpoint);
+        let mut report = poller.poll().await;
+        let mut polls = 1;
+        while !poller.settled() && polls < PROBE_POLLS {
+            report = poller.poll().await;
+            polls += 1;
+        }
         println!(
             "  {} ({}, {:.1} ms)",
             report.device.name,
@@ -42,6 +55,7 @@ async fn probe_all(devices: Vec<Device>) -> anyhow::Result<()> {
             report.latency.as_secs_f64() * 1e3
         );
         print_readings(&report, "    ");
+        print_learned(&poller, polls);
         total += report.readings.len();
         for r in report.readings.iter().filter(|r| r.quality == Quality::Bad) {
             bad += 1;
@@ -56,6 +70,24 @@ async fn probe_all(devices: Vec<Device>) -> anyhow::Result<()> {
         }
     }
     fail_if_bad(bad, total, first.as_deref().unwrap_or_default())
+}
+
+/// What the device's plan learned, if anything: the summary, then one line
+/// per block read and per value the device refuses.
+fn print_learned(poller: &DevicePoller, polls: usize) {
+    let Some(learned) = poller.learned() else {
+        return;
+    };
+    let still = if poller.settled() {
+        ""
+    } else {
+        "; still learning"
+    };
+    let s = if polls == 1 { "" } else { "s" };
+    println!("    {learned} after {polls} poll{s}{still}");
+    for line in learned.lines() {
+        println!("      {line}");
+    }
 }
 
 fn check_plan(file: &Path) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ use crate::modbus::learn::{LearnedPlan, LearnedPlans, Learner, bisect, splittabl
 use crate::modbus::plan::{ReadRequest, plan_group};
 use crate::modbus::{ReadError, Words};
 use crate::reading::{PollReport, Quality, Reading, Value, non_finite_name};
-use crate::registry::{DataType, Device, Register};
+use crate::registry::{DataType, Device, Register, RequestLimits};
 
 /// Polls one device through its endpoint with a plan made once and then
 /// learned from the device's answers.
@@ -164,6 +164,30 @@ async fn read(
     device: &Device,
     req: &ReadRequest,
 ) -> (DateTime<Utc>, Result<Words, ReadError>) {
+    read_with(session, device, req, &device.limits).await
+}
+
+/// A half of a failed request, sent once: a probe that times out is an
+/// answer to learning, and retrying it would multiply what learning a
+/// silent device costs by the retries.
+async fn probe(
+    session: &mut Session<'_>,
+    device: &Device,
+    req: &ReadRequest,
+) -> (DateTime<Utc>, Result<Words, ReadError>) {
+    let once = RequestLimits {
+        retries: 0,
+        ..device.limits
+    };
+    read_with(session, device, req, &once).await
+}
+
+async fn read_with(
+    session: &mut Session<'_>,
+    device: &Device,
+    req: &ReadRequest,
+    limits: &RequestLimits,
+) -> (DateTime<Utc>, Result<Words, ReadError>) {
     session
         .read(
             device.unit_id,
@@ -171,7 +195,7 @@ async fn read(
             req.start,
             req.count,
             device.timeout,
-            &device.limits,
+            limits,
         )
         .await
 }
@@ -242,6 +266,7 @@ async fn learn(
     };
     let mut pieces = Vec::new();
     let mut split = false;
+    let first_reading = readings.len();
     // Failing pieces, and whether their split was granted.
     let mut failing = vec![(req.clone(), ts, e, true)];
     while let Some((piece, ts, e, granted)) = failing.pop() {
@@ -263,9 +288,9 @@ async fn learn(
             continue;
         };
         pause(device).await;
-        let first = read(session, device, &a).await;
+        let first = probe(session, device, &a).await;
         pause(device).await;
-        let second = read(session, device, &b).await;
+        let second = probe(session, device, &b).await;
         let timed_out = |r: &Result<Words, ReadError>| matches!(r, Err(ReadError::Timeout(_)));
         if matches!(e, ReadError::Timeout(_)) && timed_out(&first.1) && timed_out(&second.1) {
             // Smaller reads time out too: the device is silent, not picky.
@@ -296,6 +321,9 @@ async fn learn(
         pieces.sort_by_key(|r| (r.kind, r.start));
         out.pieces = Some(pieces);
     }
+    // In address order, as an unsplit request gives them (the pieces were
+    // read in the order their failures came).
+    readings[first_reading..].sort_by_key(|r| registers[r.index].address.0);
     out
 }
 

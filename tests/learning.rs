@@ -219,7 +219,10 @@ async fn a_silent_device_is_not_split() {
         register: None,
         action: FaultAction::NoReply,
     };
-    let (_sim, device) = start(ONE_MUTE_ADDRESS, vec![silent]).await;
+    // With a retry: the coalesced request is sent twice a poll, the halves
+    // once each.
+    let yaml = ONE_MUTE_ADDRESS.replace("retries: 0", "retries: 1");
+    let (_sim, device) = start(&yaml, vec![silent]).await;
     let (mut poller, endpoint) = poller(&device);
     // The first poll tries the halves once (two more timeouts), finds them
     // silent too, and keeps the request whole; later polls do not try again.
@@ -231,7 +234,7 @@ async fn a_silent_device_is_not_split() {
         assert_readings(&report, &["a", "b", "c", "d"], "timeout after 150 ms");
         assert!(!report.reachable);
     }
-    assert_eq!(sent, vec![3, 1, 1, 1]);
+    assert_eq!(sent, vec![4, 2, 2, 2]);
     assert_eq!(poller.requests().len(), 1);
     assert_eq!(poller.learned(), None);
 }

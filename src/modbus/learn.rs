@@ -24,9 +24,9 @@ use crate::registry::{Register, RegisterKind};
 
 /// Extra requests one poll may spend splitting failed requests. Isolating one
 /// refused address in a 125-register block takes two requests per halving,
-/// about 14 in all, so one hole costs two polls; each poll stays within the
-/// device's usual time plus these requests (or, for timeouts, two of them:
-/// see [`Learner::may_split`]).
+/// about 14 in all, so one hole costs two polls; a device that times out on
+/// its holes costs a poll at most this many timeouts more (never one per
+/// register), and a silent one two, once (see [`Learner::may_split`]).
 pub const LEARN_REQUESTS_PER_POLL: usize = 8;
 
 /// Splits `req` into two requests at a value border, so that no value (a

@@ -9,7 +9,8 @@
 //! - [`db`] opens PostgreSQL or SQLite and runs their migrations.
 //! - [`schedule`] decides when each poll group fires; [`fleet`] runs one task
 //!   per poll group and reconciles them with the registry (hot reload).
-//! - [`modbus`] plans the read requests for a device, talks to endpoints
+//! - [`modbus`] plans the read requests for a device (and learns a better
+//!   plan from the device's refusals, [`modbus::learn`]), talks to endpoints
 //!   (one connection per host:port) and decodes words into values.
 //! - [`poller`] runs one poll of one device and turns the outcome into
 //!   [`reading::Reading`]s with a quality.

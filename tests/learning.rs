@@ -73,6 +73,28 @@ async fn start(yaml: &str, faults: Vec<SimFault>) -> (Simulator, Arc<Device>) {
     (sim, device)
 }
 
+/// A device of `n` u16 registers of `kind` at addresses 0 to n−1 (one
+/// coalesced request), with `action` on the whole device.
+async fn contiguous(
+    name: &str,
+    kind: &str,
+    n: u16,
+    action: FaultAction,
+) -> (Simulator, Arc<Device>) {
+    let registers: String = (0..n)
+        .map(|i| format!("      - {{ name: r{i}, kind: {kind}, address: {i}, type: u16 }}\n"))
+        .collect();
+    let yaml = format!(
+        "defaults: {{ host: 127.0.0.1, port: 1, timeout: 300ms, retries: 0 }}\ndevices:\n  - name: {name}\n    registers:\n{registers}"
+    );
+    let fault = SimFault {
+        device: name.into(),
+        register: None,
+        action,
+    };
+    start(&yaml, vec![fault]).await
+}
+
 fn poller(device: &Arc<Device>) -> (DevicePoller, Arc<Endpoint>) {
     let endpoint = Arc::new(Endpoint::new("127.0.0.1", device.port));
     (
@@ -151,17 +173,7 @@ async fn a_device_with_holes_learns_its_blocks_and_keeps_reading_them_coalesced(
 
 #[tokio::test]
 async fn a_device_refusing_reads_above_16_registers_learns_blocks_of_at_most_16() {
-    let yaml = "defaults: { host: 127.0.0.1, port: 1, timeout: 300ms, retries: 0 }\ndevices:\n  - name: narrow\n    registers:\n"
-        .to_string()
-        + &(0..60)
-            .map(|i| format!("      - {{ name: r{i}, kind: input, address: {i}, type: u16 }}\n"))
-            .collect::<String>();
-    let limit = SimFault {
-        device: "narrow".into(),
-        register: None,
-        action: FaultAction::MaxRegisters(16),
-    };
-    let (_sim, device) = start(&yaml, vec![limit]).await;
+    let (_sim, device) = contiguous("narrow", "input", 60, FaultAction::MaxRegisters(16)).await;
     let (mut poller, endpoint) = poller(&device);
     assert_eq!(poller.requests().len(), 1);
     let (polls, report) = poll_until_settled(&mut poller, 5).await;
@@ -369,4 +381,37 @@ async fn check_probe_shows_the_learned_plan() {
             .unwrap_or_else(|| panic!("{stdout}"));
         assert!(line.contains("good"), "{line}");
     }
+}
+
+/// A device refusing every read, even of one register: learning goes on
+/// for as many polls as it needs, never sending more than the plan's
+/// requests plus `LEARN_REQUESTS_PER_POLL` in one, and ends with every
+/// value refused alone, each with the device's exception.
+#[tokio::test]
+async fn a_device_refusing_every_read_is_learned_in_bounded_steps() {
+    use regpoll::modbus::learn::LEARN_REQUESTS_PER_POLL;
+    let (_sim, device) = contiguous("stubborn", "holding", 40, FaultAction::MaxRegisters(0)).await;
+    let (mut poller, endpoint) = poller(&device);
+    let all: Vec<&str> = device.registers.iter().map(|r| &*r.name).collect();
+    let mut polls = 0;
+    loop {
+        let planned = poller.requests().len() as u64;
+        let before = requests(&endpoint);
+        let report = poller.poll().await;
+        polls += 1;
+        assert!(requests(&endpoint) - before <= planned + LEARN_REQUESTS_PER_POLL as u64);
+        assert_readings(&report, &all, "exception 3 (illegal data value)");
+        if poller.settled() {
+            break;
+        }
+        assert!(polls < 20, "still learning after {polls} polls");
+    }
+    // 39 splits of two requests, 8 requests a poll.
+    assert_eq!(polls, 10);
+    let learned = poller.learned().unwrap();
+    assert_eq!((learned.blocks.len(), learned.refused.len()), (0, 40));
+    assert!(learned.refused.iter().all(|r| r.exception == 3));
+    let before = requests(&endpoint);
+    poller.poll().await;
+    assert_eq!(requests(&endpoint) - before, 40);
 }

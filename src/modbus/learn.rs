@@ -641,6 +641,12 @@ mod tests {
     }
 
     #[test]
+    fn a_learner_that_learned_nothing_costs_32_bytes() {
+        // Every poll group's task holds one (see the type's comment).
+        assert_eq!(std::mem::size_of::<Learner>(), 32);
+    }
+
+    #[test]
     fn learned_plans_are_kept_per_device_and_group_and_forgotten_on_remove() {
         let plans = LearnedPlans::default();
         let one = |n: u16| LearnedPlan {

@@ -97,7 +97,7 @@ impl DevicePoller {
             match result {
                 Ok(words) => {
                     reachable = true;
-                    self.learner.outcome(req, Ok(()));
+                    self.learner.outcome(req, &device.registers, Ok(()));
                     push_answer(&mut readings, &device.registers, req, ts, &words);
                 }
                 Err(e)
@@ -124,7 +124,7 @@ impl DevicePoller {
                 }
                 Err(e) => {
                     reachable |= e.device_answered();
-                    self.learner.outcome(req, Err(&e));
+                    self.learner.outcome(req, &device.registers, Err(&e));
                     let detail = e.to_string();
                     if e.is_connect() {
                         connect_failure = Some(e);
@@ -280,7 +280,7 @@ async fn learn(
             None
         };
         let Some((a, b)) = halves else {
-            learner.outcome(&piece, Err(&e));
+            learner.outcome(&piece, registers, Err(&e));
             let detail = e.to_string();
             push_bad(readings, &piece, ts, &detail);
             out.error.get_or_insert(detail);
@@ -303,7 +303,7 @@ async fn learn(
             match result {
                 Ok(words) => {
                     out.answered = true;
-                    learner.outcome(&half, Ok(()));
+                    learner.outcome(&half, registers, Ok(()));
                     push_answer(readings, registers, &half, ts, &words);
                     pieces.push(half);
                 }

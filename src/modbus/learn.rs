@@ -204,9 +204,18 @@ impl Learner {
     }
 
     /// Notes how `req` ended: an answer clears what was known against it; an
-    /// exception 2 or 3 to a request that cannot be split is a refused value.
-    pub fn outcome(&mut self, req: &ReadRequest, result: Result<(), &ReadError>) {
-        let code = result.err().and_then(refusal);
+    /// exception 2 or 3 to a request that cannot be split is a refused value
+    /// (one that can is only waiting for a poll with budget to split it).
+    pub fn outcome(
+        &mut self,
+        req: &ReadRequest,
+        registers: &[Register],
+        result: Result<(), &ReadError>,
+    ) {
+        let code = result
+            .err()
+            .and_then(refusal)
+            .filter(|_| !splittable(req, registers));
         if self.known.is_none() && code.is_none() {
             return; // the default path: nothing known, nothing to learn
         }
@@ -573,10 +582,13 @@ mod tests {
 
     #[test]
     fn one_poll_spends_at_most_its_budget_and_says_it_is_unfinished() {
-        let (_, req, mut l) = two_values_polling();
+        let (regs, req, mut l) = two_values_polling();
         let granted = (0..100).filter(|_| l.may_split(&req, &refused(2))).count();
         assert_eq!(granted * 2, LEARN_REQUESTS_PER_POLL);
         assert!(!l.settled());
+        // Left whole for want of budget, two values are not "refused".
+        l.outcome(&req, &regs, Err(&refused(2)));
+        assert_eq!(l.view(std::slice::from_ref(&req), &regs), None);
         l.start_poll();
         assert!(l.may_split(&req, &refused(2)));
         assert!(l.settled());
@@ -599,7 +611,7 @@ mod tests {
         assert!(l.may_split(&other, &timeout));
         // A refusal is still worth a split, and an answer ends the silence.
         assert!(l.may_split(&req, &refused(2)));
-        l.outcome(&req, Ok(()));
+        l.outcome(&req, &regs, Ok(()));
         l.start_poll();
         assert!(l.may_split(&req, &timeout));
         // Nothing was split and nothing refused: nothing to show.
@@ -617,7 +629,7 @@ mod tests {
         let mut plan = vec![coalesced];
         let mut l = Learner::new(1);
         l.replaced(&mut plan, 0, vec![a1, a2.clone(), b]);
-        l.outcome(&a2, Err(&refused(2)));
+        l.outcome(&a2, &regs, Err(&refused(2)));
         let view = l.view(&plan, &regs).unwrap();
         assert_eq!(
             view.to_string(),
@@ -636,7 +648,7 @@ mod tests {
         assert_eq!(json["refused"][0]["exception"], 2);
         assert_eq!(json["blocks"].as_array().unwrap().len(), 2);
         // The value answers again: no longer refused.
-        l.outcome(&a2, Ok(()));
+        l.outcome(&a2, &regs, Ok(()));
         assert_eq!(l.view(&plan, &regs).unwrap().refused, vec![]);
     }
 

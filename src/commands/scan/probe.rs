@@ -407,9 +407,10 @@ impl Scanner<'_, '_, '_> {
         Ok(())
     }
 
-    /// Moves the edges of the last piece (refused) to the exact first and
-    /// last refused address where it meets readable pieces: the one before
-    /// it in `found`, and `next` when it is readable. Only exceptions are
+    /// Moves the edges of the last piece (refused) to its exact first and
+    /// last refused address: the readable addresses before them join the
+    /// piece before (or become one of their own), those after them `next`
+    /// when it is readable (or a piece of their own). Only exceptions are
     /// refined: each step on a timeout would cost a whole timeout.
     async fn refine_last(
         &mut self,
@@ -417,33 +418,45 @@ impl Scanner<'_, '_, '_> {
         unit: UnitId,
         next: Option<&mut Piece>,
     ) -> Result<(), Stop> {
-        let i = found.pieces.len() - 1;
+        let mut i = found.pieces.len() - 1;
         if !matches!(found.pieces[i].refused, Some(ReadError::Exception(_))) {
             return Ok(());
         }
         let resolution = u32::from(self.plan.resolution.max(1));
-        let (mut lo, mut hi) = (
+        let (mut lo, hi) = (
             u32::from(found.pieces[i].first),
             u32::from(found.pieces[i].last),
         );
-        // Each refused piece was read in pieces of at most `resolution`
+        // A refused piece was read in pieces of at most `resolution`
         // addresses, each refused, so its first and last `resolution`
         // addresses each hold a refused one: the bisections stay inside.
-        if i > 0 && found.pieces[i - 1].refused.is_none() && lo < hi {
+        if lo < hi {
             let span = resolution.min(hi - lo + 1);
             let readable = self.readable_len(unit, span, |n| (lo, n)).await?;
-            found.pieces[i - 1].last = (lo + readable - 1) as u16;
-            lo += readable;
-            found.pieces[i].first = lo as u16;
+            if readable > 0 {
+                let head = piece(lo, lo + readable - 1, None);
+                match i.checked_sub(1).map(|b| &mut found.pieces[b]) {
+                    Some(before) if before.refused.is_none() => before.last = head.last,
+                    _ => {
+                        found.pieces.insert(i, head);
+                        i += 1;
+                    }
+                }
+                lo += readable;
+                found.pieces[i].first = lo as u16;
+            }
         }
-        if let Some(next) = next.filter(|n| n.refused.is_none())
-            && lo < hi
-        {
+        if lo < hi {
             let span = resolution.min(hi - lo + 1);
             let readable = self.readable_len(unit, span, |n| (hi + 1 - n, n)).await?;
-            hi -= readable;
-            found.pieces[i].last = hi as u16;
-            next.first = (hi + 1) as u16;
+            if readable > 0 {
+                let tail = piece(hi + 1 - readable, hi, None);
+                found.pieces[i].last = (hi - readable) as u16;
+                match next {
+                    Some(next) if next.refused.is_none() => next.first = tail.first,
+                    _ => found.pieces.push(tail),
+                }
+            }
         }
         Ok(())
     }

@@ -191,6 +191,18 @@ async fn a_refused_address_at_the_window_edges_and_a_refused_window_are_reported
         report.units[0].pieces,
         [readable(90, 99), refused(100, 100, 2)]
     );
+    // A refused piece at either end of the window holds readable addresses
+    // too: they are found, though no readable piece lies beyond them.
+    let (report, _) = scanned(&endpoint, &plan(&[2], (96, 110))).await;
+    assert_eq!(
+        report.units[0].pieces,
+        [readable(96, 99), refused(100, 100, 2), readable(101, 110)]
+    );
+    let (report, _) = scanned(&endpoint, &plan(&[2], (90, 104))).await;
+    assert_eq!(
+        report.units[0].pieces,
+        [readable(90, 99), refused(100, 100, 2), readable(101, 104)]
+    );
     let (report, _) = scanned(&endpoint, &plan(&[2], (100, 100))).await;
     assert_eq!(report.units[0].pieces, [refused(100, 100, 2)]);
     assert_eq!(

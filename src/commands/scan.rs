@@ -63,7 +63,8 @@ pub async fn scan_endpoint(
     let started = Instant::now();
     let _ = writeln!(
         progress,
-        "scanning {endpoint}: unit {}, {} {}-{}, timeout {}",
+        "scanning {endpoint}: unit{} {}, {} {}-{}, timeout {}",
+        if plan.units.len() == 1 { "" } else { "s" },
         units_text(&plan.units),
         plan.kind.as_str(),
         plan.window.0,

@@ -6,7 +6,9 @@
 //! there). For each unit that answers, the largest read it takes is found by
 //! bisecting the count between 1 and the protocol's limit (a count the device
 //! cannot take is exception 3, illegal data value, application protocol
-//! 6.1-6.4). Then the address window is read in blocks of that size; a block
+//! 6.1-6.4; a device that checks the address first can mislead it, so a
+//! read refused for its count later is bisected again where it was refused
+//! and the window probed again). Then the address window is read in blocks of that size; a block
 //! that is refused is read again in pieces of `resolution` addresses, and
 //! where a refused piece meets a readable one the edge is found exactly by
 //! bisection. Readable runs shorter than `resolution` between two refused
@@ -111,6 +113,12 @@ enum Stop {
     Budget,
     Silent,
     Connect(ReadError),
+    /// A read of `count` from `start` was refused for its count
+    /// (exception 3) after all: the unit's largest read is smaller there.
+    TooLong {
+        start: u16,
+        count: u16,
+    },
 }
 
 impl Stop {
@@ -125,6 +133,9 @@ impl Stop {
                 "stopped answering ({SILENT_AFTER} timeouts in a row); it may time out instead of refusing addresses it does not have, or be busy: narrow --addresses or raise --timeout"
             ),
             Stop::Connect(e) => format!("the endpoint cannot be reached any more ({e})"),
+            Stop::TooLong { start, count } => {
+                format!("a read of {count} from {start} was refused for its count (exception 3)")
+            }
         }
     }
 }
@@ -143,6 +154,8 @@ pub struct Scanner<'s, 'e, 'o> {
     phase_requests: u32,
     requests: u32,
     timeouts: u32,
+    /// The size of the pieces of the unit being probed.
+    resolution: u32,
 }
 
 impl<'s, 'e, 'o> Scanner<'s, 'e, 'o> {
@@ -165,6 +178,7 @@ impl<'s, 'e, 'o> Scanner<'s, 'e, 'o> {
             phase_requests: plan.max_requests,
             requests: 0,
             timeouts: 0,
+            resolution: 1,
         }
     }
 
@@ -272,21 +286,39 @@ impl<'s, 'e, 'o> Scanner<'s, 'e, 'o> {
     async fn unit(&mut self, unit: UnitId) -> (UnitReport, Option<Stop>) {
         let mut report = UnitReport {
             unit,
-            largest: 1,
+            largest: if self.plan.kind.is_bit() {
+                MAX_BITS_PER_REQUEST
+            } else {
+                MAX_REGISTERS_PER_REQUEST
+            },
             pieces: Vec::new(),
             stopped: None,
         };
-        let stop = match self.largest(unit).await {
-            Ok((largest, refused)) => {
-                report.largest = largest;
-                self.say(format_args!(
-                    "unit {}: {}",
-                    unit.0,
-                    largest_text(self.plan.kind, largest, refused.as_ref())
-                ));
-                self.ranges(unit, &mut report).await.err()
+        let mut at = self.plan.window.0;
+        let stop = loop {
+            match self.largest(unit, at, report.largest).await {
+                Ok((largest, refused)) => {
+                    report.largest = largest;
+                    self.say(format_args!(
+                        "unit {}: {}",
+                        unit.0,
+                        largest_text(self.plan.kind, largest, refused.as_ref())
+                    ));
+                }
+                Err(stop) => break Some(stop),
             }
-            Err(stop) => Some(stop),
+            match self.ranges(unit, &mut report).await {
+                // Some devices check the address before the count (the
+                // protocol says the count first), so the first bisection
+                // can be misled; a count refused later is found again
+                // where it was refused, and the window probed again.
+                Err(Stop::TooLong { start, count }) if count > 1 => {
+                    let why = Stop::TooLong { start, count }.describe(self.plan);
+                    self.say(format_args!("unit {}: {why}; probing again", unit.0));
+                    (at, report.largest) = (start, count - 1);
+                }
+                result => break result.err(),
+            }
         };
         let Some(stop) = stop else {
             return (report, None);
@@ -307,24 +339,25 @@ impl<'s, 'e, 'o> Scanner<'s, 'e, 'o> {
         (report, matches!(stop, Stop::Connect(_)).then_some(stop))
     }
 
-    /// The largest count not refused with exception 3, by bisection; and
-    /// the answer to one more, when the protocol's limit is not it. A
-    /// timeout is not taken for a refusal: it may come from an address that
-    /// hangs the device, which a smaller count would only avoid by chance.
-    async fn largest(&mut self, unit: UnitId) -> Result<(u16, Option<ReadError>), Stop> {
-        let max = if self.plan.kind.is_bit() {
-            MAX_BITS_PER_REQUEST
-        } else {
-            MAX_REGISTERS_PER_REQUEST
-        };
-        let mut refused = match self.count_taken(unit, max).await? {
+    /// The largest count up to `max` not refused with exception 3, read
+    /// from `at` (by bisection); and the answer to one more, when `max` is
+    /// not it. A timeout is not taken for a refusal: it may come from an
+    /// address that hangs the device, which a smaller count would only
+    /// avoid by chance.
+    async fn largest(
+        &mut self,
+        unit: UnitId,
+        at: u16,
+        max: u16,
+    ) -> Result<(u16, Option<ReadError>), Stop> {
+        let mut refused = match self.count_taken(unit, at, max).await? {
             None => return Ok((max, None)),
             Some(e) => e,
         };
         let (mut ok, mut bad) = (1, max);
         while bad - ok > 1 {
             let mid = ok + (bad - ok) / 2;
-            match self.count_taken(unit, mid).await? {
+            match self.count_taken(unit, at, mid).await? {
                 None => ok = mid,
                 Some(e) => (bad, refused) = (mid, e),
             }
@@ -332,16 +365,36 @@ impl<'s, 'e, 'o> Scanner<'s, 'e, 'o> {
         Ok((ok, Some(refused)))
     }
 
-    /// `None` when the unit takes a read of `count` values, else what it
-    /// answered. Read where the window starts, as far as the address space
-    /// allows: the quantity is checked before the address (6.1-6.4), so an
+    /// `None` when the unit takes a read of `count` values from `at` (or
+    /// as near as the address space allows), else what it answered. The
+    /// protocol checks the count before the address (6.1-6.4), so an
     /// address the unit does not have still tells whether the count is taken.
-    async fn count_taken(&mut self, unit: UnitId, count: u16) -> Result<Option<ReadError>, Stop> {
-        let start = self.plan.window.0.min((65536 - u32::from(count)) as u16);
+    async fn count_taken(
+        &mut self,
+        unit: UnitId,
+        at: u16,
+        count: u16,
+    ) -> Result<Option<ReadError>, Stop> {
+        let start = at.min((65536 - u32::from(count)) as u16);
         Ok(match self.ask(unit, start, count).await? {
             Err(e) if refuses_count(&e) => Some(e),
             _ => None,
         })
+    }
+
+    /// [`Self::ask`] while probing ranges: a read of several values refused
+    /// for its count (exception 3) says nothing about the addresses, only
+    /// that the largest read was wrong here.
+    async fn read_range(
+        &mut self,
+        unit: UnitId,
+        start: u16,
+        count: u16,
+    ) -> Result<Result<(), ReadError>, Stop> {
+        match self.ask(unit, start, count).await? {
+            Err(e) if refuses_count(&e) && count > 1 => Err(Stop::TooLong { start, count }),
+            answer => Ok(answer),
+        }
     }
 
     /// Reads the window in blocks of the unit's largest read, refused
@@ -349,20 +402,26 @@ impl<'s, 'e, 'o> Scanner<'s, 'e, 'o> {
     async fn ranges(&mut self, unit: UnitId, report: &mut UnitReport) -> Result<(), Stop> {
         let (first, last) = (u32::from(self.plan.window.0), u32::from(self.plan.window.1));
         let block = u32::from(report.largest);
+        // Never larger than the unit's largest read, or the pieces (and
+        // the bisections inside them) would be refused for their count.
         let resolution = u32::from(self.plan.resolution).clamp(1, block);
+        self.resolution = resolution;
         let mut found = Found::default();
         let mut at = first;
         let result = async {
             while at <= last {
                 let end = (at + block - 1).min(last);
-                match self.ask(unit, at as u16, (end - at + 1) as u16).await? {
+                match self
+                    .read_range(unit, at as u16, (end - at + 1) as u16)
+                    .await?
+                {
                     Ok(()) => self.add(unit, &mut found, piece(at, end, None)).await?,
                     Err(_) => {
                         let mut chunk = at;
                         while chunk <= end {
                             let chunk_end = (chunk + resolution - 1).min(end);
                             let refused = self
-                                .ask(unit, chunk as u16, (chunk_end - chunk + 1) as u16)
+                                .read_range(unit, chunk as u16, (chunk_end - chunk + 1) as u16)
                                 .await?
                                 .err();
                             self.add(unit, &mut found, piece(chunk, chunk_end, refused))
@@ -422,7 +481,7 @@ impl Scanner<'_, '_, '_> {
         if !matches!(found.pieces[i].refused, Some(ReadError::Exception(_))) {
             return Ok(());
         }
-        let resolution = u32::from(self.plan.resolution.max(1));
+        let resolution = self.resolution;
         let (mut lo, hi) = (
             u32::from(found.pieces[i].first),
             u32::from(found.pieces[i].last),
@@ -473,7 +532,7 @@ impl Scanner<'_, '_, '_> {
         while bad - ok > 1 {
             let mid = ok + (bad - ok) / 2;
             let (start, count) = at(mid);
-            match self.ask(unit, start as u16, count as u16).await? {
+            match self.read_range(unit, start as u16, count as u16).await? {
                 Ok(()) => ok = mid,
                 Err(_) => bad = mid,
             }
@@ -559,8 +618,14 @@ fn refuses_count(e: &ReadError) -> bool {
 
 fn largest_text(kind: RegisterKind, largest: u16, refused: Option<&ReadError>) -> String {
     let what = if kind.is_bit() { "bits" } else { "registers" };
+    let limit = if kind.is_bit() {
+        MAX_BITS_PER_REQUEST
+    } else {
+        MAX_REGISTERS_PER_REQUEST
+    };
     match refused {
-        None => format!("largest read {largest} {what} (the protocol's limit)"),
+        None if largest == limit => format!("largest read {largest} {what} (the protocol's limit)"),
+        None => format!("largest read {largest} {what}"),
         Some(e) => format!(
             "largest read {largest} {what} ({} answers {e})",
             largest + 1

@@ -145,6 +145,44 @@ async fn finds_the_largest_read_of_a_device_that_takes_40() {
     );
 }
 
+/// A device that checks the address before the count (the protocol says
+/// the count first) answers exception 2 to the first, long read over its
+/// refused register, so the largest read is found wrong at first; the read
+/// refused for its count later finds it again. A resolution above it is
+/// held to it.
+#[tokio::test]
+async fn a_count_refused_after_the_first_bisection_is_bisected_again_where_refused() {
+    // The later fault wins where both apply: exception 2 over the count.
+    let (_sim, endpoint) = gateway(&[
+        ("boiler", None, FaultAction::MaxRegisters(40)),
+        ("boiler", Some("status"), FaultAction::Exception(2)),
+    ])
+    .await;
+    let mut p = plan(&[2], (0, 999));
+    p.resolution = 2000;
+    let (report, progress) = scanned(&endpoint, &p).await;
+    assert!(
+        progress.contains("unit 2: largest read 125 registers (the protocol's limit)\n"),
+        "{progress}"
+    );
+    assert!(
+        progress.contains("unit 2: a read of 125 from 125 was refused for its count (exception 3); probing again\n"),
+        "{progress}"
+    );
+    assert!(
+        progress.contains(
+            "unit 2: largest read 40 registers (41 answers exception 3 (illegal data value))\n"
+        ),
+        "{progress}"
+    );
+    assert_eq!(report.units[0].largest, 40);
+    assert_eq!(
+        report.units[0].pieces,
+        [readable(0, 99), refused(100, 100, 2), readable(101, 999)],
+        "{progress}"
+    );
+}
+
 #[tokio::test]
 async fn a_register_that_answers_exception_2_is_a_gap_found_exactly() {
     let refuse = FaultAction::Exception(2);

@@ -657,7 +657,8 @@ impl SilentRun {
                 return;
             }
             Presence::Nobody(e) => format!("nobody there ({e})"),
-            Presence::Silent(e) => format!("no answer ({e})"),
+            Presence::Silent(e @ ReadError::Timeout(_)) => format!("no answer ({e})"),
+            Presence::Silent(e) => format!("no usable answer ({e})"),
         };
         let continues = !self.text.is_empty()
             && self.text == text

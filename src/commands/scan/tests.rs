@@ -299,6 +299,34 @@ async fn an_address_that_hangs_the_unit_is_a_gap_and_the_scan_goes_on() {
 }
 
 #[tokio::test]
+async fn a_unit_that_answers_garbage_is_not_taken_for_a_device_and_its_neighbours_are_found() {
+    for fault in [FaultAction::Garbage, FaultAction::ShortFrame] {
+        let (_sim, endpoint) = gateway(&[("boiler", None, fault.clone())]).await;
+        let (report, progress) = scanned(&endpoint, &plan(&[1, 2, 5], (0, 99))).await;
+        assert_eq!(
+            report.answering().collect::<Vec<_>>(),
+            [UnitId(1), UnitId(5)],
+            "{fault:?}: {progress}"
+        );
+        assert!(
+            matches!(
+                &report.presence[1],
+                (UnitId(2), Presence::Silent(ReadError::Protocol(_)))
+            ),
+            "{fault:?}: {progress}"
+        );
+        assert!(
+            progress.contains("unit 2: no usable answer (protocol: "),
+            "{progress}"
+        );
+        assert!(
+            progress.contains("unit 5: holding 0-99 readable"),
+            "{progress}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_unit_that_stops_answering_mid_scan_is_given_up_and_the_rest_named() {
     // Every read that touches 400-499 goes unanswered: a hundred addresses
     // of silence, past what the scan waits out.

@@ -286,11 +286,7 @@ impl<'s, 'e, 'o> Scanner<'s, 'e, 'o> {
     async fn unit(&mut self, unit: UnitId) -> (UnitReport, Option<Stop>) {
         let mut report = UnitReport {
             unit,
-            largest: if self.plan.kind.is_bit() {
-                MAX_BITS_PER_REQUEST
-            } else {
-                MAX_REGISTERS_PER_REQUEST
-            },
+            largest: protocol_limit(self.plan.kind),
             pieces: Vec::new(),
             stopped: None,
         };
@@ -604,6 +600,16 @@ pub fn span_text(p: &Piece) -> String {
     }
 }
 
+/// The most values one read of `kind` may carry (application protocol
+/// 6.1-6.4: 2000 bits, 125 registers).
+pub fn protocol_limit(kind: RegisterKind) -> u16 {
+    if kind.is_bit() {
+        MAX_BITS_PER_REQUEST
+    } else {
+        MAX_REGISTERS_PER_REQUEST
+    }
+}
+
 /// A gateway's answer for a unit id it has nothing behind: exception 10
 /// (gateway path unavailable) or 11 (target device failed to respond).
 fn nobody(e: &ReadError) -> bool {
@@ -618,13 +624,10 @@ fn refuses_count(e: &ReadError) -> bool {
 
 fn largest_text(kind: RegisterKind, largest: u16, refused: Option<&ReadError>) -> String {
     let what = if kind.is_bit() { "bits" } else { "registers" };
-    let limit = if kind.is_bit() {
-        MAX_BITS_PER_REQUEST
-    } else {
-        MAX_REGISTERS_PER_REQUEST
-    };
     match refused {
-        None if largest == limit => format!("largest read {largest} {what} (the protocol's limit)"),
+        None if largest == protocol_limit(kind) => {
+            format!("largest read {largest} {what} (the protocol's limit)")
+        }
         None => format!("largest read {largest} {what}"),
         Some(e) => format!(
             "largest read {largest} {what} ({} answers {e})",

@@ -5,8 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::probe::{Report, UnitReport, span_text};
-use crate::modbus::plan::{MAX_BITS_PER_REQUEST, MAX_REGISTERS_PER_REQUEST};
+use super::probe::{Report, UnitReport, protocol_limit, span_text};
 use crate::registry::RegisterKind;
 
 /// Registers listed at the start of each readable range: enough to see
@@ -49,12 +48,12 @@ fn device(out: &mut String, host: &str, port: u16, kind: RegisterKind, unit: &Un
     let _ = writeln!(out, "    host: {}", serde_json::Value::from(host));
     let _ = writeln!(out, "    port: {port}");
     let _ = writeln!(out, "    unit_id: {}", unit.unit.0);
-    let (limit_key, max) = if kind.is_bit() {
-        ("max_bits_per_request", MAX_BITS_PER_REQUEST)
+    let limit_key = if kind.is_bit() {
+        "max_bits_per_request"
     } else {
-        ("max_registers_per_request", MAX_REGISTERS_PER_REQUEST)
+        "max_registers_per_request"
     };
-    if unit.largest < max {
+    if unit.largest < protocol_limit(kind) {
         let _ = writeln!(out, "    {limit_key}: {}", unit.largest);
     }
     if let Some(why) = &unit.stopped {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::registry::parse_duration;
+use crate::registry::{LogFrames, RegisterKind, UnitId, parse_duration};
 use crate::settings as s;
 
 #[derive(Debug, Parser)]
@@ -52,6 +52,13 @@ pub enum Command {
     },
     /// Read registers of a device once and print them, to check a device by hand.
     Read(ReadArgs),
+    /// Find the unit ids that answer at an address, the addresses each one
+    /// reads and the largest read it takes; print a devices.yaml skeleton.
+    ///
+    /// Progress goes to stderr as the scan goes, the skeleton to stdout
+    /// (`regpoll scan 192.0.2.10 > devices.yaml`). The scan is bounded by
+    /// --max-time and --max-requests, shared among the units that answer.
+    Scan(ScanArgs),
     /// Manage the device registry.
     #[command(subcommand)]
     Devices(DevicesCommand),
@@ -318,4 +325,176 @@ pub struct ReadArgs {
     /// to find the one a device uses (instead of --order).
     #[arg(long, conflicts_with = "order")]
     pub guess_order: bool,
+    /// Log each request and its answer: `header` (unit, function, addresses,
+    /// outcome, time) or `payload` (also the words in hex or the bits).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_log_frames)]
+    pub log_frames: Option<LogFrames>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScanArgs {
+    /// HOST or HOST:PORT of the device or gateway (port 502 when left out).
+    pub endpoint: String,
+    /// Unit ids to try: ids and ranges, e.g. `1-10,17` (1-247).
+    #[arg(long, default_value = "1-247", value_parser = parse_units)]
+    pub units: Units,
+    /// The table to probe: holding, input, coil or discrete.
+    #[arg(long, default_value = "holding", value_parser = parse_kind)]
+    pub kind: RegisterKind,
+    /// Bound on each request; a unit that does not answer within it is taken as absent.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The addresses probed: FIRST-LAST, 0-based protocol addresses.
+    #[arg(long, default_value = "0-65535", value_parser = parse_addresses)]
+    pub addresses: AddressRange,
+    /// Size of the pieces a refused block is read again in: a readable run
+    /// shorter than this between two refused addresses can be missed;
+    /// smaller finds more and asks more.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=2000))]
+    pub resolution: u16,
+    /// Bound on the whole scan's time; what was found by then is printed.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub max_time: Duration,
+    /// Bound on the whole scan's requests.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests: u32,
+    /// Log each request and its answer: `header` or `payload` (see `read`).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_log_frames)]
+    pub log_frames: Option<LogFrames>,
+}
+
+/// Unit ids to scan, in ascending order, each once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Units(pub Vec<UnitId>);
+
+/// `1-10,17`: unit ids and ranges of them, each 1-247 (0 is the broadcast
+/// address, which never answers; 248-255 are reserved).
+pub fn parse_units(text: &str) -> Result<Units, String> {
+    const VALID: &str = "write unit ids 1-247 and ranges of them, e.g. 1-10,17";
+    let mut units = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(format!("`{text}` has an empty entry; {VALID}"));
+        }
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (unit_id(a.trim())?, unit_id(b.trim())?),
+            None => (unit_id(part)?, unit_id(part)?),
+        };
+        if first > last {
+            return Err(format!(
+                "range {part} is reversed; write the lower id first: {last}-{first}"
+            ));
+        }
+        units.extend((first..=last).map(UnitId));
+    }
+    units.sort();
+    units.dedup();
+    Ok(Units(units))
+}
+
+fn unit_id(text: &str) -> Result<u8, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err(
+            "unit 0 is the broadcast address, which never answers a read; valid unit ids are 1-247"
+                .into(),
+        ),
+        Ok(n @ 1..=247) => Ok(n as u8),
+        Ok(n) => Err(format!("unit {n} is outside 1-247 (248-255 are reserved)")),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
+            "unit {text} is outside 1-247 (248-255 are reserved)"
+        )),
+        Err(_) => Err(format!(
+            "`{text}` is not a unit id; write unit ids 1-247 and ranges of them, e.g. 1-10,17"
+        )),
+    }
+}
+
+/// A range of protocol addresses, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// `FIRST-LAST` or one address, 0-65535.
+pub fn parse_addresses(text: &str) -> Result<AddressRange, String> {
+    let address = |t: &str| {
+        t.trim().parse::<u16>().map_err(|_| {
+            format!("`{}` is not an address; write FIRST-LAST with 0-based protocol addresses 0-65535, e.g. 0-9999", t.trim())
+        })
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((a, b)) => (address(a)?, address(b)?),
+        None => (address(text)?, address(text)?),
+    };
+    if first > last {
+        return Err(format!(
+            "range {text} is reversed; write the lower address first: {last}-{first}"
+        ));
+    }
+    Ok(AddressRange { first, last })
+}
+
+fn parse_kind(text: &str) -> Result<RegisterKind, String> {
+    text.parse()
+}
+
+fn parse_log_frames(text: &str) -> Result<LogFrames, String> {
+    text.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_take_ids_and_ranges_in_any_order_each_once() {
+        let Units(u) = parse_units("17, 1-3,2").unwrap();
+        assert_eq!(u, [1, 2, 3, 17].map(UnitId));
+        assert_eq!(parse_units("1-247").unwrap().0.len(), 247);
+    }
+
+    #[test]
+    fn hostile_units_are_refused_with_what_is_valid() {
+        for (text, says) in [
+            ("0", "unit 0 is the broadcast address"),
+            ("248", "unit 248 is outside 1-247"),
+            ("1-300", "unit 300 is outside 1-247"),
+            (
+                "10-1",
+                "range 10-1 is reversed; write the lower id first: 1-10",
+            ),
+            ("1,,2", "has an empty entry"),
+            ("", "has an empty entry"),
+            ("one", "`one` is not a unit id"),
+            ("-5", "`` is not a unit id"),
+            ("99999999999", "is outside 1-247"),
+        ] {
+            let e = parse_units(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn address_ranges_are_ordered_and_inside_the_address_space() {
+        assert_eq!(
+            parse_addresses("100-199"),
+            Ok(AddressRange {
+                first: 100,
+                last: 199
+            })
+        );
+        assert_eq!(parse_addresses("7"), Ok(AddressRange { first: 7, last: 7 }));
+        for (text, says) in [
+            (
+                "200-100",
+                "reversed; write the lower address first: 100-200",
+            ),
+            ("0-65536", "`65536` is not an address"),
+            ("x", "`x` is not an address"),
+        ] {
+            let e = parse_addresses(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
 }

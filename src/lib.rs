@@ -11,7 +11,8 @@
 //!   per poll group and reconciles them with the registry (hot reload).
 //! - [`modbus`] plans the read requests for a device (and learns a better
 //!   plan from the device's refusals, [`modbus::learn`]), talks to endpoints
-//!   (one connection per host:port) and decodes words into values.
+//!   (one connection per host:port), decodes words into values and, for
+//!   commissioning, logs each request and answer when a device asks.
 //! - [`poller`] runs one poll of one device and turns the outcome into
 //!   [`reading::Reading`]s with a quality.
 //! - [`sink`] hands each poll's report to the two rooms downstream, which

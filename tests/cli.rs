@@ -3,22 +3,10 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn regpoll(args: &[&str], dir: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_regpoll"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .output()
-        .expect("regpoll runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{regpoll, text};
 
 const GOOD: &str = "devices:\n  - name: boiler\n    host: 127.0.0.1\n    port: 5020\n    registers:\n      - { name: t, kind: holding, address: 0, type: f32 }\n";
 
@@ -545,24 +533,16 @@ fn every_password_form_stays_out_of_every_command_and_endpoint() {
 /// pages and the whole log.
 fn service_output_and_pages(redis_url: &str, devices: &str, dir: &std::path::Path) -> String {
     let sqlite = dir.join("secrets.db");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_regpoll"))
-        .args(["run", "--http", "127.0.0.1:0", "--devices", devices])
-        .args(["--redis-url", redis_url, "--log", "debug", "--sqlite-path"])
-        .arg(&sqlite)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("REGPOLL_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let service = common::Service::start(
+        Command::new(env!("CARGO_BIN_EXE_regpoll"))
+            .args(["run", "--http", "127.0.0.1:0", "--devices", devices])
+            .args(["--redis-url", redis_url, "--log", "debug", "--sqlite-path"])
+            .arg(&sqlite)
+            .current_dir(dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("REGPOLL_DATABASE_URL"),
+    );
+    let lines_rx = &service.lines;
     let mut seen = Vec::new();
     let addr = loop {
         let line = lines_rx
@@ -595,14 +575,7 @@ fn service_output_and_pages(redis_url: &str, devices: &str, dir: &std::path::Pat
     ] {
         seen.push(http_get_blocking(&addr, path));
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let _ = child.wait();
-    let _ = reader.join();
-    seen.extend(lines_rx.try_iter());
+    seen.extend(service.stop());
     seen.join("\n")
 }
 

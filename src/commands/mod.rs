@@ -13,6 +13,7 @@ mod output;
 mod query;
 mod read;
 mod run;
+pub mod scan;
 mod simulate;
 
 use crate::cli::{Command, DbArgs, DevicesCommand};
@@ -30,6 +31,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Demo(args) => demo::demo(args).await,
         Command::Check { file, probe } => check::check(&file, probe).await,
         Command::Read(args) => read::read(args).await,
+        Command::Scan(args) => scan::scan(args).await,
         Command::Devices(DevicesCommand::Sync { file, db }) => devices::sync(&file, &db).await,
         Command::Devices(DevicesCommand::List(db)) => devices::list(&db).await,
         Command::Query(q) => query::query(q).await,

@@ -47,7 +47,7 @@ pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
 }
 
 /// HOST or HOST:PORT; port 502 when left out.
-fn host_port(endpoint: &str) -> anyhow::Result<(String, u16)> {
+pub(super) fn host_port(endpoint: &str) -> anyhow::Result<(String, u16)> {
     Ok(match endpoint.rsplit_once(':') {
         Some((h, p)) => (
             h.to_string(),
@@ -187,6 +187,7 @@ fn device(host: &str, port: u16, args: &ReadArgs, registers: Vec<Register>) -> D
         limits: RequestLimits {
             connect_timeout: args.timeout,
             retries: 0,
+            log_frames: args.log_frames.unwrap_or_default(),
             ..RequestLimits::DEFAULT
         },
         tags: Default::default(),

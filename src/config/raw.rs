@@ -131,6 +131,7 @@ pub(super) struct RawDevice {
     pub max_registers_per_request: Option<Spanned<i64>>,
     pub max_bits_per_request: Option<Spanned<i64>>,
     pub max_gap: Option<Spanned<i64>>,
+    pub log_frames: Option<Spanned<String>>,
     pub tags: Option<Spanned<BTreeMap<String, String>>>,
     pub registers: Option<Spanned<Vec<Spanned<RawRegister>>>>,
     pub problems: Problems,
@@ -179,6 +180,7 @@ const DEVICE_FIELDS: &[&str] = &[
     "max_registers_per_request",
     "max_bits_per_request",
     "max_gap",
+    "log_frames",
     "tags",
     "registers",
 ];
@@ -256,6 +258,9 @@ impl RawDevice {
                     d.max_bits_per_request = field(key, v, "an integer 1..2000", Node::int, p)
                 }
                 "max_gap" => d.max_gap = field(key, v, "an integer 0..2000", Node::int, p),
+                "log_frames" => {
+                    d.log_frames = field(key, v, "off (default), header or payload", text, p)
+                }
                 "tags" => d.tags = tags(v, p),
                 "registers" => d.registers = registers(v, p),
                 _ => unreachable!("`entries` passes only the keys listed in DEVICE_FIELDS"),

@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::registry::{
-    Address, Align, Byte, DataType, RegisterKind, RequestLimits, Schedule, UnitId, ValidRange,
-    WordOrder,
+    Address, Align, Byte, DataType, LogFrames, RegisterKind, RequestLimits, Schedule, UnitId,
+    ValidRange, WordOrder,
 };
 
 fn errors(yaml: &str) -> Vec<ConfigError> {
@@ -449,7 +449,8 @@ fn request_limits_are_device_settings_with_defaults() {
             max_gap: 0,
             retries: 3,
             connect_timeout: Duration::from_millis(250),
-            pause: Duration::from_millis(20)
+            pause: Duration::from_millis(20),
+            ..RequestLimits::DEFAULT
         }
     );
     let d = &parse(GOOD, "devices.yaml").unwrap()[0];
@@ -470,6 +471,58 @@ fn request_limits_are_device_settings_with_defaults() {
         );
     let e = only_error(&limited);
     assert!(e.message.contains("length 5 is outside 1..4"), "{e}");
+}
+
+#[test]
+fn log_frames_is_off_unless_a_device_or_the_defaults_turn_it_on() {
+    let d = &parse(GOOD, "devices.yaml").unwrap()[0];
+    assert_eq!(d.limits.log_frames, LogFrames::Off);
+    // `off` is a YAML 1.1 boolean; written as a word it is still the word.
+    for (yaml, want) in [
+        ("    log_frames: header\n", LogFrames::Header),
+        ("    log_frames: payload\n", LogFrames::Payload),
+        ("    log_frames: off\n", LogFrames::Off),
+    ] {
+        let file = GOOD.replace("    unit_id: 3\n", &format!("    unit_id: 3\n{yaml}"));
+        assert_eq!(
+            parse(&file, "devices.yaml").unwrap()[0].limits.log_frames,
+            want
+        );
+    }
+    let from_defaults = GOOD.replace("  every: 2s\n", "  every: 2s\n  log_frames: payload\n");
+    let d = &parse(&from_defaults, "devices.yaml").unwrap()[0];
+    assert_eq!(d.limits.log_frames, LogFrames::Payload);
+}
+
+#[test]
+fn a_log_frames_typo_is_refused_where_it_is_with_the_valid_words() {
+    for (value, found) in [
+        ("headers", "unknown log_frames `headers`"),
+        ("on", "unknown log_frames `on`"),
+    ] {
+        let e = only_error(&GOOD.replace(
+            "    unit_id: 3\n",
+            &format!("    unit_id: 3\n    log_frames: {value}\n"),
+        ));
+        assert_eq!(
+            (e.line, e.column, e.device.as_deref()),
+            (8, 17, Some("boiler-1")),
+            "{e}"
+        );
+        assert!(
+            e.message.contains(found) && e.message.contains("valid: off, header, payload"),
+            "{e}"
+        );
+    }
+    let e = only_error(&GOOD.replace(
+        "    unit_id: 3\n",
+        "    unit_id: 3\n    log_frames: [header]\n",
+    ));
+    assert!(
+        e.message
+            .contains("`log_frames` is a list; valid: off (default), header or payload"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -22,8 +22,9 @@ use tokio::time::Instant;
 use super::tcp::{CallError, Connection as Link};
 
 use super::stats::EndpointStats;
+use super::trace;
 use super::{ReadError, Words};
-use crate::registry::{RegisterKind, RequestLimits, UnitId};
+use crate::registry::{LogFrames, RegisterKind, RequestLimits, UnitId};
 
 /// First wait before reconnecting after a failed connect; doubles per failure.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -86,6 +87,13 @@ impl fmt::Debug for Endpoint {
     }
 }
 
+/// `host:port`, as logs and messages name an endpoint.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 impl Endpoint {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
@@ -141,6 +149,18 @@ impl Session<'_> {
             self.endpoint
                 .stats
                 .record(clock.elapsed(), result.as_ref().map(|_| ()));
+            if limits.log_frames != LogFrames::Off {
+                let request = (unit, kind, start, count);
+                let took = clock.elapsed();
+                trace::exchange(
+                    limits.log_frames,
+                    self.endpoint,
+                    request,
+                    attempt,
+                    took,
+                    &result,
+                );
+            }
             match &result {
                 Err(e) if e.is_retryable() && attempt < limits.retries => {
                     attempt += 1;

@@ -1,6 +1,7 @@
 //! Modbus TCP: planning read requests for a device ([`plan`]), turning words
 //! into values ([`decode`]), the read requests' frames ([`tcp`]), the
-//! connections to endpoints ([`endpoint`]) and their counters ([`stats`]).
+//! connections to endpoints ([`endpoint`]), their counters ([`stats`]) and,
+//! for commissioning, a log of each request and answer ([`trace`]).
 //! What a read returns ([`Words`]) and why it failed ([`ReadError`]) live
 //! here, where the frames, the endpoints and the counters all see them.
 
@@ -10,6 +11,7 @@ pub mod learn;
 pub mod plan;
 pub mod stats;
 pub mod tcp;
+pub mod trace;
 
 use std::time::Duration;
 

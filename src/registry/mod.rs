@@ -321,7 +321,8 @@ impl Register {
     }
 }
 
-/// Limits on the requests regpoll sends a device, and how it retries.
+/// Limits on the requests regpoll sends a device, how it retries, and
+/// whether it logs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
     /// Most registers per read (the protocol allows 125; some devices take fewer).
@@ -337,6 +338,51 @@ pub struct RequestLimits {
     pub connect_timeout: Duration,
     /// Pause between two requests of one poll, for devices that need it.
     pub pause: Duration,
+    /// Whether each request and its answer is logged (commissioning). It
+    /// rides with the limits because every request already carries them to
+    /// the endpoint, so the default costs one comparison per request.
+    pub log_frames: LogFrames,
+}
+
+/// How much of each request and answer a device's log shows, so a field
+/// engineer sees what went over the wire without a packet sniffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFrames {
+    /// Nothing (the default: a poller at 10,000 devices would drown its log).
+    #[default]
+    Off,
+    /// Unit, function, start, count, attempt, elapsed time and the outcome.
+    Header,
+    /// The header and the values: the words in hex, the bits, or the
+    /// exception with its name.
+    Payload,
+}
+
+impl LogFrames {
+    pub const VALID: &'static str = "off, header, payload";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFrames::Off => "off",
+            LogFrames::Header => "header",
+            LogFrames::Payload => "payload",
+        }
+    }
+}
+
+impl FromStr for LogFrames {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(LogFrames::Off),
+            "header" => Ok(LogFrames::Header),
+            "payload" => Ok(LogFrames::Payload),
+            other => Err(format!(
+                "unknown log_frames `{other}`; valid: {} (header: unit, function, addresses and outcome of each request; payload: also the words or bits)",
+                LogFrames::VALID
+            )),
+        }
+    }
 }
 
 impl RequestLimits {
@@ -347,6 +393,7 @@ impl RequestLimits {
         retries: 1,
         connect_timeout: Duration::from_secs(1),
         pause: Duration::ZERO,
+        log_frames: LogFrames::Off,
     };
 }
 

@@ -16,8 +16,8 @@ use futures::TryStreamExt as _;
 use sqlx::types::Json;
 
 use super::{
-    Address, Align, Byte, CronSchedule, DataType, Device, Register, RegisterMaps, RequestLimits,
-    Schedule, UnitId, ValidRange,
+    Address, Align, Byte, CronSchedule, DataType, Device, LogFrames, Register, RegisterMaps,
+    RequestLimits, Schedule, UnitId, ValidRange,
 };
 use crate::db::{Db, on_pool};
 
@@ -43,6 +43,18 @@ pub(super) struct DeviceRow {
     align: String,
     active: bool,
     tags: Json<BTreeMap<String, String>>,
+    /// Left out of the registry cache when `off`, so a cache of devices
+    /// that log no frames is the file it was before the column existed.
+    #[serde(default = "log_frames_off", skip_serializing_if = "is_off")]
+    log_frames: String,
+}
+
+fn log_frames_off() -> String {
+    LogFrames::Off.as_str().to_string()
+}
+
+fn is_off(log_frames: &str) -> bool {
+    log_frames == LogFrames::Off.as_str()
 }
 
 /// A row of `device_register_map`; in the registry cache without its ids,
@@ -97,6 +109,7 @@ impl DeviceRow {
             align: align_name(&d.schedule).to_string(),
             active: d.active,
             tags: Json(d.tags.clone()),
+            log_frames: d.limits.log_frames.as_str().to_string(),
         }
     }
 }
@@ -132,8 +145,8 @@ impl RegisterRow {
 }
 
 const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, connect_timeout_ms, retries, \
-     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, cron, timezone, align, active, tags \
-     FROM devices ORDER BY name";
+     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, cron, timezone, align, active, tags, \
+     log_frames FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
      unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
 
@@ -335,8 +348,8 @@ impl Db {
                 let id: i32 = sqlx::query_scalar(
                     "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags, \
                      connect_timeout_ms, retries, pause_ms, max_registers_per_request, max_bits_per_request, max_gap, \
-                     cron, timezone, align) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                     cron, timezone, align, log_frames) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
                      ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, \
                      unit_id = excluded.unit_id, every_ms = excluded.every_ms, timeout_ms = excluded.timeout_ms, \
                      active = excluded.active, tags = excluded.tags, connect_timeout_ms = excluded.connect_timeout_ms, \
@@ -344,7 +357,7 @@ impl Db {
                      max_registers_per_request = excluded.max_registers_per_request, \
                      max_bits_per_request = excluded.max_bits_per_request, max_gap = excluded.max_gap, \
                      cron = excluded.cron, timezone = excluded.timezone, align = excluded.align, \
-                     updated_at = CURRENT_TIMESTAMP RETURNING id",
+                     log_frames = excluded.log_frames, updated_at = CURRENT_TIMESTAMP RETURNING id",
                 )
                 .bind(&d.name)
                 .bind(&d.host)
@@ -363,6 +376,7 @@ impl Db {
                 .bind(cron_pattern(&d.schedule))
                 .bind(cron_zone(&d.schedule))
                 .bind(align_name(&d.schedule))
+                .bind(d.limits.log_frames.as_str())
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("cannot store device `{}`", d.name))?;
@@ -606,6 +620,7 @@ pub(super) fn device_from_rows(
                 u64::try_from(row.pause_ms)
                     .map_err(|_| format!("pause_ms {} is negative", row.pause_ms))?,
             ),
+            log_frames: row.log_frames.parse()?,
         },
         tags: row.tags.0,
         // Shared with the devices that have the same map; the ids are the

@@ -252,3 +252,70 @@ pub fn chromium(profile: &std::path::Path) -> tokio::process::Command {
         .kill_on_drop(true);
     cmd
 }
+
+/// The `regpoll` binary run to its end in `dir`, with none of the
+/// environment's database, Redis or log settings.
+pub fn regpoll(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_regpoll"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("REGPOLL_LOG")
+        .output()
+        .expect("regpoll runs")
+}
+
+/// A command's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A `regpoll` service (`run`) whose log lines arrive on `lines` as it
+/// writes them.
+pub struct Service {
+    child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Service {
+    /// Starts `command` (the binary with its arguments and environment)
+    /// with its standard error read line by line.
+    pub fn start(command: &mut std::process::Command) -> Service {
+        use std::io::BufRead as _;
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("regpoll starts");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Service {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    /// Stops it as systemd does (SIGTERM), waits for it to exit, and
+    /// returns the log lines not taken from `lines` yet.
+    pub fn stop(mut self) -> Vec<String> {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        self.lines.try_iter().collect()
+    }
+}

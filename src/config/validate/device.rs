@@ -188,6 +188,12 @@ impl Validator<'_> {
                 ctx,
                 "pause_between_requests",
             ),
+            log_frames: raw
+                .log_frames
+                .as_ref()
+                .or(defaults.log_frames.as_ref())
+                .and_then(|v| self.parsed(v, ctx))
+                .unwrap_or_default(),
         }
     }
 

@@ -24,6 +24,7 @@ devices:
     cron: "*/10 * * * * *"
     timezone: Europe/Berlin
     max_registers_per_request: 10
+    log_frames: header
     registers:
       - { name: on, kind: coil, address: 0 }
 "#;
@@ -129,6 +130,23 @@ fn a_device_that_fails_the_registry_checks_is_left_out_and_named() {
     assert_eq!(loaded.problems.len(), 2, "{:?}", loaded.problems);
     assert!(loaded.problems[0].contains("meter-2") && loaded.problems[0].contains("70000"));
     assert!(loaded.problems[1].contains("pump") && loaded.problems[1].contains("register ids"));
+}
+
+#[test]
+fn log_frames_is_cached_only_when_on_and_an_unknown_word_leaves_its_device_out() {
+    let text = String::from_utf8(encode(&registry(), DB)).unwrap();
+    // Only pump logs frames: the other devices' entries are as before the setting.
+    assert_eq!(text.matches(r#""log_frames""#).count(), 1, "{text}");
+    assert!(text.contains(r#""log_frames":"header""#), "{text}");
+    let loud = text.replacen(r#""log_frames":"header""#, r#""log_frames":"loud""#, 1);
+    let loaded = decoded(loud.as_bytes()).unwrap();
+    assert_eq!(loaded.devices.len(), 2);
+    assert!(
+        loaded.problems[0].contains("pump")
+            && loaded.problems[0].contains("unknown log_frames `loud`"),
+        "{:?}",
+        loaded.problems
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Broken devices, simulated: each fault gives the right quality and detail,
 //! only the registers of the failed request are affected, a healthy device in
 //! the same run keeps good readings and its timing, a gateway with one dead
-//! unit keeps serving the others, and a connection is never reused after a
-//! timeout (no stale replies).
+//! unit keeps serving the others, and a late reply is never taken as the
+//! answer to a later request (no stale replies). tests/gateway.rs has the
+//! gateway cases: silent units, demotion, pacing.
 
 mod common;
 
@@ -258,8 +259,10 @@ async fn a_gateway_with_one_silent_unit_keeps_serving_the_others() {
 
 #[tokio::test]
 async fn after_a_timeout_the_next_request_gets_its_own_reply_not_a_stale_one() {
-    // `a` answers after 450 ms, past the 300 ms timeout; had the connection been
-    // kept, the next request (`b`) would receive `a`'s late reply.
+    // `a` answers after 450 ms, past the 300 ms timeout; the next request
+    // (`b`) must not take `a`'s late reply for its answer, whether the
+    // connection is kept (the late reply is recognised by its transaction
+    // id) or, as here with the endpoint's only unit silent, re-opened.
     let fault = SimFault {
         device: "faulty".into(),
         register: Some("a".into()),

@@ -449,7 +449,8 @@ fn request_limits_are_device_settings_with_defaults() {
             max_gap: 0,
             retries: 3,
             connect_timeout: Duration::from_millis(250),
-            pause: Duration::from_millis(20)
+            pause: Duration::from_millis(20),
+            ..RequestLimits::DEFAULT
         }
     );
     let d = &parse(GOOD, "devices.yaml").unwrap()[0];

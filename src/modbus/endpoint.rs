@@ -3,15 +3,20 @@
 //! of them accept only one or a few connections.
 //!
 //! The frames are [`super::tcp`]'s, which has no timeout of its own, so
-//! every connect and every request is wrapped in one here. After a timeout,
-//! transport error or protocol error the connection is out of step (a late
-//! reply would be taken as the answer to the next request), so it is dropped
-//! and re-opened before the next request; it is never reused. A Modbus
-//! exception is a proper answer and keeps the connection.
+//! every connect and every request is wrapped in one here. A timeout keeps
+//! the connection: `tcp` recognises the late reply by its transaction id and
+//! drops it, so one silent unit does not cost its neighbours their
+//! connection. The unit is demoted after `demote_after` timeouts in a row
+//! ([`super::demotion`]), and the connection is dropped only when every unit
+//! behind it has timed out since the last answer (the endpoint itself has
+//! stopped answering). After a transport or protocol error the stream is
+//! out of step or broken, so the connection is dropped and re-opened before
+//! the next request. A Modbus exception is a proper answer and keeps it.
 
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
+use super::demotion::{Units, backoff};
 use super::tcp::{CallError, Connection as Link};
 
 use super::stats::EndpointStats;
@@ -48,6 +54,8 @@ struct Connection {
     /// No connect attempt before this; reads fail fast with `last_error` until then.
     retry_at: Option<Instant>,
     last_error: Option<ReadError>,
+    /// Which units answer; kept across reconnects.
+    units: Units,
 }
 
 impl Connection {
@@ -69,20 +77,18 @@ impl Connection {
 /// Exponential backoff with ±20 % jitter, so that devices that went down
 /// together do not all reconnect in the same instant.
 fn reconnect_delay(failures: u32) -> Duration {
-    let base = RECONNECT_MIN
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(RECONNECT_MAX);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
-    base.mul_f64(jitter)
+    backoff(RECONNECT_MIN, RECONNECT_MAX, failures)
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Endpoint({}:{})", self.host, self.port)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
     }
 }
 
@@ -121,7 +127,8 @@ impl Session<'_> {
     /// Reads `count` values of `kind` starting at `start` from unit `unit`,
     /// retrying up to `limits.retries` times when the connection failed or the
     /// device was busy. Returns when the answer's request was sent, and the
-    /// outcome of the last attempt.
+    /// outcome of the last attempt. A demoted unit is not asked until its
+    /// backoff expires: the read fails at once with [`ReadError::Demoted`].
     pub async fn read(
         &mut self,
         unit: UnitId,
@@ -135,12 +142,17 @@ impl Session<'_> {
         loop {
             let sent = Utc::now();
             let clock = Instant::now();
+            let health = self.conn.units.unit(unit.0, clock);
+            if let Some(demoted) = self.conn.units.get(health).demoted(clock) {
+                return (sent, Err(demoted));
+            }
             let result = self
-                .attempt(unit, kind, start, count, timeout, limits.connect_timeout)
+                .attempt(unit, kind, start, count, timeout, limits)
                 .await;
             self.endpoint
                 .stats
                 .record(clock.elapsed(), result.as_ref().map(|_| ()));
+            self.heard(health, &result, limits);
             match &result {
                 Err(e) if e.is_retryable() && attempt < limits.retries => {
                     attempt += 1;
@@ -153,6 +165,35 @@ impl Session<'_> {
         }
     }
 
+    /// What an attempt's outcome says about the unit and the endpoint: an
+    /// answer restores a demoted unit, a timeout counts towards demotion, and
+    /// when every unit behind the connection has timed out since the last
+    /// answer the endpoint has stopped answering and the connection is dropped.
+    fn heard(&mut self, health: usize, result: &Result<Words, ReadError>, limits: &RequestLimits) {
+        let conn = &mut *self.conn;
+        let changed = match result {
+            Ok(_) => conn.units.answered(health),
+            Err(e) if e.device_answered() => conn.units.answered(health),
+            Err(ReadError::Timeout(_)) => {
+                let changed = conn.units.timed_out(health, &limits.demotion);
+                if conn.units.all_silent(Instant::now()) && conn.link.take().is_some() {
+                    tracing::info!(
+                        endpoint = %self.endpoint,
+                        "every unit behind the endpoint timed out since the last answer; reconnecting"
+                    );
+                }
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            self.endpoint
+                .stats
+                .demoted
+                .store(conn.units.demoted_count(), Ordering::Relaxed);
+        }
+    }
+
     async fn attempt(
         &mut self,
         unit: UnitId,
@@ -160,35 +201,67 @@ impl Session<'_> {
         start: u16,
         count: u16,
         timeout: Duration,
-        connect_timeout: Duration,
+        limits: &RequestLimits,
     ) -> Result<Words, ReadError> {
-        if self.conn.link.is_none() {
-            if let (Some(at), Some(e)) = (self.conn.retry_at, &self.conn.last_error)
-                && Instant::now() < at
+        // A stale connection (a frame nobody asked for waiting on it) is
+        // found before the request goes out; the request then goes out on a
+        // new one, once.
+        let mut fresh = false;
+        loop {
+            self.open(limits).await?;
+            let link = self.conn.link.as_mut().expect("connection was just opened");
+            let outcome =
+                tokio::time::timeout(timeout, link.read(unit.0, kind, start, count)).await;
+            let result = match outcome {
+                Err(_) => Err(ReadError::Timeout(timeout)),
+                Ok(Ok(Ok(words))) => check_len(words, count),
+                Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
+                Ok(Err(CallError::Stale(m))) if !fresh => {
+                    tracing::debug!(endpoint = %self.endpoint, reason = %m, "connection out of step before a request; reconnecting");
+                    self.conn.link = None;
+                    fresh = true;
+                    continue;
+                }
+                Ok(Err(CallError::Stale(m) | CallError::Protocol(m))) => {
+                    Err(ReadError::Protocol(m))
+                }
+                Ok(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
+            };
+            if let Err(e) = &result
+                && !matches!(e, ReadError::Timeout(_))
+                && !e.device_answered()
             {
-                return Err(e.clone());
+                // Out of step or broken: never reuse it (see the module
+                // comment). A timeout alone leaves it in step (see `tcp`).
+                self.conn.link = None;
             }
-            match connect(self.endpoint, connect_timeout).await {
-                Ok(link) => self.conn.connected(link),
-                Err(e) => return Err(self.conn.connect_failed(e)),
-            }
+            return result;
         }
-        let link = self.conn.link.as_mut().expect("connection was just opened");
-        let outcome = tokio::time::timeout(timeout, link.read(unit.0, kind, start, count)).await;
-        let result = match outcome {
-            Err(_) => Err(ReadError::Timeout(timeout)),
-            Ok(Ok(Ok(words))) => check_len(words, count),
-            Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
-            Ok(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
-            Ok(Err(CallError::Protocol(e))) => Err(ReadError::Protocol(e)),
-        };
-        if let Err(e) = &result
-            && !e.device_answered()
+    }
+
+    /// Opens the connection if there is none, unless the last connect failed
+    /// and its backoff has not expired; waits `delay_after_connect` after
+    /// opening it, for gateways that need a moment before the first request.
+    async fn open(&mut self, limits: &RequestLimits) -> Result<(), ReadError> {
+        if self.conn.link.is_some() {
+            return Ok(());
+        }
+        if let (Some(at), Some(e)) = (self.conn.retry_at, &self.conn.last_error)
+            && Instant::now() < at
         {
-            // Out of step or broken: never reuse it (see the module comment).
-            self.conn.link = None;
+            return Err(e.clone());
         }
-        result
+        match connect(self.endpoint, limits.connect_timeout).await {
+            Ok(link) => {
+                self.endpoint.stats.connects.fetch_add(1, Ordering::Relaxed);
+                self.conn.connected(link);
+                if !limits.delay_after_connect.is_zero() {
+                    tokio::time::sleep(limits.delay_after_connect).await;
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.conn.connect_failed(e)),
+        }
     }
 }
 

@@ -337,6 +337,30 @@ pub struct RequestLimits {
     pub connect_timeout: Duration,
     /// Pause between two requests of one poll, for devices that need it.
     pub pause: Duration,
+    /// Pause after opening a connection before its first request, for
+    /// gateways that drop what arrives while they set up (`delay_after_connect`).
+    /// An endpoint setting: every device on one host:port must agree.
+    pub delay_after_connect: Duration,
+    /// When the unit is demoted after timeouts, and how long it may wait.
+    pub demotion: Demotion,
+}
+
+/// When a unit that stops answering is demoted (see `modbus::demotion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demotion {
+    /// Timeouts in a row that demote the unit (`demote_after`, 1..=100).
+    pub after: u8,
+    /// Longest backoff between two probes of a demoted unit (`demote_max`).
+    pub max: Duration,
+}
+
+impl Demotion {
+    /// First backoff of a demoted unit; it doubles with every failed probe.
+    pub const MIN: Duration = Duration::from_secs(1);
+    pub const DEFAULT: Demotion = Demotion {
+        after: 3,
+        max: Duration::from_secs(60),
+    };
 }
 
 impl RequestLimits {
@@ -347,6 +371,8 @@ impl RequestLimits {
         retries: 1,
         connect_timeout: Duration::from_secs(1),
         pause: Duration::ZERO,
+        delay_after_connect: Duration::ZERO,
+        demotion: Demotion::DEFAULT,
     };
 }
 

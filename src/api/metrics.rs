@@ -199,6 +199,12 @@ pub fn render(state: &ApiState) -> String {
             (|e| e.connects) as fn(&EndpointSnapshot) -> u64,
         ),
         (
+            "regpoll_modbus_late_replies_total",
+            "counter",
+            "Answers that came after their request's timeout, recognised by transaction id and dropped, by endpoint.",
+            |e| e.late_replies,
+        ),
+        (
             "regpoll_modbus_demoted_units",
             "gauge",
             "Units behind the endpoint that are demoted now (timed out demote_after times in a row; asked again only when their backoff expires).",

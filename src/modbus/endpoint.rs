@@ -212,6 +212,13 @@ impl Session<'_> {
             let link = self.conn.link.as_mut().expect("connection was just opened");
             let outcome =
                 tokio::time::timeout(timeout, link.read(unit.0, kind, start, count)).await;
+            let late = link.take_late_replies();
+            if late > 0 {
+                self.endpoint
+                    .stats
+                    .late_replies
+                    .fetch_add(late.into(), Ordering::Relaxed);
+            }
             let result = match outcome {
                 Err(_) => Err(ReadError::Timeout(timeout)),
                 Ok(Ok(Ok(words))) => check_len(words, count),

@@ -66,6 +66,9 @@ pub struct EndpointStats {
     pub connects: AtomicU64,
     /// Units behind the endpoint demoted now (a gauge).
     pub demoted: AtomicU64,
+    /// Answers that came after their request's timeout, recognised by their
+    /// transaction id and dropped.
+    pub late_replies: AtomicU64,
 }
 
 impl EndpointStats {
@@ -116,6 +119,7 @@ impl Endpoints {
                 latency: s.latency.snapshot(),
                 connects: s.connects.load(Ordering::Relaxed),
                 demoted: s.demoted.load(Ordering::Relaxed),
+                late_replies: s.late_replies.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -133,6 +137,7 @@ pub struct EndpointSnapshot {
     pub connects: u64,
     /// Units demoted now.
     pub demoted: u64,
+    pub late_replies: u64,
 }
 
 #[cfg(test)]

@@ -85,6 +85,8 @@ pub struct Connection {
     abandoned_next: usize,
     /// A request write was interrupted: part of a request may be on the wire.
     writing: bool,
+    /// Late replies dropped since [`Connection::take_late_replies`].
+    late_replies: u32,
 }
 
 /// What one complete frame at the start of the buffer is.
@@ -107,6 +109,7 @@ impl Connection {
             abandoned: [None; ABANDONED],
             abandoned_next: 0,
             writing: false,
+            late_replies: 0,
         }
     }
 
@@ -155,6 +158,12 @@ impl Connection {
         }
     }
 
+    /// How many late replies were dropped since the last call (for the
+    /// endpoint's counters).
+    pub fn take_late_replies(&mut self) -> u32 {
+        std::mem::take(&mut self.late_replies)
+    }
+
     /// Remembers a transaction whose caller gave up, forgetting the oldest.
     fn abandon(&mut self, transaction: u16) {
         self.abandoned[self.abandoned_next] = Some(transaction);
@@ -201,6 +210,7 @@ impl Connection {
         }
         if let Some(slot) = self.abandoned.iter_mut().find(|a| **a == Some(got)) {
             *slot = None;
+            self.late_replies += 1;
             tracing::debug!(
                 transaction = got,
                 unit = got_unit,

@@ -51,6 +51,7 @@ impl DevicePoller {
         let mut readings = Vec::with_capacity(device.registers.len());
         let mut error: Option<String> = None;
         let mut reachable = false;
+        let mut demoted = false;
         let mut session = self.endpoint.session().await;
         let mut connect_failure: Option<ReadError> = None;
         for (n, req) in self.plan.iter().enumerate() {
@@ -89,6 +90,7 @@ impl DevicePoller {
                 }
                 Err(e) => {
                     reachable |= e.device_answered();
+                    demoted |= matches!(e, ReadError::Demoted { .. });
                     let detail = e.to_string();
                     error.get_or_insert_with(|| detail.clone());
                     if e.is_connect() {
@@ -113,6 +115,7 @@ impl DevicePoller {
             latency: clock.elapsed(),
             error,
             reachable,
+            demoted,
             readings,
         }
     }

@@ -79,16 +79,19 @@ fn details(report: &PollReport) -> Vec<String> {
         .collect()
 }
 
-/// The detail of a demoted unit's readings, e.g.
+/// The timeouts in a row a demoted unit's detail names, checking its form:
 /// `demoted after 3 timeouts; next try 12:00:04 UTC`.
-fn assert_demoted_detail(detail: &str, timeouts: u32) {
-    let prefix = format!("demoted after {timeouts} timeouts; next try ");
-    let time = detail
-        .strip_prefix(&prefix)
-        .and_then(|t| t.strip_suffix(" UTC"))
-        .unwrap_or_else(|| panic!("unexpected detail {detail:?}"));
+fn demoted_after(detail: &str) -> u32 {
+    let parsed = detail
+        .strip_prefix("demoted after ")
+        .and_then(|t| t.split_once(" timeouts; next try "))
+        .and_then(|(n, time)| Some((n.parse().ok()?, time.strip_suffix(" UTC")?)));
+    let Some((timeouts, time)) = parsed else {
+        panic!("unexpected detail {detail:?}");
+    };
     chrono::NaiveTime::parse_from_str(time, "%H:%M:%S")
         .unwrap_or_else(|e| panic!("{time:?} in {detail:?} is not HH:MM:SS: {e}"));
+    timeouts
 }
 
 /// The gateway of `GATEWAY` with its unit 1 never answering, polled.
@@ -127,7 +130,7 @@ async fn a_silent_unit_behind_a_gateway_is_demoted_and_its_neighbours_keep_the_c
     let reports = poll_all(&pollers).await;
     assert_correct(&reports[0]);
     assert_correct(&reports[1]);
-    assert_demoted_detail(&details(&reports[2])[0], 3);
+    assert_eq!(demoted_after(&details(&reports[2])[0]), 3);
     assert_eq!(reports[2].readings[0].quality, Quality::Bad);
     assert!(
         reports[2].latency < Duration::from_millis(100),
@@ -362,4 +365,150 @@ async fn an_answer_for_the_right_transaction_from_the_wrong_unit_is_refused() {
         Ok(regpoll::modbus::Words::Registers(vec![7]))
     );
     assert_eq!(accepted.load(Ordering::Relaxed), 1);
+}
+
+/// A gateway of eight healthy meters and, when `with_silent`, a ninth unit
+/// that never answers, all polled every 100 ms.
+fn fleet_yaml(with_silent: bool) -> String {
+    let mut yaml = String::from(
+        "defaults: { host: 127.0.0.1, port: {A}, every: 100ms, timeout: 80ms, retries: 0 }\ndevices:\n",
+    );
+    for unit in 1..=8 {
+        yaml.push_str(&format!(
+            "  - {{ name: meter-{unit}, unit_id: {unit}, registers: [{{ name: energy, kind: holding, address: 0, type: u32 }}] }}\n"
+        ));
+    }
+    if with_silent {
+        yaml.push_str("  - { name: silent, unit_id: 9, registers: [{ name: energy, kind: holding, address: 0, type: u32 }] }\n");
+    }
+    yaml
+}
+
+async fn silent_fleet(
+    with_silent: bool,
+    settings: regpoll::app::Settings,
+) -> (
+    common::SimFixture,
+    regpoll::app::Running,
+    std::net::SocketAddr,
+) {
+    let faults = if with_silent {
+        vec![fault("silent", FaultAction::NoReply)]
+    } else {
+        Vec::new()
+    };
+    let fixture = common::simulate_with_faults(&fleet_yaml(with_silent), &["{A}"], faults).await;
+    let (running, addr) = common::start_with_api(&fixture, settings).await;
+    (fixture, running, addr)
+}
+
+fn sqlite_settings(dir: &tempfile::TempDir) -> regpoll::app::Settings {
+    regpoll::app::Settings {
+        sqlite_path: dir.path().join("r.db"),
+        ..Default::default()
+    }
+}
+
+/// Waits (on updates, not by sleeping) until `done` holds for the latest
+/// state of `device`.
+async fn until_state(
+    running: &regpoll::app::Running,
+    device: &str,
+    done: impl Fn(&regpoll::latest::memory::DeviceState) -> bool,
+) -> regpoll::latest::memory::DeviceState {
+    let mut updates = running.latest.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(d) = running.latest.device(device)
+                && done(&d.state)
+            {
+                return d.state;
+            }
+            updates.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{device}: state not reached within 10 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_unit_shows_on_the_api_redis_and_metrics() {
+    use redis::AsyncCommands as _;
+    let (redis_url, prefix) = common::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = regpoll::app::Settings {
+        redis_url: Some(redis_url.clone()),
+        redis_prefix: prefix.clone(),
+        ..sqlite_settings(&dir)
+    };
+    let (fixture, running, http) = silent_fleet(true, settings).await;
+    let state = until_state(&running, "silent", |s| s.demoted).await;
+    assert!(!state.up);
+    assert_eq!(demoted_after(state.error.as_deref().unwrap()), 3);
+
+    let devices = common::http_get(http, "/api/devices").await.json();
+    let row = |name: &str| {
+        devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row("silent")["state"], "demoted", "{devices}");
+    // Later probes that fail count on: 3, then 4, …
+    assert!(demoted_after(row("silent")["last_error"].as_str().unwrap()) >= 3);
+    assert_eq!(row("meter-1")["state"], "up");
+    let fleet = common::http_get(http, "/api/fleet").await.json();
+    assert_eq!(fleet["summary"]["states"]["demoted"], 1, "{fleet}");
+
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{prefix}:device:silent");
+    let hash = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let h: std::collections::HashMap<String, String> = con.hgetall(&key).await.unwrap();
+            if h.get("state").map(String::as_str) == Some("demoted") {
+                return h;
+            }
+            // Redis is written after each poll; the next one is 100 ms away.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("Redis never showed the unit demoted");
+    assert!(demoted_after(&hash["error"]) >= 3);
+
+    let metrics = common::http_get(http, "/metrics").await.body;
+    let port = fixture.devices[0].port;
+    let gauge = format!("regpoll_modbus_demoted_units{{endpoint=\"127.0.0.1:{port}\"}} 1");
+    assert!(metrics.contains(&gauge), "no `{gauge}` in /metrics");
+    let connects = format!("regpoll_modbus_connects_total{{endpoint=\"127.0.0.1:{port}\"}} 1");
+    assert!(metrics.contains(&connects), "no `{connects}` in /metrics");
+    running.shutdown().await.unwrap();
+}
+
+/// The schedule lateness the service records, p99, over `polls` polls of
+/// every device.
+async fn lateness_p99(with_silent: bool) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let (_fixture, running, _) = silent_fleet(with_silent, sqlite_settings(&dir)).await;
+    common::wait_for_polls(&running, 30).await;
+    let p99 = running.lateness(&[0.99]).unwrap()[0];
+    running.shutdown().await.unwrap();
+    p99
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_units_keep_their_schedule() {
+    let without = lateness_p99(false).await;
+    let with = lateness_p99(true).await;
+    // Below 5 ms the scheduler's own noise on a shared machine dominates.
+    let bound = 2 * without.max(Duration::from_millis(5));
+    eprintln!("lateness p99: {without:?} without a silent unit, {with:?} with one");
+    assert!(
+        with <= bound,
+        "lateness p99 {with:?} with a silent unit, {without:?} without it"
+    );
 }

@@ -34,7 +34,7 @@ fn check_prints_the_plan_of_a_good_file() {
     );
     assert!(stdout.contains("holding  0..1 (2): t"), "{stdout}");
     assert!(
-        stdout.contains("    pacing: 0 ms after connect, 0 ms between requests; demoted after 3 timeouts in a row, probed up to every 60 s"),
+        stdout.contains("    pacing: 0 ms after connect, 0 ms between requests, 1 in flight; demoted after 3 timeouts in a row, probed up to every 60 s"),
         "{stdout}"
     );
 }
@@ -50,7 +50,7 @@ fn check_prints_each_devices_pacing_as_configured() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("    pacing: 200 ms after connect, 20 ms between requests; demoted after 5 timeouts in a row, probed up to every 300 s"),
+        stdout.contains("    pacing: 200 ms after connect, 20 ms between requests, 1 in flight; demoted after 5 timeouts in a row, probed up to every 300 s"),
         "{stdout}"
     );
 }

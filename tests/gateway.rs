@@ -301,8 +301,15 @@ fn one_register(request: &[u8; 12]) -> Vec<u8> {
     r
 }
 
-async fn read_once(port: u16, endpoint: &Endpoint) -> Result<regpoll::modbus::Words, ReadError> {
-    let _ = port;
+/// The endpoint at `port` one request at a time, and pipelined.
+fn both_paths(port: u16) -> [Endpoint; 2] {
+    [
+        Endpoint::new("127.0.0.1", port),
+        Endpoint::new("127.0.0.1", port).with_max_in_flight(4),
+    ]
+}
+
+async fn read_once(endpoint: &Endpoint) -> Result<regpoll::modbus::Words, ReadError> {
     let limits = regpoll::registry::RequestLimits {
         retries: 0,
         ..Default::default()
@@ -330,17 +337,20 @@ async fn an_answer_with_a_transaction_never_sent_drops_the_connection() {
         r
     })
     .await;
-    let endpoint = Endpoint::new("127.0.0.1", port);
-    for n in 1..=2 {
-        match read_once(port, &endpoint).await {
-            Err(ReadError::Protocol(m)) => assert!(m.contains("which was never sent"), "{m}"),
-            other => panic!("{other:?}"),
+    let mut connections = 0;
+    for endpoint in both_paths(port) {
+        for _ in 1..=2 {
+            match read_once(&endpoint).await {
+                Err(ReadError::Protocol(m)) => assert!(m.contains("which was never sent"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+            connections += 1;
+            assert_eq!(
+                accepted.load(Ordering::Relaxed),
+                connections,
+                "a new connection per refused answer"
+            );
         }
-        assert_eq!(
-            accepted.load(Ordering::Relaxed),
-            n,
-            "a new connection per refused answer"
-        );
     }
 }
 
@@ -352,19 +362,23 @@ async fn an_answer_for_the_right_transaction_from_the_wrong_unit_is_refused() {
         r
     })
     .await;
-    let endpoint = Endpoint::new("127.0.0.1", port);
-    match read_once(port, &endpoint).await {
-        Err(ReadError::Protocol(m)) => assert!(m.ends_with("from unit 5, expected unit 4"), "{m}"),
-        other => panic!("{other:?}"),
+    for endpoint in both_paths(port) {
+        match read_once(&endpoint).await {
+            Err(ReadError::Protocol(m)) => {
+                assert!(m.ends_with("from unit 5, expected unit 4"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
-    // The honest answer is read; the same gateway answering right works.
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    // A gateway answering for the right unit is read, on both paths.
     let (port, _) = lying_gateway(one_register).await;
-    let honest = Endpoint::new("127.0.0.1", port);
-    assert_eq!(
-        read_once(port, &honest).await,
-        Ok(regpoll::modbus::Words::Registers(vec![7]))
-    );
-    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    for honest in both_paths(port) {
+        assert_eq!(
+            read_once(&honest).await,
+            Ok(regpoll::modbus::Words::Registers(vec![7]))
+        );
+    }
 }
 
 /// A gateway of eight healthy meters and, when `with_silent`, a ninth unit
@@ -511,4 +525,110 @@ async fn healthy_units_keep_their_schedule() {
         with <= bound,
         "lateness p99 {with:?} with a silent unit, {without:?} without it"
     );
+}
+
+/// A gateway that takes several transactions: it gathers the requests that
+/// arrive within 300 ms of the first, records how many were outstanding
+/// together, and answers them last first, each with one register holding
+/// its unit id × 100; unit 9 never answers.
+async fn reordering_gateway() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&most);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                loop {
+                    let mut batch = vec![[0u8; 12]];
+                    if stream.read_exact(&mut batch[0]).await.is_err() {
+                        return;
+                    }
+                    let window = tokio::time::sleep(Duration::from_millis(300));
+                    tokio::pin!(window);
+                    loop {
+                        let mut next = [0u8; 12];
+                        tokio::select! {
+                            read = stream.read_exact(&mut next) => {
+                                if read.is_err() { return; }
+                                batch.push(next);
+                            }
+                            () = &mut window => break,
+                        }
+                    }
+                    seen.fetch_max(batch.len(), Ordering::Relaxed);
+                    for req in batch.iter().rev().filter(|r| r[6] != 9) {
+                        let mut answer = one_register(req);
+                        let value = u16::from(req[6]) * 100;
+                        answer[9..11].copy_from_slice(&value.to_be_bytes());
+                        if stream.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, most)
+}
+
+/// Reads one register of each unit at once through `endpoint`.
+async fn read_units_at_once(
+    endpoint: &Endpoint,
+    units: &[u8],
+) -> Vec<Result<regpoll::modbus::Words, ReadError>> {
+    let limits = regpoll::registry::RequestLimits {
+        retries: 0,
+        ..Default::default()
+    };
+    futures::future::join_all(units.iter().map(|&unit| async move {
+        let mut session = endpoint.session().await;
+        session
+            .read(
+                UnitId(unit),
+                RegisterKind::Holding,
+                0,
+                1,
+                Duration::from_millis(800),
+                &limits,
+            )
+            .await
+            .1
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn with_max_in_flight_requests_to_different_units_overlap_and_answers_are_matched_out_of_order()
+ {
+    let (port, most) = reordering_gateway().await;
+    let endpoint = Endpoint::new("127.0.0.1", port).with_max_in_flight(3);
+    let answers = read_units_at_once(&endpoint, &[1, 2, 9]).await;
+    assert_eq!(
+        most.load(Ordering::Relaxed),
+        3,
+        "all three were outstanding together"
+    );
+    // Answered 2 then 1; each value is its own unit's.
+    assert_eq!(answers[0], Ok(regpoll::modbus::Words::Registers(vec![100])));
+    assert_eq!(answers[1], Ok(regpoll::modbus::Words::Registers(vec![200])));
+    assert_eq!(
+        answers[2],
+        Err(ReadError::Timeout(Duration::from_millis(800)))
+    );
+    // Unit 9's silence did not cost the others their connection.
+    let again = read_units_at_once(&endpoint, &[2]).await;
+    assert_eq!(again[0], Ok(regpoll::modbus::Words::Registers(vec![200])));
+    assert_eq!(endpoint.stats().connects.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn with_max_in_flight_at_its_default_of_one_requests_wait_for_each_others_answers() {
+    let (port, most) = reordering_gateway().await;
+    let endpoint = Endpoint::new("127.0.0.1", port);
+    let answers = read_units_at_once(&endpoint, &[1, 2]).await;
+    assert_eq!(most.load(Ordering::Relaxed), 1);
+    assert_eq!(answers[0], Ok(regpoll::modbus::Words::Registers(vec![100])));
+    assert_eq!(answers[1], Ok(regpoll::modbus::Words::Registers(vec![200])));
 }

@@ -555,7 +555,7 @@ async fn sqlite_refuses_registry_rows_regpoll_cannot_use() {
 /// loaded as written, and rows outside devices.yaml's bounds are refused.
 async fn pacing_is_stored_and_rows_outside_its_bounds_refused(db: Db) {
     let devices = regpoll::config::parse(
-        "devices:\n  - { name: gw-unit, host: 10.0.0.5, delay_after_connect: 250ms, demote_after: 5, demote_max: 10m, registers: [{ name: r, kind: holding, address: 0 }] }\n",
+        "devices:\n  - { name: gw-unit, host: 10.0.0.5, delay_after_connect: 250ms, demote_after: 5, demote_max: 10m, max_in_flight: 4, registers: [{ name: r, kind: holding, address: 0 }] }\n",
         "devices.yaml",
     )
     .unwrap();
@@ -569,6 +569,8 @@ async fn pacing_is_stored_and_rows_outside_its_bounds_refused(db: Db) {
         ("demote_max_ms = 86400001", "demote_max_ms"),
         ("delay_after_connect_ms = -1", "delay_after_connect_ms"),
         ("delay_after_connect_ms = 60001", "delay_after_connect_ms"),
+        ("max_in_flight = 0", "max_in_flight"),
+        ("max_in_flight = 17", "max_in_flight"),
     ] {
         let sql = format!("UPDATE devices SET {set}");
         let e = match &db {

@@ -79,12 +79,13 @@ fn check_plan(file: &Path) -> anyhow::Result<()> {
 }
 
 /// How requests to a device are paced and when it is demoted, e.g.
-/// `200 ms after connect, 20 ms between requests; demoted after 3 timeouts in a row, probed up to every 60 s`.
+/// `200 ms after connect, 20 ms between requests, 1 in flight; demoted after 3 timeouts in a row, probed up to every 60 s`.
 fn pacing(l: &RequestLimits) -> String {
     format!(
-        "{} ms after connect, {} ms between requests; demoted after {} timeouts in a row, probed up to every {} s",
+        "{} ms after connect, {} ms between requests, {} in flight; demoted after {} timeouts in a row, probed up to every {} s",
         l.delay_after_connect.as_millis(),
         l.pause.as_millis(),
+        l.max_in_flight,
         l.demotion.after,
         l.demotion.max.as_secs(),
     )

@@ -129,6 +129,7 @@ pub(super) struct RawDevice {
     pub retries: Option<Spanned<i64>>,
     pub pause_between_requests: Option<Spanned<String>>,
     pub delay_after_connect: Option<Spanned<String>>,
+    pub max_in_flight: Option<Spanned<i64>>,
     pub demote_after: Option<Spanned<i64>>,
     pub demote_max: Option<Spanned<String>>,
     pub max_registers_per_request: Option<Spanned<i64>>,
@@ -180,6 +181,7 @@ const DEVICE_FIELDS: &[&str] = &[
     "retries",
     "pause_between_requests",
     "delay_after_connect",
+    "max_in_flight",
     "demote_after",
     "demote_max",
     "max_registers_per_request",
@@ -256,6 +258,9 @@ impl RawDevice {
                     d.pause_between_requests = field(key, v, DURATION, text, p)
                 }
                 "delay_after_connect" => d.delay_after_connect = field(key, v, DURATION, text, p),
+                "max_in_flight" => {
+                    d.max_in_flight = field(key, v, "an integer 1..16 (default 1)", Node::int, p)
+                }
                 "demote_after" => {
                     d.demote_after = field(key, v, "an integer 1..100 (default 3)", Node::int, p)
                 }

@@ -477,6 +477,7 @@ fn request_limits_are_device_settings_with_defaults() {
 fn pacing_and_demotion_are_device_settings_with_defaults() {
     let d = &parse(GOOD, "devices.yaml").unwrap()[0];
     assert_eq!(d.limits.delay_after_connect, Duration::ZERO);
+    assert_eq!(d.limits.max_in_flight, 1);
     assert_eq!(
         d.limits.demotion,
         Demotion {
@@ -486,10 +487,11 @@ fn pacing_and_demotion_are_device_settings_with_defaults() {
     );
     let yaml = GOOD.replace(
         "    unit_id: 3\n",
-        "    unit_id: 3\n    delay_after_connect: 250ms\n    demote_after: 5\n    demote_max: 10m\n",
+        "    unit_id: 3\n    delay_after_connect: 250ms\n    max_in_flight: 4\n    demote_after: 5\n    demote_max: 10m\n",
     );
     let d = &parse(&yaml, "devices.yaml").unwrap()[0];
     assert_eq!(d.limits.delay_after_connect, Duration::from_millis(250));
+    assert_eq!(d.limits.max_in_flight, 4);
     assert_eq!(
         d.limits.demotion,
         Demotion {
@@ -522,6 +524,8 @@ fn pacing_and_demotion_outside_their_bounds_say_where_and_what_is_valid() {
             "`delay_after_connect` 2m is outside 0s..60s",
         ),
         ("delay_after_connect: -1s", "`delay_after_connect`"),
+        ("max_in_flight: 0", "max_in_flight 0 is outside 1..16"),
+        ("max_in_flight: 17", "max_in_flight 17 is outside 1..16"),
     ] {
         let e = only_error(&GOOD.replace(
             "    unit_id: 3\n",
@@ -559,6 +563,18 @@ devices:
     assert!(
         e.message.contains(
             "`delay_after_connect` 500 ms differs from 200 ms of device `meter-1` (devices.yaml:4:26) on the same endpoint 10.0.0.5:502"
+        ),
+        "{e}"
+    );
+    let e = only_error(
+        &yaml
+            .replace("    delay_after_connect: 200ms\n", "    max_in_flight: 4\n")
+            .replace("    delay_after_connect: 500ms\n", ""),
+    );
+    assert_eq!((e.line, e.device.as_deref()), (6, Some("meter-2")), "{e}");
+    assert!(
+        e.message.contains(
+            "`max_in_flight` 1 differs from 4 of device `meter-1` (devices.yaml:4:20) on the same endpoint 10.0.0.5:502"
         ),
         "{e}"
     );

@@ -7,6 +7,7 @@
 pub mod decode;
 pub mod demotion;
 pub mod endpoint;
+pub mod pipeline;
 pub mod plan;
 pub mod stats;
 pub mod tcp;

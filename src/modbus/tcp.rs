@@ -27,7 +27,7 @@ use super::Words;
 use crate::registry::RegisterKind;
 
 /// The largest ADU: the 7-byte header and a PDU of at most 253 bytes.
-const MAX_FRAME: usize = 260;
+pub(crate) const MAX_FRAME: usize = 260;
 const HEADER: usize = 7;
 
 /// Why a call got no answer: the connection failed, or what came back is
@@ -134,10 +134,7 @@ impl Connection {
         let function = kind.read_function();
         let transaction = self.next_transaction;
         self.next_transaction = transaction.wrapping_add(self.transaction_step);
-        let [t0, t1] = transaction.to_be_bytes();
-        let [s0, s1] = start.to_be_bytes();
-        let [c0, c1] = count.to_be_bytes();
-        let request = [t0, t1, 0, 0, 0, 6, unit, function, s0, s1, c0, c1];
+        let request = request(transaction, unit, kind, start, count);
         self.writing = true;
         self.stream.write_all(&request).await?;
         self.writing = false;
@@ -189,13 +186,9 @@ impl Connection {
     /// The frame at the start of the buffer, if it is complete: the awaited
     /// answer or a late reply. Anything else is out of step.
     fn complete_frame(&mut self) -> Result<Option<Arrived>, CallError> {
-        if self.filled < HEADER {
+        let Some(end) = frame_end_in(&self.buffer[..self.filled])? else {
             return Ok(None);
-        }
-        let end = frame_end(&self.buffer[..HEADER])?;
-        if self.filled < end {
-            return Ok(None);
-        }
+        };
         let got = u16::from_be_bytes([self.buffer[0], self.buffer[1]]);
         let got_unit = self.buffer[6];
         if let Some((transaction, unit)) = self.awaiting
@@ -257,7 +250,43 @@ impl Connection {
     }
 }
 
-fn closed() -> CallError {
+/// A read request's 12 bytes: the MBAP header and the PDU.
+pub(crate) fn request(
+    transaction: u16,
+    unit: u8,
+    kind: RegisterKind,
+    start: u16,
+    count: u16,
+) -> [u8; 12] {
+    let [t0, t1] = transaction.to_be_bytes();
+    let [s0, s1] = start.to_be_bytes();
+    let [c0, c1] = count.to_be_bytes();
+    [
+        t0,
+        t1,
+        0,
+        0,
+        0,
+        6,
+        unit,
+        kind.read_function(),
+        s0,
+        s1,
+        c0,
+        c1,
+    ]
+}
+
+/// Where the first frame of `bytes` ends, once all of it is there.
+pub(crate) fn frame_end_in(bytes: &[u8]) -> Result<Option<usize>, CallError> {
+    if bytes.len() < HEADER {
+        return Ok(None);
+    }
+    let end = frame_end(&bytes[..HEADER])?;
+    Ok((bytes.len() >= end).then_some(end))
+}
+
+pub(crate) fn closed() -> CallError {
     CallError::Transport(io::Error::new(
         io::ErrorKind::UnexpectedEof,
         "connection closed by the device",
@@ -267,7 +296,7 @@ fn closed() -> CallError {
 /// A transaction id (or step) for a new connection: different on every
 /// connection and unknown outside this process (std's hasher keys come from
 /// the operating system's randomness), so no dependency is needed for it.
-fn random_u16() -> u16 {
+pub(crate) fn random_u16() -> u16 {
     use std::hash::{BuildHasher as _, Hasher as _};
     std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -294,7 +323,7 @@ fn frame_end(header: &[u8]) -> Result<usize, CallError> {
 }
 
 /// The values or exception in an answer's PDU (function code first).
-fn parse(
+pub(crate) fn parse(
     pdu: &[u8],
     function: u8,
     kind: RegisterKind,

@@ -341,6 +341,10 @@ pub struct RequestLimits {
     /// gateways that drop what arrives while they set up (`delay_after_connect`).
     /// An endpoint setting: every device on one host:port must agree.
     pub delay_after_connect: Duration,
+    /// Requests to different units that may be outstanding at once on the
+    /// endpoint's connection (`max_in_flight`, 1..=16), for gateways that
+    /// take several transactions; also an endpoint setting.
+    pub max_in_flight: u8,
     /// When the unit is demoted after timeouts, and how long it may wait.
     pub demotion: Demotion,
 }
@@ -372,6 +376,7 @@ impl RequestLimits {
         connect_timeout: Duration::from_secs(1),
         pause: Duration::ZERO,
         delay_after_connect: Duration::ZERO,
+        max_in_flight: 1,
         demotion: Demotion::DEFAULT,
     };
 }

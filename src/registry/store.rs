@@ -42,6 +42,8 @@ pub(super) struct DeviceRow {
     /// written before them holds the defaults.
     #[serde(default)]
     delay_after_connect_ms: i64,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: i32,
     #[serde(default = "default_demote_after")]
     demote_after: i32,
     #[serde(default = "default_demote_max_ms")]
@@ -83,6 +85,10 @@ pub(super) struct RegisterRow {
     timezone: Option<String>,
 }
 
+fn default_max_in_flight() -> i32 {
+    1
+}
+
 fn default_demote_after() -> i32 {
     Demotion::DEFAULT.after.into()
 }
@@ -109,6 +115,7 @@ impl DeviceRow {
             max_bits_per_request: i32::from(d.limits.max_bits),
             max_gap: i32::from(d.limits.max_gap),
             delay_after_connect_ms: millis(d.limits.delay_after_connect),
+            max_in_flight: i32::from(d.limits.max_in_flight),
             demote_after: i32::from(d.limits.demotion.after),
             demote_max_ms: millis(d.limits.demotion.max),
             cron: cron_pattern(&d.schedule).map(str::to_string),
@@ -151,8 +158,8 @@ impl RegisterRow {
 }
 
 const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, connect_timeout_ms, retries, \
-     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, delay_after_connect_ms, demote_after, demote_max_ms, \
-     cron, timezone, align, active, tags \
+     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, delay_after_connect_ms, max_in_flight, demote_after, \
+     demote_max_ms, cron, timezone, align, active, tags \
      FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
      unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
@@ -355,8 +362,8 @@ impl Db {
                 let id: i32 = sqlx::query_scalar(
                     "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags, \
                      connect_timeout_ms, retries, pause_ms, max_registers_per_request, max_bits_per_request, max_gap, \
-                     cron, timezone, align, delay_after_connect_ms, demote_after, demote_max_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+                     cron, timezone, align, delay_after_connect_ms, demote_after, demote_max_ms, max_in_flight) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
                      ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, \
                      unit_id = excluded.unit_id, every_ms = excluded.every_ms, timeout_ms = excluded.timeout_ms, \
                      active = excluded.active, tags = excluded.tags, connect_timeout_ms = excluded.connect_timeout_ms, \
@@ -365,7 +372,7 @@ impl Db {
                      max_bits_per_request = excluded.max_bits_per_request, max_gap = excluded.max_gap, \
                      cron = excluded.cron, timezone = excluded.timezone, align = excluded.align, \
                      delay_after_connect_ms = excluded.delay_after_connect_ms, demote_after = excluded.demote_after, \
-                     demote_max_ms = excluded.demote_max_ms, updated_at = CURRENT_TIMESTAMP RETURNING id",
+                     demote_max_ms = excluded.demote_max_ms, max_in_flight = excluded.max_in_flight, updated_at = CURRENT_TIMESTAMP RETURNING id",
                 )
                 .bind(&d.name)
                 .bind(&d.host)
@@ -387,6 +394,7 @@ impl Db {
                 .bind(millis(d.limits.delay_after_connect))
                 .bind(i32::from(d.limits.demotion.after))
                 .bind(millis(d.limits.demotion.max))
+                .bind(i32::from(d.limits.max_in_flight))
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("cannot store device `{}`", d.name))?;
@@ -636,6 +644,7 @@ pub(super) fn device_from_rows(
                 60_000,
                 "delay_after_connect_ms",
             )?),
+            max_in_flight: in_range(row.max_in_flight, 1, 16, "max_in_flight")? as u8,
             demotion: Demotion {
                 after: in_range(row.demote_after, 1, 100, "demote_after")? as u8,
                 max: Duration::from_millis(in_range_i64(

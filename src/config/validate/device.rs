@@ -56,11 +56,18 @@ impl Validator<'_> {
         );
         let limits = self.limits(&raw, defaults, ctx);
         if let Some(host) = &host {
-            let set = raw
-                .delay_after_connect
-                .as_ref()
-                .or(defaults.delay_after_connect.as_ref())
-                .map_or(at, |v| v.referenced);
+            let set = [&raw.delay_after_connect, &defaults.delay_after_connect]
+                .into_iter()
+                .flatten()
+                .map(|v| v.referenced)
+                .chain(
+                    [&raw.max_in_flight, &defaults.max_in_flight]
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v.referenced),
+                )
+                .next()
+                .unwrap_or(at);
             self.endpoint_agrees(
                 &format!("{}:{port}", host.as_str()),
                 &name.value,
@@ -222,6 +229,16 @@ impl Validator<'_> {
                     "0s..60s: it delays every reconnect, so longer is a mistake",
                 )
             },
+            max_in_flight: self.int_in(
+                raw.max_in_flight
+                    .as_ref()
+                    .or(defaults.max_in_flight.as_ref()),
+                ctx,
+                "max_in_flight",
+                1,
+                16,
+                d.max_in_flight.into(),
+            ) as u8,
             demotion: Demotion {
                 after: self.int_in(
                     raw.demote_after.as_ref().or(defaults.demote_after.as_ref()),
@@ -240,7 +257,7 @@ impl Validator<'_> {
         }
     }
 
-    /// Settings of the connection (`delay_after_connect`) hold for every
+    /// Settings of the connection (`delay_after_connect`, `max_in_flight`) hold for every
     /// device on one host:port, so devices there must not disagree: the
     /// error names both places.
     fn endpoint_agrees(
@@ -258,12 +275,26 @@ impl Validator<'_> {
                 device: device.to_string(),
                 at,
                 delay_after_connect: limits.delay_after_connect,
+                max_in_flight: limits.max_in_flight,
             });
-        if first.delay_after_connect != limits.delay_after_connect {
+        let differs = if first.delay_after_connect != limits.delay_after_connect {
+            Some((
+                "delay_after_connect",
+                format!("{} ms", limits.delay_after_connect.as_millis()),
+                format!("{} ms", first.delay_after_connect.as_millis()),
+            ))
+        } else if first.max_in_flight != limits.max_in_flight {
+            Some((
+                "max_in_flight",
+                limits.max_in_flight.to_string(),
+                first.max_in_flight.to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((field, here, there)) = differs {
             let message = format!(
-                "`delay_after_connect` {} ms differs from {} ms of device `{}` ({}:{}:{}) on the same endpoint {endpoint}; one connection serves both, so set the same value on both (or once in `defaults`)",
-                limits.delay_after_connect.as_millis(),
-                first.delay_after_connect.as_millis(),
+                "`{field}` {here} differs from {there} of device `{}` ({}:{}:{}) on the same endpoint {endpoint}; one connection serves both, so set the same value on both (or once in `defaults`)",
                 first.device,
                 self.file,
                 first.at.line(),

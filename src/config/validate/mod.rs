@@ -53,6 +53,7 @@ struct EndpointSeen {
     device: String,
     at: Location,
     delay_after_connect: Duration,
+    max_in_flight: u8,
 }
 
 /// Where in the file, and in which device/register, a check is running.

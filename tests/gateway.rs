@@ -498,8 +498,16 @@ async fn a_demoted_unit_shows_on_the_api_redis_and_metrics() {
     let port = fixture.devices[0].port;
     let gauge = format!("regpoll_modbus_demoted_units{{endpoint=\"127.0.0.1:{port}\"}} 1");
     assert!(metrics.contains(&gauge), "no `{gauge}` in /metrics");
-    let connects = format!("regpoll_modbus_connects_total{{endpoint=\"127.0.0.1:{port}\"}} 1");
-    assert!(metrics.contains(&connects), "no `{connects}` in /metrics");
+    // One connection, or two when the silent unit happened to be asked
+    // first: alone, its timeout cannot be told from a dead gateway's.
+    let connects = format!("regpoll_modbus_connects_total{{endpoint=\"127.0.0.1:{port}\"}} ");
+    let n: u32 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&connects))
+        .unwrap_or_else(|| panic!("no `{connects}` in /metrics"))
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&n), "{n} connections");
     running.shutdown().await.unwrap();
 }
 

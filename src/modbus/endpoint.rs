@@ -170,10 +170,9 @@ impl Session<'_> {
                         .read_pipelined(pipeline, unit, kind, (start, count), timeout, limits)
                         .await
                 }
-                None => match self.demoted(unit) {
-                    (_, Some(demoted)) => Err(demoted),
-                    (health, None) => {
-                        let clock = Instant::now();
+                None => match self.demoted(unit, Instant::now()) {
+                    (_, _, Some(demoted)) => Err(demoted),
+                    (health, clock, None) => {
                         let result = self
                             .attempt(unit, kind, start, count, timeout, limits)
                             .await;
@@ -185,9 +184,6 @@ impl Session<'_> {
                     }
                 },
             };
-            if matches!(result, Err(ReadError::Demoted { .. })) {
-                return (sent, result);
-            }
             match &result {
                 Err(e) if e.is_retryable() && attempt < limits.retries => {
                     attempt += 1;
@@ -206,13 +202,13 @@ impl Session<'_> {
             .expect("only a pipelined endpoint's session holds no connection")
     }
 
-    /// The unit's place in the endpoint's health table, and why it must not
-    /// be asked now, if it is demoted.
-    fn demoted(&mut self, unit: UnitId) -> (usize, Option<ReadError>) {
-        let now = Instant::now();
+    /// The unit's place in the endpoint's health table, `now` (one clock
+    /// read serves the check and the request's latency), and why the unit
+    /// must not be asked now, if it is demoted.
+    fn demoted(&mut self, unit: UnitId, now: Instant) -> (usize, Instant, Option<ReadError>) {
         let units = &mut self.conn().units;
         let health = units.unit(unit.0, now);
-        (health, units.get(health).demoted(now))
+        (health, now, units.get(health).demoted(now))
     }
 
     async fn attempt(

@@ -414,6 +414,78 @@ mod tests {
         }
     }
 
+    /// The answer of one register holding `value` to `request`.
+    fn answer(request: &[u8; 12], value: u16) -> Vec<u8> {
+        let mut a = request[..7].to_vec();
+        a[5] = 5;
+        a.extend_from_slice(&[request[7], 2]);
+        a.extend_from_slice(&value.to_be_bytes());
+        a
+    }
+
+    #[tokio::test]
+    async fn a_reply_cut_by_a_timeout_is_finished_later_and_dropped_as_late() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut late = [0u8; 12];
+            s.read_exact(&mut late).await.unwrap();
+            // Half of the first answer before the client's timeout...
+            let late = answer(&late, 111);
+            s.write_all(&late[..5]).await.unwrap();
+            let mut next = [0u8; 12];
+            s.read_exact(&mut next).await.unwrap();
+            // ...the rest after it, then the answer to the second request.
+            s.write_all(&late[5..]).await.unwrap();
+            s.write_all(&answer(&next, 222)).await.unwrap();
+            s
+        });
+        let mut c = Connection::new(TcpStream::connect(addr).await.unwrap());
+        // The half arrives at once and is read; the call then times out
+        // waiting for the rest, as the endpoint's timeout ends it.
+        let first = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            c.read(1, RegisterKind::Holding, 0, 1),
+        )
+        .await;
+        assert!(first.is_err(), "{first:?}");
+        assert_eq!(c.filled, 5, "the half answer is kept");
+        let second = c.read(1, RegisterKind::Holding, 0, 1).await.unwrap();
+        assert_eq!(second, Ok(Words::Registers(vec![222])));
+        assert_eq!(c.take_late_replies(), 1);
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn a_frame_nobody_asked_for_waiting_before_a_request_is_stale() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 12];
+            s.read_exact(&mut req).await.unwrap();
+            s.write_all(&answer(&req, 1)).await.unwrap();
+            // A well-formed frame with the next id if ids went up by one.
+            req[1] = req[1].wrapping_add(1);
+            s.write_all(&answer(&req, 0xDEAD)).await.unwrap();
+            s
+        });
+        let mut c = Connection::new(TcpStream::connect(addr).await.unwrap());
+        assert_eq!(
+            c.read(1, RegisterKind::Holding, 0, 1).await.unwrap(),
+            Ok(Words::Registers(vec![1]))
+        );
+        let server = server.await.unwrap();
+        // The stray frame has arrived; the next request must not go out.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        match c.read(1, RegisterKind::Holding, 0, 1).await {
+            Err(CallError::Stale(m)) => assert!(m.contains("which was never sent"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        drop(server);
+    }
+
     #[tokio::test]
     async fn transaction_ids_start_and_step_differently_on_every_connection() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -160,7 +160,10 @@ impl Fleet {
 
     fn spawn(&mut self, device: Device) {
         let endpoint = Arc::clone(self.endpoints.entry(device.endpoint()).or_insert_with(|| {
-            let e = Arc::new(Endpoint::new(device.host.clone(), device.port));
+            let e = Arc::new(
+                Endpoint::new(device.host.clone(), device.port)
+                    .with_max_in_flight(device.limits.max_in_flight),
+            );
             self.counters
                 .endpoints
                 .insert(device.endpoint(), Arc::clone(e.stats()));

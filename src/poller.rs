@@ -81,6 +81,7 @@ impl DevicePoller {
         let mut readings = Vec::with_capacity(device.registers.len());
         let mut error: Option<String> = None;
         let mut reachable = false;
+        let mut demoted = false;
         let mut session = self.endpoint.session().await;
         let mut connect_failure: Option<ReadError> = None;
         // Requests split by this poll: (position in the plan, pieces).
@@ -125,6 +126,7 @@ impl DevicePoller {
                 Err(e) => {
                     reachable |= e.device_answered();
                     self.learner.outcome(req, &device.registers, Err(&e));
+                    demoted |= matches!(e, ReadError::Demoted { .. });
                     let detail = e.to_string();
                     if e.is_connect() {
                         connect_failure = Some(e);
@@ -147,6 +149,7 @@ impl DevicePoller {
             latency: clock.elapsed(),
             error,
             reachable,
+            demoted,
             readings,
         }
     }

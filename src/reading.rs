@@ -175,12 +175,30 @@ pub struct PollReport {
     /// Whether at least one request got an answer (good or uncertain values,
     /// or a Modbus exception: the device itself is reachable).
     pub reachable: bool,
+    /// The device's unit is demoted (it timed out `demote_after` times in a
+    /// row): this poll's requests were not sent.
+    pub demoted: bool,
     pub readings: Vec<Reading>,
 }
 
 impl PollReport {
+    /// The device's state as published: `up` (something answered), `down`,
+    /// or `demoted` (not asked until its backoff expires).
+    pub fn state(&self) -> &'static str {
+        state_name(self.reachable, self.demoted)
+    }
+
     pub fn register(&self, r: &Reading) -> &Register {
         &self.device.registers[r.index]
+    }
+}
+
+/// `up`, `down` or `demoted`, as Redis, the API and the status page show it.
+pub fn state_name(up: bool, demoted: bool) -> &'static str {
+    match (up, demoted) {
+        (true, _) => "up",
+        (false, true) => "demoted",
+        (false, false) => "down",
     }
 }
 

@@ -21,6 +21,26 @@ fn check_prints_the_plan_of_a_good_file() {
         "{stdout}"
     );
     assert!(stdout.contains("holding  0..1 (2): t"), "{stdout}");
+    assert!(
+        stdout.contains("    pacing: 0 ms after connect, 0 ms between requests, 1 in flight; demoted after 3 timeouts in a row, probed up to every 60 s"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_prints_each_devices_pacing_as_configured() {
+    let paced = GOOD.replace(
+        "    port: 5020\n",
+        "    port: 5020\n    delay_after_connect: 200ms\n    pause_between_requests: 20ms\n    demote_after: 5\n    demote_max: 5m\n",
+    );
+    let (dir, _) = common::write_yaml(&paced);
+    let out = regpoll(&["check", "devices.yaml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("    pacing: 200 ms after connect, 20 ms between requests, 1 in flight; demoted after 5 timeouts in a row, probed up to every 300 s"),
+        "{stdout}"
+    );
 }
 
 #[test]

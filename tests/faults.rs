@@ -1,8 +1,9 @@
 //! Broken devices, simulated: each fault gives the right quality and detail,
 //! only the registers of the failed request are affected, a healthy device in
 //! the same run keeps good readings and its timing, a gateway with one dead
-//! unit keeps serving the others, and a connection is never reused after a
-//! timeout (no stale replies).
+//! unit keeps serving the others, and a late reply is never taken as the
+//! answer to a later request (no stale replies). tests/gateway.rs has the
+//! gateway cases: silent units, demotion, pacing.
 
 mod common;
 
@@ -15,7 +16,7 @@ use regpoll::poller::DevicePoller;
 use regpoll::reading::{PollReport, Quality, Value};
 use regpoll::registry::Device;
 use regpoll::sim::fault::FaultAction;
-use regpoll::sim::{Bind, SimFault, Simulator, expected_value};
+use regpoll::sim::{SimFault, expected_value};
 
 const DEVICES: &str = r#"
 defaults: { host: 127.0.0.1, port: 1, every: 1s, timeout: 300ms, retries: 0, max_gap: 0 }
@@ -38,22 +39,7 @@ fn devices(yaml: &str) -> Vec<Device> {
     config::parse(yaml, "faults.yaml").unwrap()
 }
 
-/// Starts the simulator and points the devices at the ports it listens on.
-async fn start(devices: &[Device], faults: Vec<SimFault>) -> (Simulator, Vec<Arc<Device>>) {
-    let sim = Simulator::start_with_faults(devices, Bind::Ephemeral, faults)
-        .await
-        .unwrap();
-    let moved = devices
-        .iter()
-        .map(|d| {
-            Arc::new(Device {
-                port: sim.addr_of(d).unwrap().port(),
-                ..d.clone()
-            })
-        })
-        .collect();
-    (sim, moved)
-}
+use common::start_sim as start;
 
 /// Polls every device once, in parallel, with one endpoint (connection) per
 /// host:port as the service does.
@@ -82,28 +68,7 @@ fn reading<'a>(report: &'a PollReport, register: &str) -> &'a regpoll::reading::
         .unwrap()
 }
 
-fn assert_all_good(report: &PollReport) {
-    for r in &report.readings {
-        let reg = report.register(r);
-        assert_eq!(
-            r.quality,
-            Quality::Good,
-            "{}.{}: {:?}",
-            report.device.name,
-            reg.name,
-            r.detail
-        );
-        let now = r.ts;
-        let ok = [now, now + chrono::Duration::seconds(1)]
-            .iter()
-            .any(|&t| expected_value(&report.device.name, reg, t) == r.value);
-        assert!(
-            ok,
-            "{}.{} = {:?} is not the simulator's value",
-            report.device.name, reg.name, r.value
-        );
-    }
-}
+use common::assert_all_good;
 
 /// Runs one fault on device `faulty` (optionally on one register) and checks
 /// the detail of the affected registers; everything else must stay good.
@@ -258,8 +223,10 @@ async fn a_gateway_with_one_silent_unit_keeps_serving_the_others() {
 
 #[tokio::test]
 async fn after_a_timeout_the_next_request_gets_its_own_reply_not_a_stale_one() {
-    // `a` answers after 450 ms, past the 300 ms timeout; had the connection been
-    // kept, the next request (`b`) would receive `a`'s late reply.
+    // `a` answers after 450 ms, past the 300 ms timeout; the next request
+    // (`b`) must not take `a`'s late reply for its answer, whether the
+    // connection is kept (the late reply is recognised by its transaction
+    // id) or, as here with the endpoint's only unit silent, re-opened.
     let fault = SimFault {
         device: "faulty".into(),
         register: Some("a".into()),

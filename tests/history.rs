@@ -435,6 +435,7 @@ devices:
             latency: Duration::from_millis(1),
             error: None,
             reachable: true,
+            demoted: false,
             readings: (0..2)
                 .map(|index| Reading {
                     index,
@@ -633,6 +634,7 @@ async fn new_readings_are_written_while_the_spool_replays() {
         latency: Duration::from_millis(1),
         error: None,
         reachable: true,
+        demoted: false,
         readings: vec![Reading {
             index: 0,
             ts,

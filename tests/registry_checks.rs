@@ -1,5 +1,5 @@
 //! Registry rows regpoll cannot use: the database refuses them (migrations
-//! 0009 and 0010), a migration over rows that already break the rules stops and names
+//! 0009, 0010 and 0012), a migration over rows that already break the rules stops and names
 //! them, and what still gets through (rules only the loader can check, such
 //! as a cron pattern) is shown on /ready, /metrics, /api/devices and Redis.
 //! A reload also clears from Redis what is no longer polled.
@@ -549,4 +549,50 @@ async fn sqlite_refuses_registry_rows_regpoll_cannot_use() {
         .await
         .expect("deactivating is never refused");
     db.close().await;
+}
+
+/// Migration 0012: a device's pacing and demotion settings are stored and
+/// loaded as written, and rows outside devices.yaml's bounds are refused.
+async fn pacing_is_stored_and_rows_outside_its_bounds_refused(db: Db) {
+    let devices = regpoll::config::parse(
+        "devices:\n  - { name: gw-unit, host: 10.0.0.5, delay_after_connect: 250ms, demote_after: 5, demote_max: 10m, max_in_flight: 4, registers: [{ name: r, kind: holding, address: 0 }] }\n",
+        "devices.yaml",
+    )
+    .unwrap();
+    db.sync_devices(&devices).await.unwrap();
+    let loaded = db.load_devices().await.unwrap();
+    assert_eq!(loaded.devices[0].limits, devices[0].limits);
+    for (set, refused) in [
+        ("demote_after = 0", "demote_after"),
+        ("demote_after = 101", "demote_after"),
+        ("demote_max_ms = 999", "demote_max_ms"),
+        ("demote_max_ms = 86400001", "demote_max_ms"),
+        ("delay_after_connect_ms = -1", "delay_after_connect_ms"),
+        ("delay_after_connect_ms = 60001", "delay_after_connect_ms"),
+        ("max_in_flight = 0", "max_in_flight"),
+        ("max_in_flight = 17", "max_in_flight"),
+    ] {
+        let sql = format!("UPDATE devices SET {set}");
+        let e = match &db {
+            Db::Postgres(p) => p.execute(sqlx::AssertSqlSafe(sql.clone())).await.map(drop),
+            Db::Sqlite(p) => p.execute(sqlx::AssertSqlSafe(sql.clone())).await.map(drop),
+        }
+        .expect_err(&sql)
+        .to_string();
+        assert!(e.contains(refused), "{sql}: {e}");
+    }
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stores_pacing_and_refuses_rows_outside_its_bounds() {
+    let db = Db::postgres(&common::fresh_postgres().await).await.unwrap();
+    pacing_is_stored_and_rows_outside_its_bounds_refused(db).await;
+}
+
+#[tokio::test]
+async fn sqlite_stores_pacing_and_refuses_rows_outside_its_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::sqlite(&dir.path().join("r.db")).await.unwrap();
+    pacing_is_stored_and_rows_outside_its_bounds_refused(db).await;
 }

@@ -18,9 +18,11 @@ fn opt_ts(ts: Option<chrono::DateTime<Utc>>) -> serde_json::Value {
     ts.map_or(serde_json::Value::Null, |t| json!(rfc3339(t)))
 }
 
-/// The state of one polled device: "up", "down", or "pending" before its
-/// first poll; and what its read plan learned ("learned", null when it is
-/// the coalesced plan and the device refuses nothing).
+/// The state of one polled device: "up", "down", "demoted" (its unit timed
+/// out `demote_after` times in a row and is not asked until `last_error`'s
+/// next try), or "pending" before its first poll; and what its read plan
+/// learned ("learned", null when it is the coalesced plan and the device
+/// refuses nothing).
 fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
     let state = stats.latest.state(&device.name);
     let learned = stats.counters.learned.get(&device.name);
@@ -32,11 +34,9 @@ fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
         "schedule": device.schedule.describe(),
         "registers": device.registers.len(),
         "tags": device.tags,
-        "state": match &state {
-            None => "pending",
-            Some(s) if s.up => "up",
-            Some(_) => "down",
-        },
+        "state": state
+            .as_ref()
+            .map_or("pending", |s| crate::reading::state_name(s.up, s.demoted)),
         "last_poll": opt_ts(state.as_ref().map(|s| s.last_poll)),
         "last_success": opt_ts(state.as_ref().and_then(|s| s.last_success)),
         "last_error": state.as_ref().and_then(|s| s.error.clone()),

@@ -70,11 +70,7 @@ pub(crate) async fn fleet(
     let mut rows: Vec<Row> = polled
         .iter()
         .map(|d| {
-            let state = match latest.up(&d.name) {
-                None => "pending",
-                Some(true) => "up",
-                Some(false) => "down",
-            };
+            let state = latest.state_name(&d.name).unwrap_or("pending");
             Row::new(
                 &d.name,
                 state,
@@ -168,8 +164,10 @@ impl<'a> Row<'a> {
 /// the history writer and Redis as `/api/stats` shows them, and the tags the
 /// page can filter by.
 fn summary(rows: &[Row], s: &Shared) -> Value {
-    let mut states: BTreeMap<&str, usize> =
-        ["up", "down", "pending"].iter().map(|s| (*s, 0)).collect();
+    let mut states: BTreeMap<&str, usize> = ["up", "down", "demoted", "pending"]
+        .iter()
+        .map(|s| (*s, 0))
+        .collect();
     let mut tags: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut attention = 0;
     for r in rows {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::modbus::stats::ErrorKind;
+use crate::modbus::stats::{EndpointSnapshot, ErrorKind};
 use crate::reading::Quality;
 use crate::telemetry::{HistogramSnapshot, LATENCY_BOUNDS};
 
@@ -189,6 +189,31 @@ pub fn render(state: &ApiState) -> String {
                 &[("endpoint", &e.endpoint), ("kind", kind.as_str())],
                 n as f64,
             );
+        }
+    }
+    for (name, kind, help, value) in [
+        (
+            "regpoll_modbus_connects_total",
+            "counter",
+            "Connections opened, by endpoint: more than one means the link broke or the whole endpoint stopped answering.",
+            (|e| e.connects) as fn(&EndpointSnapshot) -> u64,
+        ),
+        (
+            "regpoll_modbus_late_replies_total",
+            "counter",
+            "Answers that came after their request's timeout, recognised by transaction id and dropped, by endpoint.",
+            |e| e.late_replies,
+        ),
+        (
+            "regpoll_modbus_demoted_units",
+            "gauge",
+            "Units behind the endpoint that are demoted now (timed out demote_after times in a row; asked again only when their backoff expires).",
+            |e| e.demoted,
+        ),
+    ] {
+        t.family(name, kind, help);
+        for e in endpoints {
+            t.sample(name, &[("endpoint", &e.endpoint)], value(e) as f64);
         }
     }
     t.family(

@@ -12,7 +12,7 @@ use crate::modbus::endpoint::Endpoint;
 use crate::modbus::plan::plan_group;
 use crate::poller::DevicePoller;
 use crate::reading::Quality;
-use crate::registry::Device;
+use crate::registry::{Device, RequestLimits};
 
 pub(super) async fn check(file: &Path, probe: bool) -> anyhow::Result<()> {
     check_plan(file)?;
@@ -110,6 +110,19 @@ fn check_plan(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How requests to a device are paced and when it is demoted, e.g.
+/// `200 ms after connect, 20 ms between requests, 1 in flight; demoted after 3 timeouts in a row, probed up to every 60 s`.
+fn pacing(l: &RequestLimits) -> String {
+    format!(
+        "{} ms after connect, {} ms between requests, {} in flight; demoted after {} timeouts in a row, probed up to every {} s",
+        l.delay_after_connect.as_millis(),
+        l.pause.as_millis(),
+        l.max_in_flight,
+        l.demotion.after,
+        l.demotion.max.as_secs(),
+    )
+}
+
 /// A device's poll groups and the requests each one makes.
 fn print_plan(d: &Device) {
     let groups = d.poll_groups();
@@ -123,6 +136,7 @@ fn print_plan(d: &Device) {
         groups.len(),
         if groups.len() == 1 { "" } else { "s" }
     );
+    println!("    pacing: {}", pacing(&d.limits));
     for (schedule, members) in groups {
         let p = plan_group(&d.registers, &members, &d.limits);
         let read: u32 = p.iter().map(|r| u32::from(r.count)).sum();

@@ -128,6 +128,10 @@ pub(super) struct RawDevice {
     pub connect_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
     pub pause_between_requests: Option<Spanned<String>>,
+    pub delay_after_connect: Option<Spanned<String>>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub demote_after: Option<Spanned<i64>>,
+    pub demote_max: Option<Spanned<String>>,
     pub max_registers_per_request: Option<Spanned<i64>>,
     pub max_bits_per_request: Option<Spanned<i64>>,
     pub max_gap: Option<Spanned<i64>>,
@@ -177,6 +181,10 @@ const DEVICE_FIELDS: &[&str] = &[
     "connect_timeout",
     "retries",
     "pause_between_requests",
+    "delay_after_connect",
+    "max_in_flight",
+    "demote_after",
+    "demote_max",
     "max_registers_per_request",
     "max_bits_per_request",
     "max_gap",
@@ -251,6 +259,14 @@ impl RawDevice {
                 "pause_between_requests" => {
                     d.pause_between_requests = field(key, v, DURATION, text, p)
                 }
+                "delay_after_connect" => d.delay_after_connect = field(key, v, DURATION, text, p),
+                "max_in_flight" => {
+                    d.max_in_flight = field(key, v, "an integer 1..16 (default 1)", Node::int, p)
+                }
+                "demote_after" => {
+                    d.demote_after = field(key, v, "an integer 1..100 (default 3)", Node::int, p)
+                }
+                "demote_max" => d.demote_max = field(key, v, DURATION, text, p),
                 "max_registers_per_request" => {
                     d.max_registers_per_request = field(key, v, "an integer 1..125", Node::int, p)
                 }

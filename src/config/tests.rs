@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::registry::{
-    Address, Align, Byte, DataType, LogFrames, RegisterKind, RequestLimits, Schedule, UnitId,
+    Address, Align, Byte, DataType, Demotion, LogFrames, RegisterKind, RequestLimits, Schedule,
+    UnitId,
     ValidRange, WordOrder,
 };
 
@@ -523,6 +524,120 @@ fn a_log_frames_typo_is_refused_where_it_is_with_the_valid_words() {
             .contains("`log_frames` is a list; valid: off (default), header or payload"),
         "{e}"
     );
+}
+
+#[test]
+fn pacing_and_demotion_are_device_settings_with_defaults() {
+    let d = &parse(GOOD, "devices.yaml").unwrap()[0];
+    assert_eq!(d.limits.delay_after_connect, Duration::ZERO);
+    assert_eq!(d.limits.max_in_flight, 1);
+    assert_eq!(
+        d.limits.demotion,
+        Demotion {
+            after: 3,
+            max: Duration::from_secs(60)
+        }
+    );
+    let yaml = GOOD.replace(
+        "    unit_id: 3\n",
+        "    unit_id: 3\n    delay_after_connect: 250ms\n    max_in_flight: 4\n    demote_after: 5\n    demote_max: 10m\n",
+    );
+    let d = &parse(&yaml, "devices.yaml").unwrap()[0];
+    assert_eq!(d.limits.delay_after_connect, Duration::from_millis(250));
+    assert_eq!(d.limits.max_in_flight, 4);
+    assert_eq!(
+        d.limits.demotion,
+        Demotion {
+            after: 5,
+            max: Duration::from_secs(600)
+        }
+    );
+    // From `defaults`, like every device setting.
+    let yaml = GOOD.replace("  every: 2s\n", "  every: 2s\n  demote_after: 1\n");
+    assert_eq!(
+        parse(&yaml, "devices.yaml").unwrap()[0]
+            .limits
+            .demotion
+            .after,
+        1
+    );
+}
+
+#[test]
+fn pacing_and_demotion_outside_their_bounds_say_where_and_what_is_valid() {
+    for (setting, want) in [
+        ("demote_after: 0", "demote_after 0 is outside 1..100"),
+        ("demote_after: 1000", "demote_after 1000 is outside 1..100"),
+        ("demote_after: three", "demote_after"),
+        ("demote_max: 500ms", "`demote_max` 500ms is outside 1s..1d"),
+        ("demote_max: 2d", "`demote_max` 2d is outside 1s..1d"),
+        ("demote_max: soon", "`demote_max`"),
+        (
+            "delay_after_connect: 2m",
+            "`delay_after_connect` 2m is outside 0s..60s",
+        ),
+        ("delay_after_connect: -1s", "`delay_after_connect`"),
+        ("max_in_flight: 0", "max_in_flight 0 is outside 1..16"),
+        ("max_in_flight: 17", "max_in_flight 17 is outside 1..16"),
+    ] {
+        let e = only_error(&GOOD.replace(
+            "    unit_id: 3\n",
+            &format!("    unit_id: 3\n    {setting}\n"),
+        ));
+        assert!(e.message.contains(want), "{setting}: {e}");
+        assert_eq!(
+            (e.line, e.device.as_deref()),
+            (8, Some("boiler-1")),
+            "{setting}: {e}"
+        );
+    }
+}
+
+#[test]
+fn devices_on_one_endpoint_that_disagree_on_delay_after_connect_are_refused_naming_both() {
+    let yaml = "\
+devices:
+  - name: meter-1
+    host: 10.0.0.5
+    delay_after_connect: 200ms
+    registers: [{ name: r, kind: holding, address: 0 }]
+  - name: meter-2
+    host: 10.0.0.5
+    unit_id: 2
+    delay_after_connect: 500ms
+    registers: [{ name: r, kind: holding, address: 0 }]
+  - name: elsewhere
+    host: 10.0.0.6
+    delay_after_connect: 500ms
+    registers: [{ name: r, kind: holding, address: 0 }]
+";
+    let e = only_error(yaml);
+    assert_eq!((e.line, e.device.as_deref()), (9, Some("meter-2")), "{e}");
+    assert!(
+        e.message.contains(
+            "`delay_after_connect` 500 ms differs from 200 ms of device `meter-1` (devices.yaml:4:26) on the same endpoint 10.0.0.5:502"
+        ),
+        "{e}"
+    );
+    let e = only_error(
+        &yaml
+            .replace("    delay_after_connect: 200ms\n", "    max_in_flight: 4\n")
+            .replace("    delay_after_connect: 500ms\n", ""),
+    );
+    assert_eq!((e.line, e.device.as_deref()), (6, Some("meter-2")), "{e}");
+    assert!(
+        e.message.contains(
+            "`max_in_flight` 1 differs from 4 of device `meter-1` (devices.yaml:4:20) on the same endpoint 10.0.0.5:502"
+        ),
+        "{e}"
+    );
+    // Set once in `defaults`, every device agrees.
+    let agreed = format!(
+        "defaults: {{ delay_after_connect: 1s }}\n{}",
+        yaml.replace("    delay_after_connect: 200ms\n", "")
+            .replace("    delay_after_connect: 500ms\n", "")
+    );
+    assert!(parse(&agreed, "devices.yaml").is_ok());
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::reading::{PollReport, Quality, Reading, Value};
+use crate::reading::{PollReport, Quality, Reading, Value, state_name};
 use crate::registry::Device;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +45,8 @@ impl LatestValue {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceState {
     pub up: bool,
+    /// Its unit is demoted: not asked until its backoff expires.
+    pub demoted: bool,
     pub last_poll: DateTime<Utc>,
     pub last_success: Option<DateTime<Utc>>,
     pub error: Option<String>,
@@ -259,6 +261,7 @@ impl Slot {
             device: Arc::clone(device),
             state: DeviceState {
                 up: false,
+                demoted: false,
                 last_poll: report.started,
                 last_success: None,
                 error: None,
@@ -272,6 +275,7 @@ impl Slot {
         let s = &mut entry.state;
         log_transition(&device.name, first, s.up, report);
         s.up = report.reachable;
+        s.demoted = report.demoted;
         s.last_poll = report.started;
         if report.reachable {
             s.last_success = Some(report.started);
@@ -399,12 +403,15 @@ impl LatestMemory {
         slot.lock().as_ref().map(|e| e.state.clone())
     }
 
-    /// Whether the device is up (`None` before its first poll), read in
-    /// place: the status page's listing asks it of every device.
-    pub fn up(&self, name: &str) -> Option<bool> {
+    /// The device's state, `up`, `down` or `demoted` (`None` before its
+    /// first poll), read in place: the status page's listing asks it of
+    /// every device.
+    pub fn state_name(&self, name: &str) -> Option<&'static str> {
         let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
         let slot = devices.get(name)?;
-        slot.lock().as_ref().map(|e| e.state.up)
+        slot.lock()
+            .as_ref()
+            .map(|e| state_name(e.state.up, e.state.demoted))
     }
 
     /// Whether a latest value of the device is not good, read in place: the
@@ -454,6 +461,7 @@ mod tests {
             latency: std::time::Duration::from_millis(3),
             error: None,
             reachable: true,
+            demoted: false,
             readings: values
                 .iter()
                 .map(|&(index, v)| crate::reading::Reading {
@@ -627,6 +635,7 @@ mod tests {
             let d = device(TWO);
             let down = |secs| PollReport {
                 reachable: false,
+                demoted: false,
                 error: Some("connect: connection refused".into()),
                 readings: Vec::new(),
                 ..report(&d, &[], secs)

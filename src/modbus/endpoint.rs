@@ -3,15 +3,20 @@
 //! of them accept only one or a few connections.
 //!
 //! The frames are [`super::tcp`]'s, which has no timeout of its own, so
-//! every connect and every request is wrapped in one here. After a timeout,
-//! transport error or protocol error the connection is out of step (a late
-//! reply would be taken as the answer to the next request), so it is dropped
-//! and re-opened before the next request; it is never reused. A Modbus
-//! exception is a proper answer and keeps the connection.
+//! every connect and every request is wrapped in one here. A timeout keeps
+//! the connection: `tcp` recognises the late reply by its transaction id and
+//! drops it, so one silent unit does not cost its neighbours their
+//! connection. The unit is demoted after `demote_after` timeouts in a row
+//! ([`super::demotion`]), and the connection is dropped only when every unit
+//! behind it has timed out since the last answer (the endpoint itself has
+//! stopped answering). After a transport or protocol error the stream is
+//! out of step or broken, so the connection is dropped and re-opened before
+//! the next request. A Modbus exception is a proper answer and keeps it.
 
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,6 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
+use super::demotion::{Units, backoff};
+use super::pipeline::{PipeLink, Pipeline};
 use super::tcp::{CallError, Connection as Link};
 
 use super::stats::EndpointStats;
@@ -39,6 +46,9 @@ pub struct Endpoint {
     port: u16,
     conn: Mutex<Connection>,
     stats: Arc<EndpointStats>,
+    /// Set when the gateway takes several outstanding transactions
+    /// (`max_in_flight` above 1): requests then take the pipelined path.
+    pipeline: Option<Pipeline>,
 }
 
 /// The connection and, after failed connects, when the next attempt may be made.
@@ -49,6 +59,10 @@ struct Connection {
     /// No connect attempt before this; reads fail fast with `last_error` until then.
     retry_at: Option<Instant>,
     last_error: Option<ReadError>,
+    /// Which units answer; kept across reconnects.
+    units: Units,
+    /// The connection of a pipelined endpoint (instead of `link`).
+    pipe: Option<Arc<PipeLink>>,
 }
 
 impl Connection {
@@ -61,6 +75,10 @@ impl Connection {
 
     fn connected(&mut self, link: Link) {
         self.link = Some(link);
+        self.connect_succeeded();
+    }
+
+    fn connect_succeeded(&mut self) {
         self.failures = 0;
         self.retry_at = None;
         self.last_error = None;
@@ -70,15 +88,7 @@ impl Connection {
 /// Exponential backoff with ±20 % jitter, so that devices that went down
 /// together do not all reconnect in the same instant.
 fn reconnect_delay(failures: u32) -> Duration {
-    let base = RECONNECT_MIN
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(RECONNECT_MAX);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
-    base.mul_f64(jitter)
+    backoff(RECONNECT_MIN, RECONNECT_MAX, failures)
 }
 
 impl fmt::Debug for Endpoint {
@@ -101,7 +111,15 @@ impl Endpoint {
             port,
             conn: Mutex::new(Connection::default()),
             stats: Arc::default(),
+            pipeline: None,
         }
+    }
+
+    /// Lets up to `n` requests to different units be outstanding at once
+    /// (`max_in_flight`); 1, the default, keeps one at a time.
+    pub fn with_max_in_flight(mut self, n: u8) -> Self {
+        self.pipeline = (n > 1).then(|| Pipeline::new(n));
+        self
     }
 
     /// Request counts, errors by kind and latency of this endpoint.
@@ -114,7 +132,11 @@ impl Endpoint {
     pub async fn session(&self) -> Session<'_> {
         Session {
             endpoint: self,
-            conn: self.conn.lock().await,
+            // A pipelined endpoint is shared request by request instead.
+            conn: match self.pipeline {
+                None => Some(self.conn.lock().await),
+                Some(_) => None,
+            },
         }
     }
 }
@@ -122,14 +144,16 @@ impl Endpoint {
 /// Exclusive use of an endpoint's connection for the duration of one poll.
 pub struct Session<'a> {
     endpoint: &'a Endpoint,
-    conn: MutexGuard<'a, Connection>,
+    /// Held for the whole poll, except on a pipelined endpoint.
+    conn: Option<MutexGuard<'a, Connection>>,
 }
 
 impl Session<'_> {
     /// Reads `count` values of `kind` starting at `start` from unit `unit`,
     /// retrying up to `limits.retries` times when the connection failed or the
     /// device was busy. Returns when the answer's request was sent, and the
-    /// outcome of the last attempt.
+    /// outcome of the last attempt. A demoted unit is not asked until its
+    /// backoff expires: the read fails at once with [`ReadError::Demoted`].
     pub async fn read(
         &mut self,
         unit: UnitId,
@@ -142,22 +166,39 @@ impl Session<'_> {
         let mut attempt = 0;
         loop {
             let sent = Utc::now();
-            let clock = Instant::now();
-            let result = self
-                .attempt(unit, kind, start, count, timeout, limits.connect_timeout)
-                .await;
-            self.endpoint
-                .stats
-                .record(clock.elapsed(), result.as_ref().map(|_| ()));
-            if limits.log_frames != LogFrames::Off {
+            // Frame logging (commissioning) reads the clock only when on.
+            let traced = (limits.log_frames != LogFrames::Off).then(Instant::now);
+            let result = match &self.endpoint.pipeline {
+                Some(pipeline) => {
+                    self.endpoint
+                        .read_pipelined(pipeline, unit, kind, (start, count), timeout, limits)
+                        .await
+                }
+                None => match self.demoted(unit, Instant::now()) {
+                    (_, _, Some(demoted)) => Err(demoted),
+                    (health, clock, None) => {
+                        let result = self
+                            .attempt(unit, kind, start, count, timeout, limits)
+                            .await;
+                        self.endpoint
+                            .stats
+                            .record(clock.elapsed(), result.as_ref().map(|_| ()));
+                        heard(self.endpoint, self.conn(), health, &result, limits);
+                        result
+                    }
+                },
+            };
+            // A demoted unit's request never went out: nothing to show.
+            if let Some(clock) = traced
+                && !matches!(result, Err(ReadError::Demoted { .. }))
+            {
                 let request = (unit, kind, start, count);
-                let took = clock.elapsed();
                 trace::exchange(
                     limits.log_frames,
                     self.endpoint,
                     request,
                     attempt,
-                    took,
+                    clock.elapsed(),
                     &result,
                 );
             }
@@ -173,6 +214,21 @@ impl Session<'_> {
         }
     }
 
+    fn conn(&mut self) -> &mut Connection {
+        self.conn
+            .as_mut()
+            .expect("only a pipelined endpoint's session holds no connection")
+    }
+
+    /// The unit's place in the endpoint's health table, `now` (one clock
+    /// read serves the check and the request's latency), and why the unit
+    /// must not be asked now, if it is demoted.
+    fn demoted(&mut self, unit: UnitId, now: Instant) -> (usize, Instant, Option<ReadError>) {
+        let units = &mut self.conn().units;
+        let health = units.unit(unit.0, now);
+        (health, now, units.get(health).demoted(now))
+    }
+
     async fn attempt(
         &mut self,
         unit: UnitId,
@@ -180,41 +236,206 @@ impl Session<'_> {
         start: u16,
         count: u16,
         timeout: Duration,
-        connect_timeout: Duration,
+        limits: &RequestLimits,
     ) -> Result<Words, ReadError> {
-        if self.conn.link.is_none() {
-            if let (Some(at), Some(e)) = (self.conn.retry_at, &self.conn.last_error)
-                && Instant::now() < at
+        // A stale connection (a frame nobody asked for waiting on it) is
+        // found before the request goes out; the request then goes out on a
+        // new one, once.
+        let mut fresh = false;
+        loop {
+            self.open(limits).await?;
+            let link = self
+                .conn()
+                .link
+                .as_mut()
+                .expect("connection was just opened");
+            let outcome =
+                tokio::time::timeout(timeout, link.read(unit.0, kind, start, count)).await;
+            let late = link.take_late_replies();
+            if late > 0 {
+                self.endpoint
+                    .stats
+                    .late_replies
+                    .fetch_add(late.into(), Ordering::Relaxed);
+            }
+            let result = match outcome {
+                Err(_) => Err(ReadError::Timeout(timeout)),
+                Ok(Ok(Ok(words))) => check_len(words, count),
+                Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
+                Ok(Err(CallError::Stale(m))) if !fresh => {
+                    tracing::debug!(endpoint = %self.endpoint, reason = %m, "connection out of step before a request; reconnecting");
+                    self.conn().link = None;
+                    fresh = true;
+                    continue;
+                }
+                Ok(Err(CallError::Stale(m) | CallError::Protocol(m))) => {
+                    Err(ReadError::Protocol(m))
+                }
+                Ok(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
+            };
+            if let Err(e) = &result
+                && !matches!(e, ReadError::Timeout(_))
+                && !e.device_answered()
             {
-                return Err(e.clone());
+                // Out of step or broken: never reuse it (see the module
+                // comment). A timeout alone leaves it in step (see `tcp`).
+                self.conn().link = None;
             }
-            match connect(self.endpoint, connect_timeout).await {
-                Ok(link) => self.conn.connected(link),
-                Err(e) => return Err(self.conn.connect_failed(e)),
-            }
+            return result;
         }
-        let link = self.conn.link.as_mut().expect("connection was just opened");
-        let outcome = tokio::time::timeout(timeout, link.read(unit.0, kind, start, count)).await;
-        let result = match outcome {
-            Err(_) => Err(ReadError::Timeout(timeout)),
-            Ok(Ok(Ok(words))) => check_len(words, count),
-            Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
-            Ok(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
-            Ok(Err(CallError::Protocol(e))) => Err(ReadError::Protocol(e)),
-        };
-        if let Err(e) = &result
-            && !e.device_answered()
+    }
+
+    /// Opens the connection if there is none, unless the last connect failed
+    /// and its backoff has not expired; waits `delay_after_connect` after
+    /// opening it, for gateways that need a moment before the first request.
+    async fn open(&mut self, limits: &RequestLimits) -> Result<(), ReadError> {
+        if self.conn().link.is_some() {
+            return Ok(());
+        }
+        if let (Some(at), Some(e)) = (self.conn().retry_at, &self.conn().last_error)
+            && Instant::now() < at
         {
-            // Out of step or broken: never reuse it (see the module comment).
-            self.conn.link = None;
+            return Err(e.clone());
         }
+        match connect(self.endpoint, limits.connect_timeout).await {
+            Ok(link) => {
+                self.endpoint.stats.connects.fetch_add(1, Ordering::Relaxed);
+                self.conn().connected(link);
+                if !limits.delay_after_connect.is_zero() {
+                    tokio::time::sleep(limits.delay_after_connect).await;
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.conn().connect_failed(e)),
+        }
+    }
+}
+
+/// What an attempt's outcome says about the unit and the endpoint: an
+/// answer restores a demoted unit, a timeout counts towards demotion, and
+/// when every unit behind the connection has timed out since the last
+/// answer the endpoint has stopped answering and the connection is dropped.
+fn heard(
+    endpoint: &Endpoint,
+    conn: &mut Connection,
+    health: usize,
+    result: &Result<Words, ReadError>,
+    limits: &RequestLimits,
+) {
+    let changed = match result {
+        Ok(_) => conn.units.answered(health),
+        Err(e) if e.device_answered() => conn.units.answered(health),
+        Err(ReadError::Timeout(_)) => {
+            let changed = conn.units.timed_out(health, &limits.demotion);
+            if conn.units.all_silent(Instant::now())
+                && (conn.link.take().is_some() || conn.pipe.take().is_some())
+            {
+                tracing::info!(
+                    endpoint = %endpoint,
+                    "every unit behind the endpoint timed out since the last answer; reconnecting"
+                );
+            }
+            changed
+        }
+        Err(_) => false,
+    };
+    if changed {
+        endpoint
+            .stats
+            .demoted
+            .store(conn.units.demoted_count(), Ordering::Relaxed);
+    }
+}
+
+impl Endpoint {
+    /// One request on a pipelined endpoint: at most `max_in_flight` at once,
+    /// the connection's table locked only to look up the unit and the link
+    /// and to record the outcome, never while the request is out.
+    async fn read_pipelined(
+        &self,
+        pipeline: &Pipeline,
+        unit: UnitId,
+        kind: RegisterKind,
+        (start, count): (u16, u16),
+        timeout: Duration,
+        limits: &RequestLimits,
+    ) -> Result<Words, ReadError> {
+        let _permit = pipeline
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let clock = Instant::now();
+        let (health, link) = {
+            let mut conn = self.conn.lock().await;
+            let health = conn.units.unit(unit.0, clock);
+            if let Some(demoted) = conn.units.get(health).demoted(clock) {
+                return Err(demoted);
+            }
+            (health, self.open_pipe(&mut conn, limits).await?)
+        };
+        let result = match link.read(unit.0, kind, start, count, timeout).await {
+            None => Err(ReadError::Timeout(timeout)),
+            Some(Ok(Ok(words))) => check_len(words, count),
+            Some(Ok(Err(code))) => Err(ReadError::Exception(code)),
+            Some(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
+            Some(Err(CallError::Protocol(m) | CallError::Stale(m))) => Err(ReadError::Protocol(m)),
+        };
+        self.stats
+            .record(clock.elapsed(), result.as_ref().map(|_| ()));
+        let mut conn = self.conn.lock().await;
+        if let Err(e) = &result
+            && !matches!(e, ReadError::Timeout(_))
+            && !e.device_answered()
+            && conn.pipe.as_ref().is_some_and(|p| Arc::ptr_eq(p, &link))
+        {
+            conn.pipe = None;
+        }
+        heard(self, &mut conn, health, &result, limits);
         result
+    }
+
+    /// The pipelined connection, opened (and paced) if there is none or
+    /// its reader found it broken; the caller holds the table meanwhile, so
+    /// no request goes out before `delay_after_connect` has passed.
+    async fn open_pipe(
+        &self,
+        conn: &mut Connection,
+        limits: &RequestLimits,
+    ) -> Result<Arc<PipeLink>, ReadError> {
+        if conn.pipe.as_ref().is_some_and(|p| p.is_dead()) {
+            conn.pipe = None;
+        }
+        if let Some(p) = &conn.pipe {
+            return Ok(Arc::clone(p));
+        }
+        if let (Some(at), Some(e)) = (conn.retry_at, &conn.last_error)
+            && Instant::now() < at
+        {
+            return Err(e.clone());
+        }
+        let stream = match connect_stream(self, limits.connect_timeout).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(conn.connect_failed(e)),
+        };
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(PipeLink::new(stream, Arc::clone(&self.stats)));
+        conn.pipe = Some(Arc::clone(&link));
+        conn.connect_succeeded();
+        if !limits.delay_after_connect.is_zero() {
+            tokio::time::sleep(limits.delay_after_connect).await;
+        }
+        Ok(link)
     }
 }
 
 /// Takes only the endpoint, so nothing borrowing the held connection lives
 /// across the connect.
 async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Link, ReadError> {
+    connect_stream(endpoint, timeout).await.map(Link::new)
+}
+
+async fn connect_stream(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, ReadError> {
     let addr = (endpoint.host.as_str(), endpoint.port);
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => Err(ReadError::ConnectTimeout(timeout)),
@@ -222,7 +443,7 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Link, ReadErr
         Ok(Ok(stream)) => {
             // Polls are small request/response exchanges: send them at once.
             let _ = stream.set_nodelay(true);
-            Ok(Link::new(stream))
+            Ok(stream)
         }
     }
 }

@@ -230,7 +230,9 @@ impl Learner {
         match (at, code) {
             (None, Some(code)) => refused.push((key.0, key.1, code)),
             (Some(i), Some(code)) if refused[i].2 != code => refused[i].2 = code,
-            (Some(i), None) => {
+            // Only an answer says the value is readable again: a timeout or
+            // a demoted unit says nothing about it.
+            (Some(i), None) if answered => {
                 refused.remove(i);
             }
             _ => return,

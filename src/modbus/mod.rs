@@ -6,8 +6,10 @@
 //! here, where the frames, the endpoints and the counters all see them.
 
 pub mod decode;
+pub mod demotion;
 pub mod endpoint;
 pub mod learn;
+pub mod pipeline;
 pub mod plan;
 pub mod stats;
 pub mod tcp;
@@ -34,6 +36,13 @@ pub enum ReadError {
     Protocol(String),
     #[error("response has {got} values, expected {expected}")]
     ShortResponse { got: usize, expected: usize },
+    /// Not sent: the unit timed out `timeouts` times in a row and is not
+    /// asked again before `next_try` (shown in UTC).
+    #[error("demoted after {timeouts} timeouts; next try {} UTC", next_try.format("%H:%M:%S"))]
+    Demoted {
+        timeouts: u32,
+        next_try: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl ReadError {
@@ -51,7 +60,9 @@ impl ReadError {
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             ReadError::Exception(code) => u8::from(*code) == 6,
-            ReadError::Connect(_) | ReadError::ConnectTimeout(_) => false,
+            ReadError::Connect(_) | ReadError::ConnectTimeout(_) | ReadError::Demoted { .. } => {
+                false
+            }
             _ => true,
         }
     }

@@ -38,6 +38,8 @@ impl ErrorKind {
             ReadError::Transport(_) => ErrorKind::Transport,
             ReadError::Protocol(_) => ErrorKind::Protocol,
             ReadError::ShortResponse { .. } => ErrorKind::ShortResponse,
+            // Never recorded: no request went out (see `Session::read`).
+            ReadError::Demoted { .. } => ErrorKind::Timeout,
         }
     }
 
@@ -60,6 +62,13 @@ pub struct EndpointStats {
     errors: [AtomicU64; ErrorKind::ALL.len()],
     /// Time from sending a request (connecting first when needed) to its answer.
     pub latency: Histogram,
+    /// Connections opened: one, unless the endpoint or its link broke.
+    pub connects: AtomicU64,
+    /// Units behind the endpoint demoted now (a gauge).
+    pub demoted: AtomicU64,
+    /// Answers that came after their request's timeout, recognised by their
+    /// transaction id and dropped.
+    pub late_replies: AtomicU64,
 }
 
 impl EndpointStats {
@@ -108,6 +117,9 @@ impl Endpoints {
                 requests: s.requests.load(Ordering::Relaxed),
                 errors: ErrorKind::ALL.map(|k| s.errors(k)),
                 latency: s.latency.snapshot(),
+                connects: s.connects.load(Ordering::Relaxed),
+                demoted: s.demoted.load(Ordering::Relaxed),
+                late_replies: s.late_replies.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -122,6 +134,10 @@ pub struct EndpointSnapshot {
     /// Failed requests by kind, in [`ErrorKind::ALL`]'s order.
     pub errors: [u64; ErrorKind::ALL.len()],
     pub latency: HistogramSnapshot,
+    pub connects: u64,
+    /// Units demoted now.
+    pub demoted: u64,
+    pub late_replies: u64,
 }
 
 #[cfg(test)]

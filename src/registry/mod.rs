@@ -342,6 +342,16 @@ pub struct RequestLimits {
     /// rides with the limits because every request already carries them to
     /// the endpoint, so the default costs one comparison per request.
     pub log_frames: LogFrames,
+    /// Pause after opening a connection before its first request, for
+    /// gateways that drop what arrives while they set up (`delay_after_connect`).
+    /// An endpoint setting: every device on one host:port must agree.
+    pub delay_after_connect: Duration,
+    /// Requests to different units that may be outstanding at once on the
+    /// endpoint's connection (`max_in_flight`, 1..=16), for gateways that
+    /// take several transactions; also an endpoint setting.
+    pub max_in_flight: u8,
+    /// When the unit is demoted after timeouts, and how long it may wait.
+    pub demotion: Demotion,
 }
 
 /// How much of each request and answer a device's log shows, so a field
@@ -385,6 +395,24 @@ impl FromStr for LogFrames {
     }
 }
 
+/// When a unit that stops answering is demoted (see `modbus::demotion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demotion {
+    /// Timeouts in a row that demote the unit (`demote_after`, 1..=100).
+    pub after: u8,
+    /// Longest backoff between two probes of a demoted unit (`demote_max`).
+    pub max: Duration,
+}
+
+impl Demotion {
+    /// First backoff of a demoted unit; it doubles with every failed probe.
+    pub const MIN: Duration = Duration::from_secs(1);
+    pub const DEFAULT: Demotion = Demotion {
+        after: 3,
+        max: Duration::from_secs(60),
+    };
+}
+
 impl RequestLimits {
     pub const DEFAULT: RequestLimits = RequestLimits {
         max_registers: 125,
@@ -394,6 +422,9 @@ impl RequestLimits {
         connect_timeout: Duration::from_secs(1),
         pause: Duration::ZERO,
         log_frames: LogFrames::Off,
+        delay_after_connect: Duration::ZERO,
+        max_in_flight: 1,
+        demotion: Demotion::DEFAULT,
     };
 }
 

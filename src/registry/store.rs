@@ -16,7 +16,7 @@ use futures::TryStreamExt as _;
 use sqlx::types::Json;
 
 use super::{
-    Address, Align, Byte, CronSchedule, DataType, Device, LogFrames, Register, RegisterMaps,
+    Address, Align, Byte, CronSchedule, DataType, Demotion, Device, LogFrames, Register, RegisterMaps,
     RequestLimits, Schedule, UnitId, ValidRange,
 };
 use crate::db::{Db, on_pool};
@@ -38,6 +38,16 @@ pub(super) struct DeviceRow {
     max_registers_per_request: i32,
     max_bits_per_request: i32,
     max_gap: i32,
+    /// The pacing and demotion columns (migration 0012); a registry cache
+    /// written before them holds the defaults.
+    #[serde(default)]
+    delay_after_connect_ms: i64,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: i32,
+    #[serde(default = "default_demote_after")]
+    demote_after: i32,
+    #[serde(default = "default_demote_max_ms")]
+    demote_max_ms: i64,
     cron: Option<String>,
     timezone: Option<String>,
     align: String,
@@ -87,6 +97,18 @@ pub(super) struct RegisterRow {
     timezone: Option<String>,
 }
 
+fn default_max_in_flight() -> i32 {
+    1
+}
+
+fn default_demote_after() -> i32 {
+    Demotion::DEFAULT.after.into()
+}
+
+fn default_demote_max_ms() -> i64 {
+    millis(Demotion::DEFAULT.max)
+}
+
 impl DeviceRow {
     /// The row `sync_devices` would store for `d` (with `d`'s id).
     pub(super) fn of(d: &Device) -> DeviceRow {
@@ -104,6 +126,10 @@ impl DeviceRow {
             max_registers_per_request: i32::from(d.limits.max_registers),
             max_bits_per_request: i32::from(d.limits.max_bits),
             max_gap: i32::from(d.limits.max_gap),
+            delay_after_connect_ms: millis(d.limits.delay_after_connect),
+            max_in_flight: i32::from(d.limits.max_in_flight),
+            demote_after: i32::from(d.limits.demotion.after),
+            demote_max_ms: millis(d.limits.demotion.max),
             cron: cron_pattern(&d.schedule).map(str::to_string),
             timezone: cron_zone(&d.schedule).map(str::to_string),
             align: align_name(&d.schedule).to_string(),
@@ -145,8 +171,9 @@ impl RegisterRow {
 }
 
 const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, connect_timeout_ms, retries, \
-     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, cron, timezone, align, active, tags, \
-     log_frames FROM devices ORDER BY name";
+     pause_ms, max_registers_per_request, max_bits_per_request, max_gap, delay_after_connect_ms, max_in_flight, demote_after, \
+     demote_max_ms, cron, timezone, align, active, tags, log_frames \
+     FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
      unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
 
@@ -348,8 +375,8 @@ impl Db {
                 let id: i32 = sqlx::query_scalar(
                     "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags, \
                      connect_timeout_ms, retries, pause_ms, max_registers_per_request, max_bits_per_request, max_gap, \
-                     cron, timezone, align, log_frames) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                     cron, timezone, align, delay_after_connect_ms, demote_after, demote_max_ms, max_in_flight, log_frames) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
                      ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, \
                      unit_id = excluded.unit_id, every_ms = excluded.every_ms, timeout_ms = excluded.timeout_ms, \
                      active = excluded.active, tags = excluded.tags, connect_timeout_ms = excluded.connect_timeout_ms, \
@@ -357,6 +384,8 @@ impl Db {
                      max_registers_per_request = excluded.max_registers_per_request, \
                      max_bits_per_request = excluded.max_bits_per_request, max_gap = excluded.max_gap, \
                      cron = excluded.cron, timezone = excluded.timezone, align = excluded.align, \
+                     delay_after_connect_ms = excluded.delay_after_connect_ms, demote_after = excluded.demote_after, \
+                     demote_max_ms = excluded.demote_max_ms, max_in_flight = excluded.max_in_flight, \
                      log_frames = excluded.log_frames, updated_at = CURRENT_TIMESTAMP RETURNING id",
                 )
                 .bind(&d.name)
@@ -376,6 +405,10 @@ impl Db {
                 .bind(cron_pattern(&d.schedule))
                 .bind(cron_zone(&d.schedule))
                 .bind(align_name(&d.schedule))
+                .bind(millis(d.limits.delay_after_connect))
+                .bind(i32::from(d.limits.demotion.after))
+                .bind(millis(d.limits.demotion.max))
+                .bind(i32::from(d.limits.max_in_flight))
                 .bind(d.limits.log_frames.as_str())
                 .fetch_one(&mut *tx)
                 .await
@@ -620,6 +653,22 @@ pub(super) fn device_from_rows(
                 u64::try_from(row.pause_ms)
                     .map_err(|_| format!("pause_ms {} is negative", row.pause_ms))?,
             ),
+            delay_after_connect: Duration::from_millis(in_range_i64(
+                row.delay_after_connect_ms,
+                0,
+                60_000,
+                "delay_after_connect_ms",
+            )?),
+            max_in_flight: in_range(row.max_in_flight, 1, 16, "max_in_flight")? as u8,
+            demotion: Demotion {
+                after: in_range(row.demote_after, 1, 100, "demote_after")? as u8,
+                max: Duration::from_millis(in_range_i64(
+                    row.demote_max_ms,
+                    1_000,
+                    86_400_000,
+                    "demote_max_ms",
+                )?),
+            },
             log_frames: row.log_frames.parse()?,
         },
         tags: row.tags.0,
@@ -632,6 +681,13 @@ pub(super) fn device_from_rows(
 
 fn in_range(v: i32, min: u16, max: u16, what: &str) -> Result<u16, String> {
     u16::try_from(v)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or(format!("{what} {v} is outside {min}..{max}"))
+}
+
+fn in_range_i64(v: i64, min: u64, max: u64, what: &str) -> Result<u64, String> {
+    u64::try_from(v)
         .ok()
         .filter(|v| (min..=max).contains(v))
         .ok_or(format!("{what} {v} is outside {min}..{max}"))

@@ -104,6 +104,52 @@ pub async fn simulate_with_faults(
     SimFixture { sim, yaml, devices }
 }
 
+/// The simulator for `devices` (each endpoint on a free port, misbehaving
+/// as `faults` say), and the devices pointed at the ports it listens on.
+pub async fn start_sim(
+    devices: &[Device],
+    faults: Vec<regpoll::sim::SimFault>,
+) -> (Simulator, Vec<std::sync::Arc<Device>>) {
+    let sim = Simulator::start_with_faults(devices, Bind::Ephemeral, faults)
+        .await
+        .unwrap();
+    let moved = devices
+        .iter()
+        .map(|d| {
+            std::sync::Arc::new(Device {
+                port: sim.addr_of(d).unwrap().port(),
+                ..d.clone()
+            })
+        })
+        .collect();
+    (sim, moved)
+}
+
+/// Every reading of `report` good and equal to what the simulator served
+/// (at the reading's second or the next: the value may step meanwhile).
+pub fn assert_all_good(report: &regpoll::reading::PollReport) {
+    for r in &report.readings {
+        let reg = report.register(r);
+        assert_eq!(
+            r.quality,
+            regpoll::reading::Quality::Good,
+            "{}.{}: {:?}",
+            report.device.name,
+            reg.name,
+            r.detail
+        );
+        let now = r.ts;
+        let ok = [now, now + chrono::Duration::seconds(1)]
+            .iter()
+            .any(|&t| regpoll::sim::expected_value(&report.device.name, reg, t) == r.value);
+        assert!(
+            ok,
+            "{}.{} = {:?} is not the simulator's value",
+            report.device.name, reg.name, r.value
+        );
+    }
+}
+
 /// Waits (by awaiting updates, not sleeping) until every device of the run has
 /// completed at least `polls` polls. Panics after 30 s.
 pub async fn wait_for_polls(running: &Running, polls: u64) {

@@ -116,6 +116,7 @@ pub fn synthetic_reports(
                 latency: Duration::from_millis(1),
                 error: None,
                 reachable: true,
+                demoted: false,
                 readings,
             })
         })

@@ -1,13 +1,18 @@
 //! A device: its name, endpoint, timing limits, tags and register list.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
 use super::super::raw::{RawDevice, RawRegister};
 use super::super::{DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_UNIT_ID};
 use super::{Ctx, Validator, check_name};
-use crate::registry::{Device, Register, RequestLimits, UnitId};
+use crate::registry::{Demotion, Device, Register, RequestLimits, UnitId};
+
+/// Bounds of the database's CHECKs (migration 0012).
+const MAX_DELAY_AFTER_CONNECT: Duration = Duration::from_secs(60);
+const MAX_DEMOTE_MAX: Duration = Duration::from_secs(86_400);
 
 impl Validator<'_> {
     pub(in crate::config) fn device(
@@ -50,6 +55,27 @@ impl Validator<'_> {
             DEFAULT_TIMEOUT,
         );
         let limits = self.limits(&raw, defaults, ctx);
+        if let Some(host) = &host {
+            let set = [&raw.delay_after_connect, &defaults.delay_after_connect]
+                .into_iter()
+                .flatten()
+                .map(|v| v.referenced)
+                .chain(
+                    [&raw.max_in_flight, &defaults.max_in_flight]
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v.referenced),
+                )
+                .next()
+                .unwrap_or(at);
+            self.endpoint_agrees(
+                &format!("{}:{port}", host.as_str()),
+                &name.value,
+                set,
+                &limits,
+                ctx,
+            );
+        }
         let active = raw
             .active
             .or(defaults.active.clone())
@@ -194,6 +220,118 @@ impl Validator<'_> {
                 .or(defaults.log_frames.as_ref())
                 .and_then(|v| self.parsed(v, ctx))
                 .unwrap_or_default(),
+            delay_after_connect: {
+                let v = raw
+                    .delay_after_connect
+                    .as_ref()
+                    .or(defaults.delay_after_connect.as_ref());
+                let delay = self.duration_or_zero(v, ctx, "delay_after_connect");
+                self.within(
+                    v,
+                    ctx,
+                    "delay_after_connect",
+                    delay,
+                    Duration::ZERO..=MAX_DELAY_AFTER_CONNECT,
+                    "0s..60s: it delays every reconnect, so longer is a mistake",
+                )
+            },
+            max_in_flight: self.int_in(
+                raw.max_in_flight
+                    .as_ref()
+                    .or(defaults.max_in_flight.as_ref()),
+                ctx,
+                "max_in_flight",
+                1,
+                16,
+                d.max_in_flight.into(),
+            ) as u8,
+            demotion: Demotion {
+                after: self.int_in(
+                    raw.demote_after.as_ref().or(defaults.demote_after.as_ref()),
+                    ctx,
+                    "demote_after",
+                    1,
+                    100,
+                    d.demotion.after.into(),
+                ) as u8,
+                max: {
+                    let v = raw.demote_max.as_ref().or(defaults.demote_max.as_ref());
+                    let max = self.duration(v, ctx, "demote_max", d.demotion.max);
+                    self.within(v, ctx, "demote_max", max, Demotion::MIN..=MAX_DEMOTE_MAX, "1s..1d: a demoted unit's backoff starts at 1 s and doubles up to it, and it is probed at least daily")
+                },
+            },
+        }
+    }
+
+    /// Settings of the connection (`delay_after_connect`, `max_in_flight`) hold for every
+    /// device on one host:port, so devices there must not disagree: the
+    /// error names both places.
+    fn endpoint_agrees(
+        &mut self,
+        endpoint: &str,
+        device: &str,
+        at: Location,
+        limits: &RequestLimits,
+        ctx: Ctx<'_>,
+    ) {
+        let first = self
+            .endpoints
+            .entry(endpoint.to_string())
+            .or_insert_with(|| super::EndpointSeen {
+                device: device.to_string(),
+                at,
+                delay_after_connect: limits.delay_after_connect,
+                max_in_flight: limits.max_in_flight,
+            });
+        let differs = if first.delay_after_connect != limits.delay_after_connect {
+            Some((
+                "delay_after_connect",
+                format!("{} ms", limits.delay_after_connect.as_millis()),
+                format!("{} ms", first.delay_after_connect.as_millis()),
+            ))
+        } else if first.max_in_flight != limits.max_in_flight {
+            Some((
+                "max_in_flight",
+                limits.max_in_flight.to_string(),
+                first.max_in_flight.to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((field, here, there)) = differs {
+            let message = format!(
+                "`{field}` {here} differs from {there} of device `{}` ({}:{}:{}) on the same endpoint {endpoint}; one connection serves both, so set the same value on both (or once in `defaults`)",
+                first.device,
+                self.file,
+                first.at.line(),
+                first.at.column(),
+            );
+            self.error(at, ctx, message);
+        }
+    }
+
+    /// `value` (read from `v`) if it lies in `range`; otherwise an error
+    /// saying the range and why (and the nearest bound, which is never used:
+    /// a device with an error is dropped).
+    fn within(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        ctx: Ctx<'_>,
+        field: &str,
+        value: Duration,
+        range: std::ops::RangeInclusive<Duration>,
+        why: &str,
+    ) -> Duration {
+        match v {
+            Some(v) if !range.contains(&value) => {
+                self.error(
+                    v.referenced,
+                    ctx,
+                    format!("`{field}` {} is outside {why}", v.value),
+                );
+                value.clamp(*range.start(), *range.end())
+            }
+            _ => value,
         }
     }
 

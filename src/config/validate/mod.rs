@@ -8,6 +8,7 @@ mod device;
 mod register;
 mod schedule;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
@@ -42,6 +43,17 @@ pub(super) struct Validator<'a> {
     /// Devices with the same registers (an anchor, or the same model written
     /// out again) share one list.
     maps: RegisterMaps,
+    /// The first device seen on each host:port, for the endpoint settings
+    /// all its devices must share.
+    endpoints: HashMap<String, EndpointSeen>,
+}
+
+/// Where an endpoint's shared settings were first given.
+struct EndpointSeen {
+    device: String,
+    at: Location,
+    delay_after_connect: Duration,
+    max_in_flight: u8,
 }
 
 /// Where in the file, and in which device/register, a check is running.
@@ -65,6 +77,7 @@ impl<'a> Validator<'a> {
             file,
             errors: Vec::new(),
             maps: RegisterMaps::default(),
+            endpoints: HashMap::new(),
         }
     }
 

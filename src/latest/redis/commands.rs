@@ -25,7 +25,7 @@ pub(super) fn add_report(
     let prefix = settings.prefix.as_bytes();
     let device = report.device.name.as_bytes();
     let latency_ms = report.latency.as_secs_f64() * 1000.0;
-    let state: &[u8] = if report.reachable { b"up" } else { b"down" };
+    let state = report.state().as_bytes();
 
     // {"device","ts","state","latency_ms","error","values":{…}}, as DESIGN.md.
     let n = report.readings.len();

@@ -28,6 +28,7 @@ fn report() -> PollReport {
         latency: Duration::from_micros(1500),
         error: Some("exception 2 (illegal data address)".into()),
         reachable: true,
+        demoted: false,
         readings: vec![
             reading(0, Value::Number(21.5), Quality::Good, None),
             reading(1, Value::Bool(true), Quality::Good, None),

@@ -156,7 +156,7 @@ impl Fleet {
 
     fn spawn(&mut self, device: Device) {
         let endpoint = Arc::clone(self.endpoints.entry(device.endpoint()).or_insert_with(|| {
-            let e = Arc::new(Endpoint::new(device.host.clone(), device.port));
+            let e = Arc::new(Endpoint::for_device(&device));
             self.counters
                 .endpoints
                 .insert(device.endpoint(), Arc::clone(e.stats()));

@@ -32,7 +32,7 @@ async fn probe_all(devices: Vec<Device>) -> anyhow::Result<()> {
         let endpoint = Arc::clone(
             endpoints
                 .entry(d.endpoint())
-                .or_insert_with(|| Arc::new(Endpoint::new(d.host.clone(), d.port))),
+                .or_insert_with(|| Arc::new(Endpoint::for_device(&d))),
         );
         let report = DevicePoller::new(Arc::new(d), endpoint).poll().await;
         println!(

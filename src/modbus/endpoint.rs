@@ -1,6 +1,8 @@
 //! One Modbus TCP connection per endpoint (host:port), shared by every unit id
 //! behind it, because gateways put many devices behind one address and many
-//! of them accept only one or a few connections.
+//! of them accept only one or a few connections. The same holds for RTU: one
+//! link per gateway (RTU over TCP) or serial path, its units serialized on it
+//! (the link itself is [`super::link`]'s).
 //!
 //! The frames are [`super::tcp`]'s, which has no timeout of its own, so
 //! every connect and every request is wrapped in one here. After a timeout,
@@ -10,20 +12,19 @@
 //! exception is a proper answer and keeps the connection.
 
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
-use super::tcp::{CallError, Connection as Link};
+use super::link::{Link, io_reason};
+use super::tcp::CallError;
 
 use super::stats::EndpointStats;
 use super::{ReadError, Words};
-use crate::registry::{RegisterKind, RequestLimits, UnitId};
+use crate::registry::{Device, RegisterKind, RequestLimits, Transport, UnitId};
 
 /// First wait before reconnecting after a failed connect; doubles per failure.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -36,6 +37,7 @@ pub const BUSY_PAUSE: Duration = Duration::from_millis(100);
 pub struct Endpoint {
     host: String,
     port: u16,
+    transport: Transport,
     conn: Mutex<Connection>,
     stats: Arc<EndpointStats>,
 }
@@ -82,18 +84,39 @@ fn reconnect_delay(failures: u32) -> Duration {
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Endpoint({}:{})", self.host, self.port)
+        match self.transport.serial() {
+            Some(line) => write!(f, "Endpoint({line})"),
+            None => write!(f, "Endpoint({}:{})", self.host, self.port),
+        }
     }
 }
 
 impl Endpoint {
+    /// A Modbus TCP endpoint.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self::with_transport(host, port, Transport::Tcp)
+    }
+
+    /// An endpoint framed as `transport` says (host and port unused for a
+    /// serial line).
+    pub fn with_transport(host: impl Into<String>, port: u16, transport: Transport) -> Self {
         Self {
             host: host.into(),
             port,
+            transport,
             conn: Mutex::new(Connection::default()),
             stats: Arc::default(),
         }
+    }
+
+    /// The endpoint `device` is reached through (shared by every device with
+    /// the same `Device::endpoint`).
+    pub fn for_device(device: &Device) -> Self {
+        Self::with_transport(
+            device.host.clone(),
+            device.port,
+            device.transport.clone(),
+        )
     }
 
     /// Request counts, errors by kind and latency of this endpoint.
@@ -183,7 +206,7 @@ impl Session<'_> {
             Ok(Err(CallError::Protocol(e))) => Err(ReadError::Protocol(e)),
         };
         if let Err(e) = &result
-            && !e.device_answered()
+            && !link.survives(e)
         {
             // Out of step or broken: never reuse it (see the module comment).
             self.conn.link = None;
@@ -195,16 +218,7 @@ impl Session<'_> {
 /// Takes only the endpoint, so nothing borrowing the held connection lives
 /// across the connect.
 async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Link, ReadError> {
-    let addr = (endpoint.host.as_str(), endpoint.port);
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(ReadError::ConnectTimeout(timeout)),
-        Ok(Err(e)) => Err(ReadError::Connect(io_reason(&e))),
-        Ok(Ok(stream)) => {
-            // Polls are small request/response exchanges: send them at once.
-            let _ = stream.set_nodelay(true);
-            Ok(Link::new(stream))
-        }
-    }
+    super::link::connect(&endpoint.host, endpoint.port, &endpoint.transport, timeout).await
 }
 
 fn check_len(words: Words, count: u16) -> Result<Words, ReadError> {
@@ -225,16 +239,4 @@ fn check_len(words: Words, count: u16) -> Result<Words, ReadError> {
         }),
         ok => Ok(ok),
     }
-}
-
-/// The OS reason without the "(os error N)" suffix, lower-case, as in
-/// `connect: connection refused`.
-fn io_reason(e: &io::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text);
-    let mut s = text.to_string();
-    if let Some(first) = s.get_mut(0..1) {
-        first.make_ascii_lowercase();
-    }
-    s
 }

@@ -1,12 +1,15 @@
-//! Modbus TCP: planning read requests for a device ([`plan`]), turning words
-//! into values ([`decode`]), the read requests' frames ([`tcp`]), the
-//! connections to endpoints ([`endpoint`]) and their counters ([`stats`]).
+//! Modbus TCP and RTU: planning read requests for a device ([`plan`]), turning words
+//! into values ([`decode`]), the read requests' frames ([`tcp`], [`rtu`]),
+//! the links of each transport ([`link`]), the connections to endpoints
+//! ([`endpoint`]) and their counters ([`stats`]).
 //! What a read returns ([`Words`]) and why it failed ([`ReadError`]) live
 //! here, where the frames, the endpoints and the counters all see them.
 
 pub mod decode;
 pub mod endpoint;
+pub mod link;
 pub mod plan;
+pub mod rtu;
 pub mod stats;
 pub mod tcp;
 

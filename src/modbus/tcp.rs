@@ -186,7 +186,7 @@ fn frame_end(header: &[u8]) -> Result<usize, CallError> {
 }
 
 /// The values or exception in an answer's PDU (function code first).
-fn parse(
+pub(super) fn parse(
     pdu: &[u8],
     function: u8,
     kind: RegisterKind,

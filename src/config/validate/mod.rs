@@ -7,6 +7,7 @@
 mod device;
 mod register;
 mod schedule;
+mod transport;
 
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub(super) struct Validator<'a> {
     /// Devices with the same registers (an anchor, or the same model written
     /// out again) share one list.
     maps: RegisterMaps,
+    /// The first device on each link (`Device::endpoint`), to refuse a later
+    /// one that frames or sets up the same link differently.
+    buses: transport::Buses,
 }
 
 /// Where in the file, and in which device/register, a check is running.
@@ -65,6 +69,7 @@ impl<'a> Validator<'a> {
             file,
             errors: Vec::new(),
             maps: RegisterMaps::default(),
+            buses: transport::Buses::default(),
         }
     }
 

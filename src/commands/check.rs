@@ -82,9 +82,13 @@ fn check_plan(file: &Path) -> anyhow::Result<()> {
 fn print_plan(d: &Device) {
     let groups = d.poll_groups();
     println!(
-        "  {} ({} unit {}{}): {} registers in {} poll group{}",
+        "  {} ({} {} unit {}{}): {} registers in {} poll group{}",
         d.name,
-        d.endpoint(),
+        d.transport.as_str(),
+        match d.transport.serial() {
+            Some(line) => line.to_string(),
+            None => d.endpoint(),
+        },
         d.unit_id.0,
         if d.active { "" } else { ", inactive" },
         d.registers.len(),

@@ -67,11 +67,15 @@ fn link(args: &ReadArgs) -> anyhow::Result<(String, u16, Transport)> {
             "give either HOST[:PORT] ({e}) or --serial PATH, not both: a serial device has no address"
         ),
         (TransportKind::Rtu, _, None) => {
-            anyhow::bail!("--transport rtu reads a serial line: add --serial PATH, e.g. --serial /dev/ttyUSB0")
+            anyhow::bail!(
+                "--transport rtu reads a serial line: add --serial PATH, e.g. --serial /dev/ttyUSB0"
+            )
         }
-        (TransportKind::Rtu, None, Some(path)) => {
-            (String::new(), 0, Transport::Rtu(Box::new(serial_line(path, args)?)))
-        }
+        (TransportKind::Rtu, None, Some(path)) => (
+            String::new(),
+            0,
+            Transport::Rtu(Box::new(serial_line(path, args)?)),
+        ),
         (_, _, Some(_)) => anyhow::bail!(
             "--serial is for transport rtu, not {}; leave out --transport, or give HOST[:PORT] instead of --serial",
             args.transport.as_deref().unwrap_or("tcp")
@@ -93,8 +97,7 @@ fn link(args: &ReadArgs) -> anyhow::Result<(String, u16, Transport)> {
         }
     };
     if transport.is_rtu() {
-        check_rtu_unit(args.unit)
-            .map_err(|m| anyhow::anyhow!("--unit: {m}"))?;
+        check_rtu_unit(args.unit).map_err(|m| anyhow::anyhow!("--unit: {m}"))?;
     }
     Ok((host, port, transport))
 }

@@ -167,6 +167,8 @@ pub(super) struct RawSerial {
     pub parity: Option<Spanned<String>>,
     pub data_bits: Option<Spanned<i64>>,
     pub stop_bits: Option<Spanned<i64>>,
+    /// `serial` was not a map (already reported).
+    pub malformed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -416,17 +418,38 @@ impl RawRegister {
 
 /// `serial: {path: /dev/ttyUSB0, baud: 9600, ...}`, every key optional here.
 fn serial(v: &Spanned<Node>, p: &mut Problems) -> Option<Spanned<RawSerial>> {
-    const VALID: &str =
-        "a map with path, baud, parity, data_bits, stop_bits, e.g. {path: /dev/ttyUSB0, baud: 9600}";
+    const VALID: &str = "a map with path, baud, parity, data_bits, stop_bits, e.g. {path: /dev/ttyUSB0, baud: 9600}";
     let Node::Map(map) = &v.value else {
-        return field("serial", v, VALID, |_| None::<RawSerial>, p);
+        field("serial", v, VALID, |_| None::<RawSerial>, p);
+        // Reported here; validation must not also say the path is missing.
+        let out = RawSerial {
+            malformed: true,
+            ..RawSerial::default()
+        };
+        return Some(Spanned::new(out, v.referenced, v.defined));
     };
     let mut out = RawSerial::default();
     let keys = ["path", "baud", "parity", "data_bits", "stop_bits"];
     for (key, n) in entries(map, &keys, "`serial` line", p) {
         match key {
-            "path" => out.path = field(key, n, "the serial device's path, e.g. /dev/ttyUSB0", text, p),
-            "baud" => out.baud = field(key, n, "an integer baud rate, e.g. 9600 (default)", Node::int, p),
+            "path" => {
+                out.path = field(
+                    key,
+                    n,
+                    "the serial device's path, e.g. /dev/ttyUSB0",
+                    text,
+                    p,
+                )
+            }
+            "baud" => {
+                out.baud = field(
+                    key,
+                    n,
+                    "an integer baud rate, e.g. 9600 (default)",
+                    Node::int,
+                    p,
+                )
+            }
             "parity" => out.parity = field(key, n, "none (default), even or odd", text, p),
             "data_bits" => out.data_bits = field(key, n, "7 or 8 (default)", Node::int, p),
             "stop_bits" => out.stop_bits = field(key, n, "1 (default) or 2", Node::int, p),

@@ -817,3 +817,5 @@ fn an_alias_bomb_is_refused_with_the_limit_named() {
         "{e}"
     );
 }
+
+mod transport;

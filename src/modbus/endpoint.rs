@@ -112,11 +112,7 @@ impl Endpoint {
     /// The endpoint `device` is reached through (shared by every device with
     /// the same `Device::endpoint`).
     pub fn for_device(device: &Device) -> Self {
-        Self::with_transport(
-            device.host.clone(),
-            device.port,
-            device.transport.clone(),
-        )
+        Self::with_transport(device.host.clone(), device.port, device.transport.clone())
     }
 
     /// Request counts, errors by kind and latency of this endpoint.

@@ -144,7 +144,13 @@ mod tests {
     #[tokio::test]
     async fn a_missing_serial_port_is_a_connect_error_that_says_what_to_check() {
         let line = SerialLine::new("/dev/regpoll-no-such-adapter");
-        let Err(e) = connect("", 0, &Transport::Rtu(Box::new(line)), Duration::from_secs(1)).await
+        let Err(e) = connect(
+            "",
+            0,
+            &Transport::Rtu(Box::new(line)),
+            Duration::from_secs(1),
+        )
+        .await
         else {
             panic!("opened a port that does not exist");
         };
@@ -162,7 +168,13 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         let path = file.path().display().to_string();
         let line = SerialLine::new(path.clone());
-        let Err(e) = connect("", 0, &Transport::Rtu(Box::new(line)), Duration::from_secs(1)).await
+        let Err(e) = connect(
+            "",
+            0,
+            &Transport::Rtu(Box::new(line)),
+            Duration::from_secs(1),
+        )
+        .await
         else {
             panic!("opened a plain file as a serial port");
         };

@@ -82,6 +82,9 @@ impl Validator<'_> {
             own.and_then(f).or_else(|| base.and_then(f)).cloned()
         };
         let Some(path) = pick(|s| s.path.as_ref()).filter(|p| !p.value.trim().is_empty()) else {
+            if own.is_some_and(|s| s.malformed) {
+                return None;
+            }
             self.error(
                 at,
                 ctx,

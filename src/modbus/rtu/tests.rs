@@ -35,7 +35,9 @@ fn link(gap: Duration) -> (Connection<DuplexStream>, DuplexStream) {
     (Connection::new(client, gap), device)
 }
 
-async fn holding(c: &mut Connection<DuplexStream>) -> Result<Result<Words, ExceptionCode>, CallError> {
+async fn holding(
+    c: &mut Connection<DuplexStream>,
+) -> Result<Result<Words, ExceptionCode>, CallError> {
     c.read(1, RegisterKind::Holding, 0, 2).await
 }
 
@@ -80,7 +82,12 @@ async fn registers_coils_and_exceptions_come_back_from_hand_written_frames() {
     let Ok(Words::Bits(bits)) = c.read(1, RegisterKind::Coil, 0, 10).await.unwrap() else {
         panic!("bits expected");
     };
-    assert_eq!(&bits[..10], [true, true, false, false, false, false, false, false, true, false]);
+    assert_eq!(
+        &bits[..10],
+        [
+            true, true, false, false, false, false, false, false, true, false
+        ]
+    );
     assert_eq!(
         holding(&mut c).await.unwrap(),
         Err(ExceptionCode::IllegalDataAddress)
@@ -103,7 +110,10 @@ async fn a_bad_answer_fails_its_request_only_and_the_next_one_is_read() {
     let cases: [(Vec<u8>, &str); 6] = [
         (bad_crc, "CRC 0x332a in the answer, computed 0x322a"),
         (other_unit, "answer from unit 2, expected unit 1"),
-        (other_function, "function code 0x04 in the answer, expected 0x03"),
+        (
+            other_function,
+            "function code 0x04 in the answer, expected 0x03",
+        ),
         (longer, "1 bytes after the answer"),
         (short_count, "byte count 2 in the answer, expected 4"),
         (
@@ -152,15 +162,15 @@ async fn noise_between_frames_is_discarded_before_the_next_request() {
     let mut first = [0u8; 8];
     let serve = async {
         line.read_exact(&mut first).await.unwrap();
-        // The answer and, after it, a frame nobody asked for.
-        let mut unasked = ANSWER_1_2.to_vec();
-        unasked[4] = 0x63;
         line.write_all(&ANSWER_1_2).await.unwrap();
-        line.write_all(&unasked).await.unwrap();
         line
     };
     let (answer, mut line) = tokio::join!(holding(&mut c), serve);
     assert_eq!(answer.unwrap(), Ok(Words::Registers(vec![1, 2])));
+    // Between the frames, one nobody asked for.
+    let mut unasked = ANSWER_1_2;
+    unasked[4] = 0x63;
+    line.write_all(&unasked).await.unwrap();
     let peer = tokio::spawn(async move {
         let mut request = [0u8; 8];
         line.read_exact(&mut request).await.unwrap();
@@ -190,7 +200,8 @@ async fn after_a_timeout_the_rest_of_a_late_answer_is_waited_out() {
         let asked = Instant::now();
         let mut fresh = ANSWER_1_2;
         fresh[4] = 0x07;
-        fresh[7..].copy_from_slice(&crc16(&fresh[..7]).to_le_bytes());
+        let crc = crc16(&fresh[..7]).to_le_bytes();
+        fresh[7..].copy_from_slice(&crc);
         line.write_all(&fresh).await.unwrap();
         let _ = line.read(&mut [0u8; 1]).await;
         asked
@@ -243,5 +254,9 @@ async fn requests_on_a_serial_line_keep_the_frame_gap() {
     holding(&mut c).await.unwrap().unwrap();
     drop(c);
     let arrivals = peer.await.unwrap();
-    assert!(arrivals[1] - answered >= gap, "{:?}", arrivals[1] - answered);
+    assert!(
+        arrivals[1] - answered >= gap,
+        "{:?}",
+        arrivals[1] - answered
+    );
 }

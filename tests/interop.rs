@@ -68,21 +68,23 @@ fn socat_pair(dir: &std::path::Path) -> Server {
         panic!("REGPOLL_TEST_SOCAT is not set: run the tests with scripts/test, which installs socat and exports it")
     });
     let end = |name: &str| format!("pty,raw,echo=0,link={}", dir.join(name).display());
-    let mut child = Command::new(socat)
-        .args(["-d", "-d", &end("server"), &end("client")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start socat");
+    let mut socat = Server(
+        Command::new(socat)
+            .args(["-d", "-d", &end("server"), &end("client")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start socat"),
+    );
     // socat says when both ends exist and it passes bytes between them.
     let mut said = String::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+    for line in BufReader::new(socat.0.stderr.take().unwrap()).lines() {
         let line = line.unwrap();
         said.push_str(&line);
         said.push('\n');
         if line.contains("starting data transfer loop") {
-            return Server(child);
+            return socat;
         }
     }
     panic!("socat did not make the pseudo-terminal pair: {said}");

@@ -141,21 +141,21 @@ pub(super) fn io_reason(e: &io::Error) -> String {
 mod tests {
     use super::*;
 
+    /// The error opening `path` as a serial line gives.
+    async fn open_fails(path: &str) -> String {
+        let line = Transport::Rtu(Box::new(SerialLine::new(path)));
+        match connect("", 0, &line, Duration::from_secs(1)).await {
+            Ok(_) => panic!("opened {path} as a serial port"),
+            Err(e) => {
+                assert!(e.is_connect(), "{e}");
+                e.to_string()
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_missing_serial_port_is_a_connect_error_that_says_what_to_check() {
-        let line = SerialLine::new("/dev/regpoll-no-such-adapter");
-        let Err(e) = connect(
-            "",
-            0,
-            &Transport::Rtu(Box::new(line)),
-            Duration::from_secs(1),
-        )
-        .await
-        else {
-            panic!("opened a port that does not exist");
-        };
-        let text = e.to_string();
-        assert!(e.is_connect(), "{text}");
+        let text = open_fails("/dev/regpoll-no-such-adapter").await;
         assert!(
             text.starts_with("connect: /dev/regpoll-no-such-adapter: ")
                 && text.contains("is the adapter plugged in"),
@@ -167,20 +167,7 @@ mod tests {
     async fn a_file_that_is_not_a_serial_port_is_refused_with_its_path() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let path = file.path().display().to_string();
-        let line = SerialLine::new(path.clone());
-        let Err(e) = connect(
-            "",
-            0,
-            &Transport::Rtu(Box::new(line)),
-            Duration::from_secs(1),
-        )
-        .await
-        else {
-            panic!("opened a plain file as a serial port");
-        };
-        assert!(
-            e.to_string().starts_with(&format!("connect: {path}: ")),
-            "{e}"
-        );
+        let text = open_fails(&path).await;
+        assert!(text.starts_with(&format!("connect: {path}: ")), "{text}");
     }
 }

@@ -32,17 +32,15 @@ pub(crate) async fn serve_tcp(
     units: Arc<dyn Units>,
     faults: Arc<Vec<Scoped>>,
 ) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                connections.spawn(serve_link(stream, Arc::clone(&units), Arc::clone(&faults), Line::Gateway));
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
+    super::wire::accept_each(listener, |stream| {
+        serve_link(
+            stream,
+            Arc::clone(&units),
+            Arc::clone(&faults),
+            Line::Gateway,
+        )
+    })
+    .await
 }
 
 /// A pseudo-terminal pair: the simulator answers on one end; a client opens

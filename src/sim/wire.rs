@@ -17,15 +17,27 @@ use super::answer::{Reply, respond, stray_body};
 use super::fault::Scoped;
 
 pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
-    // Connections belong to this future: when the simulator stops (aborts
-    // it), the JoinSet is dropped and every open connection closes with it.
+    accept_each(listener, |stream| {
+        connection(stream, Arc::clone(&units), Arc::clone(&faults))
+    })
+    .await
+}
+
+/// Runs `serve` on every connection `listener` accepts. Connections belong
+/// to this future: when the simulator stops (aborts it), the JoinSet is
+/// dropped and every open connection closes with it.
+pub(crate) async fn accept_each<F, S>(listener: TcpListener, serve: S)
+where
+    S: Fn(TcpStream) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(connection(stream, Arc::clone(&units), Arc::clone(&faults)));
+                connections.spawn(serve(stream));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }

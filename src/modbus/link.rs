@@ -108,9 +108,13 @@ pub fn open_serial(line: &SerialLine) -> Result<SerialStream, ReadError> {
 /// What went wrong opening a serial port, and what usually fixes it.
 fn serial_reason(path: &str, e: tokio_serial::Error) -> String {
     let hint = match e.kind() {
-        tokio_serial::ErrorKind::NoDevice
-        | tokio_serial::ErrorKind::Io(io::ErrorKind::NotFound) => {
+        tokio_serial::ErrorKind::Io(io::ErrorKind::NotFound) => {
             " (is the adapter plugged in, and is this its path?)"
+        }
+        // serialport reports a port another program holds exclusively
+        // (EBUSY, or its lock) as "no device".
+        tokio_serial::ErrorKind::NoDevice => {
+            " (another program may have it open; or is the adapter unplugged?)"
         }
         tokio_serial::ErrorKind::Io(io::ErrorKind::PermissionDenied) => {
             " (regpoll's user may not open it: add the user to the group that owns the device, often dialout)"
@@ -159,6 +163,20 @@ mod tests {
         assert!(
             text.starts_with("connect: /dev/regpoll-no-such-adapter: ")
                 && text.contains("is the adapter plugged in"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_port_another_program_holds_is_refused_saying_so() {
+        use tokio_serial::SerialPort as _;
+        let (_master, slave) = SerialStream::pair().unwrap();
+        let path = slave.name().unwrap();
+        let _held = open_serial(&SerialLine::new(path.clone())).unwrap();
+        let text = open_fails(&path).await;
+        assert!(
+            text.starts_with(&format!("connect: {path}: "))
+                && text.contains("another program may have it open"),
             "{text}"
         );
     }

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use regpoll::config;
 use regpoll::modbus::endpoint::Endpoint;
 use regpoll::poller::DevicePoller;
@@ -191,4 +193,49 @@ async fn a_frame_between_polls_is_never_taken_for_the_next_answer() {
         // land between this poll and the next, where it is noise.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The service end to end: RTU devices synced into the registry, loaded
+/// back, polled on schedule through their shared links, every reading of
+/// every device good in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_polls_rtu_devices_into_history() {
+    let (_sim, devices) = start(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_path = dir.path().join("regpoll.db");
+    let settings = regpoll::app::Settings {
+        sqlite_path: sqlite_path.clone(),
+        ..regpoll::app::Settings::default()
+    };
+    let devices: Vec<Device> = devices.iter().map(|d| Device::clone(d)).collect();
+    let running = regpoll::app::start(&settings, regpoll::app::DeviceSource::Devices(devices))
+        .await
+        .unwrap();
+    common::wait_for_polls(&running, 2).await;
+    running.shutdown().await.unwrap();
+
+    let db = regpoll::db::Db::sqlite(&sqlite_path).await.unwrap();
+    let regpoll::db::Db::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT device, quality, COUNT(*) FROM register_readings_named GROUP BY device, quality ORDER BY device",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let devices: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        devices,
+        [
+            "bus-meter-1",
+            "bus-meter-2",
+            "gw-meter-1",
+            "gw-meter-2",
+            "tcp-meter"
+        ],
+        "{rows:?}"
+    );
+    assert!(rows.iter().all(|r| r.1 == "good" && r.2 >= 1), "{rows:?}");
+    db.close().await;
 }

@@ -76,6 +76,62 @@ async fn sqlite_keeps_each_devices_transport_and_serial_line() {
     transports_round_trip(Db::sqlite(&dir.path().join("r.db")).await.unwrap()).await;
 }
 
+/// Rows written by hand that put two framings on one link: the device
+/// later in name order is skipped and named, the first one polled.
+async fn conflicting_links_skip_the_later_device(db: Db) {
+    let rows = [
+        "('bus-a', '', 502, 1, 1000, 1000, 'rtu', '/dev/ttyUSB0', 9600, 'none', 8, 1)",
+        "('bus-b', '', 502, 2, 1000, 1000, 'rtu', '/dev/ttyUSB0', 19200, 'none', 8, 1)",
+        "('gw-a', 'h', 502, 1, 1000, 1000, 'tcp', NULL, NULL, NULL, NULL, NULL)",
+        "('gw-b', 'h', 502, 2, 1000, 1000, 'rtu-over-tcp', NULL, NULL, NULL, NULL, NULL)",
+    ];
+    for values in rows {
+        let sql = format!("{COLUMNS} VALUES {values}");
+        match &db {
+            Db::Postgres(p) => p.execute(sqlx::AssertSqlSafe(sql)).await.map(|_| ()),
+            Db::Sqlite(p) => p.execute(sqlx::AssertSqlSafe(sql)).await.map(|_| ()),
+        }
+        .unwrap();
+    }
+    let loaded = db.load_devices().await.unwrap();
+    let names: Vec<&str> = loaded.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["bus-a", "gw-a"]);
+    let reasons: Vec<(&str, &str)> = loaded
+        .rejected
+        .iter()
+        .map(|r| (r.device.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (
+                "bus-b",
+                "serial line /dev/ttyUSB0 is 19200 8N1 here but 9600 8N1 for device `bus-a`; devices on one serial path share the wire, so give them the same baud, parity, data_bits and stop_bits"
+            ),
+            (
+                "gw-b",
+                "h:502 is rtu-over-tcp here but tcp for device `gw-a`; the devices behind one gateway share its link and its framing, so give them the same transport"
+            ),
+        ]
+    );
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rows_that_put_two_framings_on_one_link_skip_the_later_device() {
+    conflicting_links_skip_the_later_device(
+        Db::postgres(&common::fresh_postgres().await).await.unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_rows_that_put_two_framings_on_one_link_skip_the_later_device() {
+    let dir = tempfile::tempdir().unwrap();
+    conflicting_links_skip_the_later_device(Db::sqlite(&dir.path().join("r.db")).await.unwrap())
+        .await;
+}
+
 const COLUMNS: &str = "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, transport, serial_path, baud, parity, data_bits, stop_bits)";
 
 /// Rows for the refusal checks: (values, what the refusal must mention on

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use transport::{
     BAUD_MAX, BAUD_MIN, DEFAULT_BAUD, DataBits, Parity, SerialLine, StopBits, Transport,
-    TransportKind, check_rtu_unit,
+    TransportKind, check_rtu_unit, link_conflict,
 };
 
 /// Port used when neither the device nor `defaults` names one.

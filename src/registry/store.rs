@@ -339,13 +339,17 @@ impl Db {
         });
         let mut loaded = Loaded::default();
         let mut maps = RegisterMaps::default();
+        let mut links = Links::default();
         for row in devices {
             let regs = registers
                 .remove(&row.id)
                 .unwrap_or_else(|| Ok(DeviceMap::default()));
             let name = row.name.clone();
             let active = row.active;
-            match regs.and_then(|regs| device_from_rows(row, regs, &mut maps)) {
+            match regs
+                .and_then(|regs| device_from_rows(row, regs, &mut maps))
+                .and_then(|d| links.admit(d))
+            {
                 Ok(d) => loaded.devices.push(d),
                 Err(e) => {
                     loaded
@@ -734,6 +738,34 @@ pub(super) fn device_from_rows(
         registers: maps.share(map.registers),
         register_ids: map.ids.into_boxed_slice(),
     })
+}
+
+/// The first active device on each link, in name order: a later one that
+/// frames or sets up the link differently (rows written by hand; devices.yaml
+/// refuses it) is skipped, so one link never carries two framings.
+#[derive(Default)]
+struct Links(HashMap<String, (String, Transport)>);
+
+impl Links {
+    fn admit(&mut self, d: Device) -> Result<Device, String> {
+        if !d.active {
+            return Ok(d);
+        }
+        let key = d.endpoint();
+        match self.0.get(&key) {
+            None => {
+                self.0.insert(key, (d.name.clone(), d.transport.clone()));
+                Ok(d)
+            }
+            Some((first, theirs)) => {
+                let other = format!("device `{first}`");
+                match super::link_conflict(&key, &d.transport, theirs, &other) {
+                    None => Ok(d),
+                    Some(why) => Err(why),
+                }
+            }
+        }
+    }
 }
 
 fn in_range(v: i32, min: u16, max: u16, what: &str) -> Result<u16, String> {

@@ -232,6 +232,32 @@ impl StopBits {
     }
 }
 
+/// Why a device with `mine` cannot share the link `key` with `other` (a
+/// device, named with where it is written), which has `theirs`; `None` when
+/// they agree. Devices.yaml's validation and the registry loader both say it.
+pub fn link_conflict(
+    key: &str,
+    mine: &Transport,
+    theirs: &Transport,
+    other: &str,
+) -> Option<String> {
+    if mine == theirs {
+        return None;
+    }
+    Some(match (mine, theirs) {
+        (Transport::Rtu(mine), Transport::Rtu(theirs)) => format!(
+            "serial line {key} is {} here but {} for {other}; devices on one serial path share the wire, so give them the same baud, parity, data_bits and stop_bits",
+            mine.settings(),
+            theirs.settings()
+        ),
+        (mine, theirs) => format!(
+            "{key} is {} here but {} for {other}; the devices behind one gateway share its link and its framing, so give them the same transport",
+            mine.as_str(),
+            theirs.as_str()
+        ),
+    })
+}
+
 /// Baud rates a serial line may name: a range rather than a list, because
 /// adapters take odd rates (250,000 for some drives) and refuse the ones
 /// they cannot make when the port is opened.

@@ -10,6 +10,7 @@ use super::super::raw::{RawDevice, RawSerial};
 use super::{Ctx, Validator};
 use crate::registry::{
     BAUD_MAX, BAUD_MIN, DataBits, Device, SerialLine, StopBits, Transport, TransportKind,
+    link_conflict,
 };
 
 /// The first device seen on each link: its name, where its transport was
@@ -132,23 +133,18 @@ impl Validator<'_> {
                 .insert(key, (device.name.clone(), at, device.transport.clone()));
             return true;
         };
-        if *transport == device.transport {
-            return true;
+        let other = format!(
+            "device `{first}` ({}:{}:{})",
+            self.file,
+            place.line(),
+            place.column()
+        );
+        match link_conflict(&key, &device.transport, transport, &other) {
+            None => true,
+            Some(message) => {
+                self.error(at, ctx, message);
+                false
+            }
         }
-        let there = format!("{}:{}:{}", self.file, place.line(), place.column());
-        let message = match (&device.transport, transport) {
-            (Transport::Rtu(mine), Transport::Rtu(theirs)) => format!(
-                "serial line {key} is {} here but {} for device `{first}` ({there}); devices on one serial path share the wire, so give them the same baud, parity, data_bits and stop_bits",
-                mine.settings(),
-                theirs.settings()
-            ),
-            (mine, theirs) => format!(
-                "{key} is {} here but {} for device `{first}` ({there}); the devices behind one gateway share its link and its framing, so give them the same transport",
-                mine.as_str(),
-                theirs.as_str()
-            ),
-        };
-        self.error(at, ctx, message);
-        false
     }
 }

@@ -292,11 +292,32 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, Args)]
 #[command(group(clap::ArgGroup::new("kind").required(true).args(["holding", "input", "coil", "discrete"])))]
 pub struct ReadArgs {
-    /// HOST or HOST:PORT of the device or gateway (port 502 when left out).
-    pub endpoint: String,
-    /// Modbus unit id.
+    /// HOST or HOST:PORT of the device or gateway (port 502 when left out);
+    /// leave it out with --serial.
+    pub endpoint: Option<String>,
+    /// Modbus unit id (1..247 on the RTU transports).
     #[arg(long, default_value_t = 1)]
     pub unit: u8,
+    /// tcp (Modbus TCP), rtu-over-tcp (RTU frames to HOST:PORT, as serial
+    /// gateways that pass bytes through speak) or rtu (a serial line, with
+    /// --serial). Default: rtu with --serial, else tcp.
+    #[arg(long, value_name = "TRANSPORT")]
+    pub transport: Option<String>,
+    /// The serial line to read on (transport rtu), e.g. /dev/ttyUSB0.
+    #[arg(long, value_name = "PATH")]
+    pub serial: Option<String>,
+    /// Baud rate of the serial line [default: 9600].
+    #[arg(long)]
+    pub baud: Option<u32>,
+    /// Parity of the serial line: none, even or odd [default: none].
+    #[arg(long)]
+    pub parity: Option<String>,
+    /// Data bits of the serial line: 7 or 8 [default: 8].
+    #[arg(long)]
+    pub data_bits: Option<u8>,
+    /// Stop bits of the serial line: 1 or 2 [default: 1].
+    #[arg(long)]
+    pub stop_bits: Option<u8>,
     /// Read holding registers (0x03) from this 0-based address.
     #[arg(long, value_name = "ADDR")]
     pub holding: Option<u16>,

@@ -18,7 +18,7 @@ use crate::modbus::learn::LearnedPlans;
 use crate::modbus::stats::Endpoints;
 use crate::poller::DevicePoller;
 use crate::reading::{PollReport, Quality};
-use crate::registry::Device;
+use crate::registry::{Device, Transport};
 use crate::schedule::Ticker;
 use crate::sink::{DeviceSinks, Sinks};
 use crate::telemetry::Distribution;
@@ -86,8 +86,11 @@ impl Changes {
 pub struct Fleet {
     sinks: Sinks,
     counters: Arc<Counters>,
-    /// One per host:port, kept across reloads so connections survive them.
-    endpoints: HashMap<String, Arc<Endpoint>>,
+    /// One per link (host:port or serial path) and its transport, kept
+    /// across reloads so connections survive them; a reload that changes a
+    /// link's transport or line settings gets a new endpoint, not the old
+    /// link with the old framing.
+    endpoints: HashMap<(String, Transport), Arc<Endpoint>>,
     polled: BTreeMap<String, Polled>,
     published: watch::Sender<Vec<Arc<Device>>>,
 }
@@ -159,11 +162,9 @@ impl Fleet {
     }
 
     fn spawn(&mut self, device: Device) {
-        let endpoint = Arc::clone(self.endpoints.entry(device.endpoint()).or_insert_with(|| {
-            let e = Arc::new(
-                Endpoint::new(device.host.clone(), device.port)
-                    .with_max_in_flight(device.limits.max_in_flight),
-            );
+        let link = (device.endpoint(), device.transport.clone());
+        let endpoint = Arc::clone(self.endpoints.entry(link).or_insert_with(|| {
+            let e = Arc::new(Endpoint::for_device(&device));
             self.counters
                 .endpoints
                 .insert(device.endpoint(), Arc::clone(e.stats()));

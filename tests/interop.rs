@@ -1,6 +1,8 @@
-//! regpoll against an independent Modbus TCP server: pymodbus, loaded with known
+//! regpoll against an independent Modbus server: pymodbus, loaded with known
 //! values of every type and byte order that it encodes itself (Python's struct
-//! module; BCD from hex digits). Every decoded value must come back exactly.
+//! module; BCD from hex digits). Every decoded value must come back exactly,
+//! over Modbus TCP, over pymodbus's RTU framer on a TCP socket, and from
+//! pymodbus's serial server on one end of a socat pseudo-terminal pair.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +25,16 @@ impl Drop for Server {
 }
 
 fn start_pymodbus(spec: &serde_json::Value) -> (Server, u16, tempfile::TempDir) {
+    let (server, line, dir) = start_pymodbus_as(spec, "tcp");
+    let port = line
+        .parse()
+        .unwrap_or_else(|_| panic!("pymodbus server did not report its port: {line:?}"));
+    (server, port, dir)
+}
+
+/// Starts pymodbus serving `spec` as `mode` says (see the script); returns
+/// the line it prints once it serves.
+fn start_pymodbus_as(spec: &serde_json::Value, mode: &str) -> (Server, String, tempfile::TempDir) {
     let python = std::env::var("REGPOLL_TEST_PYTHON").unwrap_or_else(|_| {
         panic!("REGPOLL_TEST_PYTHON is not set: run the tests with scripts/test, which installs pymodbus and exports it")
     });
@@ -36,6 +48,7 @@ fn start_pymodbus(spec: &serde_json::Value) -> (Server, u16, tempfile::TempDir) 
     let mut child = Command::new(python)
         .arg(script)
         .arg(&spec_path)
+        .arg(mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -45,11 +58,44 @@ fn start_pymodbus(spec: &serde_json::Value) -> (Server, u16, tempfile::TempDir) 
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("pymodbus server did not report its port: {line:?}"));
-    (Server(child), port, dir)
+    (Server(child), line.trim().to_string(), dir)
+}
+
+/// A pair of connected pseudo-terminals made by socat, as a null-modem
+/// cable between two serial ports: `DIR/server` and `DIR/client`.
+fn socat_pair(dir: &std::path::Path) -> Server {
+    let socat = std::env::var("REGPOLL_TEST_SOCAT").unwrap_or_else(|_| {
+        panic!("REGPOLL_TEST_SOCAT is not set: run the tests with scripts/test, which installs socat and exports it")
+    });
+    let end = |name: &str| format!("pty,raw,echo=0,link={}", dir.join(name).display());
+    let mut socat = Server(
+        Command::new(socat)
+            .args(["-d", "-d", &end("server"), &end("client")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start socat"),
+    );
+    // socat says when both ends exist and it passes bytes between them.
+    let mut said = String::new();
+    for line in BufReader::new(socat.0.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("starting data transfer loop") {
+            return socat;
+        }
+    }
+    panic!("socat did not make the pseudo-terminal pair: {said}");
+}
+
+/// How the every-value test reaches pymodbus.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    Tcp,
+    RtuOverTcp,
+    Serial,
 }
 
 /// (register name, devices.yaml fields, value for the server, the value regpoll must read)
@@ -242,6 +288,20 @@ fn byte_cases(address: u16) -> Vec<(String, String, serde_json::Value, Value)> {
 
 #[tokio::test]
 async fn every_type_and_order_decodes_exactly_from_an_independent_server() {
+    every_value_from(Peer::Tcp).await;
+}
+
+#[tokio::test]
+async fn every_value_decodes_exactly_from_pymodbus_rtu_framer_over_tcp() {
+    every_value_from(Peer::RtuOverTcp).await;
+}
+
+#[tokio::test]
+async fn every_value_decodes_exactly_from_pymodbus_serial_server_on_a_pty_pair() {
+    every_value_from(Peer::Serial).await;
+}
+
+async fn every_value_from(peer: Peer) {
     let mut cases = cases();
     cases.extend(byte_cases(145));
     assert!(
@@ -254,21 +314,35 @@ async fn every_type_and_order_decodes_exactly_from_an_independent_server() {
     spec.push(json!({"kind": "holding", "address": 150, "type": "bool", "bit": 13, "value": true}));
     spec.push(json!({"kind": "coil", "address": 7, "type": "bool", "value": true}));
     spec.push(json!({"kind": "discrete", "address": 9, "type": "bool", "value": true}));
-    let (_server, port, _dir) = start_pymodbus(&json!(spec));
-
-    let mut yaml = format!(
-        "devices:\n  - name: independent\n    host: 127.0.0.1\n    port: {port}\n    registers:\n"
-    );
+    let cable = tempfile::tempdir().unwrap();
+    let (_socat, mode) = match peer {
+        Peer::Tcp => (None, "tcp".to_string()),
+        Peer::RtuOverTcp => (None, "rtu-over-tcp".to_string()),
+        Peer::Serial => (
+            Some(socat_pair(cable.path())),
+            format!("serial:{}", cable.path().join("server").display()),
+        ),
+    };
+    let (_server, said, _dir) = start_pymodbus_as(&json!(spec), &mode);
+    let link = match peer {
+        Peer::Tcp => format!("host: 127.0.0.1\n    port: {said}"),
+        Peer::RtuOverTcp => {
+            format!("host: 127.0.0.1\n    port: {said}\n    transport: rtu-over-tcp")
+        }
+        Peer::Serial => format!(
+            "transport: rtu\n    serial: {{ path: {}, baud: 9600 }}",
+            cable.path().join("client").display()
+        ),
+    };
+    let mut yaml = format!("devices:\n  - name: independent\n    {link}\n    registers:\n");
     for (_, reg, _, _) in &cases {
         yaml += &format!("      - {reg}\n");
     }
     yaml += "      - { name: alarm, kind: holding, address: 150, bit: 13 }\n      - { name: alarm_off, kind: holding, address: 150, bit: 12 }\n";
     yaml += "      - { name: pump_on, kind: coil, address: 7 }\n      - { name: coil_off, kind: coil, address: 8 }\n      - { name: running, kind: discrete, address: 9 }\n";
     let device = Arc::new(config::parse(&yaml, "interop.yaml").unwrap().remove(0));
-    let mut poller = DevicePoller::new(
-        Arc::clone(&device),
-        Arc::new(Endpoint::new("127.0.0.1", port)),
-    );
+    let mut poller =
+        DevicePoller::new(Arc::clone(&device), Arc::new(Endpoint::for_device(&device)));
     let report = poller.poll().await;
 
     let read = |name: &str| {
@@ -277,11 +351,11 @@ async fn every_type_and_order_decodes_exactly_from_an_independent_server() {
             .iter()
             .find(|r| *report.register(r).name == *name)
             .unwrap_or_else(|| panic!("no reading for {name}"));
-        assert_eq!(r.quality, Quality::Good, "{name}: {:?}", r.detail);
+        assert_eq!(r.quality, Quality::Good, "{peer:?} {name}: {:?}", r.detail);
         r.value.clone()
     };
     for (name, _, _, expect) in &cases {
-        assert_eq!(read(name), *expect, "{name}");
+        assert_eq!(read(name), *expect, "{peer:?} {name}");
     }
     assert_eq!(read("alarm"), Value::Bool(true));
     assert_eq!(read("alarm_off"), Value::Bool(false));

@@ -39,7 +39,7 @@ async fn probe_all(devices: Vec<Device>) -> anyhow::Result<()> {
         let endpoint = Arc::clone(
             endpoints
                 .entry(d.endpoint())
-                .or_insert_with(|| Arc::new(Endpoint::new(d.host.clone(), d.port))),
+                .or_insert_with(|| Arc::new(Endpoint::for_device(&d))),
         );
         let mut poller = DevicePoller::new(Arc::new(d), endpoint);
         let mut report = poller.poll().await;
@@ -127,9 +127,13 @@ fn pacing(l: &RequestLimits) -> String {
 fn print_plan(d: &Device) {
     let groups = d.poll_groups();
     println!(
-        "  {} ({} unit {}{}): {} registers in {} poll group{}",
+        "  {} ({} {} unit {}{}): {} registers in {} poll group{}",
         d.name,
-        d.endpoint(),
+        d.transport.as_str(),
+        match d.transport.serial() {
+            Some(line) => line.to_string(),
+            None => d.endpoint(),
+        },
         d.unit_id.0,
         if d.active { "" } else { ", inactive" },
         d.registers.len(),

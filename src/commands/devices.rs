@@ -18,14 +18,19 @@ pub(super) async fn list(args: &DbArgs) -> anyhow::Result<()> {
     let db = open_db(args).await?;
     let loaded = db.load_devices().await?;
     println!(
-        "{:<20} {:<24} {:>4} {:>9} {:>6}  SCHEDULE",
-        "NAME", "ENDPOINT", "UNIT", "REGISTERS", "ACTIVE"
+        "{:<20} {:<24} {:<12} {:>4} {:>9} {:>6}  SCHEDULE",
+        "NAME", "ENDPOINT", "TRANSPORT", "UNIT", "REGISTERS", "ACTIVE"
     );
     for d in &loaded.devices {
+        let transport = match d.transport.serial() {
+            Some(line) => format!("rtu {}", line.settings()),
+            None => d.transport.as_str().to_string(),
+        };
         println!(
-            "{:<20} {:<24} {:>4} {:>9} {:>6}  {}",
+            "{:<20} {:<24} {:<12} {:>4} {:>9} {:>6}  {}",
             d.name,
             d.endpoint(),
+            transport,
             d.unit_id.0,
             d.registers.len(),
             if d.active { "yes" } else { "no" },

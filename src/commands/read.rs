@@ -12,11 +12,12 @@ use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
 use crate::reading::{PollReport, Quality};
 use crate::registry::{
-    Byte, DataType, Device, Register, RegisterKind, RequestLimits, Schedule, UnitId, WordOrder,
+    BAUD_MAX, BAUD_MIN, Byte, DataBits, DataType, Device, Register, RegisterKind, RequestLimits,
+    Schedule, SerialLine, StopBits, Transport, TransportKind, UnitId, WordOrder, check_rtu_unit,
 };
 
 pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
-    let (host, port) = host_port(&args.endpoint)?;
+    let (host, port, transport) = link(&args)?;
     let (kind, start) = kind_and_start(&args)?;
     let data_type = data_type(&args, kind)?;
     let orders: Vec<WordOrder> = if args.guess_order {
@@ -30,8 +31,9 @@ pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
         vec![WordOrder::parse(&args.order).map_err(anyhow::Error::msg)?.0]
     };
     let registers = registers(kind, start, args.count, data_type, &orders)?;
-    let device = device(&host, port, &args, registers);
-    let report = DevicePoller::new(Arc::new(device), Arc::new(Endpoint::new(host, port)))
+    let device = device(&host, port, transport, &args, registers);
+    let endpoint = Endpoint::for_device(&device);
+    let report = DevicePoller::new(Arc::new(device), Arc::new(endpoint))
         .poll()
         .await;
     if args.guess_order {
@@ -44,6 +46,82 @@ pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
     );
     print_readings(&report, "");
     fail_when_bad(&report)
+}
+
+/// Where to read: HOST[:PORT] over TCP (Modbus or RTU frames), or a serial
+/// line; every flag that does not fit the others is refused, never ignored.
+fn link(args: &ReadArgs) -> anyhow::Result<(String, u16, Transport)> {
+    let kind = match (&args.transport, &args.serial) {
+        (Some(t), _) => t.parse().map_err(anyhow::Error::msg)?,
+        (None, Some(_)) => TransportKind::Rtu,
+        (None, None) => TransportKind::Tcp,
+    };
+    let line_flags = [
+        ("--baud", args.baud.is_some()),
+        ("--parity", args.parity.is_some()),
+        ("--data-bits", args.data_bits.is_some()),
+        ("--stop-bits", args.stop_bits.is_some()),
+    ];
+    let (host, port, transport) = match (kind, &args.endpoint, &args.serial) {
+        (TransportKind::Rtu, Some(e), Some(_)) => anyhow::bail!(
+            "give either HOST[:PORT] ({e}) or --serial PATH, not both: a serial device has no address"
+        ),
+        (TransportKind::Rtu, _, None) => {
+            anyhow::bail!(
+                "--transport rtu reads a serial line: add --serial PATH, e.g. --serial /dev/ttyUSB0"
+            )
+        }
+        (TransportKind::Rtu, None, Some(path)) => (
+            String::new(),
+            0,
+            Transport::Rtu(Box::new(serial_line(path, args)?)),
+        ),
+        (_, _, Some(_)) => anyhow::bail!(
+            "--serial is for transport rtu, not {}; leave out --transport, or give HOST[:PORT] instead of --serial",
+            args.transport.as_deref().unwrap_or("tcp")
+        ),
+        (_, None, None) => anyhow::bail!(
+            "say where to read: HOST[:PORT] of the device or gateway, or --serial PATH for a serial line"
+        ),
+        (k, Some(e), None) => {
+            if let Some((flag, _)) = line_flags.iter().find(|(_, set)| *set) {
+                anyhow::bail!("{flag} sets up a serial line; it needs --serial PATH");
+            }
+            let (host, port) = host_port(e)?;
+            let transport = if k == TransportKind::Tcp {
+                Transport::Tcp
+            } else {
+                Transport::RtuOverTcp
+            };
+            (host, port, transport)
+        }
+    };
+    if transport.is_rtu() {
+        check_rtu_unit(args.unit).map_err(|m| anyhow::anyhow!("--unit: {m}"))?;
+    }
+    Ok((host, port, transport))
+}
+
+/// The line's settings from the flags, the defaults for the ones left out.
+fn serial_line(path: &str, args: &ReadArgs) -> anyhow::Result<SerialLine> {
+    let mut line = SerialLine::new(path);
+    if let Some(baud) = args.baud {
+        anyhow::ensure!(
+            (BAUD_MIN..=BAUD_MAX).contains(&baud),
+            "--baud {baud} is outside {BAUD_MIN}..{BAUD_MAX}"
+        );
+        line.baud = baud;
+    }
+    if let Some(p) = &args.parity {
+        line.parity = p.parse().map_err(anyhow::Error::msg)?;
+    }
+    if let Some(b) = args.data_bits {
+        line.data_bits = DataBits::of(b.into()).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(b) = args.stop_bits {
+        line.stop_bits = StopBits::of(b.into()).map_err(anyhow::Error::msg)?;
+    }
+    Ok(line)
 }
 
 /// HOST or HOST:PORT; port 502 when left out.
@@ -174,13 +252,20 @@ fn registers(
 
 /// A device made up for this one read: no retries, the timeout on both the
 /// connect and the request.
-fn device(host: &str, port: u16, args: &ReadArgs, registers: Vec<Register>) -> Device {
+fn device(
+    host: &str,
+    port: u16,
+    transport: Transport,
+    args: &ReadArgs,
+    registers: Vec<Register>,
+) -> Device {
     Device {
         id: 0,
         name: "read".into(),
         host: host.to_string(),
         port,
         unit_id: UnitId(args.unit),
+        transport,
         active: true,
         schedule: Schedule::every(Duration::from_secs(1)),
         timeout: args.timeout,

@@ -119,6 +119,8 @@ pub(super) struct RawDevice {
     pub host: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
     pub unit_id: Option<Spanned<i64>>,
+    pub transport: Option<Spanned<String>>,
+    pub serial: Option<Spanned<RawSerial>>,
     pub active: Option<Spanned<bool>>,
     pub every: Option<Spanned<String>>,
     pub cron: Option<Spanned<String>>,
@@ -161,6 +163,19 @@ pub(super) struct RawRegister {
     pub problems: Problems,
 }
 
+/// `serial: {path, baud, parity, data_bits, stop_bits}`, each optional here
+/// (a device's fields over those of `defaults`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct RawSerial {
+    pub path: Option<Spanned<String>>,
+    pub baud: Option<Spanned<i64>>,
+    pub parity: Option<Spanned<String>>,
+    pub data_bits: Option<Spanned<i64>>,
+    pub stop_bits: Option<Spanned<i64>>,
+    /// `serial` was not a map (already reported).
+    pub malformed: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RawValid {
     pub min: Option<f64>,
@@ -172,6 +187,8 @@ const DEVICE_FIELDS: &[&str] = &[
     "host",
     "port",
     "unit_id",
+    "transport",
+    "serial",
     "active",
     "every",
     "cron",
@@ -246,8 +263,18 @@ impl RawDevice {
                 }
                 "port" => d.port = field(key, v, "an integer 1..65535 (default 502)", Node::int, p),
                 "unit_id" => {
-                    d.unit_id = field(key, v, "an integer 0..255 (default 1)", Node::int, p)
+                    d.unit_id = field(
+                        key,
+                        v,
+                        "an integer 0..255 (1..247 on rtu and rtu-over-tcp; default 1)",
+                        Node::int,
+                        p,
+                    )
                 }
+                "transport" => {
+                    d.transport = field(key, v, "tcp (default), rtu-over-tcp or rtu", text, p)
+                }
+                "serial" => d.serial = serial(v, p),
                 "active" => d.active = field(key, v, "true or false", bool_of, p),
                 "every" => d.every = field(key, v, DURATION, text, p),
                 "cron" => d.cron = field(key, v, CRON, text, p),
@@ -408,6 +435,49 @@ impl RawRegister {
         }
         r
     }
+}
+
+/// `serial: {path: /dev/ttyUSB0, baud: 9600, ...}`, every key optional here.
+fn serial(v: &Spanned<Node>, p: &mut Problems) -> Option<Spanned<RawSerial>> {
+    const VALID: &str = "a map with path, baud, parity, data_bits, stop_bits, e.g. {path: /dev/ttyUSB0, baud: 9600}";
+    let Node::Map(map) = &v.value else {
+        field("serial", v, VALID, |_| None::<RawSerial>, p);
+        // Reported here; validation must not also say the path is missing.
+        let out = RawSerial {
+            malformed: true,
+            ..RawSerial::default()
+        };
+        return Some(Spanned::new(out, v.referenced, v.defined));
+    };
+    let mut out = RawSerial::default();
+    let keys = ["path", "baud", "parity", "data_bits", "stop_bits"];
+    for (key, n) in entries(map, &keys, "`serial` line", p) {
+        match key {
+            "path" => {
+                out.path = field(
+                    key,
+                    n,
+                    "the serial device's path, e.g. /dev/ttyUSB0",
+                    text,
+                    p,
+                )
+            }
+            "baud" => {
+                out.baud = field(
+                    key,
+                    n,
+                    "an integer baud rate, e.g. 9600 (default)",
+                    Node::int,
+                    p,
+                )
+            }
+            "parity" => out.parity = field(key, n, "none (default), even or odd", text, p),
+            "data_bits" => out.data_bits = field(key, n, "7 or 8 (default)", Node::int, p),
+            "stop_bits" => out.stop_bits = field(key, n, "1 (default) or 2", Node::int, p),
+            _ => unreachable!("`entries` passes only the keys listed"),
+        }
+    }
+    Some(Spanned::new(out, v.referenced, v.defined))
 }
 
 /// `valid: {min: 0, max: 100}`, either bound optional.

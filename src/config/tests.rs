@@ -3,8 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::registry::{
     Address, Align, Byte, DataType, Demotion, LogFrames, RegisterKind, RequestLimits, Schedule,
-    UnitId,
-    ValidRange, WordOrder,
+    UnitId, ValidRange, WordOrder,
 };
 
 fn errors(yaml: &str) -> Vec<ConfigError> {
@@ -985,3 +984,5 @@ fn an_alias_bomb_is_refused_with_the_limit_named() {
         "{e}"
     );
 }
+
+mod transport;

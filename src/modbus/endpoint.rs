@@ -1,8 +1,10 @@
 //! One Modbus TCP connection per endpoint (host:port), shared by every unit id
 //! behind it, because gateways put many devices behind one address and many
-//! of them accept only one or a few connections.
+//! of them accept only one or a few connections. The same holds for RTU: one
+//! link per gateway (RTU over TCP) or serial path, its units serialized on it
+//! (the link itself is [`super::link`]'s).
 //!
-//! The frames are [`super::tcp`]'s, which has no timeout of its own, so
+//! The frames are [`super::tcp`]'s or [`super::rtu`]'s, which has no timeout of its own, so
 //! every connect and every request is wrapped in one here. A timeout keeps
 //! the connection: `tcp` recognises the late reply by its transaction id and
 //! drops it, so one silent unit does not cost its neighbours their
@@ -11,27 +13,27 @@
 //! behind it has timed out since the last answer (the endpoint itself has
 //! stopped answering). After a transport or protocol error the stream is
 //! out of step or broken, so the connection is dropped and re-opened before
-//! the next request. A Modbus exception is a proper answer and keeps it.
+//! the next request (an RTU link resynchronises itself and is re-opened only
+//! when its stream broke). A Modbus exception is a proper answer and keeps it.
 
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use super::demotion::{Units, backoff};
+use super::link::{Link, io_reason, tcp_connect};
 use super::pipeline::{PipeLink, Pipeline};
-use super::tcp::{CallError, Connection as Link};
+use super::tcp::CallError;
 
 use super::stats::EndpointStats;
 use super::trace;
 use super::{ReadError, Words};
-use crate::registry::{LogFrames, RegisterKind, RequestLimits, UnitId};
+use crate::registry::{Device, LogFrames, RegisterKind, RequestLimits, Transport, UnitId};
 
 /// First wait before reconnecting after a failed connect; doubles per failure.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -40,10 +42,12 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Pause before retrying a request the device answered with "server busy" (exception 6).
 pub const BUSY_PAUSE: Duration = Duration::from_millis(100);
 
-/// A Modbus TCP endpoint and its (at most one) open connection.
+/// A Modbus endpoint (a host:port or a serial line) and its (at most one)
+/// open connection.
 pub struct Endpoint {
     host: String,
     port: u16,
+    transport: Transport,
     conn: Mutex<Connection>,
     stats: Arc<EndpointStats>,
     /// Set when the gateway takes several outstanding transactions
@@ -93,32 +97,52 @@ fn reconnect_delay(failures: u32) -> Duration {
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Endpoint({}:{})", self.host, self.port)
+        write!(f, "Endpoint({self})")
     }
 }
 
-/// `host:port`, as logs and messages name an endpoint.
+/// `host:port` or the serial line, as logs and messages name an endpoint.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
+        match self.transport.serial() {
+            Some(line) => write!(f, "{line}"),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
     }
 }
 
 impl Endpoint {
+    /// A Modbus TCP endpoint.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self::with_transport(host, port, Transport::Tcp)
+    }
+
+    /// An endpoint framed as `transport` says (host and port unused for a
+    /// serial line).
+    pub fn with_transport(host: impl Into<String>, port: u16, transport: Transport) -> Self {
         Self {
             host: host.into(),
             port,
+            transport,
             conn: Mutex::new(Connection::default()),
             stats: Arc::default(),
             pipeline: None,
         }
     }
 
+    /// The endpoint `device` is reached through (shared by every device with
+    /// the same `Device::endpoint`), with its `max_in_flight`.
+    pub fn for_device(device: &Device) -> Self {
+        Self::with_transport(device.host.clone(), device.port, device.transport.clone())
+            .with_max_in_flight(device.limits.max_in_flight)
+    }
+
     /// Lets up to `n` requests to different units be outstanding at once
-    /// (`max_in_flight`); 1, the default, keeps one at a time.
+    /// (`max_in_flight`); 1, the default, keeps one at a time. Only Modbus
+    /// TCP can match answers to requests (RTU has no transaction id), so
+    /// other transports always keep one at a time (validation refuses more).
     pub fn with_max_in_flight(mut self, n: u8) -> Self {
-        self.pipeline = (n > 1).then(|| Pipeline::new(n));
+        self.pipeline = (n > 1 && self.transport == Transport::Tcp).then(|| Pipeline::new(n));
         self
     }
 
@@ -242,6 +266,7 @@ impl Session<'_> {
         // found before the request goes out; the request then goes out on a
         // new one, once.
         let mut fresh = false;
+        let endpoint = self.endpoint;
         loop {
             self.open(limits).await?;
             let link = self
@@ -253,7 +278,7 @@ impl Session<'_> {
                 tokio::time::timeout(timeout, link.read(unit.0, kind, start, count)).await;
             let late = link.take_late_replies();
             if late > 0 {
-                self.endpoint
+                endpoint
                     .stats
                     .late_replies
                     .fetch_add(late.into(), Ordering::Relaxed);
@@ -263,7 +288,7 @@ impl Session<'_> {
                 Ok(Ok(Ok(words))) => check_len(words, count),
                 Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
                 Ok(Err(CallError::Stale(m))) if !fresh => {
-                    tracing::debug!(endpoint = %self.endpoint, reason = %m, "connection out of step before a request; reconnecting");
+                    tracing::debug!(endpoint = %endpoint, reason = %m, "connection out of step before a request; reconnecting");
                     self.conn().link = None;
                     fresh = true;
                     continue;
@@ -274,11 +299,11 @@ impl Session<'_> {
                 Ok(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
             };
             if let Err(e) = &result
-                && !matches!(e, ReadError::Timeout(_))
-                && !e.device_answered()
+                && !link.survives(e)
             {
                 // Out of step or broken: never reuse it (see the module
-                // comment). A timeout alone leaves it in step (see `tcp`).
+                // comment). A timeout alone leaves a TCP link in step (see
+                // `tcp`) and an RTU link resynchronises (see `rtu`).
                 self.conn().link = None;
             }
             return result;
@@ -414,7 +439,7 @@ impl Endpoint {
         {
             return Err(e.clone());
         }
-        let stream = match connect_stream(self, limits.connect_timeout).await {
+        let stream = match tcp_connect(&self.host, self.port, limits.connect_timeout).await {
             Ok(stream) => stream,
             Err(e) => return Err(conn.connect_failed(e)),
         };
@@ -432,20 +457,7 @@ impl Endpoint {
 /// Takes only the endpoint, so nothing borrowing the held connection lives
 /// across the connect.
 async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Link, ReadError> {
-    connect_stream(endpoint, timeout).await.map(Link::new)
-}
-
-async fn connect_stream(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, ReadError> {
-    let addr = (endpoint.host.as_str(), endpoint.port);
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(ReadError::ConnectTimeout(timeout)),
-        Ok(Err(e)) => Err(ReadError::Connect(io_reason(&e))),
-        Ok(Ok(stream)) => {
-            // Polls are small request/response exchanges: send them at once.
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-    }
+    super::link::connect(&endpoint.host, endpoint.port, &endpoint.transport, timeout).await
 }
 
 fn check_len(words: Words, count: u16) -> Result<Words, ReadError> {
@@ -466,16 +478,4 @@ fn check_len(words: Words, count: u16) -> Result<Words, ReadError> {
         }),
         ok => Ok(ok),
     }
-}
-
-/// The OS reason without the "(os error N)" suffix, lower-case, as in
-/// `connect: connection refused`.
-fn io_reason(e: &io::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text);
-    let mut s = text.to_string();
-    if let Some(first) = s.get_mut(0..1) {
-        first.make_ascii_lowercase();
-    }
-    s
 }

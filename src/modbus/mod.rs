@@ -1,7 +1,11 @@
-//! Modbus TCP: planning read requests for a device ([`plan`]), turning words
-//! into values ([`decode`]), the read requests' frames ([`tcp`]), the
-//! connections to endpoints ([`endpoint`]), their counters ([`stats`]) and,
-//! for commissioning, a log of each request and answer ([`trace`]).
+//! Modbus TCP and RTU: planning read requests for a device ([`plan`]) and
+//! learning a better plan from the device's refusals ([`learn`]), turning
+//! words into values ([`decode`]), the read requests' frames ([`tcp`],
+//! [`rtu`]), the links of each transport ([`link`]), the connections to
+//! endpoints ([`endpoint`]), units that stop answering ([`demotion`]),
+//! gateways that take several transactions at once ([`pipeline`]), their
+//! counters ([`stats`]) and, for commissioning, a log of each request and
+//! answer ([`trace`]).
 //! What a read returns ([`Words`]) and why it failed ([`ReadError`]) live
 //! here, where the frames, the endpoints and the counters all see them.
 
@@ -9,8 +13,10 @@ pub mod decode;
 pub mod demotion;
 pub mod endpoint;
 pub mod learn;
+pub mod link;
 pub mod pipeline;
 pub mod plan;
+pub mod rtu;
 pub mod stats;
 pub mod tcp;
 pub mod trace;

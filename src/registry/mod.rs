@@ -7,6 +7,7 @@ pub mod cache;
 pub mod rejections;
 mod shape;
 pub mod store;
+mod transport;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,6 +15,11 @@ use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use transport::{
+    BAUD_MAX, BAUD_MIN, DEFAULT_BAUD, DataBits, Parity, SerialLine, StopBits, Transport,
+    TransportKind, check_rtu_unit, link_conflict,
+};
 
 /// Port used when neither the device nor `defaults` names one.
 pub const DEFAULT_PORT: u16 = 502;
@@ -443,6 +449,9 @@ pub struct Device {
     pub host: String,
     pub port: u16,
     pub unit_id: UnitId,
+    /// The framing on the link: TCP (host and port), RTU over TCP (host and
+    /// port), or RTU on a serial line (host and port unused).
+    pub transport: Transport,
     pub active: bool,
     pub schedule: Schedule,
     /// Timeout for connecting and for each request.
@@ -480,10 +489,15 @@ impl Device {
         self.register_ids.get(index).copied().unwrap_or(0)
     }
 
-    /// The `host:port` this device is reached through; devices behind one
-    /// gateway share it (and its connection).
+    /// The link this device is reached through: `host:port`, or the serial
+    /// path for `rtu`. Devices behind one gateway or on one serial bus
+    /// share it, and with it one connection; validation makes sure they
+    /// agree on its transport and line settings.
     pub fn endpoint(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match &self.transport {
+            Transport::Rtu(line) => line.path.clone(),
+            Transport::Tcp | Transport::RtuOverTcp => format!("{}:{}", self.host, self.port),
+        }
     }
 }
 

@@ -16,8 +16,9 @@ use futures::TryStreamExt as _;
 use sqlx::types::Json;
 
 use super::{
-    Address, Align, Byte, CronSchedule, DataType, Demotion, Device, LogFrames, Register, RegisterMaps,
-    RequestLimits, Schedule, UnitId, ValidRange,
+    Address, Align, Byte, CronSchedule, DataBits, DataType, Demotion, Device, LogFrames, Register,
+    RegisterMaps, RequestLimits, Schedule, SerialLine, StopBits, Transport, TransportKind, UnitId,
+    ValidRange,
 };
 use crate::db::{Db, on_pool};
 
@@ -57,6 +58,14 @@ pub(super) struct DeviceRow {
     /// that log no frames is the file it was before the column existed.
     #[serde(default = "log_frames_off", skip_serializing_if = "is_off")]
     log_frames: String,
+    /// The transport and serial columns are left out of the registry cache
+    /// for a TCP device, so a cache of TCP devices is the version-1 file it
+    /// was before they existed (as `byte` is for registers).
+    #[serde(default = "tcp", skip_serializing_if = "is_tcp")]
+    transport: String,
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    serial: SerialColumns,
 }
 
 fn log_frames_off() -> String {
@@ -65,6 +74,105 @@ fn log_frames_off() -> String {
 
 fn is_off(log_frames: &str) -> bool {
     log_frames == LogFrames::Off.as_str()
+}
+
+/// The serial line columns of `devices`: all set for transport rtu, none
+/// otherwise.
+#[derive(Default, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+struct SerialColumns {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    serial_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    baud: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_bits: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stop_bits: Option<i32>,
+}
+
+impl SerialColumns {
+    fn of(transport: &Transport) -> SerialColumns {
+        match transport.serial() {
+            None => SerialColumns::default(),
+            Some(line) => SerialColumns {
+                serial_path: Some(line.path.clone()),
+                baud: Some(i32::try_from(line.baud).unwrap_or(i32::MAX)),
+                parity: Some(line.parity.as_str().to_string()),
+                data_bits: Some(i32::from(line.data_bits.as_u8())),
+                stop_bits: Some(i32::from(line.stop_bits.as_u8())),
+            },
+        }
+    }
+
+    /// The transport these columns and `transport` describe, checked as
+    /// devices.yaml's validation checks it.
+    fn transport(self, transport: &str, unit: u8) -> Result<Transport, String> {
+        let kind: TransportKind = transport.parse()?;
+        let given = [
+            self.serial_path.is_some(),
+            self.baud.is_some(),
+            self.parity.is_some(),
+            self.data_bits.is_some(),
+            self.stop_bits.is_some(),
+        ];
+        let transport = match (kind, self) {
+            (
+                TransportKind::Rtu,
+                SerialColumns {
+                    serial_path: Some(path),
+                    baud: Some(baud),
+                    parity: Some(parity),
+                    data_bits: Some(data_bits),
+                    stop_bits: Some(stop_bits),
+                },
+            ) => {
+                if path.is_empty() {
+                    return Err("serial_path is empty".into());
+                }
+                let baud = u32::try_from(baud)
+                    .ok()
+                    .filter(|b| (super::BAUD_MIN..=super::BAUD_MAX).contains(b))
+                    .ok_or(format!(
+                        "baud {baud} is outside {}..{}",
+                        super::BAUD_MIN,
+                        super::BAUD_MAX
+                    ))?;
+                Transport::Rtu(Box::new(SerialLine {
+                    path,
+                    baud,
+                    parity: parity.parse()?,
+                    data_bits: DataBits::of(data_bits.into())?,
+                    stop_bits: StopBits::of(stop_bits.into())?,
+                }))
+            }
+            (TransportKind::Rtu, _) => {
+                return Err(
+                    "transport rtu needs serial_path, baud, parity, data_bits and stop_bits".into(),
+                );
+            }
+            (_, _) if given.contains(&true) => {
+                return Err(format!(
+                    "serial_path, baud, parity, data_bits and stop_bits are only for transport rtu, not {transport}"
+                ));
+            }
+            (TransportKind::Tcp, _) => Transport::Tcp,
+            (TransportKind::RtuOverTcp, _) => Transport::RtuOverTcp,
+        };
+        if transport.is_rtu() {
+            super::check_rtu_unit(unit)?;
+        }
+        Ok(transport)
+    }
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+fn is_tcp(transport: &str) -> bool {
+    transport == "tcp"
 }
 
 /// A row of `device_register_map`; in the registry cache without its ids,
@@ -136,6 +244,8 @@ impl DeviceRow {
             active: d.active,
             tags: Json(d.tags.clone()),
             log_frames: d.limits.log_frames.as_str().to_string(),
+            transport: d.transport.as_str().to_string(),
+            serial: SerialColumns::of(&d.transport),
         }
     }
 }
@@ -172,8 +282,8 @@ impl RegisterRow {
 
 const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, connect_timeout_ms, retries, \
      pause_ms, max_registers_per_request, max_bits_per_request, max_gap, delay_after_connect_ms, max_in_flight, demote_after, \
-     demote_max_ms, cron, timezone, align, active, tags, log_frames \
-     FROM devices ORDER BY name";
+     demote_max_ms, cron, timezone, align, active, tags, log_frames, \
+     transport, serial_path, baud, parity, data_bits, stop_bits FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
      unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
 
@@ -270,13 +380,17 @@ impl Db {
         });
         let mut loaded = Loaded::default();
         let mut maps = RegisterMaps::default();
+        let mut links = Links::default();
         for row in devices {
             let regs = registers
                 .remove(&row.id)
                 .unwrap_or_else(|| Ok(DeviceMap::default()));
             let name = row.name.clone();
             let active = row.active;
-            match regs.and_then(|regs| device_from_rows(row, regs, &mut maps)) {
+            match regs
+                .and_then(|regs| device_from_rows(row, regs, &mut maps))
+                .and_then(|d| links.admit(d))
+            {
                 Ok(d) => loaded.devices.push(d),
                 Err(e) => {
                     loaded
@@ -372,11 +486,14 @@ impl Db {
                         continue;
                     }
                 }
+                let serial = SerialColumns::of(&d.transport);
                 let id: i32 = sqlx::query_scalar(
                     "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags, \
                      connect_timeout_ms, retries, pause_ms, max_registers_per_request, max_bits_per_request, max_gap, \
-                     cron, timezone, align, delay_after_connect_ms, demote_after, demote_max_ms, max_in_flight, log_frames) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+                     cron, timezone, align, delay_after_connect_ms, demote_after, demote_max_ms, max_in_flight, log_frames, \
+                     transport, serial_path, baud, parity, data_bits, stop_bits) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) \
                      ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, \
                      unit_id = excluded.unit_id, every_ms = excluded.every_ms, timeout_ms = excluded.timeout_ms, \
                      active = excluded.active, tags = excluded.tags, connect_timeout_ms = excluded.connect_timeout_ms, \
@@ -386,7 +503,10 @@ impl Db {
                      cron = excluded.cron, timezone = excluded.timezone, align = excluded.align, \
                      delay_after_connect_ms = excluded.delay_after_connect_ms, demote_after = excluded.demote_after, \
                      demote_max_ms = excluded.demote_max_ms, max_in_flight = excluded.max_in_flight, \
-                     log_frames = excluded.log_frames, updated_at = CURRENT_TIMESTAMP RETURNING id",
+                     log_frames = excluded.log_frames, \
+                     transport = excluded.transport, serial_path = excluded.serial_path, baud = excluded.baud, \
+                     parity = excluded.parity, data_bits = excluded.data_bits, stop_bits = excluded.stop_bits, \
+                     updated_at = CURRENT_TIMESTAMP RETURNING id",
                 )
                 .bind(&d.name)
                 .bind(&d.host)
@@ -410,6 +530,12 @@ impl Db {
                 .bind(millis(d.limits.demotion.max))
                 .bind(i32::from(d.limits.max_in_flight))
                 .bind(d.limits.log_frames.as_str())
+                .bind(d.transport.as_str())
+                .bind(serial.serial_path)
+                .bind(serial.baud)
+                .bind(serial.parity)
+                .bind(serial.data_bits)
+                .bind(serial.stop_bits)
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("cannot store device `{}`", d.name))?;
@@ -607,15 +733,16 @@ pub(super) fn device_from_rows(
     map: DeviceMap,
     maps: &mut RegisterMaps,
 ) -> Result<Device, String> {
-    if row.host.is_empty() {
+    let unit = u8::try_from(row.unit_id)
+        .map_err(|_| format!("unit_id {} is outside 0..255", row.unit_id))?;
+    let transport = row.serial.transport(&row.transport, unit)?;
+    if row.host.is_empty() && !matches!(transport, Transport::Rtu(_)) {
         return Err("host is empty; give the device's address or name".into());
     }
     let port = u16::try_from(row.port)
         .ok()
         .filter(|&p| p > 0)
         .ok_or(format!("port {} is outside 1..65535", row.port))?;
-    let unit = u8::try_from(row.unit_id)
-        .map_err(|_| format!("unit_id {} is outside 0..255", row.unit_id))?;
     let ms = |v: i64, what: &str| {
         u64::try_from(v)
             .ok()
@@ -629,6 +756,7 @@ pub(super) fn device_from_rows(
         host: row.host,
         port,
         unit_id: UnitId(unit),
+        transport,
         active: row.active,
         schedule: schedule_from_columns(
             Some(row.every_ms),
@@ -677,6 +805,34 @@ pub(super) fn device_from_rows(
         registers: maps.share(map.registers),
         register_ids: map.ids.into_boxed_slice(),
     })
+}
+
+/// The first active device on each link, in name order: a later one that
+/// frames or sets up the link differently (rows written by hand; devices.yaml
+/// refuses it) is skipped, so one link never carries two framings.
+#[derive(Default)]
+struct Links(HashMap<String, (String, Transport)>);
+
+impl Links {
+    fn admit(&mut self, d: Device) -> Result<Device, String> {
+        if !d.active {
+            return Ok(d);
+        }
+        let key = d.endpoint();
+        match self.0.get(&key) {
+            None => {
+                self.0.insert(key, (d.name.clone(), d.transport.clone()));
+                Ok(d)
+            }
+            Some((first, theirs)) => {
+                let other = format!("device `{first}`");
+                match super::link_conflict(&key, &d.transport, theirs, &other) {
+                    None => Ok(d),
+                    Some(why) => Err(why),
+                }
+            }
+        }
+    }
 }
 
 fn in_range(v: i32, min: u16, max: u16, what: &str) -> Result<u16, String> {

@@ -1,17 +1,22 @@
-//! A Modbus TCP simulator that serves the devices of a devices.yaml, used by
-//! `regpoll simulate`, `regpoll demo`, the tests and the benchmarks.
+//! A Modbus simulator that serves the devices of a devices.yaml, each
+//! endpoint over its transport (Modbus TCP, RTU over TCP, or RTU on a
+//! pseudo-terminal standing in for the serial line), used by `regpoll
+//! simulate`, `regpoll demo`, the tests and the benchmarks.
 //!
 //! Values change once per second and are a pure function of the device, the
 //! register and the Unix second ([`expected_value`]), so a test can compute
 //! what any reading should hold from its timestamp alone. Values are encoded
 //! with each register's type and order, exactly as a device would send them.
 
+mod answer;
 pub mod fault;
+mod rtu;
 mod wire;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -20,9 +25,9 @@ use tokio::task::JoinHandle;
 
 use crate::modbus::decode::{decode, encode};
 use crate::reading::Value;
-use crate::registry::{DataType, Device, Register, RegisterKind};
+use crate::registry::{DataType, Device, Register, RegisterKind, Transport};
+use answer::Answer;
 pub use fault::{FaultAction, SimFault};
-use wire::Answer;
 
 /// Where the simulator listens for each endpoint of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +42,8 @@ pub enum Bind {
 pub struct Simulator {
     /// Configured `host:port` → the address actually listened on.
     addrs: HashMap<String, SocketAddr>,
+    /// Configured serial path → the pseudo-terminal a client opens instead.
+    ptys: HashMap<String, PathBuf>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -67,9 +74,11 @@ impl Simulator {
         {
             scoped.entry(endpoint).or_default().push(f);
         }
-        let mut by_endpoint: HashMap<String, HashMap<u8, UnitTable>> = HashMap::new();
+        let mut by_endpoint: HashMap<String, (Transport, HashMap<u8, UnitTable>)> = HashMap::new();
         for d in devices {
-            let units = by_endpoint.entry(d.endpoint()).or_default();
+            let (_, units) = by_endpoint
+                .entry(d.endpoint())
+                .or_insert_with(|| (d.transport.clone(), HashMap::new()));
             let table = units.entry(d.unit_id.0).or_default();
             for r in d.registers.iter() {
                 table.registers.push((seed(&d.name, &r.name), r.clone()));
@@ -77,9 +86,19 @@ impl Simulator {
         }
         let mut sim = Simulator {
             addrs: HashMap::new(),
+            ptys: HashMap::new(),
             tasks: Vec::new(),
         };
-        for (endpoint, units) in by_endpoint {
+        for (endpoint, (transport, units)) in by_endpoint {
+            let faults = Arc::new(scoped.remove(&endpoint).unwrap_or_default());
+            let units: Arc<dyn wire::Units> = Arc::new(Endpoint(units));
+            if let Transport::Rtu(_) = transport {
+                // Whatever the configured path, the line is a new pty.
+                let pty = rtu::Pty::open()?;
+                sim.ptys.insert(endpoint, pty.path.clone());
+                sim.tasks.push(tokio::spawn(pty.serve(units, faults)));
+                continue;
+            }
             let listen = match bind {
                 Bind::AsConfigured => endpoint.clone(),
                 Bind::Ephemeral => "127.0.0.1:0".to_string(),
@@ -90,13 +109,11 @@ impl Simulator {
                     format!("simulator cannot listen on {listen}: {e}"),
                 )
             })?;
-            let faults = Arc::new(scoped.remove(&endpoint).unwrap_or_default());
             sim.addrs.insert(endpoint, listener.local_addr()?);
-            sim.tasks.push(tokio::spawn(wire::serve(
-                listener,
-                Arc::new(Endpoint(units)),
-                faults,
-            )));
+            sim.tasks.push(match transport {
+                Transport::RtuOverTcp => tokio::spawn(rtu::serve_tcp(listener, units, faults)),
+                _ => tokio::spawn(wire::serve(listener, units, faults)),
+            });
         }
         Ok(sim)
     }
@@ -106,9 +123,35 @@ impl Simulator {
         self.addrs.get(&device.endpoint()).copied()
     }
 
-    /// Every configured endpoint and where it is served.
+    /// The pseudo-terminal that stands in for a serial device's line: the
+    /// path to open instead of the configured one.
+    pub fn pty_of(&self, device: &Device) -> Option<&Path> {
+        self.ptys.get(&device.endpoint()).map(PathBuf::as_path)
+    }
+
+    /// `device` as a client reaches it here: at the port or pseudo-terminal
+    /// its endpoint is served on (the address of a TCP endpoint stays the
+    /// configured host when the simulator listens on it).
+    pub fn reach(&self, device: &Device) -> Device {
+        let mut d = device.clone();
+        if let Some(addr) = self.addr_of(device) {
+            d.host = addr.ip().to_string();
+            d.port = addr.port();
+        }
+        if let (Some(pty), Transport::Rtu(line)) = (self.pty_of(device), &mut d.transport) {
+            line.path = pty.display().to_string();
+        }
+        d
+    }
+
+    /// Every configured TCP endpoint and where it is served.
     pub fn endpoints(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
         self.addrs.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// Every configured serial path and the pseudo-terminal serving it.
+    pub fn serial_lines(&self) -> impl Iterator<Item = (&str, &Path)> {
+        self.ptys.iter().map(|(k, v)| (k.as_str(), v.as_path()))
     }
 }
 
@@ -122,6 +165,10 @@ struct UnitTable {
 struct Endpoint(HashMap<u8, UnitTable>);
 
 impl wire::Units for Endpoint {
+    fn has_unit(&self, unit: u8) -> bool {
+        self.0.contains_key(&unit)
+    }
+
     fn answer(&self, unit: u8, kind: RegisterKind, start: u16, count: u16) -> Answer {
         // What a gateway answers for a unit id it has nothing behind.
         let Some(table) = self.0.get(&unit) else {

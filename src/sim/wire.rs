@@ -2,8 +2,9 @@
 //! misbehave on purpose, and the simulator must (see `fault`), so it speaks
 //! the protocol itself. Frames (Modbus messaging on TCP/IP, section 3): a
 //! 7-byte MBAP header (transaction id, protocol id 0, length of what follows,
-//! unit id) and a PDU (function code and data). Only the four read functions
-//! are served.
+//! unit id) and a PDU (function code and data). What to answer, faults
+//! included, is `answer`'s; this is only the framing. Only the four read
+//! functions are served.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,31 +12,32 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::fault::{FaultAction, Scoped};
-use crate::registry::RegisterKind;
-
-/// What a unit answers to a read, before faults.
-pub(crate) enum Answer {
-    Registers(Vec<u16>),
-    Bits(Vec<bool>),
-    Exception(u8),
-}
-
-/// Produces the answers of the units behind one endpoint.
-pub(crate) trait Units: Send + Sync + 'static {
-    fn answer(&self, unit: u8, kind: RegisterKind, start: u16, count: u16) -> Answer;
-}
+pub(crate) use super::answer::Units;
+use super::answer::{Reply, respond, stray_body};
+use super::fault::Scoped;
 
 pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
-    // Connections belong to this future: when the simulator stops (aborts
-    // it), the JoinSet is dropped and every open connection closes with it.
+    accept_each(listener, |stream| {
+        connection(stream, Arc::clone(&units), Arc::clone(&faults))
+    })
+    .await
+}
+
+/// Runs `serve` on every connection `listener` accepts. Connections belong
+/// to this future: when the simulator stops (aborts it), the JoinSet is
+/// dropped and every open connection closes with it.
+pub(crate) async fn accept_each<F, S>(listener: TcpListener, serve: S)
+where
+    S: Fn(TcpStream) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(connection(stream, Arc::clone(&units), Arc::clone(&faults)));
+                connections.spawn(serve(stream));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -47,8 +49,6 @@ pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: 
 async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
     // Requests in scope of each DropEvery fault, on this connection.
     let mut seen: HashMap<usize, u32> = HashMap::new();
-    // Whether a StrayFrame fault applies to the request being answered.
-    let mut stray = false;
     loop {
         let mut header = [0u8; 7];
         if stream.read_exact(&mut header).await.is_err() {
@@ -62,96 +62,21 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
         if stream.read_exact(&mut pdu).await.is_err() {
             return;
         }
-        let (transaction, unit, function) = ([header[0], header[1]], header[6], pdu[0]);
-        let reply = |body: &[u8]| frame(transaction, unit, body);
-        let (Some(kind), 5) = (RegisterKind::of_read_function(function), pdu.len()) else {
-            if stream
-                .write_all(&reply(&[function | 0x80, 0x01]))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            continue;
-        };
-        let start = u16::from_be_bytes([pdu[1], pdu[2]]);
-        let count = u16::from_be_bytes([pdu[3], pdu[4]]);
-        let answer = match check(kind, start, count) {
-            Some(code) => Answer::Exception(code),
-            None => {
-                let mut answer = None;
-                let mut broken = None;
-                stray = false;
-                let mut fixed: Vec<(u32, u32, &[u16])> = Vec::new();
-                for (i, f) in faults
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| f.applies(unit, kind, start, count))
-                {
-                    match &f.action {
-                        FaultAction::Delay(d) => tokio::time::sleep(*d).await,
-                        FaultAction::NoReply => broken = Some(None),
-                        FaultAction::DropEvery(n) => {
-                            let k = seen.entry(i).or_default();
-                            *k += 1;
-                            if k.is_multiple_of(*n) {
-                                return; // closes the connection unanswered
-                            }
-                        }
-                        FaultAction::Exception(code) => answer = Some(Answer::Exception(*code)),
-                        FaultAction::MaxRegisters(max) if count > *max => {
-                            answer = Some(Answer::Exception(0x03))
-                        }
-                        FaultAction::MaxRegisters(_) => {}
-                        FaultAction::Holes(mapped) if !mapped.covers(kind, start, count) => {
-                            answer = Some(Answer::Exception(0x02))
-                        }
-                        FaultAction::Holes(_) => {}
-                        FaultAction::Words(w) => {
-                            if let Some((first, last)) = f.addresses {
-                                fixed.push((first, last, w));
-                            }
-                        }
-                        FaultAction::Garbage => {
-                            broken = Some(Some(reply(&[function, 0xFF, 0x13, 0x37])))
-                        }
-                        FaultAction::ShortFrame => {
-                            let full = body(function, &units.answer(unit, kind, start, count));
-                            broken = Some(Some(reply(&full[..full.len().min(3)])));
-                        }
-                        FaultAction::StrayFrame => stray = true,
-                    }
-                }
-                match broken {
-                    Some(None) => continue,
-                    Some(Some(bytes)) => {
-                        if stream.write_all(&bytes).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    None => {
-                        let mut answer =
-                            answer.unwrap_or_else(|| units.answer(unit, kind, start, count));
-                        if let Answer::Registers(words) = &mut answer {
-                            for (first, last, w) in &fixed {
-                                overlay(words, start, *first, *last, w);
-                            }
-                        }
-                        answer
-                    }
-                }
-            }
+        let (transaction, unit) = ([header[0], header[1]], header[6]);
+        let (body, stray) = match respond(&*units, &faults, &mut seen, unit, &pdu).await {
+            Reply::Close => return,
+            Reply::Silent => continue,
+            Reply::Pdu { body, stray } => (body, stray),
         };
         if stream
-            .write_all(&reply(&body(function, &answer)))
+            .write_all(&frame(transaction, unit, &body))
             .await
             .is_err()
         {
             return;
         }
         if stray
-            && stray_frame(&mut stream, header, function, kind, count)
+            && stray_frame(&mut stream, transaction, unit, &pdu)
                 .await
                 .is_err()
         {
@@ -162,29 +87,18 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
 
 /// Sends, a moment after an answer (so that it arrives on its own, while
 /// the client waits for nothing), a well-formed reply to a request not yet
-/// made: the transaction id after `header`'s, the same unit and function,
+/// made: the transaction id after this one, the same unit and function,
 /// every value 0xDEAD.
 async fn stray_frame(
     stream: &mut TcpStream,
-    header: [u8; 7],
-    function: u8,
-    kind: RegisterKind,
-    count: u16,
+    transaction: [u8; 2],
+    unit: u8,
+    request: &[u8],
 ) -> std::io::Result<()> {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let next = u16::from_be_bytes([header[0], header[1]]).wrapping_add(1);
-    let answer = match kind {
-        RegisterKind::Coil | RegisterKind::Discrete => Answer::Bits(vec![true; usize::from(count)]),
-        RegisterKind::Holding | RegisterKind::Input => {
-            Answer::Registers(vec![0xDEAD; usize::from(count)])
-        }
-    };
+    let next = u16::from_be_bytes(transaction).wrapping_add(1);
     stream
-        .write_all(&frame(
-            next.to_be_bytes(),
-            header[6],
-            &body(function, &answer),
-        ))
+        .write_all(&frame(next.to_be_bytes(), unit, &stray_body(request)))
         .await
 }
 
@@ -200,54 +114,12 @@ fn frame(transaction: [u8; 2], unit: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Protocol limits (application protocol 6.1–6.4): exception 3 for a bad
-/// quantity, 2 for a range past the end of the address space.
-/// Puts `fixed` at addresses `first..=last` (as far as it reaches) of a
-/// reply holding the words from address `start`.
-fn overlay(words: &mut [u16], start: u16, first: u32, last: u32, fixed: &[u16]) {
-    for (addr, w) in (first..=last).zip(fixed) {
-        if let Some(slot) = addr
-            .checked_sub(u32::from(start))
-            .and_then(|i| words.get_mut(i as usize))
-        {
-            *slot = *w;
-        }
-    }
-}
-
-fn check(kind: RegisterKind, start: u16, count: u16) -> Option<u8> {
-    let max = if kind.is_bit() { 2000 } else { 125 };
-    if count == 0 || count > max {
-        return Some(0x03);
-    }
-    (u32::from(start) + u32::from(count) > 65536).then_some(0x02)
-}
-
-/// The PDU of an answer: function code, byte count and data (bits packed
-/// LSB-first per byte), or the exception form.
-fn body(function: u8, answer: &Answer) -> Vec<u8> {
-    match answer {
-        Answer::Exception(code) => vec![function | 0x80, *code],
-        Answer::Registers(words) => {
-            let mut b = vec![function, (words.len() * 2) as u8];
-            b.extend(words.iter().flat_map(|w| w.to_be_bytes()));
-            b
-        }
-        Answer::Bits(bits) => {
-            let mut b = vec![function, bits.len().div_ceil(8) as u8];
-            b.extend(bits.chunks(8).map(|c| {
-                c.iter()
-                    .enumerate()
-                    .fold(0u8, |acc, (i, &on)| acc | (u8::from(on) << i))
-            }));
-            b
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::RegisterKind;
+    use crate::sim::answer::Answer;
+    use crate::sim::fault::FaultAction;
 
     struct Counting;
     impl Units for Counting {
@@ -259,6 +131,9 @@ mod tests {
                 }
                 _ => Answer::Registers((start..start + count).collect()),
             }
+        }
+        fn has_unit(&self, unit: u8) -> bool {
+            unit != 9
         }
     }
 

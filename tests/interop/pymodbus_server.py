@@ -1,9 +1,13 @@
-"""An independent Modbus TCP server for regpoll's interop test.
+"""An independent Modbus server for regpoll's interop test.
 
-Reads a JSON list of values from the file named by its argument, encodes each one itself (with Python's
-struct module, not regpoll's encoder) in the requested type and byte order,
-serves them with pymodbus on 127.0.0.1 on a free port, prints that port on one
-line, and runs until its stdin closes.
+Reads a JSON list of values from the file named by its first argument,
+encodes each one itself (with Python's struct module, not regpoll's encoder)
+in the requested type and byte order, serves them with pymodbus, and runs
+until its stdin closes. The second argument says how: `tcp` (the default;
+Modbus TCP on 127.0.0.1, a free port), `rtu-over-tcp` (pymodbus's RTU framer
+on such a socket), or `serial:PATH` (pymodbus's serial server, RTU at 9600
+8N1, on the serial device PATH). It prints the port, or `ready` for a serial
+line, on one line once it serves.
 
 Each entry: {"kind": "holding"|"input"|"coil"|"discrete", "address": int,
 "type": "u16"|"i16"|"u32"|"i32"|"u64"|"i64"|"f16"|"f32"|"f64"|"bcd16"|"bcd32"|
@@ -21,7 +25,8 @@ import struct
 import sys
 
 from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext, ModbusSlaveContext
-from pymodbus.server.async_io import ModbusTcpServer
+from pymodbus.server.async_io import ModbusSerialServer, ModbusTcpServer
+from pymodbus.transaction import ModbusRtuFramer, ModbusSocketFramer
 
 FORMATS = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "u64": ">Q", "i64": ">q",
            "f16": ">e", "f32": ">f", "f64": ">d", "u8": ">B", "i8": ">b"}
@@ -79,13 +84,26 @@ async def main():
         di=ModbusSequentialDataBlock(0, bits["discrete"]),
         zero_mode=True,
     )
-    server = ModbusTcpServer(ModbusServerContext(slaves=slave, single=True), address=("127.0.0.1", 0))
-    task = asyncio.create_task(server.serve_forever())
-    await server.serving
-    print(server.server.sockets[0].getsockname()[1], flush=True)
+    context = ModbusServerContext(slaves=slave, single=True)
+    mode = sys.argv[2] if len(sys.argv) > 2 else "tcp"
+    if mode.startswith("serial:"):
+        server = ModbusSerialServer(context, framer=ModbusRtuFramer, port=mode[len("serial:"):],
+                                    baudrate=9600, bytesize=8, parity="N", stopbits=1)
+        await server.start()
+        task = None
+        print("ready", flush=True)
+    else:
+        framer = ModbusRtuFramer if mode == "rtu-over-tcp" else ModbusSocketFramer
+        server = ModbusTcpServer(context, framer=framer, address=("127.0.0.1", 0))
+        task = asyncio.create_task(server.serve_forever())
+        await server.serving
+        print(server.server.sockets[0].getsockname()[1], flush=True)
     # Stop when the test closes our stdin (or dies).
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    task.cancel()
+    if task is None:
+        await server.shutdown()
+    else:
+        task.cancel()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ use serde_saphyr::{Location, Spanned};
 use super::super::raw::{RawDevice, RawRegister};
 use super::super::{DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_UNIT_ID};
 use super::{Ctx, Validator, check_name};
-use crate::registry::{Demotion, Device, Register, RequestLimits, UnitId};
+use crate::registry::{
+    Demotion, Device, Register, RequestLimits, Transport, UnitId, check_rtu_unit,
+};
 
 /// Bounds of the database's CHECKs (migration 0012).
 const MAX_DELAY_AFTER_CONNECT: Duration = Duration::from_secs(60);
@@ -46,7 +48,8 @@ impl Validator<'_> {
         let errors_before = self.errors.len();
         self.problems(problems, ctx);
 
-        let (host, port, unit_id) = self.endpoint(&raw, defaults, at, ctx);
+        let transport = self.transport(&raw, defaults, at, ctx);
+        let (host, port, unit_id) = self.endpoint(&raw, defaults, at, ctx, &transport);
         let schedule = self.device_schedule(&raw, defaults, ctx);
         let timeout = self.duration(
             raw.timeout.as_ref().or(defaults.timeout.as_ref()),
@@ -68,12 +71,27 @@ impl Validator<'_> {
                 )
                 .next()
                 .unwrap_or(at);
-            self.endpoint_agrees(
-                &format!("{}:{port}", host.as_str()),
-                &name.value,
-                set,
-                &limits,
+            // The link devices share: the serial path, or host:port.
+            let link = match transport.serial() {
+                Some(line) => line.path.clone(),
+                None => format!("{}:{port}", host.as_str()),
+            };
+            self.endpoint_agrees(&link, &name.value, set, &limits, ctx);
+        }
+        if limits.max_in_flight > 1 && transport != Transport::Tcp {
+            let at = [&raw.max_in_flight, &defaults.max_in_flight]
+                .into_iter()
+                .flatten()
+                .map(|v| v.referenced)
+                .next()
+                .unwrap_or(at);
+            self.error(
+                at,
                 ctx,
+                format!(
+                    "`max_in_flight` {} needs transport tcp: RTU frames carry no transaction id to match answers to requests, so a bus takes one request at a time; remove it (or set 1)",
+                    limits.max_in_flight
+                ),
             );
         }
         let active = raw
@@ -85,12 +103,16 @@ impl Validator<'_> {
         if self.errors.len() > errors_before {
             return None;
         }
-        Some(Device {
+        let transport_at = (raw.serial.as_ref().map(|s| s.referenced))
+            .or(raw.transport.as_ref().map(|t| t.referenced))
+            .unwrap_or(at);
+        let device = Device {
             id: 0,
-            name: name.value,
+            name: name.value.clone(),
             host: host?,
             port,
             unit_id,
+            transport,
             active,
             schedule,
             timeout,
@@ -98,7 +120,8 @@ impl Validator<'_> {
             tags,
             registers: self.maps.share(registers),
             register_ids: Box::default(),
-        })
+        };
+        self.same_bus(&device, transport_at, ctx).then_some(device)
     }
 
     /// A safe name, not used by an earlier device.
@@ -121,14 +144,35 @@ impl Validator<'_> {
         }
     }
 
-    /// Host (required), port and unit id, each from the device or `defaults`.
+    /// Host (required but on a serial line), port and unit id, each from the
+    /// device or `defaults`. A serial device has neither host nor port:
+    /// naming them on the device is an error (they would be silently
+    /// unused); the ones `defaults` gives are for the file's TCP devices.
     fn endpoint(
         &mut self,
         raw: &RawDevice,
         defaults: &RawDevice,
         at: Location,
         ctx: Ctx<'_>,
+        transport: &Transport,
     ) -> (Option<String>, u16, UnitId) {
+        let unit = self.unit_id(raw, defaults, ctx, transport);
+        if let Transport::Rtu(_) = transport {
+            let set = [
+                ("host", raw.host.as_ref().map(|h| h.referenced)),
+                ("port", raw.port.as_ref().map(|p| p.referenced)),
+            ];
+            for (key, place) in set {
+                if let Some(place) = place {
+                    self.error(
+                        place,
+                        ctx,
+                        format!("`{key}` does not apply to transport rtu (a serial line); remove it, the line is `serial.path`"),
+                    );
+                }
+            }
+            return (Some(String::new()), DEFAULT_PORT, unit);
+        }
         let host = raw.host.as_ref().or(defaults.host.as_ref());
         if host.is_none() {
             self.error(
@@ -145,19 +189,32 @@ impl Validator<'_> {
             65535,
             DEFAULT_PORT.into(),
         );
-        let unit = self.int_in(
-            raw.unit_id.as_ref().or(defaults.unit_id.as_ref()),
-            ctx,
-            "unit_id",
-            0,
-            255,
-            DEFAULT_UNIT_ID.into(),
-        );
-        (
-            host.map(|h| h.value.clone()),
-            port as u16,
-            UnitId(unit as u8),
-        )
+        (host.map(|h| h.value.clone()), port as u16, unit)
+    }
+
+    /// 0..255 on Modbus TCP (gateways route by it, 0 and 255 included);
+    /// 1..247 on the RTU transports, where 0 is broadcast.
+    fn unit_id(
+        &mut self,
+        raw: &RawDevice,
+        defaults: &RawDevice,
+        ctx: Ctx<'_>,
+        transport: &Transport,
+    ) -> UnitId {
+        let given = raw.unit_id.as_ref().or(defaults.unit_id.as_ref());
+        let unit = self.int_in(given, ctx, "unit_id", 0, 255, DEFAULT_UNIT_ID.into()) as u8;
+        if let Some(given) = given
+            && transport.is_rtu()
+            && (0..=255).contains(&given.value)
+            && let Err(m) = check_rtu_unit(unit)
+        {
+            self.error(
+                given.referenced,
+                ctx,
+                format!("{m} (transport {})", transport.as_str()),
+            );
+        }
+        UnitId(unit)
     }
 
     fn limits(&mut self, raw: &RawDevice, defaults: &RawDevice, ctx: Ctx<'_>) -> RequestLimits {

@@ -7,6 +7,7 @@
 mod device;
 mod register;
 mod schedule;
+mod transport;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -46,6 +47,9 @@ pub(super) struct Validator<'a> {
     /// The first device seen on each host:port, for the endpoint settings
     /// all its devices must share.
     endpoints: HashMap<String, EndpointSeen>,
+    /// The first device on each link (`Device::endpoint`), to refuse a later
+    /// one that frames or sets up the same link differently.
+    buses: transport::Buses,
 }
 
 /// Where an endpoint's shared settings were first given.
@@ -78,6 +82,7 @@ impl<'a> Validator<'a> {
             errors: Vec::new(),
             maps: RegisterMaps::default(),
             endpoints: HashMap::new(),
+            buses: transport::Buses::default(),
         }
     }
 

@@ -199,3 +199,37 @@ async fn a_cache_that_cannot_be_written_is_survived() {
     assert!(writer.failing);
     assert!(writer.last.is_none(), "a failed write is tried again");
 }
+
+#[test]
+fn rtu_devices_read_back_with_their_transport_and_tcp_ones_without_new_keys() {
+    let yaml = r#"
+devices:
+  - name: gw
+    host: 10.0.0.1
+    transport: rtu-over-tcp
+    unit_id: 3
+    registers: [ { name: r, kind: holding, address: 0 } ]
+  - name: bus
+    transport: rtu
+    serial: { path: /dev/ttyUSB0, baud: 38400, parity: odd, stop_bits: 2 }
+    registers: [ { name: r, kind: holding, address: 0 } ]
+"#;
+    let mut devices = crate::config::parse(yaml, "test.yaml").unwrap();
+    for (n, d) in devices.iter_mut().enumerate() {
+        d.id = 1 + n as i32;
+        d.register_ids = Box::new([10 + n as i32]);
+    }
+    devices.extend(registry());
+    let bytes = encode(&devices, DB);
+    let loaded = decoded(&bytes).unwrap();
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    assert_eq!(loaded.devices, devices);
+    // A TCP device is written as before transports existed.
+    let file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let text = file.to_string();
+    assert!(
+        text.contains(r#""transport":"rtu""#) && text.contains(r#""baud":38400"#),
+        "{text}"
+    );
+    assert_eq!(text.matches(r#""transport""#).count(), 2, "{text}");
+}

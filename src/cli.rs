@@ -289,21 +289,19 @@ pub struct DemoArgs {
     pub http: HttpAddr,
 }
 
+/// Where `read` and `scan` talk to: HOST[:PORT] over TCP (Modbus TCP or RTU
+/// frames), or a serial line.
 #[derive(Debug, Clone, Args)]
-#[command(group(clap::ArgGroup::new("kind").required(true).args(["holding", "input", "coil", "discrete"])))]
-pub struct ReadArgs {
+pub struct LinkArgs {
     /// HOST or HOST:PORT of the device or gateway (port 502 when left out);
     /// leave it out with --serial.
     pub endpoint: Option<String>,
-    /// Modbus unit id (1..247 on the RTU transports).
-    #[arg(long, default_value_t = 1)]
-    pub unit: u8,
     /// tcp (Modbus TCP), rtu-over-tcp (RTU frames to HOST:PORT, as serial
     /// gateways that pass bytes through speak) or rtu (a serial line, with
     /// --serial). Default: rtu with --serial, else tcp.
     #[arg(long, value_name = "TRANSPORT")]
     pub transport: Option<String>,
-    /// The serial line to read on (transport rtu), e.g. /dev/ttyUSB0.
+    /// The serial line to use (transport rtu), e.g. /dev/ttyUSB0.
     #[arg(long, value_name = "PATH")]
     pub serial: Option<String>,
     /// Baud rate of the serial line [default: 9600].
@@ -318,6 +316,16 @@ pub struct ReadArgs {
     /// Stop bits of the serial line: 1 or 2 [default: 1].
     #[arg(long)]
     pub stop_bits: Option<u8>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["holding", "input", "coil", "discrete"])))]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub link: LinkArgs,
+    /// Modbus unit id (1..247 on the RTU transports).
+    #[arg(long, default_value_t = 1)]
+    pub unit: u8,
     /// Read holding registers (0x03) from this 0-based address.
     #[arg(long, value_name = "ADDR")]
     pub holding: Option<u16>,
@@ -354,8 +362,8 @@ pub struct ReadArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ScanArgs {
-    /// HOST or HOST:PORT of the device or gateway (port 502 when left out).
-    pub endpoint: String,
+    #[command(flatten)]
+    pub link: LinkArgs,
     /// Unit ids to try: ids and ranges, e.g. `1-10,17` (1-247).
     #[arg(long, default_value = "1-247", value_parser = parse_units)]
     pub units: Units,

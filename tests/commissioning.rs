@@ -150,7 +150,7 @@ async fn scan_finds_a_gateways_units_and_prints_a_skeleton_check_accepts() {
     );
     // Unit 2's reads stay within the 40 it takes.
     assert!(
-        checked.contains("127.0.0.1-unit-2 (127.0.0.1:"),
+        checked.contains("127.0.0.1-unit-2 (tcp 127.0.0.1:"),
         "{checked}"
     );
     let probe = regpoll(&["check", "found.yaml", "--probe"], dir.path());
@@ -195,6 +195,27 @@ async fn scan_says_so_when_no_unit_answers_and_refuses_hostile_arguments() {
         let out = regpoll(&all, dir.path());
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // The link flags are read's: contradictions are refused before anything is asked.
+    for (args, says) in [
+        (
+            vec!["scan", endpoint.as_str(), "--serial", "/dev/ttyUSB0"],
+            "give either HOST[:PORT]",
+        ),
+        (
+            vec!["scan", endpoint.as_str(), "--baud", "19200"],
+            "--baud sets up a serial line; it needs --serial PATH",
+        ),
+        (
+            vec!["scan", endpoint.as_str(), "--transport", "rs485"],
+            "unknown transport `rs485`",
+        ),
+        (vec!["scan"], "say where to read"),
+    ] {
+        let out = regpoll(&args, dir.path());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }

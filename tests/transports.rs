@@ -3,6 +3,7 @@
 //! units on one bus, and Modbus TCP beside them, each reading the
 //! simulator's values; faults on an RTU link fail their request only.
 
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,6 +206,7 @@ async fn the_service_polls_rtu_devices_into_history() {
     let sqlite_path = dir.path().join("regpoll.db");
     let settings = regpoll::app::Settings {
         sqlite_path: sqlite_path.clone(),
+        http: Some("127.0.0.1:0".parse().unwrap()),
         ..regpoll::app::Settings::default()
     };
     let devices: Vec<Device> = devices.iter().map(|d| Device::clone(d)).collect();
@@ -212,6 +214,17 @@ async fn the_service_polls_rtu_devices_into_history() {
         .await
         .unwrap();
     common::wait_for_polls(&running, 2).await;
+    // The API says how each device is reached.
+    let api = common::http_get(running.http_addr().unwrap(), "/api/devices").await;
+    let listed = api.json()["devices"].as_array().unwrap().clone();
+    let link = |name: &str| {
+        let d = listed.iter().find(|d| d["name"] == name).unwrap();
+        (d["transport"].clone(), d["serial"]["settings"].clone())
+    };
+    assert_eq!(link("tcp-meter"), (json!("tcp"), json!(null)));
+    assert_eq!(link("gw-meter-1"), (json!("rtu-over-tcp"), json!(null)));
+    assert_eq!(link("bus-meter-1").0, json!("rtu"));
+    assert!(link("bus-meter-1").1.is_string(), "{listed:?}");
     running.shutdown().await.unwrap();
 
     let db = regpoll::db::Db::sqlite(&sqlite_path).await.unwrap();

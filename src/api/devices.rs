@@ -31,6 +31,11 @@ fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
         "host": device.host,
         "port": device.port,
         "unit_id": device.unit_id.0,
+        "transport": device.transport.as_str(),
+        "serial": device.transport.serial().map(|l| json!({
+            "path": l.path,
+            "settings": l.settings(),
+        })),
         "schedule": device.schedule.describe(),
         "registers": device.registers.len(),
         "tags": device.tags,

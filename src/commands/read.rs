@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::output::{fail_if_bad, print_readings};
-use crate::cli::ReadArgs;
+use crate::cli::{LinkArgs, ReadArgs};
 use crate::modbus::endpoint::Endpoint;
 use crate::poller::DevicePoller;
 use crate::reading::{PollReport, Quality};
@@ -17,7 +17,10 @@ use crate::registry::{
 };
 
 pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
-    let (host, port, transport) = link(&args)?;
+    let (host, port, transport) = link(&args.link)?;
+    if transport.is_rtu() {
+        check_rtu_unit(args.unit).map_err(|m| anyhow::anyhow!("--unit: {m}"))?;
+    }
     let (kind, start) = kind_and_start(&args)?;
     let data_type = data_type(&args, kind)?;
     let orders: Vec<WordOrder> = if args.guess_order {
@@ -50,7 +53,7 @@ pub(super) async fn read(args: ReadArgs) -> anyhow::Result<()> {
 
 /// Where to read: HOST[:PORT] over TCP (Modbus or RTU frames), or a serial
 /// line; every flag that does not fit the others is refused, never ignored.
-fn link(args: &ReadArgs) -> anyhow::Result<(String, u16, Transport)> {
+pub(super) fn link(args: &LinkArgs) -> anyhow::Result<(String, u16, Transport)> {
     let kind = match (&args.transport, &args.serial) {
         (Some(t), _) => t.parse().map_err(anyhow::Error::msg)?,
         (None, Some(_)) => TransportKind::Rtu,
@@ -96,14 +99,11 @@ fn link(args: &ReadArgs) -> anyhow::Result<(String, u16, Transport)> {
             (host, port, transport)
         }
     };
-    if transport.is_rtu() {
-        check_rtu_unit(args.unit).map_err(|m| anyhow::anyhow!("--unit: {m}"))?;
-    }
     Ok((host, port, transport))
 }
 
 /// The line's settings from the flags, the defaults for the ones left out.
-fn serial_line(path: &str, args: &ReadArgs) -> anyhow::Result<SerialLine> {
+fn serial_line(path: &str, args: &LinkArgs) -> anyhow::Result<SerialLine> {
     let mut line = SerialLine::new(path);
     if let Some(baud) = args.baud {
         anyhow::ensure!(

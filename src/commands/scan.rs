@@ -16,8 +16,8 @@ use crate::registry::{UnitId, format_duration};
 pub use probe::{Plan, Presence, Report};
 
 pub(super) async fn scan(args: ScanArgs) -> anyhow::Result<()> {
-    let (host, port) = super::read::host_port(&args.endpoint)?;
-    let endpoint = Endpoint::new(host.clone(), port);
+    let (host, port, transport) = super::read::link(&args.link)?;
+    let endpoint = Endpoint::with_transport(host.clone(), port, transport.clone());
     let plan = Plan {
         units: args.units.0,
         kind: args.kind,
@@ -38,7 +38,7 @@ pub(super) async fn scan(args: ScanArgs) -> anyhow::Result<()> {
             " (the scan ended early: {why})"
         ))
     );
-    match skeleton::skeleton(&host, port, plan.kind, &report) {
+    match skeleton::skeleton(&host, port, &transport, plan.kind, &report) {
         Some(yaml) => {
             print!("{yaml}");
             Ok(())

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::probe::{Report, UnitReport, protocol_limit, span_text};
-use crate::registry::RegisterKind;
+use crate::registry::{RegisterKind, Transport};
 
 /// Registers listed at the start of each readable range: enough to see
 /// the pattern of a map, few enough that a range of 65,536 stays readable.
@@ -15,7 +15,13 @@ pub const PER_RANGE: u32 = 8;
 pub const PER_DEVICE: usize = 100;
 
 /// The skeleton for `report`, or `None` when no unit has a readable address.
-pub fn skeleton(host: &str, port: u16, kind: RegisterKind, report: &Report) -> Option<String> {
+pub fn skeleton(
+    host: &str,
+    port: u16,
+    transport: &Transport,
+    kind: RegisterKind,
+    report: &Report,
+) -> Option<String> {
     let devices: Vec<&UnitReport> = report
         .units
         .iter()
@@ -25,9 +31,14 @@ pub fn skeleton(host: &str, port: u16, kind: RegisterKind, report: &Report) -> O
         return None;
     }
     let mut out = String::new();
+    let link = match transport {
+        Transport::Tcp => format!("{host}:{port}"),
+        Transport::RtuOverTcp => format!("{host}:{port} --transport rtu-over-tcp"),
+        Transport::Rtu(line) => format!("--serial {} --baud {}", line.path, line.baud),
+    };
     let _ = writeln!(
         out,
-        "# devices.yaml skeleton from `regpoll scan {host}:{port} --kind {}`:",
+        "# devices.yaml skeleton from `regpoll scan {link} --kind {}`:",
         kind.as_str()
     );
     out.push_str("# name each register and give it its type (`regpoll read --guess-order` shows\n");
@@ -37,16 +48,43 @@ pub fn skeleton(host: &str, port: u16, kind: RegisterKind, report: &Report) -> O
     }
     out.push_str("devices:\n");
     for unit in devices {
-        device(&mut out, host, port, kind, unit);
+        device(&mut out, (host, port, transport), kind, unit);
     }
     Some(out)
 }
 
-fn device(out: &mut String, host: &str, port: u16, kind: RegisterKind, unit: &UnitReport) {
-    let _ = writeln!(out, "  - name: {}", device_name(host, unit.unit.0));
-    // JSON's quoting is YAML's double-quoted form: any host name is safe in it.
-    let _ = writeln!(out, "    host: {}", serde_json::Value::from(host));
-    let _ = writeln!(out, "    port: {port}");
+fn device(
+    out: &mut String,
+    (host, port, transport): (&str, u16, &Transport),
+    kind: RegisterKind,
+    unit: &UnitReport,
+) {
+    // JSON's quoting is YAML's double-quoted form: any host name or path is
+    // safe in it.
+    match transport.serial() {
+        Some(line) => {
+            let file = line.path.rsplit('/').next().unwrap_or(&line.path);
+            let _ = writeln!(out, "  - name: {}", device_name(file, unit.unit.0));
+            let _ = writeln!(out, "    transport: rtu");
+            let _ = writeln!(
+                out,
+                "    serial: {{ path: {}, baud: {}, parity: {}, data_bits: {}, stop_bits: {} }}",
+                serde_json::Value::from(line.path.as_str()),
+                line.baud,
+                line.parity.as_str(),
+                line.data_bits.as_u8(),
+                line.stop_bits.as_u8()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  - name: {}", device_name(host, unit.unit.0));
+            let _ = writeln!(out, "    host: {}", serde_json::Value::from(host));
+            let _ = writeln!(out, "    port: {port}");
+            if *transport == Transport::RtuOverTcp {
+                let _ = writeln!(out, "    transport: rtu-over-tcp");
+            }
+        }
+    }
     let _ = writeln!(out, "    unit_id: {}", unit.unit.0);
     let limit_key = if kind.is_bit() {
         "max_bits_per_request"

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::probe::{Piece, Presence, Report};
 use super::*;
 use crate::modbus::ReadError;
-use crate::registry::{LogFrames, RegisterKind};
+use crate::registry::{LogFrames, RegisterKind, Transport};
 use crate::sim::{Bind, FaultAction, SimFault, Simulator};
 use tokio_modbus::ExceptionCode;
 
@@ -78,6 +78,11 @@ async fn scanned_within(endpoint: &Endpoint, plan: &Plan, bound: Duration) -> (R
     scan
 }
 
+/// The skeleton of a scan of the simulated gateway at 127.0.0.1:5020.
+fn tcp_skeleton(report: &Report, kind: RegisterKind) -> String {
+    skeleton::skeleton("127.0.0.1", 5020, &Transport::Tcp, kind, report).unwrap()
+}
+
 fn readable(first: u16, last: u16) -> Piece {
     Piece {
         first,
@@ -138,7 +143,7 @@ async fn finds_the_largest_read_of_a_device_that_takes_40() {
     );
     // Read in blocks of 40, which the device takes: all of it readable.
     assert_eq!(unit.pieces, [readable(0, 999)]);
-    let yaml = skeleton::skeleton("127.0.0.1", 5020, RegisterKind::Holding, &report).unwrap();
+    let yaml = tcp_skeleton(&report, RegisterKind::Holding);
     assert!(
         yaml.contains("    max_registers_per_request: 40\n"),
         "{yaml}"
@@ -244,7 +249,13 @@ async fn a_refused_address_at_the_window_edges_and_a_refused_window_are_reported
     let (report, _) = scanned(&endpoint, &plan(&[2], (100, 100))).await;
     assert_eq!(report.units[0].pieces, [refused(100, 100, 2)]);
     assert_eq!(
-        skeleton::skeleton("127.0.0.1", 5020, RegisterKind::Holding, &report),
+        skeleton::skeleton(
+            "127.0.0.1",
+            5020,
+            &Transport::Tcp,
+            RegisterKind::Holding,
+            &report
+        ),
         None,
         "nothing readable: no skeleton"
     );
@@ -388,7 +399,7 @@ async fn the_request_budget_is_shared_among_the_units_that_answer() {
         assert!(u.pieces[0].last > 1000, "{:?}", u.pieces);
     }
     // What was found is still a skeleton `check` takes.
-    let yaml = skeleton::skeleton("127.0.0.1", 5020, RegisterKind::Holding, &report).unwrap();
+    let yaml = tcp_skeleton(&report, RegisterKind::Holding);
     assert!(
         yaml.contains("# The scan ended early") || yaml.contains("probing ended early"),
         "{yaml}"
@@ -405,7 +416,7 @@ async fn coils_are_scanned_in_bits_up_to_2000() {
     let (report, progress) = scanned(&endpoint, &p).await;
     assert_eq!(report.units[0].largest, 2000, "{progress}");
     assert_eq!(report.units[0].pieces, [readable(0, 4999)]);
-    let yaml = skeleton::skeleton("127.0.0.1", 5020, RegisterKind::Coil, &report).unwrap();
+    let yaml = tcp_skeleton(&report, RegisterKind::Coil);
     assert!(
         yaml.contains("{ name: coil_0, kind: coil, address: 0, type: bool }"),
         "{yaml}"
@@ -422,7 +433,7 @@ async fn the_skeleton_lists_each_readable_range_and_parses_as_devices_yaml() {
     ])
     .await;
     let (report, _) = scanned(&endpoint, &plan(&[1, 2], (0, 999))).await;
-    let yaml = skeleton::skeleton("127.0.0.1", 5020, RegisterKind::Holding, &report).unwrap();
+    let yaml = tcp_skeleton(&report, RegisterKind::Holding);
     for part in [
         "  - name: 127.0.0.1-unit-2\n    host: \"127.0.0.1\"\n    port: 5020\n    unit_id: 2\n    max_registers_per_request: 40\n",
         "      # holding 0-99 readable (100 addresses; the first 8 listed)\n",
@@ -462,4 +473,50 @@ fn unit_lists_print_as_ranges() {
     let units: Vec<UnitId> = [1, 2, 3, 5, 7, 8].map(UnitId).to_vec();
     assert_eq!(units_text(&units), "1-3,5,7-8");
     assert_eq!(units_text(&[UnitId(247)]), "247");
+}
+
+/// Scanning speaks the device's transport: RTU frames over TCP and on a
+/// serial line (the simulator's pseudo-terminal), and the skeleton says
+/// how to reach what it found, as devices.yaml takes it.
+#[tokio::test]
+async fn scans_over_rtu_over_tcp_and_a_serial_line_and_the_skeleton_keeps_the_link() {
+    let yaml = "\
+devices:
+  - name: drive
+    host: 127.0.0.1
+    port: 5020
+    transport: rtu-over-tcp
+    unit_id: 4
+    registers: [ { name: speed, kind: holding, address: 10 } ]
+  - name: meter
+    transport: rtu
+    unit_id: 9
+    serial: { path: /dev/ttyUSB0, baud: 19200, parity: even }
+    registers: [ { name: v, kind: holding, address: 0 } ]
+";
+    let devices = crate::config::parse(yaml, "rtu.yaml").unwrap();
+    let sim = Simulator::start(&devices, Bind::Ephemeral).await.unwrap();
+    for (device, unit) in [(&devices[0], 4), (&devices[1], 9)] {
+        let d = sim.reach(device);
+        let endpoint = Endpoint::with_transport(d.host.clone(), d.port, d.transport.clone());
+        let (report, progress) = scanned(&endpoint, &plan(&[unit - 1, unit], (0, 99))).await;
+        assert_eq!(
+            report.answering().collect::<Vec<_>>(),
+            [UnitId(unit)],
+            "{progress}"
+        );
+        assert_eq!(report.units[0].pieces, [readable(0, 99)], "{progress}");
+        let yaml = skeleton::skeleton(
+            &d.host,
+            d.port,
+            &d.transport,
+            RegisterKind::Holding,
+            &report,
+        )
+        .unwrap();
+        let found = crate::config::parse(&yaml, "skeleton.yaml")
+            .unwrap_or_else(|e| panic!("{e:?}\n{yaml}"));
+        assert_eq!(found[0].transport, d.transport, "{yaml}");
+        assert_eq!(found[0].unit_id, UnitId(unit), "{yaml}");
+    }
 }

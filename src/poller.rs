@@ -106,13 +106,15 @@ impl DevicePoller {
                         && splittable(req, &device.registers)
                         && self.learner.may_split(req, &e) =>
                 {
-                    let learned = learn(
+                    // Boxed: learning is rare, and its state inline would
+                    // make every device's poll future larger (BENCHMARKS.md).
+                    let learned = Box::pin(learn(
                         &mut session,
                         device,
                         (req, ts, e),
                         &mut self.learner,
                         &mut readings,
-                    )
+                    ))
                     .await;
                     reachable |= learned.answered;
                     if error.is_none() {
@@ -521,5 +523,32 @@ mod tests {
             evaluate(&reg, &req, &words),
             (Value::Text("ABC".into()), Quality::Good, None)
         );
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use std::sync::Arc;
+
+    use super::DevicePoller;
+    use crate::modbus::endpoint::Endpoint;
+
+    /// Every device's task holds its poll's future for life, so at 10,000
+    /// devices each 100 bytes of it are a megabyte. Rare paths (learning, a
+    /// connect, the pipelined and RTU links) are boxed to keep it small
+    /// (the sizes are in BENCHMARKS.md).
+    #[test]
+    fn the_poll_future_stays_small() {
+        let device = crate::config::parse(
+            "devices:\n  - { name: a, host: 127.0.0.1, port: 1, registers: [ { name: r, kind: holding, address: 0 } ] }\n",
+            "devices.yaml",
+        )
+        .unwrap()
+        .remove(0);
+        let mut poller =
+            DevicePoller::new(Arc::new(device), Arc::new(Endpoint::new("127.0.0.1", 1)));
+        let poll = poller.poll();
+        let size = std::mem::size_of_val(&poll);
+        assert!(size <= 1024, "a poll's future is {size} bytes");
     }
 }

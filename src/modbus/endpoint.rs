@@ -193,10 +193,18 @@ impl Session<'_> {
             // Frame logging (commissioning) reads the clock only when on.
             let traced = (limits.log_frames != LogFrames::Off).then(Instant::now);
             let result = match &self.endpoint.pipeline {
+                // Boxed so that the pipelined path's state does not enlarge
+                // the request future of every in-step endpoint's devices.
                 Some(pipeline) => {
-                    self.endpoint
-                        .read_pipelined(pipeline, unit, kind, (start, count), timeout, limits)
-                        .await
+                    Box::pin(self.endpoint.read_pipelined(
+                        pipeline,
+                        unit,
+                        kind,
+                        (start, count),
+                        timeout,
+                        limits,
+                    ))
+                    .await
                 }
                 None => match self.demoted(unit, Instant::now()) {
                     (_, _, Some(demoted)) => Err(demoted),
@@ -327,7 +335,8 @@ impl Session<'_> {
                 self.endpoint.stats.connects.fetch_add(1, Ordering::Relaxed);
                 self.conn().connected(link);
                 if !limits.delay_after_connect.is_zero() {
-                    tokio::time::sleep(limits.delay_after_connect).await;
+                    // Boxed: a timer inline would enlarge every request's future.
+                    Box::pin(tokio::time::sleep(limits.delay_after_connect)).await;
                 }
                 Ok(())
             }
@@ -457,7 +466,16 @@ impl Endpoint {
 /// Takes only the endpoint, so nothing borrowing the held connection lives
 /// across the connect.
 async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Link, ReadError> {
-    super::link::connect(&endpoint.host, endpoint.port, &endpoint.transport, timeout).await
+    // Boxed: connects are rare, and the connect's state inline (a timer, the
+    // socket's or serial port's opening) would enlarge every request's
+    // future, and so every device's task (BENCHMARKS.md).
+    Box::pin(super::link::connect(
+        &endpoint.host,
+        endpoint.port,
+        &endpoint.transport,
+        timeout,
+    ))
+    .await
 }
 
 fn check_len(words: Words, count: u16) -> Result<Words, ReadError> {

@@ -28,10 +28,14 @@ impl Link {
         start: u16,
         count: u16,
     ) -> Result<Result<Words, ExceptionCode>, CallError> {
+        // The RTU reads are boxed: their state (frame gaps, waiting for a
+        // quiet line) inline would enlarge every device's request future,
+        // Modbus TCP's too, and a serial line's speed makes the allocation
+        // nothing.
         match self {
             Link::Tcp(c) => c.read(unit, kind, start, count).await,
-            Link::RtuOverTcp(c) => c.read(unit, kind, start, count).await,
-            Link::Rtu(c) => c.read(unit, kind, start, count).await,
+            Link::RtuOverTcp(c) => Box::pin(c.read(unit, kind, start, count)).await,
+            Link::Rtu(c) => Box::pin(c.read(unit, kind, start, count)).await,
         }
     }
 

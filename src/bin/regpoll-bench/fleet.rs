@@ -91,10 +91,10 @@ pub(crate) async fn stats_of(addr: std::net::SocketAddr) -> anyhow::Result<Json>
 struct Snapshot {
     at: Instant,
     stats: Json,
-    /// regpoll's CPU seconds, the user part of them, and its threads'
-    /// run-queue wait.
-    cpu: f64,
+    /// regpoll's user and system CPU seconds, and its threads' run-queue
+    /// wait.
     user: f64,
+    system: f64,
     run_wait: f64,
     /// The same of the simulator, which shares the cores.
     sim_cpu: f64,
@@ -107,8 +107,8 @@ async fn snapshot(addr: std::net::SocketAddr, pid: u32, sim: u32) -> anyhow::Res
     let (user, system) = cpu_user_system(pid)?;
     Ok(Snapshot {
         at: Instant::now(),
-        cpu: user + system,
         user,
+        system,
         run_wait: run_queue_wait_s(pid)?,
         sim_cpu: cpu_seconds(sim)?,
         sim_run_wait: run_queue_wait_s(sim)?,
@@ -387,7 +387,11 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
         + delta(&["readings", "uncertain"])
         + delta(&["readings", "bad"]);
     let polls = delta(&["polls"]);
-    let cpu = s1.cpu - s0.cpu;
+    // Each part's difference, then their sum: the sum of the totals'
+    // difference could round one ulp under the user part alone when the
+    // system time did not move in a short window.
+    let user = s1.user - s0.user;
+    let cpu = user + (s1.system - s0.system);
     let expected_polls = spec.devices as f64 * secs / spec.every.as_secs_f64();
     let mut result = json!({
         "scenario": spec.name,
@@ -414,7 +418,7 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
         "cpu_s": cpu,
         "cpu_s_per_million_readings": cpu / (readings / 1e6),
         "cpu_us_per_reading": cpu * 1e6 / readings,
-        "cpu_user_us_per_reading": (s1.user - s0.user) * 1e6 / readings,
+        "cpu_user_us_per_reading": user * 1e6 / readings,
         // How busy the shared box was: the share of the window in which
         // some runnable task waited for a CPU, and how long each process's
         // threads waited in all, per second.

@@ -24,6 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
+use tokio_modbus::ExceptionCode;
 
 use super::demotion::{Units, backoff};
 use super::link::{Link, io_reason, tcp_connect};
@@ -206,19 +207,23 @@ impl Session<'_> {
                     ))
                     .await
                 }
-                None => match self.demoted(unit, Instant::now()) {
-                    (_, _, Some(demoted)) => Err(demoted),
-                    (health, clock, None) => {
-                        let result = self
-                            .attempt(unit, kind, start, count, timeout, limits)
-                            .await;
-                        self.endpoint
-                            .stats
-                            .record(clock.elapsed(), result.as_ref().map(|_| ()));
-                        heard(self.endpoint, self.conn(), health, &result, limits);
-                        result
+                // One clock read serves the demotion check and the latency.
+                None => {
+                    let clock = Instant::now();
+                    match self.demoted(unit, clock) {
+                        (_, Some(demoted)) => Err(demoted),
+                        (health, None) => {
+                            let result = self
+                                .attempt(unit, kind, start, count, timeout, limits)
+                                .await;
+                            self.endpoint
+                                .stats
+                                .record(clock.elapsed(), result.as_ref().map(|_| ()));
+                            heard(self.endpoint, self.conn(), health, &result, limits);
+                            result
+                        }
                     }
-                },
+                }
             };
             // A demoted unit's request never went out: nothing to show.
             if let Some(clock) = traced
@@ -252,13 +257,12 @@ impl Session<'_> {
             .expect("only a pipelined endpoint's session holds no connection")
     }
 
-    /// The unit's place in the endpoint's health table, `now` (one clock
-    /// read serves the check and the request's latency), and why the unit
-    /// must not be asked now, if it is demoted.
-    fn demoted(&mut self, unit: UnitId, now: Instant) -> (usize, Instant, Option<ReadError>) {
+    /// The unit's place in the endpoint's health table, and why the unit
+    /// must not be asked `now`, if it is demoted.
+    fn demoted(&mut self, unit: UnitId, now: Instant) -> (usize, Option<ReadError>) {
         let units = &mut self.conn().units;
         let health = units.unit(unit.0, now);
-        (health, now, units.get(health).demoted(now))
+        (health, units.get(health).demoted(now))
     }
 
     async fn attempt(
@@ -282,8 +286,9 @@ impl Session<'_> {
                 .link
                 .as_mut()
                 .expect("connection was just opened");
-            let outcome =
-                tokio::time::timeout(timeout, link.read(unit.0, kind, start, count)).await;
+            let outcome = tokio::time::timeout(timeout, link.read(unit.0, kind, start, count))
+                .await
+                .ok();
             let late = link.take_late_replies();
             if late > 0 {
                 endpoint
@@ -291,21 +296,15 @@ impl Session<'_> {
                     .late_replies
                     .fetch_add(late.into(), Ordering::Relaxed);
             }
-            let result = match outcome {
-                Err(_) => Err(ReadError::Timeout(timeout)),
-                Ok(Ok(Ok(words))) => check_len(words, count),
-                Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
-                Ok(Err(CallError::Stale(m))) if !fresh => {
-                    tracing::debug!(endpoint = %endpoint, reason = %m, "connection out of step before a request; reconnecting");
-                    self.conn().link = None;
-                    fresh = true;
-                    continue;
-                }
-                Ok(Err(CallError::Stale(m) | CallError::Protocol(m))) => {
-                    Err(ReadError::Protocol(m))
-                }
-                Ok(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
-            };
+            if let Some(Err(CallError::Stale(m))) = &outcome
+                && !fresh
+            {
+                tracing::debug!(endpoint = %endpoint, reason = %m, "connection out of step before a request; reconnecting");
+                self.conn().link = None;
+                fresh = true;
+                continue;
+            }
+            let result = outcome_of(outcome, count, timeout);
             if let Err(e) = &result
                 && !link.survives(e)
             {
@@ -408,13 +407,11 @@ impl Endpoint {
             }
             (health, self.open_pipe(&mut conn, limits).await?)
         };
-        let result = match link.read(unit.0, kind, start, count, timeout).await {
-            None => Err(ReadError::Timeout(timeout)),
-            Some(Ok(Ok(words))) => check_len(words, count),
-            Some(Ok(Err(code))) => Err(ReadError::Exception(code)),
-            Some(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
-            Some(Err(CallError::Protocol(m) | CallError::Stale(m))) => Err(ReadError::Protocol(m)),
-        };
+        let result = outcome_of(
+            link.read(unit.0, kind, start, count, timeout).await,
+            count,
+            timeout,
+        );
         self.stats
             .record(clock.elapsed(), result.as_ref().map(|_| ()));
         let mut conn = self.conn.lock().await;
@@ -476,6 +473,22 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Link, ReadErr
         timeout,
     ))
     .await
+}
+
+/// What a request of `count` values came to: its values, the device's
+/// exception, or why there was no answer (`None`: none within `timeout`).
+fn outcome_of(
+    outcome: Option<Result<Result<Words, ExceptionCode>, CallError>>,
+    count: u16,
+    timeout: Duration,
+) -> Result<Words, ReadError> {
+    match outcome {
+        None => Err(ReadError::Timeout(timeout)),
+        Some(Ok(Ok(words))) => check_len(words, count),
+        Some(Ok(Err(code))) => Err(ReadError::Exception(code)),
+        Some(Err(CallError::Transport(e))) => Err(ReadError::Transport(io_reason(&e))),
+        Some(Err(CallError::Protocol(m) | CallError::Stale(m))) => Err(ReadError::Protocol(m)),
+    }
 }
 
 fn check_len(words: Words, count: u16) -> Result<Words, ReadError> {

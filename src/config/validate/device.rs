@@ -59,17 +59,8 @@ impl Validator<'_> {
         );
         let limits = self.limits(&raw, defaults, ctx);
         if let Some(host) = &host {
-            let set = [&raw.delay_after_connect, &defaults.delay_after_connect]
-                .into_iter()
-                .flatten()
-                .map(|v| v.referenced)
-                .chain(
-                    [&raw.max_in_flight, &defaults.max_in_flight]
-                        .into_iter()
-                        .flatten()
-                        .map(|v| v.referenced),
-                )
-                .next()
+            let set = given_at(&raw.delay_after_connect, &defaults.delay_after_connect)
+                .or(given_at(&raw.max_in_flight, &defaults.max_in_flight))
                 .unwrap_or(at);
             // The link devices share: the serial path, or host:port.
             let link = match transport.serial() {
@@ -79,12 +70,7 @@ impl Validator<'_> {
             self.endpoint_agrees(&link, &name.value, set, &limits, ctx);
         }
         if limits.max_in_flight > 1 && transport != Transport::Tcp {
-            let at = [&raw.max_in_flight, &defaults.max_in_flight]
-                .into_iter()
-                .flatten()
-                .map(|v| v.referenced)
-                .next()
-                .unwrap_or(at);
+            let at = given_at(&raw.max_in_flight, &defaults.max_in_flight).unwrap_or(at);
             self.error(
                 at,
                 ctx,
@@ -447,4 +433,9 @@ fn tags(
     let mut tags = defaults.tags.clone().map(|t| t.value).unwrap_or_default();
     tags.extend(own.map(|t| t.value).unwrap_or_default());
     tags
+}
+
+/// Where a device setting was written: on the device, else in `defaults`.
+fn given_at<T>(device: &Option<Spanned<T>>, defaults: &Option<Spanned<T>>) -> Option<Location> {
+    device.as_ref().or(defaults.as_ref()).map(|v| v.referenced)
 }

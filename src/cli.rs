@@ -240,6 +240,40 @@ pub struct RunArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub sinks: SinkArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Sharing the fleet with other instances (see `cluster`).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    #[arg(long = s::CLUSTER.flag, env = s::CLUSTER.env, help = s::CLUSTER.help, action = clap::ArgAction::SetTrue)]
+    pub cluster: bool,
+    #[arg(long = s::INSTANCE_ID.flag, env = s::INSTANCE_ID.env, help = s::INSTANCE_ID.help)]
+    pub instance_id: Option<String>,
+    #[arg(long = s::CLUSTER_LEASE.flag, env = s::CLUSTER_LEASE.env, help = s::CLUSTER_LEASE.help, default_value = s::CLUSTER_LEASE.default_text(), value_parser = parse_duration)]
+    pub cluster_lease: Duration,
+    #[arg(long = s::CLUSTER_HEARTBEAT.flag, env = s::CLUSTER_HEARTBEAT.env, help = s::CLUSTER_HEARTBEAT.help, default_value = s::CLUSTER_HEARTBEAT.default_text(), value_parser = parse_duration)]
+    pub cluster_heartbeat: Duration,
+    #[arg(long = s::CLUSTER_FENCE_MARGIN.flag, env = s::CLUSTER_FENCE_MARGIN.env, help = s::CLUSTER_FENCE_MARGIN.help, default_value = s::CLUSTER_FENCE_MARGIN.default_text(), value_parser = parse_duration)]
+    pub cluster_fence_margin: Duration,
+}
+
+impl ClusterArgs {
+    /// The cluster's settings, when `--cluster` is given.
+    pub fn settings(&self) -> Option<crate::cluster::ClusterSettings> {
+        self.cluster.then(|| crate::cluster::ClusterSettings {
+            instance_id: self
+                .instance_id
+                .clone()
+                .filter(|id| !id.trim().is_empty())
+                .unwrap_or_else(crate::cluster::default_instance_id),
+            lease: self.cluster_lease,
+            heartbeat: self.cluster_heartbeat,
+            fence_margin: self.cluster_fence_margin,
+            address: None,
+        })
+    }
 }
 
 /// The HTTP API's limits (see `api::limits`).

@@ -37,6 +37,9 @@ pub struct Counters {
     pub endpoints: Endpoints,
     /// What each polled device's plan has learned (see `modbus::learn`).
     pub learned: Arc<LearnedPlans>,
+    /// Polls skipped, or discarded half-done, because this instance's
+    /// cluster lease ran out (see `cluster::Fence`).
+    pub fenced_polls: AtomicU64,
 }
 
 impl Counters {

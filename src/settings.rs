@@ -259,6 +259,53 @@ pub const HTTP: Setting = Setting {
     default: Some("127.0.0.1:8080"),
 };
 
+// Several instances sharing one fleet (`run --cluster`, see `cluster`).
+
+pub const CLUSTER: Setting = Setting {
+    flag: "cluster",
+    env: "REGPOLL_CLUSTER",
+    help: "Share the fleet with every other `run --cluster` on the same PostgreSQL database: each endpoint (host:port or serial line) is polled by exactly one live instance, and a dead instance's endpoints are taken over within --cluster-lease plus one heartbeat and one poll interval (true or false)",
+    default: Some("false"),
+};
+
+pub const INSTANCE_ID: Setting = Setting {
+    flag: "instance-id",
+    env: "REGPOLL_INSTANCE_ID",
+    help: "This instance's name in the cluster (default: host name and process id). A fixed name gets the same endpoints back after a restart; two live instances may not share one",
+    default: None,
+};
+
+/// Five heartbeats: an instance fences itself only after four renewals in
+/// a row failed (the fence margin takes the fifth), so one slow statement
+/// never stops polling, while a dead instance's devices are polled again
+/// within about 6 s plus one interval.
+pub const CLUSTER_LEASE: Setting = Setting {
+    flag: "cluster-lease",
+    env: "REGPOLL_CLUSTER_LEASE",
+    help: "How long an instance's ownership lasts without a renewal (e.g. 5s); the others take over its endpoints once it has expired on the database's clock",
+    default: Some("5s"),
+};
+
+pub const CLUSTER_HEARTBEAT: Setting = Setting {
+    flag: "cluster-heartbeat",
+    env: "REGPOLL_CLUSTER_HEARTBEAT",
+    help: "How often an instance renews its lease, looks for instances that joined or died and balances the endpoints (e.g. 1s); a join, a graceful stop and a release are also notified at once",
+    default: Some("1s"),
+};
+
+/// Covers what happens between the fence and a new owner's first request:
+/// the last request's answer, stopping the devices and closing their
+/// connections (a device with one connection slot needs it free). Clock
+/// skew between machines does not enter (leases are timed on the
+/// database's clock and fenced on this process's monotonic clock); the
+/// clocks' rates do, by a few microseconds per lease.
+pub const CLUSTER_FENCE_MARGIN: Setting = Setting {
+    flag: "cluster-fence-margin",
+    env: "REGPOLL_CLUSTER_FENCE_MARGIN",
+    help: "How long before its lease can expire an instance that could not renew it stops sending requests (e.g. 1s); less than --cluster-lease minus --cluster-heartbeat",
+    default: Some("1s"),
+};
+
 // Limits of the HTTP API: what one client, or a thousand, can make regpoll
 // hold. Measured without them: 1,000 concurrent requests took regpoll to
 // 1.16 GB and one history write waited 7.3 s for a connection.

@@ -35,6 +35,8 @@ pub struct Sources {
     pub(crate) jobs: Arc<JobWatch>,
     /// Active devices whose registry rows cannot be used.
     pub(crate) registry: Arc<Rejections>,
+    /// This instance's view of its cluster (`run --cluster`).
+    pub(crate) cluster: Option<Arc<crate::cluster::ClusterView>>,
 }
 
 /// The service's counters at one moment.

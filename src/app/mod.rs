@@ -84,6 +84,9 @@ pub struct Settings {
     /// Longest wait between two attempts to connect after a start without
     /// the database.
     pub database_retry_max: Duration,
+    /// Share the fleet with the other instances on the same PostgreSQL
+    /// database (`run --cluster`); `None`: poll every active device.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 impl Default for Settings {
@@ -108,6 +111,7 @@ impl Default for Settings {
             api: api::ApiLimits::default(),
             data_dir: None,
             database_retry_max: settings::DATABASE_RETRY_MAX.default_duration(),
+            cluster: None,
         }
     }
 }
@@ -252,6 +256,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         redis: redis_queue.map(|q| (redis_stats, q)),
         jobs: Arc::clone(&jobs),
         registry: Arc::default(),
+        cluster: None,
     };
     // After a start from the cache, the cache is not rewritten from itself.
     let fresh = cold.is_none();

@@ -48,6 +48,7 @@ fn settings(args: RunArgs) -> Settings {
         api: args.api.limits(),
         data_dir: Some(args.sinks.data_dir),
         database_retry_max: args.database_retry_max,
+        cluster: args.cluster.settings(),
         ..Settings::default()
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 29] = [
+const ALL: [Setting; 34] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -30,6 +30,11 @@ const ALL: [Setting; 29] = [
     API_DB_CONNECTIONS,
     API_MAX_RESPONSE,
     API_MAX_DEVICES,
+    CLUSTER,
+    INSTANCE_ID,
+    CLUSTER_LEASE,
+    CLUSTER_HEARTBEAT,
+    CLUSTER_FENCE_MARGIN,
 ];
 
 #[test]
@@ -46,6 +51,9 @@ fn every_default_parses_as_its_setting_reads_it() {
         API_TIMEOUT,
         HISTORY_STALLED_AFTER,
         JOBS_CHECK_INTERVAL,
+        CLUSTER_LEASE,
+        CLUSTER_HEARTBEAT,
+        CLUSTER_FENCE_MARGIN,
     ] {
         assert!(d.default_duration() > Duration::ZERO, "--{}", d.flag);
     }

@@ -45,7 +45,7 @@ pub struct FleetSpec {
 }
 
 /// Free loopback ports, found by binding and releasing them.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
@@ -57,7 +57,7 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 /// A child process that is killed if the benchmark stops early.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -69,7 +69,7 @@ impl Drop for Proc {
 }
 
 /// `GET path` on the local API, as JSON.
-async fn get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Json> {
+pub(crate) async fn get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Json> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await?;
@@ -205,80 +205,28 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
         }
     ));
 
-    let sim_log_path = work.join("simulate.log");
-    let sim_log = std::fs::File::create(&sim_log_path)?;
-    let mut sim = Proc(
-        Command::new(product)
-            .arg("simulate")
-            .arg(&yaml)
-            .stdout(Stdio::null())
-            .stderr(sim_log)
-            .spawn()
-            .context("cannot start the simulator")?,
-    );
-    for port in &ports {
-        wait_for(Duration::from_secs(60), || {
-            if let Ok(Some(status)) = sim.0.try_wait() {
-                bail!(
-                    "the simulator exited with {status} during start-up; its log:\n{}",
-                    tail(&sim_log_path)
-                );
-            }
-            Ok(std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
-        })
-        .await
-        .with_context(|| format!("the simulator does not listen on port {port}"))?;
-    }
+    let sim = start_simulator(product, &yaml, &ports, work).await?;
 
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_ports(1)?[0]));
     let run_log_path = work.join("run.log");
-    let mut run = Command::new(product);
-    run.arg("run")
-        .arg("--devices")
+    let mut run = run_command(
+        product,
+        http,
+        &work.join("data"),
+        &run_log_path,
+        database_url.as_deref(),
+        spec.redis_url.as_deref(),
+        &format!("bench-{}", spec.name),
+    )?;
+    run.arg("--devices")
         .arg(&yaml)
-        .args(["--http", &http.to_string()])
-        .arg("--data-dir")
-        .arg(work.join("data"))
         .arg("--sqlite-path")
-        .arg(work.join("regpoll.db"))
-        .args(["--redis-prefix", &format!("bench-{}", spec.name)])
-        .args(["--log", "info"])
-        .env_remove("DATABASE_URL")
-        .env_remove("REGPOLL_DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("REGPOLL_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&run_log_path)?);
-    if let Some(url) = &database_url {
-        run.env("REGPOLL_DATABASE_URL", url);
-    }
-    if let Some(url) = &spec.redis_url {
-        run.env("REGPOLL_REDIS_URL", url);
-    }
+        .arg(work.join("regpoll.db"));
     let started = Instant::now();
     let mut run = Proc(run.spawn().context("cannot start regpoll run")?);
     let pid = run.0.id();
 
-    // Up when every device is loaded and has been polled about once.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if let Ok(Some(status)) = run.0.try_wait() {
-            bail!(
-                "regpoll run exited with {status} during start-up; its log:\n{}",
-                tail(&run_log_path)
-            );
-        }
-        if let Ok(s) = get_json(http, "/api/stats").await
-            && s["devices"].as_u64() == Some(spec.devices as u64)
-            && counter(&s, &["polls"]) >= spec.devices as f64
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("regpoll run did not poll every device within 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_polling(&mut run, http, spec.devices, &run_log_path).await?;
     say(format!(
         "polling after {:.1} s; warming up for {:?}",
         started.elapsed().as_secs_f64(),
@@ -344,19 +292,7 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
     let rss_kib = status_kib(pid, "VmRSS")?;
 
     // Stop as an operator would, and check that nothing was lost.
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    let stopping = Instant::now();
-    let status = loop {
-        if let Some(status) = run.0.try_wait()? {
-            break status;
-        }
-        if stopping.elapsed() > Duration::from_secs(60) {
-            bail!("regpoll run did not stop within 60 s of SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = stop(&mut run).await?;
     let log = std::fs::read_to_string(&run_log_path).unwrap_or_default();
     let stop_line = log
         .lines()
@@ -486,14 +422,132 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
     Ok(result)
 }
 
-fn tail(path: &Path) -> String {
+/// Waits until `regpoll run` at `http` has loaded `devices` devices and
+/// polled about as many times; its log (`log`) is shown if it exits first.
+pub(crate) async fn wait_until_polling(
+    run: &mut Proc,
+    http: std::net::SocketAddr,
+    devices: usize,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(Some(status)) = run.0.try_wait() {
+            bail!(
+                "regpoll run exited with {status} during start-up; its log:\n{}",
+                tail(log)
+            );
+        }
+        if let Ok(s) = get_json(http, "/api/stats").await
+            && s["devices"].as_u64() == Some(devices as u64)
+            && counter(&s, &["polls"]) >= devices as f64
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("regpoll run did not poll every device within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stops `regpoll run` as an operator would (SIGTERM) and waits for it.
+pub(crate) async fn stop(run: &mut Proc) -> anyhow::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args(["-TERM", &run.0.id().to_string()])
+        .status()?;
+    let stopping = Instant::now();
+    loop {
+        if let Some(status) = run.0.try_wait()? {
+            return Ok(status);
+        }
+        if stopping.elapsed() > Duration::from_secs(60) {
+            bail!("regpoll run did not stop within 60 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `regpoll simulate` serving `yaml`, once it listens on every one of
+/// `ports`; its log goes to `work`/simulate.log.
+pub(crate) async fn start_simulator(
+    product: &Path,
+    yaml: &Path,
+    ports: &[u16],
+    work: &Path,
+) -> anyhow::Result<Proc> {
+    let sim_log_path = work.join("simulate.log");
+    let sim_log = std::fs::File::create(&sim_log_path)?;
+    let mut sim = Proc(
+        Command::new(product)
+            .arg("simulate")
+            .arg(yaml)
+            .stdout(Stdio::null())
+            .stderr(sim_log)
+            .spawn()
+            .context("cannot start the simulator")?,
+    );
+    for port in ports {
+        wait_for(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = sim.0.try_wait() {
+                bail!(
+                    "the simulator exited with {status} during start-up; its log:\n{}",
+                    tail(&sim_log_path)
+                );
+            }
+            Ok(std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+        })
+        .await
+        .with_context(|| format!("the simulator does not listen on port {port}"))?;
+    }
+    Ok(sim)
+}
+
+/// `regpoll run` as every scenario starts it: its API on `http`, its spool
+/// under `data_dir`, its log to `log`, and only the database and Redis
+/// given (none taken from the bench's own environment).
+pub(crate) fn run_command(
+    product: &Path,
+    http: std::net::SocketAddr,
+    data_dir: &Path,
+    log: &Path,
+    database_url: Option<&str>,
+    redis_url: Option<&str>,
+    redis_prefix: &str,
+) -> anyhow::Result<Command> {
+    let mut run = Command::new(product);
+    run.arg("run")
+        .args(["--http", &http.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--redis-prefix", redis_prefix])
+        .args(["--log", "info"])
+        .env_remove("DATABASE_URL")
+        .env_remove("REGPOLL_DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("REGPOLL_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(log)
+                .with_context(|| format!("cannot create {}", log.display()))?,
+        );
+    if let Some(url) = database_url {
+        run.env("REGPOLL_DATABASE_URL", url);
+    }
+    if let Some(url) = redis_url {
+        run.env("REGPOLL_REDIS_URL", url);
+    }
+    Ok(run)
+}
+
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Polls `ok` until it says true, it fails, or `limit` passes.
-async fn wait_for(
+pub(crate) async fn wait_for(
     limit: Duration,
     mut ok: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {

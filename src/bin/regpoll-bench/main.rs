@@ -6,6 +6,10 @@
 //! own started from the `regpoll` binary ([`fleet`]), and the floor under
 //! its CPU figure ([`floor`]).
 //!
+//! `cluster` runs several `regpoll run --cluster` processes on one fleet
+//! and measures settling, takeovers after `kill -9`, a join, and the CPU
+//! per reading of each instance ([`cluster`]).
+//!
 //! `ingest` pushes synthetic readings through the history writer alone and
 //! then the same rows through `psql`'s binary COPY into the same table, so
 //! the ratio of the two compares regpoll's writer with the fastest way
@@ -17,9 +21,11 @@
 //! `report` prints the table of every scenario's JSON and checks the
 //! targets ([`report`]).
 
+mod cluster;
 mod database;
 mod fleet;
 mod floor;
+mod handover;
 mod ingest;
 mod outage;
 mod page;
@@ -103,6 +109,50 @@ enum BenchCommand {
         #[arg(long, value_name = "PATH", env = "BENCH_REGPOLL")]
         regpoll: Option<PathBuf>,
         /// Where to write the result as JSON.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run several `regpoll run --cluster` on one fleet and one PostgreSQL:
+    /// settle time and split, CPU per reading of each instance against one
+    /// plain instance at the same load, takeovers after `kill -9`, and the
+    /// devices a join moves.
+    Cluster {
+        /// Scenario name: names the databases (regpoll_bench_NAME and
+        /// regpoll_bench_NAME_single) and the result.
+        #[arg(long, default_value = "cluster")]
+        name: String,
+        #[arg(long, default_value_t = 3000)]
+        devices: usize,
+        /// Registers per device.
+        #[arg(long, default_value_t = 10)]
+        registers: usize,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        every: Duration,
+        /// Devices (unit ids) behind each simulator port. A port is what an
+        /// instance owns, so there must be many of them to balance.
+        #[arg(long, default_value_t = 10)]
+        units_per_port: usize,
+        /// Instances started together (one more joins at the end).
+        #[arg(long, default_value_t = 3)]
+        instances: usize,
+        /// `kill -9`s, one instance after another, each restarted after.
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
+        /// Length of the CPU window (of the cluster, then of the single
+        /// instance).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Time between settling and the CPU window.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Admin URL of a PostgreSQL server; fresh databases are made on it.
+        #[arg(long, env = "REGPOLL_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
+        redis_url: Option<String>,
+        /// The regpoll binary to run as simulator and instances.
+        #[arg(long, value_name = "PATH", env = "BENCH_REGPOLL")]
+        regpoll: Option<PathBuf>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -236,6 +286,37 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 page,
             };
             write(out.as_deref(), &fleet::fleet(&spec, &product).await?)
+        }
+        BenchCommand::Cluster {
+            name,
+            devices,
+            registers,
+            every,
+            units_per_port,
+            instances,
+            kills,
+            duration,
+            warmup,
+            database_url,
+            redis_url,
+            regpoll,
+            out,
+        } => {
+            let product = fleet::regpoll_binary(regpoll)?;
+            let spec = cluster::ClusterSpec {
+                name,
+                devices,
+                registers,
+                every,
+                units_per_port,
+                instances,
+                kills,
+                duration,
+                warmup,
+                database_url,
+                redis_url,
+            };
+            write(out.as_deref(), &cluster::cluster(&spec, &product).await?)
         }
         BenchCommand::Ingest {
             name,

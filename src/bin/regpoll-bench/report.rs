@@ -17,6 +17,12 @@ pub const TARGET_WRITER_RATIO: f64 = 0.9;
 /// `/api/buckets` when the page's devices change or every 30 s).
 pub const TARGET_FIRST_PAINT_MS: f64 = 2000.0;
 pub const TARGET_REQUESTS_PER_REFRESH: f64 = 4.0;
+/// The cluster (issue 23): the instances' polls together within this share
+/// of the fleet's firings (more would be a device polled twice, fewer one
+/// left out), and a moved device's largest gap under this many intervals
+/// (a lost firing makes it two).
+pub const TARGET_CLUSTER_POLLS_SHARE: f64 = 0.01;
+pub const TARGET_JOIN_GAP_INTERVALS: f64 = 1.5;
 
 fn f(v: &Json, key: &str) -> Option<f64> {
     v.get(key).and_then(Json::as_f64)
@@ -151,6 +157,9 @@ pub fn report(results: &[Json]) -> (String, bool) {
             );
         }
     }
+    for r in results.iter().filter(|r| r["kind"] == "cluster") {
+        cluster_tables(&mut out, r);
+    }
     for r in results.iter().filter(|r| r["kind"] == "ingest") {
         let _ = writeln!(
             out,
@@ -277,6 +286,46 @@ pub fn report(results: &[Json]) -> (String, bool) {
             }
         }
     }
+    for r in results.iter().filter(|r| r["kind"] == "cluster") {
+        let name = r["scenario"].as_str().unwrap_or("?");
+        let w = &r["window"];
+        let (polls, firings) = (
+            f(w, "polls_per_s").unwrap_or(0.0),
+            f(w, "expected_polls_per_s").unwrap_or(f64::NAN),
+        );
+        judge(
+            format!(
+                "({name}) polls summed over the instances {polls:.0}/s within {:.0} % of the fleet's {firings:.0} firings/s (each device polled by one instance)",
+                TARGET_CLUSTER_POLLS_SHARE * 100.0
+            ),
+            Verdict::of((polls - firings).abs() <= TARGET_CLUSTER_POLLS_SHARE * firings),
+        );
+        let read = f(&r["takeover"]["first_reading_s"], "max").unwrap_or(f64::INFINITY);
+        let bound = f(r, "takeover_bound_s").unwrap_or(0.0);
+        judge(
+            format!(
+                "({name}) every device of a killed instance read again within {read:.2} s ≤ lease + heartbeat + interval {bound:.1} s (worst of {} kills)",
+                r["kills"].as_array().map_or(0, Vec::len)
+            ),
+            Verdict::of(read <= bound),
+        );
+        let j = &r["join"];
+        judge(
+            format!(
+                "({name}) a join moved links only to the newcomer ({} of {} elsewhere)",
+                j["links_moved_elsewhere"], j["links_moved"]
+            ),
+            Verdict::of(j["links_moved_elsewhere"] == 0),
+        );
+        let gap = f(j, "largest_gap_s").unwrap_or(f64::INFINITY);
+        let every = f(r, "every_s").unwrap_or(0.0);
+        judge(
+            format!(
+                "({name}) no firing lost in a join: largest gap of a moved device {gap:.2} s < {TARGET_JOIN_GAP_INTERVALS} intervals"
+            ),
+            Verdict::of(gap < TARGET_JOIN_GAP_INTERVALS * every),
+        );
+    }
     for r in results.iter().filter(|r| r["kind"] == "ingest") {
         let ratio = f(r, "writer_vs_psql").unwrap_or(0.0);
         judge(
@@ -290,6 +339,93 @@ pub fn report(results: &[Json]) -> (String, bool) {
         );
     }
     (out, all_ok)
+}
+
+/// The cluster scenario's tables: the steady state, each kill, the join.
+fn cluster_tables(out: &mut String, r: &Json) {
+    let num = |v: &Json, k: &str| f(v, k).map_or("—".into(), |x| format!("{x:.2}"));
+    let w = &r["window"];
+    let by_instance = |key: &str| {
+        w["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| format!("{} {}", i["instance"].as_str().unwrap_or("?"), num(i, key)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let split = r["split"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(id, s)| format!("{id} {}", s["devices"]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "\nThe cluster ({} × `regpoll run --cluster` on one PostgreSQL; lease {} s, heartbeat {} s, fence margin {} s):\n\n| scenario | devices × regs @ every | links (simulator ports × units) | settled after (s) | devices per instance | polls/s summed (firings/s) | CPU µs/reading per instance | one plain instance at the same load: devices, CPU µs/reading |\n|---|---|---|---|---|---|---|---|",
+        r["instances"], r["lease_s"], r["heartbeat_s"], r["fence_margin_s"]
+    );
+    let _ = writeln!(
+        out,
+        "| {} | {} × {} @ {}s | {} ({} × {}) | {} | {} | {:.0} ({:.0}) | {} | {}, {} |",
+        r["scenario"].as_str().unwrap_or("?"),
+        r["devices"],
+        r["registers_per_device"],
+        r["every_s"],
+        r["links"],
+        r["simulator_ports"],
+        r["units_per_port"],
+        num(r, "settle_s"),
+        split,
+        f(w, "polls_per_s").unwrap_or(0.0),
+        f(w, "expected_polls_per_s").unwrap_or(0.0),
+        by_instance("cpu_us_per_reading"),
+        r["single"]["devices"],
+        num(&r["single"], "cpu_us_per_reading"),
+    );
+    let _ = writeln!(
+        out,
+        "\n| kill -9 | instance | links | devices | links owned again after (s) | every device read again after (s) | largest gap of its devices (s) | settled again after its restart (s) |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (n, k) in r["kills"].as_array().into_iter().flatten().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            n + 1,
+            k["instance"].as_str().unwrap_or("?"),
+            k["links"],
+            k["devices"],
+            num(k, "ownership_s"),
+            num(k, "first_reading_s"),
+            num(k, "largest_gap_s"),
+            num(k, "resettle_s"),
+        );
+    }
+    let t = &r["takeover"];
+    let _ = writeln!(
+        out,
+        "\nTakeover, p50 / max over the kills: links owned again {} / {} s; every device read again {} / {} s; largest gap {} / {} s.",
+        num(&t["ownership_s"], "p50"),
+        num(&t["ownership_s"], "max"),
+        num(&t["first_reading_s"], "p50"),
+        num(&t["first_reading_s"], "max"),
+        num(&t["largest_gap_s"], "p50"),
+        num(&t["largest_gap_s"], "max"),
+    );
+    let j = &r["join"];
+    let _ = writeln!(
+        out,
+        "\n| join | devices moved (share) | links moved | of them not to the newcomer | settled after (s) | largest gap of a moved device (s) | moved devices with a gap over 1.5 intervals |\n|---|---|---|---|---|---|---|\n| {} | {} ({:.1} %) | {} | {} | {} | {} | {} |",
+        j["instance"].as_str().unwrap_or("?"),
+        j["devices_moved"],
+        f(j, "share_moved").unwrap_or(f64::NAN) * 100.0,
+        j["links_moved"],
+        j["links_moved_elsewhere"],
+        num(j, "settle_s"),
+        num(j, "largest_gap_s"),
+        j["devices_with_a_gap_over_1_5_intervals"],
+    );
 }
 
 #[cfg(test)]
@@ -403,5 +539,68 @@ mod tests {
         outage["missed_polls"] = json!(255_887.0);
         let (table, ok) = report(&[outage]);
         assert!(!ok, "{table}");
+    }
+    fn cluster_result() -> Json {
+        json!({"kind":"cluster","scenario":"cluster","devices":3000,"registers_per_device":10,"every_s":1.0,
+            "simulator_ports":300,"units_per_port":10,"links":300,"instances":3,"lease_s":5.0,"heartbeat_s":1.0,
+            "fence_margin_s":1.0,"takeover_bound_s":7.0,"settle_s":3.25,
+            "split":{"bench-1":{"links":98,"devices":980},"bench-2":{"links":104,"devices":1040},"bench-3":{"links":98,"devices":980}},
+            "window":{"polls_per_s":2999.6,"expected_polls_per_s":3000.0,"links_moved":0,
+                "instances":[{"instance":"bench-1","cpu_us_per_reading":4.5},{"instance":"bench-2","cpu_us_per_reading":4.25},{"instance":"bench-3","cpu_us_per_reading":4.75}]},
+            "single":{"devices":1000,"cpu_us_per_reading":4.5},
+            "kills":[{"instance":"bench-1","links":98,"devices":980,"ownership_s":5.1,"first_reading_s":5.9,"largest_gap_s":6.8,"resettle_s":2.5},
+                     {"instance":"bench-2","links":104,"devices":1040,"ownership_s":5.5,"first_reading_s":6.4,"largest_gap_s":7.1,"resettle_s":2.0}],
+            "takeover":{"ownership_s":{"p50":5.3,"max":5.5},"first_reading_s":{"p50":6.15,"max":6.4},"largest_gap_s":{"p50":6.95,"max":7.1}},
+            "join":{"instance":"bench-4","devices_moved":760,"share_moved":0.2533,"links_moved":76,"links_moved_elsewhere":0,
+                "settle_s":1.75,"largest_gap_s":1.02,"devices_with_a_gap_over_1_5_intervals":0}})
+    }
+
+    #[test]
+    fn cluster_report_shows_each_kill_and_judges_its_own_targets() {
+        let (table, ok) = report(&[cluster_result()]);
+        assert!(ok, "{table}");
+        assert!(
+            table.contains("| cluster | 3000 × 10 @ 1.0s | 300 (300 × 10) | 3.25 | bench-1 980, bench-2 1040, bench-3 980 | 3000 (3000) | bench-1 4.50, bench-2 4.25, bench-3 4.75 | 1000, 4.50 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 2 | bench-2 | 104 | 1040 | 5.50 | 6.40 | 7.10 | 2.00 |"),
+            "{table}"
+        );
+        assert!(
+            table
+                .contains("links owned again 5.30 / 5.50 s; every device read again 6.15 / 6.40 s"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| bench-4 | 760 (25.3 %) | 76 | 0 | 1.75 | 1.02 | 0 |"),
+            "{table}"
+        );
+        assert!(!table.contains("MISSED"), "{table}");
+        // A device polled twice shows as more polls than firings.
+        let mut twice = cluster_result();
+        twice["window"]["polls_per_s"] = json!(3100.0);
+        let (table, ok) = report(&[twice]);
+        assert!(!ok);
+        assert!(
+            table.contains("polls summed over the instances 3100/s within 1 % of the fleet's 3000 firings/s (each device polled by one instance): MISSED"),
+            "{table}"
+        );
+        // A takeover slower than the bound, a link moved between old
+        // members, a lost firing: each its own miss.
+        let mut slow = cluster_result();
+        slow["takeover"]["first_reading_s"]["max"] = json!(7.4);
+        slow["join"]["links_moved_elsewhere"] = json!(3);
+        slow["join"]["largest_gap_s"] = json!(2.0);
+        let (table, ok) = report(&[slow]);
+        assert!(!ok);
+        assert_eq!(table.matches("MISSED").count(), 3, "{table}");
+        assert!(
+            table.contains("read again within 7.40 s ≤ lease + heartbeat + interval 7.0 s (worst of 2 kills): MISSED"),
+            "{table}"
+        );
+        // A result without figures (a scenario cut short) is missed, not met.
+        let (_, ok) = report(&[json!({"kind":"cluster","scenario":"cluster"})]);
+        assert!(!ok);
     }
 }

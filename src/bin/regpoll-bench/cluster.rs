@@ -40,13 +40,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::Utc;
+use regpoll::registry::parse_duration;
 use serde_json::{Value as Json, json};
 use sqlx::PgPool;
 
 use crate::database::fresh_database;
 use crate::fleet::{
-    FleetSpec, Proc, counter, free_ports, get_json, run_command, start_simulator, stop, tail,
-    wait_until_polling, window_quantiles,
+    FleetSpec, Proc, counter, free_ports, get_json, in_scratch_dir, run_command, start_simulator,
+    stop, tail, wait_until_polling, window_quantiles,
 };
 use crate::handover::{
     AroundKill, Owners, Ts, is_balanced, largest_gap, median_and_max, moved_links, secs_between,
@@ -55,23 +56,41 @@ use crate::handover::{
 use crate::proc_stats::cpu_user_system;
 use crate::workload::fleet_yaml;
 
-#[derive(Debug, Clone)]
+/// The scenario's shape (`regpoll-bench cluster`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ClusterSpec {
+    /// Scenario name: names the databases (regpoll_bench_NAME and
+    /// regpoll_bench_NAME_single) and the result.
+    #[arg(long, default_value = "cluster")]
     pub name: String,
+    #[arg(long, default_value_t = 3000)]
     pub devices: usize,
+    /// Registers per device.
+    #[arg(long, default_value_t = 10)]
     pub registers: usize,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub every: Duration,
+    /// Devices (unit ids) behind each simulator port. A port is what an
+    /// instance owns, so there must be many of them to balance.
+    #[arg(long, default_value_t = 10)]
     pub units_per_port: usize,
-    /// Instances started together; one more joins at the end.
+    /// Instances started together (one more joins at the end).
+    #[arg(long, default_value_t = 3)]
     pub instances: usize,
-    /// Instances killed with SIGKILL, one after another.
+    /// `kill -9`s, one instance after another, each restarted after.
+    #[arg(long, default_value_t = 3)]
     pub kills: usize,
-    /// Length of the CPU window.
+    /// Length of the CPU window (of the cluster, then of the single
+    /// instance).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Time between settling and the CPU window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Admin URL of a PostgreSQL server; fresh databases are made on it.
+    #[arg(long, env = "REGPOLL_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 }
 
@@ -85,15 +104,10 @@ pub async fn cluster(spec: &ClusterSpec, product: &Path) -> anyhow::Result<Json>
     if spec.instances < 2 {
         bail!("--instances must be at least 2: a cluster of one has nobody to take over");
     }
-    let work = std::env::temp_dir().join(format!(
-        "regpoll-bench-{}-{}",
-        spec.name,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&work)?;
-    let result = cluster_in(spec, product, &work).await;
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    in_scratch_dir(&spec.name, async |work| {
+        cluster_in(spec, product, work).await
+    })
+    .await
 }
 
 /// One `regpoll run --cluster` process, restartable under the same id.
@@ -820,4 +834,33 @@ async fn single_instance(
     w["devices"] = json!(layout.devices);
     w["links"] = json!(layout.devices.div_ceil(layout.units_per_port));
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cluster_of_one_is_refused_before_anything_starts() {
+        let spec = ClusterSpec {
+            name: "cluster".into(),
+            devices: 30,
+            registers: 10,
+            every: Duration::from_secs(1),
+            units_per_port: 10,
+            instances: 1,
+            kills: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            database_url: "postgres://127.0.0.1:1/none".into(),
+            redis_url: None,
+        };
+        let e = cluster(&spec, Path::new("/nonexistent/regpoll"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("--instances must be at least 2"),
+            "{e}"
+        );
+    }
 }

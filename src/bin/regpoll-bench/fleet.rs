@@ -163,13 +163,19 @@ pub fn regpoll_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// Runs one fleet scenario with the `regpoll` binary at `product` and
 /// returns its JSON result.
 pub async fn fleet(spec: &FleetSpec, product: &Path) -> anyhow::Result<Json> {
-    let work = std::env::temp_dir().join(format!(
-        "regpoll-bench-{}-{}",
-        spec.name,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&work)?;
-    let result = fleet_in(spec, product, &work).await;
+    in_scratch_dir(&spec.name, async |work| fleet_in(spec, product, work).await).await
+}
+
+/// Runs `scenario` in a scratch directory of its own under TMPDIR (devices
+/// files, logs, data dirs), removed afterwards whatever the outcome.
+pub(crate) async fn in_scratch_dir(
+    name: &str,
+    scenario: impl AsyncFnOnce(&Path) -> anyhow::Result<Json>,
+) -> anyhow::Result<Json> {
+    let work = std::env::temp_dir().join(format!("regpoll-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&work)
+        .with_context(|| format!("cannot create the scratch dir {}", work.display()))?;
+    let result = scenario(&work).await;
     let _ = std::fs::remove_dir_all(&work);
     result
 }

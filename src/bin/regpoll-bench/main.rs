@@ -117,39 +117,8 @@ enum BenchCommand {
     /// plain instance at the same load, takeovers after `kill -9`, and the
     /// devices a join moves.
     Cluster {
-        /// Scenario name: names the databases (regpoll_bench_NAME and
-        /// regpoll_bench_NAME_single) and the result.
-        #[arg(long, default_value = "cluster")]
-        name: String,
-        #[arg(long, default_value_t = 3000)]
-        devices: usize,
-        /// Registers per device.
-        #[arg(long, default_value_t = 10)]
-        registers: usize,
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        every: Duration,
-        /// Devices (unit ids) behind each simulator port. A port is what an
-        /// instance owns, so there must be many of them to balance.
-        #[arg(long, default_value_t = 10)]
-        units_per_port: usize,
-        /// Instances started together (one more joins at the end).
-        #[arg(long, default_value_t = 3)]
-        instances: usize,
-        /// `kill -9`s, one instance after another, each restarted after.
-        #[arg(long, default_value_t = 3)]
-        kills: usize,
-        /// Length of the CPU window (of the cluster, then of the single
-        /// instance).
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Time between settling and the CPU window.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Admin URL of a PostgreSQL server; fresh databases are made on it.
-        #[arg(long, env = "REGPOLL_DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-        #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
-        redis_url: Option<String>,
+        #[command(flatten)]
+        spec: cluster::ClusterSpec,
         /// The regpoll binary to run as simulator and instances.
         #[arg(long, value_name = "PATH", env = "BENCH_REGPOLL")]
         regpoll: Option<PathBuf>,
@@ -287,35 +256,8 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
             };
             write(out.as_deref(), &fleet::fleet(&spec, &product).await?)
         }
-        BenchCommand::Cluster {
-            name,
-            devices,
-            registers,
-            every,
-            units_per_port,
-            instances,
-            kills,
-            duration,
-            warmup,
-            database_url,
-            redis_url,
-            regpoll,
-            out,
-        } => {
+        BenchCommand::Cluster { spec, regpoll, out } => {
             let product = fleet::regpoll_binary(regpoll)?;
-            let spec = cluster::ClusterSpec {
-                name,
-                devices,
-                registers,
-                every,
-                units_per_port,
-                instances,
-                kills,
-                duration,
-                warmup,
-                database_url,
-                redis_url,
-            };
             write(out.as_deref(), &cluster::cluster(&spec, &product).await?)
         }
         BenchCommand::Ingest {
@@ -414,5 +356,46 @@ fn write(out: Option<&Path>, result: &serde_json::Value) -> anyhow::Result<()> {
             println!("{text}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_cluster_scenario_defaults_to_three_instances_on_300_ports() {
+        let cli = Cli::try_parse_from([
+            "regpoll-bench",
+            "cluster",
+            "--database-url",
+            "postgres://127.0.0.1/x",
+        ])
+        .unwrap();
+        let BenchCommand::Cluster { spec, .. } = cli.command else {
+            panic!("not the cluster command");
+        };
+        assert_eq!((spec.devices, spec.units_per_port), (3000, 10));
+        assert_eq!((spec.instances, spec.kills), (3, 3));
+        assert_eq!(spec.every, Duration::from_secs(1));
+        // Durations are checked where they are parsed.
+        assert!(
+            Cli::try_parse_from([
+                "regpoll-bench",
+                "cluster",
+                "--database-url",
+                "x",
+                "--every",
+                "soon"
+            ])
+            .is_err()
+        );
     }
 }

@@ -625,46 +625,40 @@ fn a_bad_log_filter_is_refused_with_a_hint() {
     );
 }
 
+/// `regpoll-bench SCENARIO` with `args`, at a small scale (2 s window after
+/// a 1 s warm-up) against the test servers and this build's `regpoll`, as
+/// `scripts/bench` runs it; its result JSON.
+fn run_bench(scenario: &str, args: &[&str]) -> serde_json::Value {
+    let admin = std::env::var("TEST_DATABASE_URL")
+        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test");
+    let redis = std::env::var("TEST_REDIS_URL")
+        .expect("TEST_REDIS_URL is not set: run the tests with scripts/test");
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("cli_{scenario}_{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_regpoll-bench"))
+        .args([scenario, "--regpoll", env!("CARGO_BIN_EXE_regpoll")])
+        .args(["--name", &name, "--duration", "2s", "--warmup", "1s"])
+        .args(args)
+        .args(["--database-url", &admin, "--redis-url", &redis])
+        .args(["--out", "result.json"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("regpoll-bench runs");
+    // The driver's account of the run, shown with a failure.
+    eprintln!("{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&std::fs::read(dir.path().join("result.json")).unwrap()).unwrap()
+}
+
 /// `regpoll-bench fleet` end to end at a small scale, as `scripts/bench`
 /// runs it: `regpoll run` against the simulator with PostgreSQL and Redis,
 /// every reading of the run stored, and the floor measured twice, the second
 /// time with the sinks' bytes sent to the same Redis and PostgreSQL.
 #[test]
 fn bench_fleet_measures_a_small_fleet_and_both_floors() {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test");
-    let redis = std::env::var("TEST_REDIS_URL")
-        .expect("TEST_REDIS_URL is not set: run the tests with scripts/test");
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("cli_{}", std::process::id());
-    let out = Command::new(env!("CARGO_BIN_EXE_regpoll-bench"))
-        .args([
-            "fleet",
-            "--regpoll",
-            env!("CARGO_BIN_EXE_regpoll"),
-            "--name",
-            &name,
-            "--devices",
-            "20",
-            "--duration",
-            "2s",
-            "--warmup",
-            "1s",
-            "--database-url",
-            &admin,
-            "--redis-url",
-            &redis,
-            "--out",
-            "result.json",
-        ])
-        .current_dir(dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .output()
-        .expect("regpoll-bench runs");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("result.json")).unwrap()).unwrap();
+    let r = run_bench("fleet", &["--devices", "20"]);
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
     assert!(f(&r["polls_per_s"]) > 15.0, "{r:#}");
     assert_eq!(r["rows_lost"], 0, "{r:#}");
@@ -681,6 +675,70 @@ fn bench_fleet_measures_a_small_fleet_and_both_floors() {
     // at 200 readings a second.
     assert!(f(&with_sinks["copies"]) >= 5.0, "{floor:#}");
     assert!(f(&with_sinks["copy_rows_per_s"]) > 150.0, "{floor:#}");
+}
+
+/// `regpoll-bench cluster` end to end at a small scale, as `scripts/bench`
+/// runs it: two `regpoll run --cluster` on 60 devices behind 20 simulator
+/// ports settle, one is killed and restarted, a third joins, and one plain
+/// instance measures the same load; the figures hang together.
+#[test]
+fn bench_cluster_measures_settling_a_takeover_and_a_join() {
+    let r = run_bench(
+        "cluster",
+        &[
+            "--devices",
+            "60",
+            "--units-per-port",
+            "3",
+            "--instances",
+            "2",
+            "--kills",
+            "1",
+        ],
+    );
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    assert_eq!(
+        (r["links"].as_u64(), r["simulator_ports"].as_u64()),
+        (Some(20), Some(20))
+    );
+    assert!(f(&r["settle_s"]) > 0.0, "{r:#}");
+    let split = r["split"].as_object().unwrap();
+    assert_eq!(split.len(), 2, "{r:#}");
+    let devices: f64 = split.values().map(|s| f(&s["devices"])).sum();
+    assert_eq!(devices, 60.0, "{r:#}");
+    // Every firing polled once, by one instance or the other.
+    let w = &r["window"];
+    assert!((f(&w["polls_per_s"]) - 60.0).abs() < 6.0, "{w:#}");
+    assert_eq!(w["instances"].as_array().unwrap().len(), 2, "{w:#}");
+    // A device is read again only once its link is owned again, and its
+    // gap began before the kill.
+    let kill = &r["kills"][0];
+    assert!(f(&kill["ownership_s"]) > 0.0, "{kill:#}");
+    assert!(
+        f(&kill["first_reading_s"]) >= f(&kill["ownership_s"]),
+        "{kill:#}"
+    );
+    assert!(
+        f(&kill["largest_gap_s"]) >= f(&kill["first_reading_s"]),
+        "{kill:#}"
+    );
+    assert_eq!(
+        r["takeover"]["first_reading_s"]["max"],
+        kill["first_reading_s"]
+    );
+    // Moved links went to the newcomer only, three devices each.
+    let join = &r["join"];
+    assert_eq!(join["instance"], "bench-3", "{join:#}");
+    assert_eq!(join["links_moved_elsewhere"], 0, "{join:#}");
+    assert_eq!(
+        f(&join["devices_moved"]),
+        3.0 * f(&join["links_moved"]),
+        "{join:#}"
+    );
+    assert!(f(&join["links_moved"]) > 0.0, "{join:#}");
+    let single = &r["single"];
+    assert_eq!(single["devices"], 30, "{single:#}");
+    assert!(f(&single["cpu_us_per_reading"]) > 0.0, "{single:#}");
 }
 
 /// `regpoll check devices.yaml | head -1`: the reader goes away after the

@@ -50,8 +50,8 @@ use crate::fleet::{
     stop, tail, wait_until_polling, window_quantiles,
 };
 use crate::handover::{
-    AroundKill, Owners, Ts, is_balanced, largest_gap, median_and_max, moved_links, secs_between,
-    split, takeover,
+    AroundKill, Owners, Ts, gaps, is_balanced, median_and_max, moved_links, secs_between, split,
+    takeover,
 };
 use crate::proc_stats::cpu_user_system;
 use crate::workload::fleet_yaml;
@@ -675,15 +675,19 @@ async fn cluster_in(spec: &ClusterSpec, product: &Path, work: &Path) -> anyhow::
             read.iter().copied().max().unwrap_or(join_at),
         )
         .await?;
-    let gaps: Vec<f64> = moved_devices
-        .iter()
-        .map(|d| {
-            readings
-                .get(&d.register)
-                .and_then(|ts| largest_gap(ts))
-                .map_or(f64::INFINITY, |g| g.as_secs_f64())
-        })
-        .collect();
+    let mut shortest = Vec::with_capacity(moved_devices.len());
+    let mut longest = Vec::with_capacity(moved_devices.len());
+    for d in &moved_devices {
+        let ts = readings.get(&d.register).map_or(&[][..], Vec::as_slice);
+        let (s, l) = gaps(ts).with_context(|| {
+            format!(
+                "moved device {} has fewer than two readings around the join",
+                d.name
+            )
+        })?;
+        shortest.push(s.as_secs_f64());
+        longest.push(l.as_secs_f64());
+    }
     let lost_firing = 1.5 * spec.every.as_secs_f64();
     let join = json!({
         "instance": newcomer_id,
@@ -692,15 +696,19 @@ async fn cluster_in(spec: &ClusterSpec, product: &Path, work: &Path) -> anyhow::
         "share_moved": moved_devices.len() as f64 / spec.devices as f64,
         "links_moved_elsewhere": not_to_newcomer,
         "settle_s": round3(secs_between(join_at, joined.at)),
-        "largest_gap_s": median_and_max(&gaps).map(|(_, max)| round3(max)),
-        "devices_with_a_gap_over_1_5_intervals": gaps.iter().filter(|g| **g > lost_firing).count(),
+        "largest_gap_s": longest.iter().copied().reduce(f64::max).map(round3),
+        "devices_with_a_gap_over_1_5_intervals": longest.iter().filter(|g| **g > lost_firing).count(),
+        // Two readings much closer than an interval: one firing polled by
+        // both the old owner and the new.
+        "smallest_gap_s": shortest.iter().copied().reduce(f64::min).map(round3),
         "split": split_json(&split(&joined.owners, &watch.devices_per_link)),
     });
     say(format!(
-        "join: {} devices ({} links) moved, {} of them elsewhere than to {newcomer_id}; largest gap of a moved device {} s",
+        "join: {} devices ({} links) moved, {} of them elsewhere than to {newcomer_id}; gaps of a moved device {} s to {} s",
         moved_devices.len(),
         moved.len(),
         not_to_newcomer,
+        join["smallest_gap_s"],
         join["largest_gap_s"]
     ));
     for i in instances.iter_mut() {

@@ -45,15 +45,19 @@ pub fn moved_links(before: &Owners, after: &Owners) -> Vec<String> {
     moved
 }
 
-/// The longest time between two consecutive readings of a device, from
-/// its reading timestamps in any order; `None` with fewer than two.
-pub fn largest_gap(ts: &[Ts]) -> Option<Duration> {
+/// The shortest and the longest time between two consecutive readings of
+/// a device, from its reading timestamps in any order; `None` with fewer
+/// than two. The longest is a lost firing when it nears two intervals; the
+/// shortest a firing polled twice (by two instances) when it is far under
+/// one.
+pub fn gaps(ts: &[Ts]) -> Option<(Duration, Duration)> {
     let mut sorted = ts.to_vec();
     sorted.sort();
-    sorted
+    let between: Vec<Duration> = sorted
         .windows(2)
         .map(|w| (w[1] - w[0]).to_std().unwrap_or_default())
-        .max()
+        .collect();
+    Some((*between.iter().min()?, *between.iter().max()?))
 }
 
 /// One device's readings around a kill: its last before it and its first
@@ -166,13 +170,19 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_gap_is_between_neighbours_whatever_the_order() {
-        let ts = [at(3000), at(0), at(1000), at(5500), at(2000)];
-        assert_eq!(largest_gap(&ts), Some(Duration::from_millis(2500)));
-        assert_eq!(largest_gap(&[at(0)]), None);
-        assert_eq!(largest_gap(&[]), None);
-        // The same instant twice (a duplicate row) is no gap.
-        assert_eq!(largest_gap(&[at(7), at(7)]), Some(Duration::ZERO));
+    fn gaps_are_between_neighbours_whatever_the_order() {
+        let ts = [at(3000), at(0), at(1000), at(5500), at(2000), at(5600)];
+        assert_eq!(
+            gaps(&ts),
+            Some((Duration::from_millis(100), Duration::from_millis(2500)))
+        );
+        assert_eq!(gaps(&[at(0)]), None);
+        assert_eq!(gaps(&[]), None);
+        // The same instant twice is a firing polled twice.
+        assert_eq!(
+            gaps(&[at(7), at(7)]),
+            Some((Duration::ZERO, Duration::ZERO))
+        );
     }
 
     #[test]

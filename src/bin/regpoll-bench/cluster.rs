@@ -675,20 +675,33 @@ async fn cluster_in(spec: &ClusterSpec, product: &Path, work: &Path) -> anyhow::
             read.iter().copied().max().unwrap_or(join_at),
         )
         .await?;
+    let lost_firing = 1.5 * spec.every.as_secs_f64();
     let mut shortest = Vec::with_capacity(moved_devices.len());
     let mut longest = Vec::with_capacity(moved_devices.len());
+    // Each device whose firing was lost, with when its link changed hands:
+    // where in the handover the firing fell.
+    let mut lost = Vec::new();
     for d in &moved_devices {
         let ts = readings.get(&d.register).map_or(&[][..], Vec::as_slice);
-        let (s, l) = gaps(ts).with_context(|| {
+        let g = gaps(ts).with_context(|| {
             format!(
                 "moved device {} has fewer than two readings around the join",
                 d.name
             )
         })?;
-        shortest.push(s.as_secs_f64());
-        longest.push(l.as_secs_f64());
+        shortest.push(g.shortest.as_secs_f64());
+        longest.push(g.longest.as_secs_f64());
+        if g.longest.as_secs_f64() > lost_firing {
+            let acquired = joined.acquired[&d.link];
+            lost.push(json!({
+                "device": d.name,
+                "link": d.link,
+                "gap_s": round3(g.longest.as_secs_f64()),
+                "last_reading_before": g.longest_after,
+                "acquired_by_newcomer_after_it_s": round3(secs_between(g.longest_after, acquired)),
+            }));
+        }
     }
-    let lost_firing = 1.5 * spec.every.as_secs_f64();
     let join = json!({
         "instance": newcomer_id,
         "links_moved": moved.len(),
@@ -697,7 +710,8 @@ async fn cluster_in(spec: &ClusterSpec, product: &Path, work: &Path) -> anyhow::
         "links_moved_elsewhere": not_to_newcomer,
         "settle_s": round3(secs_between(join_at, joined.at)),
         "largest_gap_s": longest.iter().copied().reduce(f64::max).map(round3),
-        "devices_with_a_gap_over_1_5_intervals": longest.iter().filter(|g| **g > lost_firing).count(),
+        "devices_with_a_gap_over_1_5_intervals": lost.len(),
+        "lost_firings": lost,
         // Two readings much closer than an interval: one firing polled by
         // both the old owner and the new.
         "smallest_gap_s": shortest.iter().copied().reduce(f64::min).map(round3),

@@ -45,19 +45,31 @@ pub fn moved_links(before: &Owners, after: &Owners) -> Vec<String> {
     moved
 }
 
-/// The shortest and the longest time between two consecutive readings of
-/// a device, from its reading timestamps in any order; `None` with fewer
-/// than two. The longest is a lost firing when it nears two intervals; the
-/// shortest a firing polled twice (by two instances) when it is far under
-/// one.
-pub fn gaps(ts: &[Ts]) -> Option<(Duration, Duration)> {
+/// The gaps between consecutive readings of one device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gaps {
+    /// Far under one interval: a firing polled twice (by two instances).
+    pub shortest: Duration,
+    /// Near two intervals: a firing lost.
+    pub longest: Duration,
+    /// The reading the longest gap follows.
+    pub longest_after: Ts,
+}
+
+/// The gaps of a device from its reading timestamps in any order; `None`
+/// with fewer than two.
+pub fn gaps(ts: &[Ts]) -> Option<Gaps> {
     let mut sorted = ts.to_vec();
     sorted.sort();
-    let between: Vec<Duration> = sorted
-        .windows(2)
-        .map(|w| (w[1] - w[0]).to_std().unwrap_or_default())
-        .collect();
-    Some((*between.iter().min()?, *between.iter().max()?))
+    let between = |w: &[Ts]| (w[1] - w[0]).to_std().unwrap_or_default();
+    let shortest = sorted.windows(2).map(between).min()?;
+    // The first of equal longest gaps.
+    let longest = sorted.windows(2).rev().max_by_key(|w| between(w))?;
+    Some(Gaps {
+        shortest,
+        longest: between(longest),
+        longest_after: longest[0],
+    })
 }
 
 /// One device's readings around a kill: its last before it and its first
@@ -174,14 +186,23 @@ mod tests {
         let ts = [at(3000), at(0), at(1000), at(5500), at(2000), at(5600)];
         assert_eq!(
             gaps(&ts),
-            Some((Duration::from_millis(100), Duration::from_millis(2500)))
+            Some(Gaps {
+                shortest: Duration::from_millis(100),
+                longest: Duration::from_millis(2500),
+                longest_after: at(3000),
+            })
         );
         assert_eq!(gaps(&[at(0)]), None);
         assert_eq!(gaps(&[]), None);
         // The same instant twice is a firing polled twice.
         assert_eq!(
-            gaps(&[at(7), at(7)]),
-            Some((Duration::ZERO, Duration::ZERO))
+            gaps(&[at(7), at(7)]).map(|g| g.shortest),
+            Some(Duration::ZERO)
+        );
+        // Of equal gaps, the first.
+        assert_eq!(
+            gaps(&[at(0), at(1000), at(2000)]).map(|g| g.longest_after),
+            Some(at(0))
         );
     }
 

@@ -736,10 +736,9 @@ fn bench_cluster_measures_settling_a_takeover_and_a_join() {
         "{join:#}"
     );
     assert!(f(&join["links_moved"]) > 0.0, "{join:#}");
-    assert!(
-        f(&join["smallest_gap_s"]) <= f(&join["largest_gap_s"]),
-        "{join:#}"
-    );
+    // Every moved device's readings were sorted onto its firings.
+    assert!(join["firings_lost"].is_u64(), "{join:#}");
+    assert!(join["firings_polled_twice"].is_u64(), "{join:#}");
     let single = &r["single"];
     assert_eq!(single["devices"], 30, "{single:#}");
     assert!(f(&single["cpu_us_per_reading"]) > 0.0, "{single:#}");

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use regpoll::registry::parse_duration;
+use regpoll::schedule::Ticker;
 use serde_json::{Value as Json, json};
 use sqlx::PgPool;
 
@@ -50,8 +51,8 @@ use crate::fleet::{
     stop, tail, wait_until_polling, window_quantiles,
 };
 use crate::handover::{
-    AroundKill, Owners, Ts, gaps, is_balanced, median_and_max, moved_links, secs_between, split,
-    takeover,
+    AroundKill, Owners, Ts, firings, gaps, is_balanced, median_and_max, moved_links, secs_between,
+    split, takeover,
 };
 use crate::proc_stats::cpu_user_system;
 use crate::workload::fleet_yaml;
@@ -206,6 +207,8 @@ struct Followed {
     name: String,
     link: String,
     register: i32,
+    /// Its firings, as the fleet schedules them (its one poll group).
+    ticker: Ticker,
 }
 
 /// The database side: who owns what, and when devices were read.
@@ -259,7 +262,9 @@ impl Watch {
         for d in fleet {
             let link = regpoll::cluster::link_of(d);
             *devices_per_link.entry(link.clone()).or_insert(0) += 1;
+            let schedule = &d.schedule;
             devices.push(Followed {
+                ticker: Ticker::new(schedule, &format!("{}/{}", d.name, schedule.describe())),
                 register: *ids.get(&d.name).with_context(|| {
                     format!("device {} is not in the registry after the sync", d.name)
                 })?,
@@ -644,6 +649,10 @@ async fn cluster_in(spec: &ClusterSpec, product: &Path, work: &Path) -> anyhow::
     let newcomer = &mut joiner[0];
     let mut all_ids = ids.clone();
     all_ids.push(newcomer.id.clone());
+    // Three intervals after the last restart's rebalancing (itself a
+    // release-then-acquire), so the join's window holds its own handovers
+    // only.
+    tokio::time::sleep(spec.every * 3).await;
     say(format!("{} joins", newcomer.id));
     let join_at = Utc::now();
     newcomer.start(product, &database_url, spec)?;
@@ -675,12 +684,11 @@ async fn cluster_in(spec: &ClusterSpec, product: &Path, work: &Path) -> anyhow::
             read.iter().copied().max().unwrap_or(join_at),
         )
         .await?;
-    let lost_firing = 1.5 * spec.every.as_secs_f64();
-    let mut shortest = Vec::with_capacity(moved_devices.len());
     let mut longest = Vec::with_capacity(moved_devices.len());
-    // Each device whose firing was lost, with when its link changed hands:
-    // where in the handover the firing fell.
-    let mut lost = Vec::new();
+    let (mut polled_twice, mut lost_firings) = (0, 0);
+    // Each device that lost a firing or had one polled twice, with when
+    // its link changed hands: where in the handover it fell.
+    let mut odd = Vec::new();
     for d in &moved_devices {
         let ts = readings.get(&d.register).map_or(&[][..], Vec::as_slice);
         let g = gaps(ts).with_context(|| {
@@ -689,15 +697,23 @@ async fn cluster_in(spec: &ClusterSpec, product: &Path, work: &Path) -> anyhow::
                 d.name
             )
         })?;
-        shortest.push(g.shortest.as_secs_f64());
         longest.push(g.longest.as_secs_f64());
-        if g.longest.as_secs_f64() > lost_firing {
+        let every = spec.every;
+        let f = firings(ts, every, |t| {
+            d.ticker
+                .next_after(t - chrono::Duration::from_std(every).ok()?)
+        });
+        polled_twice += f.polled_twice;
+        lost_firings += f.lost;
+        if f.lost > 0 || f.polled_twice > 0 {
             let acquired = joined.acquired[&d.link];
-            lost.push(json!({
+            odd.push(json!({
                 "device": d.name,
                 "link": d.link,
-                "gap_s": round3(g.longest.as_secs_f64()),
-                "last_reading_before": g.longest_after,
+                "lost": f.lost,
+                "polled_twice": f.polled_twice,
+                "longest_gap_s": round3(g.longest.as_secs_f64()),
+                "longest_gap_after": g.longest_after,
                 "acquired_by_newcomer_after_it_s": round3(secs_between(g.longest_after, acquired)),
             }));
         }
@@ -710,19 +726,18 @@ async fn cluster_in(spec: &ClusterSpec, product: &Path, work: &Path) -> anyhow::
         "links_moved_elsewhere": not_to_newcomer,
         "settle_s": round3(secs_between(join_at, joined.at)),
         "largest_gap_s": longest.iter().copied().reduce(f64::max).map(round3),
-        "devices_with_a_gap_over_1_5_intervals": lost.len(),
-        "lost_firings": lost,
-        // Two readings much closer than an interval: one firing polled by
-        // both the old owner and the new.
-        "smallest_gap_s": shortest.iter().copied().reduce(f64::min).map(round3),
+        // Each reading sorted onto the firing it belongs to (the device's
+        // schedule): two on one firing is a double poll, none a lost one.
+        "firings_polled_twice": polled_twice,
+        "firings_lost": lost_firings,
+        "devices_lost_or_twice": odd,
         "split": split_json(&split(&joined.owners, &watch.devices_per_link)),
     });
     say(format!(
-        "join: {} devices ({} links) moved, {} of them elsewhere than to {newcomer_id}; gaps of a moved device {} s to {} s",
+        "join: {} devices ({} links) moved, {} of them elsewhere than to {newcomer_id}; firings lost {lost_firings}, polled twice {polled_twice}; largest gap of a moved device {} s",
         moved_devices.len(),
         moved.len(),
         not_to_newcomer,
-        join["smallest_gap_s"],
         join["largest_gap_s"]
     ));
     for i in instances.iter_mut() {

@@ -72,6 +72,38 @@ pub fn gaps(ts: &[Ts]) -> Option<Gaps> {
     })
 }
 
+/// How a device's readings fall on its firings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Firings {
+    /// Firings with more than one reading: polled twice (by two instances).
+    pub polled_twice: usize,
+    /// Firings between its first and last reading without one.
+    pub lost: usize,
+}
+
+/// Sorts a device's readings onto its firings: `due_of` gives the firing a
+/// reading belongs to (the last at or before it: a poll starts at its
+/// firing, late by less than an interval, and a reading is stamped when its
+/// request is made). Two readings of one firing are a double poll; a
+/// reading late after a handover is not, however close it comes to the
+/// next one.
+pub fn firings(ts: &[Ts], every: Duration, due_of: impl Fn(Ts) -> Option<Ts>) -> Firings {
+    let mut dues: Vec<Ts> = ts.iter().filter_map(|t| due_of(*t)).collect();
+    dues.sort();
+    let every_us = every.as_micros().max(1) as i64;
+    let mut count = Firings::default();
+    for w in dues.windows(2) {
+        let steps = (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / every_us as f64;
+        let steps = steps.round() as usize;
+        if steps == 0 {
+            count.polled_twice += 1;
+        } else {
+            count.lost += steps - 1;
+        }
+    }
+    count
+}
+
 /// One device's readings around a kill: its last before it and its first
 /// after it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -334,5 +366,42 @@ mod tests {
     fn seconds_between_keep_their_sign() {
         assert_eq!(secs_between(at(0), at(1500)), 1.5);
         assert_eq!(secs_between(at(1500), at(0)), -1.5);
+    }
+
+    /// Firings every second at a phase of 250 ms.
+    fn due(t: Ts) -> Option<Ts> {
+        regpoll::schedule::Ticker::Every {
+            every: Duration::from_secs(1),
+            phase: Duration::from_millis(250),
+        }
+        .next_after(t - chrono::Duration::seconds(1))
+    }
+
+    #[test]
+    fn readings_on_time_and_late_fall_on_their_own_firings() {
+        let second = Duration::from_secs(1);
+        // On time, then one 900 ms late (a handover resumed late), then on
+        // time again 100 ms after it: no firing lost, none polled twice.
+        let ts = [at(250), at(1251), at(3150), at(3252), at(4251)];
+        assert_eq!(firings(&ts, second, due), Firings::default());
+        // The 2.25 s firing's reading 900 ms late, and the 2.25 s firing on
+        // time as well: polled twice.
+        let late_and_on_time = [at(250), at(1251), at(2252), at(3150), at(3252)];
+        assert_eq!(firings(&late_and_on_time, second, due).polled_twice, 1);
+        let one_lost = [at(250), at(1251), at(3252)];
+        assert_eq!(
+            firings(&one_lost, second, due),
+            Firings {
+                polled_twice: 0,
+                lost: 1
+            }
+        );
+        // Two readings of the 1.25 s firing: one by each owner.
+        let twice = [at(250), at(1252), at(1260), at(2251)];
+        assert_eq!(firings(&twice, second, due).polled_twice, 1);
+        // Two firings lost.
+        let gap = [at(250), at(3251)];
+        assert_eq!(firings(&gap, second, due).lost, 2);
+        assert_eq!(firings(&[], second, due), Firings::default());
     }
 }

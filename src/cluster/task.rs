@@ -181,9 +181,11 @@ impl Membership {
                     tracing::info!("cluster heartbeat works again");
                 }
                 self.failing = false;
+                // Not renewed while waiting for a held instance id.
+                let renewed = self.session.map(|_| Utc::now());
                 self.view.update(|s| {
                     s.last_error = None;
-                    s.renewed_at = Some(Utc::now());
+                    s.renewed_at = renewed.or(s.renewed_at);
                 });
             }
             Err(SessionError::Lost) => {

@@ -193,6 +193,8 @@ pub struct ClusterView {
     pub handovers: Handovers,
     pub fence: std::sync::Arc<Fence>,
     snapshot: Mutex<Snapshot>,
+    /// Where the HTTP API was bound, unless the settings name an address.
+    bound: std::sync::OnceLock<String>,
 }
 
 impl ClusterView {
@@ -202,7 +204,20 @@ impl ClusterView {
             handovers: Handovers::default(),
             fence: std::sync::Arc::new(Fence::default()),
             snapshot: Mutex::new(Snapshot::default()),
+            bound: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where this instance's HTTP API listens, as shown to the others.
+    pub fn address(&self) -> Option<&str> {
+        self.settings
+            .address
+            .as_deref()
+            .or(self.bound.get().map(String::as_str))
+    }
+
+    pub(crate) fn set_address(&self, address: String) {
+        let _ = self.bound.set(address);
     }
 
     pub fn instance_id(&self) -> &str {

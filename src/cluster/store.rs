@@ -135,11 +135,22 @@ pub async fn reap(pool: &PgPool) -> Result<Vec<Reaped>, sqlx::Error> {
         .collect())
 }
 
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    session: i64,
+    instance_id: String,
+    address: Option<String>,
+    started_at: DateTime<Utc>,
+    heartbeat_age_s: f64,
+    links_owned: i32,
+    devices_owned: i32,
+}
+
 /// The live instances, by id.
 pub async fn members(pool: &PgPool, this: Option<i64>) -> Result<Vec<Member>, sqlx::Error> {
-    let rows: Vec<(i64, String, Option<String>, DateTime<Utc>, f64, i32, i32)> = sqlx::query_as(
+    let rows: Vec<MemberRow> = sqlx::query_as(
         "SELECT session, instance_id, address, started_at,
-                extract(epoch FROM now() - heartbeat_at)::float8,
+                extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s,
                 links_owned, devices_owned
          FROM cluster_instances WHERE lease_until > now()
          ORDER BY instance_id",
@@ -148,17 +159,15 @@ pub async fn members(pool: &PgPool, this: Option<i64>) -> Result<Vec<Member>, sq
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(session, instance_id, address, started_at, age, links, devices)| Member {
-                instance_id,
-                address,
-                started_at,
-                heartbeat_age_s: age.max(0.0),
-                links_owned: u32::try_from(links).unwrap_or(0),
-                devices_owned: u32::try_from(devices).unwrap_or(0),
-                this: Some(session) == this,
-            },
-        )
+        .map(|r| Member {
+            this: Some(r.session) == this,
+            instance_id: r.instance_id,
+            address: r.address,
+            started_at: r.started_at,
+            heartbeat_age_s: r.heartbeat_age_s.max(0.0),
+            links_owned: u32::try_from(r.links_owned).unwrap_or(0),
+            devices_owned: u32::try_from(r.devices_owned).unwrap_or(0),
+        })
         .collect())
 }
 

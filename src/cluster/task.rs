@@ -63,8 +63,10 @@ pub async fn run(pool: PgPool, view: Arc<ClusterView>, wiring: Wiring) {
     let mut listener: Option<PgListener> = None;
     let mut registry_open = true;
     let heartbeat = member.view.settings.heartbeat;
-    let mut next = Instant::now();
     loop {
+        // The next heartbeat is one period after this round began, however
+        // many notifications brought rounds forward meanwhile.
+        let next = Instant::now() + heartbeat;
         if listener.is_none() {
             listener = listen(&member.pool).await;
         }
@@ -77,11 +79,6 @@ pub async fn run(pool: PgPool, view: Arc<ClusterView>, wiring: Wiring) {
         };
         if fenced {
             member.fenced(NOT_RENEWED).await;
-        }
-        next += heartbeat;
-        let now = Instant::now();
-        if next < now {
-            next = now + heartbeat;
         }
         let fence_at = member.fence_deadline();
         let woke = tokio::select! {
@@ -215,7 +212,7 @@ impl Membership {
             session,
             settings.lease,
             (self.held.len(), devices),
-            settings.address.as_deref(),
+            self.view.address(),
         )
         .await?;
         // The lease ends, as the others see it, no earlier than `sent + lease`.
@@ -273,7 +270,7 @@ impl Membership {
         match store::join(
             &self.pool,
             &settings.instance_id,
-            settings.address.as_deref(),
+            self.view.address(),
             settings.lease,
         )
         .await?

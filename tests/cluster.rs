@@ -327,6 +327,10 @@ impl Instance {
         let data = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_regpoll"));
         command
+            // The supervisor's and the cluster task's debug lines say when
+            // each instance stopped, released and acquired which links: what
+            // a failure's message needs (see `assert_no_missed_firing`).
+            .args(["--log", "info,regpoll::app=debug,regpoll::cluster=debug"])
             .args(["run", "--cluster", "--instance-id", id, "--http", "off"])
             .args(["--database-url", &fleet.url])
             .args(["--cluster-lease", &millis(LEASE)])
@@ -401,15 +405,24 @@ impl Drop for Instance {
 }
 
 /// Stops every instance at once (so that none takes over another's
-/// devices on the way out), for their last readings to be written.
-fn stop_all(instances: Vec<Instance>) {
+/// devices on the way out), for their last readings to be written; returns
+/// their logs, each line after its instance's id.
+fn stop_all(instances: Vec<Instance>) -> Vec<String> {
     tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
-            for i in instances {
-                scope.spawn(move || i.stop());
-            }
+            let stopping: Vec<_> = instances
+                .into_iter()
+                .map(|i| {
+                    let id = i.id.clone();
+                    scope.spawn(move || i.stop().into_iter().map(move |l| format!("{id}: {l}")))
+                })
+                .collect();
+            stopping
+                .into_iter()
+                .flat_map(|s| s.join().unwrap())
+                .collect()
         })
-    });
+    })
 }
 
 /// The local ports of the TCP sockets `pid` holds (Linux's /proc): which
@@ -541,14 +554,21 @@ async fn assert_no_missed_firing(
         ..
     } = cluster;
     let served = fleet.requests(from);
-    stop_all(instances);
+    let logs = stop_all(instances);
     let stored = fleet.readings(&pool, devices, from, until).await;
     for name in devices {
-        let requested = largest_gap(served[name].iter().map(|s| s.at).filter(|at| *at <= until));
+        let requests: Vec<&Served> = served[name].iter().filter(|s| s.at <= until).collect();
+        let requested = largest_gap(requests.iter().map(|s| s.at));
         let written = largest_gap(stored[name].iter().copied());
         assert!(
             requested <= NO_MISSED_FIRING && written <= NO_MISSED_FIRING,
-            "{name}: across {what}, gaps of {requested:?} between requests and {written:?} between stored readings; bound {NO_MISSED_FIRING:?}"
+            "{name}: across {what}, gaps of {requested:?} between requests and {written:?} between stored readings; bound {NO_MISSED_FIRING:?}\nrequests (time, connection): {}\n{}",
+            requests
+                .iter()
+                .map(|s| format!("{} {}", s.at.format("%H:%M:%S%.3f"), s.connection))
+                .collect::<Vec<_>>()
+                .join(", "),
+            logs.join("\n")
         );
     }
 }
@@ -645,10 +665,14 @@ async fn a_killed_instances_devices_are_taken_over_within_the_bound_and_never_po
     let mut takeovers = Vec::new();
     for name in &devices {
         let requests = &served[name];
-        let before = requests.first().unwrap().connection;
+        let before = requests
+            .iter()
+            .rfind(|s| s.at < killed_at)
+            .unwrap_or_else(|| panic!("{name} was not polled before the kill"))
+            .connection;
         let first_new = requests
             .iter()
-            .find(|s| s.connection != before)
+            .find(|s| s.at >= killed_at && s.connection != before)
             .unwrap_or_else(|| panic!("{name} was never polled by its new owner"));
         let takeover = (first_new.at - killed_at).to_std().unwrap();
         assert!(
@@ -680,11 +704,10 @@ async fn a_killed_instances_devices_are_taken_over_within_the_bound_and_never_po
     stop_all(std::mem::take(&mut cluster.instances));
     let stored = fleet.readings(pool, &devices, from, until).await;
     let bound = TAKEOVER + INTERVAL + BATCH_DELAY;
-    let taken = killed_at + chrono::Duration::from_std(TAKEOVER).unwrap();
     for name in &devices {
         let ts = &stored[name];
         assert!(
-            ts[0] < killed_at && *ts.last().unwrap() > taken,
+            ts[0] < killed_at && *ts.last().unwrap() > killed_at,
             "{name}'s readings span the kill and the takeover: {ts:?}"
         );
         let gap = largest_gap(ts.iter().copied());
@@ -754,6 +777,7 @@ async fn a_graceful_stop_hands_over_without_a_missed_firing_or_double_polling() 
         "{id} says it left:\n{}",
         said.join("\n")
     );
+    println!("{id}'s log:\n{}", said.join("\n"));
     let until = cluster.resettle().await;
     let from = stopped_at - chrono::Duration::seconds(1);
     assert_no_missed_firing(cluster, &devices, (from, until), "the handover").await;

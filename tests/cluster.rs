@@ -324,6 +324,12 @@ struct Instance {
 
 impl Instance {
     fn start(fleet: &Fleet, id: &str) -> Instance {
+        Self::start_with_database(fleet, id, &fleet.url)
+    }
+
+    /// [`Instance::start`] with the fleet's database reached at `url` (a
+    /// [`Relay`]).
+    fn start_with_database(fleet: &Fleet, id: &str, url: &str) -> Instance {
         let data = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_regpoll"));
         command
@@ -332,7 +338,7 @@ impl Instance {
             // a failure's message needs (see `assert_no_missed_firing`).
             .args(["--log", "info,regpoll::app=debug,regpoll::cluster=debug"])
             .args(["run", "--cluster", "--instance-id", id, "--http", "off"])
-            .args(["--database-url", &fleet.url])
+            .args(["--database-url", url])
             .args(["--cluster-lease", &millis(LEASE)])
             .args(["--cluster-heartbeat", &millis(HEARTBEAT)])
             .args(["--cluster-fence-margin", &millis(FENCE_MARGIN)])
@@ -423,6 +429,61 @@ fn stop_all(instances: Vec<Instance>) -> Vec<String> {
                 .collect()
         })
     })
+}
+
+/// A TCP relay to PostgreSQL for one instance: cutting it is that
+/// instance's network losing the database (its connections closed, new ones
+/// refused) while the others keep theirs.
+struct Relay {
+    /// The database's URL through the relay.
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(url: &str) -> Relay {
+        let mut url = url::Url::parse(url).unwrap();
+        let upstream = format!(
+            "{}:{}",
+            url.host_str().expect("TEST_DATABASE_URL names a host"),
+            url.port().unwrap_or(5432)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(listener.local_addr().unwrap().port()))
+            .unwrap();
+        let task = tokio::spawn(async move {
+            // Dropped with this task when it is aborted: every relayed
+            // connection closes with it.
+            let mut relayed = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let upstream = upstream.clone();
+                relayed.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Relay {
+            url: url.to_string(),
+            task,
+        }
+    }
+
+    /// Closes every connection through it and refuses new ones.
+    fn cut(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
 }
 
 /// The local ports of the TCP sockets `pid` holds (Linux's /proc): which
@@ -781,6 +842,78 @@ async fn a_graceful_stop_hands_over_without_a_missed_firing_or_double_polling() 
     let until = cluster.resettle().await;
     let from = stopped_at - chrono::Duration::seconds(1);
     assert_no_missed_firing(cluster, &devices, (from, until), "the handover").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_the_database_stops_polling_before_the_others_take_over() {
+    let fleet = Fleet::start().await;
+    let pool = fleet.pool().await;
+    let ids = ["i1", "i2", "i3"];
+    let mut relays = Vec::new();
+    let mut instances = Vec::new();
+    let started = Utc::now();
+    for id in ids {
+        let relay = Relay::start(&fleet.url).await;
+        instances.push(Instance::start_with_database(&fleet, id, &relay.url));
+        relays.push(relay);
+    }
+    fleet.settle(&pool, &ids).await;
+    let owned = owners(&pool).await;
+    let at = (0..ids.len())
+        .max_by_key(|i| (links_of(&owned, ids[*i]).len(), std::cmp::Reverse(*i)))
+        .unwrap();
+    let devices = fleet.devices_on(&links_of(&owned, ids[at]));
+    let cut_at = Utc::now();
+    relays[at].cut();
+    // Its row stays until its lease has expired on the database's clock.
+    let lease_until: DateTime<Utc> =
+        sqlx::query_scalar("SELECT lease_until FROM cluster_instances WHERE instance_id = $1")
+            .bind(ids[at])
+            .fetch_one(&pool)
+            .await
+            .expect("the cut instance's row is there until its lease expires");
+    let mut cut = instances.remove(at);
+    cut.wait_for_log("stopped polling", LEASE + SLACK).await;
+    let survivors: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    let settled = fleet.settle(&pool, &survivors).await;
+    fleet.wait_for_polls(settled, 3).await;
+    fleet.assert_never_polled_by_two(started);
+
+    // Each of its devices: the cut instance's last request came before its
+    // lease could expire, the new owner's first after it had.
+    let served = fleet.requests(started);
+    let mut margins = Vec::new();
+    for name in &devices {
+        let requests = &served[name];
+        let old = requests.iter().rfind(|s| s.at < cut_at).unwrap().connection;
+        let last_old = requests.iter().rfind(|s| s.connection == old).unwrap();
+        let first_new = requests
+            .iter()
+            .find(|s| s.at > cut_at && s.connection != old)
+            .unwrap_or_else(|| panic!("{name} was never polled by its new owner"));
+        assert!(
+            last_old.at < lease_until && first_new.at >= lease_until,
+            "{name}: last polled by the cut instance at {}, first by its new owner at {}, the lease ended at {lease_until}",
+            last_old.at,
+            first_new.at
+        );
+        let takeover = (first_new.at - cut_at).to_std().unwrap();
+        assert!(
+            takeover <= TAKEOVER,
+            "{name} taken over {takeover:?} after the cut, bound {TAKEOVER:?}"
+        );
+        margins.push((lease_until - last_old.at).to_std().unwrap());
+    }
+    margins.sort();
+    println!(
+        "{} devices of {}: last polled {:?}..{:?} before its lease ended (fence margin {FENCE_MARGIN:?})",
+        devices.len(),
+        ids[at],
+        margins[0],
+        margins[margins.len() - 1]
+    );
+    tokio::task::block_in_place(|| cut.kill());
+    stop_all(instances);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,8 @@ pub struct Running {
     connectivity: Connectivity,
     /// The cluster task (`run --cluster`) and how to ask it to leave.
     cluster: Option<ClusterTask>,
+    /// Held until the service has stopped (see [`lock_data_dir`]).
+    _data_dir_lock: Option<std::fs::File>,
 }
 
 struct ClusterTask {
@@ -166,6 +168,11 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         .redis_url
         .as_deref()
         .map(Target::parse)
+        .transpose()?;
+    let data_dir_lock = settings
+        .data_dir
+        .as_deref()
+        .map(lock_data_dir)
         .transpose()?;
     if let Some(cluster) = &settings.cluster {
         cluster.check()?;
@@ -389,7 +396,38 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         stop_http,
         connectivity,
         cluster,
+        _data_dir_lock: data_dir_lock,
     })
+}
+
+/// Takes the data dir for this process: its spool and registry cache are
+/// one process's, and two processes replaying one spool would write its
+/// readings twice. Several instances of a cluster on one machine each need
+/// their own `--data-dir`. The lock is the operating system's (released
+/// when the process ends, however it ends); a file system that cannot lock
+/// is only warned about.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    let path = dir.join("regpoll.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another regpoll process uses the data dir {} (its spool and registry cache belong to one process); give each process its own --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot lock the data dir; make sure no other regpoll process uses it");
+        }
+    }
+    Ok(file)
 }
 
 /// Sets TimescaleDB's retention policy, or, without TimescaleDB, starts the
@@ -453,6 +491,11 @@ impl Running {
     /// any (`None` once connected).
     pub fn database_outage(&self) -> Option<Outage> {
         self.connectivity.outage()
+    }
+
+    /// What this instance knows of its cluster (`None` without `--cluster`).
+    pub fn cluster(&self) -> Option<crate::cluster::Snapshot> {
+        self.stats.cluster().map(|c| c.snapshot())
     }
 
     /// Where the HTTP API listens, when it does.

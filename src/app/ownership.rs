@@ -9,9 +9,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::{Command, Links, link_of};
+use crate::cluster::{Command, LinkInfo, Links, link_of};
 use crate::fleet::Fleet;
-use crate::registry::Device;
+use crate::registry::{Device, Transport};
 
 pub(super) struct Ownership {
     owned: HashSet<String>,
@@ -39,7 +39,11 @@ impl Ownership {
     pub(super) fn set_registry(&mut self, all: Vec<Device>) -> Vec<Device> {
         let mut links = Links::new();
         for d in &all {
-            *links.entry(link_of(d)).or_insert(0) += 1;
+            let info = links.entry(link_of(d)).or_insert(LinkInfo {
+                devices: 0,
+                serial: matches!(d.transport, Transport::Rtu(_)),
+            });
+            info.devices += 1;
         }
         self.links.send_if_modified(|current| {
             let changed = **current != links;

@@ -70,11 +70,12 @@ pub async fn renew(
     lease: Duration,
     owned: (usize, usize),
     address: Option<&str>,
+    serial_lines: &[String],
 ) -> Result<(), SessionError> {
     let renewed = sqlx::query(
         "UPDATE cluster_instances
          SET heartbeat_at = now(), lease_until = now() + make_interval(secs => $2),
-             links_owned = $3, devices_owned = $4, address = $5
+             links_owned = $3, devices_owned = $4, address = $5, serial_lines = $6
          WHERE session = $1",
     )
     .bind(session)
@@ -82,6 +83,7 @@ pub async fn renew(
     .bind(i32::try_from(owned.0).unwrap_or(i32::MAX))
     .bind(i32::try_from(owned.1).unwrap_or(i32::MAX))
     .bind(address)
+    .bind(serial_lines)
     .execute(pool)
     .await?
     .rows_affected();
@@ -144,6 +146,7 @@ struct MemberRow {
     heartbeat_age_s: f64,
     links_owned: i32,
     devices_owned: i32,
+    serial_lines: Vec<String>,
 }
 
 /// The live instances, by id.
@@ -151,7 +154,7 @@ pub async fn members(pool: &PgPool, this: Option<i64>) -> Result<Vec<Member>, sq
     let rows: Vec<MemberRow> = sqlx::query_as(
         "SELECT session, instance_id, address, started_at,
                 extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s,
-                links_owned, devices_owned
+                links_owned, devices_owned, serial_lines
          FROM cluster_instances WHERE lease_until > now()
          ORDER BY instance_id",
     )
@@ -167,6 +170,7 @@ pub async fn members(pool: &PgPool, this: Option<i64>) -> Result<Vec<Member>, sq
             heartbeat_age_s: r.heartbeat_age_s.max(0.0),
             links_owned: u32::try_from(r.links_owned).unwrap_or(0),
             devices_owned: u32::try_from(r.devices_owned).unwrap_or(0),
+            serial_lines: r.serial_lines,
         })
         .collect())
 }

@@ -9,10 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::cluster::Fence;
 use crate::modbus::endpoint::Endpoint;
 use crate::modbus::learn::LearnedPlans;
 use crate::modbus::stats::Endpoints;
@@ -96,6 +97,13 @@ pub struct Fleet {
     endpoints: HashMap<(String, Transport), Arc<Endpoint>>,
     polled: BTreeMap<String, Polled>,
     published: watch::Sender<Vec<Arc<Device>>>,
+    /// A clustered instance's lease: endpoints send nothing once it closes.
+    fence: Option<Arc<Fence>>,
+    /// Links handed over by another instance, with the time its last poll
+    /// had finished: their devices start at the first firing after it
+    /// rather than after now, so no firing falls between the two owners.
+    /// Taken by the next reconciliation.
+    resume: HashMap<String, DateTime<Utc>>,
 }
 
 impl Fleet {
@@ -106,7 +114,22 @@ impl Fleet {
             endpoints: HashMap::new(),
             polled: BTreeMap::new(),
             published: watch::Sender::new(Vec::new()),
+            fence: None,
+            resume: HashMap::new(),
         }
+    }
+
+    /// A fleet of a clustered instance: no request goes out once `fence`
+    /// has closed, and no poll starts.
+    pub fn with_fence(mut self, fence: Arc<Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// The devices behind `link` start, at the next reconciliation, with the
+    /// first firing after `at` (a handover from another instance).
+    pub fn resume_after(&mut self, link: String, at: DateTime<Utc>) {
+        self.resume.insert(link, at);
     }
 
     /// Where the polls' reports go (a reload tells it what changed).
@@ -155,6 +178,17 @@ impl Fleet {
             }
             self.spawn(device);
         }
+        self.resume.clear();
+        // An endpoint no device uses any more is closed now, not at exit: a
+        // clustered instance must let go of a link it hands over (devices
+        // with one connection slot), and a removed gateway should not keep
+        // a connection open.
+        let used: std::collections::HashSet<(String, Transport)> = self
+            .polled
+            .values()
+            .map(|p| (p.device.endpoint(), p.device.transport.clone()))
+            .collect();
+        self.endpoints.retain(|link, _| used.contains(link));
         self.published.send_replace(
             self.polled
                 .values()
@@ -166,8 +200,10 @@ impl Fleet {
 
     fn spawn(&mut self, device: Device) {
         let link = (device.endpoint(), device.transport.clone());
+        let resume = self.resume.get(&link.0).copied();
+        let fence = &self.fence;
         let endpoint = Arc::clone(self.endpoints.entry(link).or_insert_with(|| {
-            let e = Arc::new(Endpoint::for_device(&device));
+            let e = Arc::new(Endpoint::for_device(&device).with_fence(fence.clone()));
             self.counters
                 .endpoints
                 .insert(device.endpoint(), Arc::clone(e.stats()));
@@ -191,8 +227,10 @@ impl Fleet {
                 .publish_learned(Arc::clone(&self.counters.learned), group);
             let (stop, stopped) = oneshot::channel();
             stops.push(stop);
+            let first = ticker.next_after(resume.unwrap_or_else(Utc::now));
             tasks.push(tokio::spawn(group_loop(
                 poller,
+                first,
                 ticker,
                 self.sinks.for_device(&device),
                 stopped,
@@ -239,19 +277,26 @@ impl Fleet {
 )]
 fn group_loop(
     mut poller: DevicePoller,
+    mut next: Option<DateTime<Utc>>,
     ticker: Ticker,
     sinks: DeviceSinks,
     mut stop: oneshot::Receiver<()>,
     counters: Arc<Counters>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        let mut next = ticker.next_after(Utc::now());
         while let Some(due) = next {
             let wait = (due - Utc::now()).to_std().unwrap_or_default();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 // Fleet drops the sender to stop the device.
                 _ = &mut stop => break,
+            }
+            // A clustered instance whose lease ran out polls nothing (its
+            // devices are stopped soon after; see `cluster`).
+            if poller.endpoint().fenced() {
+                counters.fenced_polls.fetch_add(1, Ordering::Relaxed);
+                next = ticker.after_poll(due, Utc::now()).1;
+                continue;
             }
             let late = (Utc::now() - due).to_std().unwrap_or_default();
             counters.lateness.record(late);
@@ -261,6 +306,12 @@ fn group_loop(
             // state (about 1 KB) and for the report between them.
             Box::pin(async {
                 let report = poller.poll().await;
+                // Fenced half-way: its last requests were not sent, and
+                // the device may be another instance's now.
+                if poller.endpoint().fenced() {
+                    counters.fenced_polls.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 counters.record_poll(&report);
                 sinks.deliver(report).await;
             })

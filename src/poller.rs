@@ -53,6 +53,10 @@ impl DevicePoller {
         self
     }
 
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     pub fn device(&self) -> &Arc<Device> {
         &self.device
     }

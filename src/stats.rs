@@ -63,6 +63,11 @@ pub struct ServiceStats {
 }
 
 impl Sources {
+    /// This instance's view of its cluster, when it runs in one.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterView>> {
+        self.cluster.as_ref()
+    }
+
     /// The history writer's counters alone (what `/ready` checks).
     pub fn history_snapshot(&self) -> HistorySnapshot {
         self.history.snapshot(self.history_depth.get())

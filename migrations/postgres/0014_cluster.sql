@@ -15,7 +15,10 @@ CREATE TABLE IF NOT EXISTS cluster_instances (
     heartbeat_at  timestamptz NOT NULL DEFAULT now(),
     lease_until   timestamptz NOT NULL,
     links_owned   integer NOT NULL DEFAULT 0,
-    devices_owned integer NOT NULL DEFAULT 0
+    devices_owned integer NOT NULL DEFAULT 0,
+    -- The registry's serial lines (transport: rtu) whose device path this
+    -- instance's machine has: only those may own them.
+    serial_lines  text[] NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS cluster_instances_lease ON cluster_instances (lease_until);
 

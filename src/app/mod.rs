@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
+use crate::cluster::ClusterView;
 use crate::db::{Connectivity, Db, Outage};
 use crate::fleet::{Counters, Fleet};
 use crate::history::jobs::{self, JobWatch};
@@ -40,10 +41,12 @@ use crate::sink::Sinks;
 use crate::stats::{ServiceStats, Sources};
 
 mod database;
+mod ownership;
 mod reload;
 mod supervise;
 
 use database::{Reconnect, SyncSource};
+use ownership::Ownership;
 use supervise::{RegistryWatch, Supervision, supervise};
 
 #[derive(Debug, Clone)]
@@ -146,6 +149,15 @@ pub struct Running {
     http: Option<(SocketAddr, JoinHandle<()>)>,
     stop_http: watch::Sender<bool>,
     connectivity: Connectivity,
+    /// The cluster task (`run --cluster`) and how to ask it to leave.
+    cluster: Option<ClusterTask>,
+    /// Held until the service has stopped (see [`lock_data_dir`]).
+    _data_dir_lock: Option<std::fs::File>,
+}
+
+struct ClusterTask {
+    leave: oneshot::Sender<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
 }
 
 /// Starts the service; it runs until [`Running::shutdown`].
@@ -157,6 +169,19 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         .as_deref()
         .map(Target::parse)
         .transpose()?;
+    let data_dir_lock = settings
+        .data_dir
+        .as_deref()
+        .map(lock_data_dir)
+        .transpose()?;
+    if let Some(cluster) = &settings.cluster {
+        cluster.check()?;
+        if settings.database_url.is_none() {
+            anyhow::bail!(
+                "--cluster needs PostgreSQL: the instances share the fleet through its tables, and an SQLite file belongs to one machine; give --database-url (or REGPOLL_DATABASE_URL), or run without --cluster"
+            );
+        }
+    }
     let (db, unreachable) = database::open(settings).await?;
     let mut cache = database::cache_writer(settings, &db);
     let sync_source = match source {
@@ -246,6 +271,19 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(Counters::default());
     let mut fleet = Fleet::new(sinks.clone(), Arc::clone(&counters));
+    let view = settings
+        .cluster
+        .clone()
+        .map(|c| Arc::new(ClusterView::new(c)));
+    let (cluster_commands, commands_rx) = mpsc::channel(16);
+    let (links_tx, links_rx) = watch::channel(Arc::default());
+    let mut ownership = match &view {
+        Some(view) => {
+            fleet = fleet.with_fence(Arc::clone(&view.fence));
+            Some(Ownership::new(links_tx, commands_rx))
+        }
+        None => None,
+    };
     let devices = fleet.devices();
     let stats = Sources {
         latest: Arc::clone(&latest),
@@ -256,7 +294,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         redis: redis_queue.map(|q| (redis_stats, q)),
         jobs: Arc::clone(&jobs),
         registry: Arc::default(),
-        cluster: None,
+        cluster: view.clone(),
     };
     // After a start from the cache, the cache is not rewritten from itself.
     let fresh = cold.is_none();
@@ -266,6 +304,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         &stats.registry,
         cache.as_mut().filter(|_| fresh),
         true,
+        ownership.as_mut(),
     )
     .await;
     let supervision = Supervision {
@@ -274,6 +313,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         cache,
         rejections: Arc::clone(&stats.registry),
         cold,
+        cluster: ownership,
     };
     let supervisor = tokio::spawn(supervise(fleet, supervision, stop_rx));
     let (scheduling, scheduling_rx) = watch::channel(true);
@@ -305,6 +345,32 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         }
         None => None,
     };
+    // Joined once the API is bound, so the others see its address.
+    let cluster = match (view, db.as_postgres()) {
+        (Some(view), Some(_)) => {
+            if let Some((bound, _)) = &http {
+                view.set_address(bound.to_string());
+            }
+            let heartbeat = view.settings.heartbeat;
+            // Its own small pool: a renewal never waits behind a history
+            // write for a connection, and a statement the server does not
+            // answer within a heartbeat is cancelled.
+            let pool = db
+                .api_pool(2, heartbeat, heartbeat)
+                .as_postgres()
+                .cloned()
+                .expect("a PostgreSQL database gives a PostgreSQL pool");
+            let (leave, leave_rx) = oneshot::channel();
+            let wiring = crate::cluster::Wiring {
+                links: links_rx,
+                fleet: cluster_commands,
+                leave: leave_rx,
+            };
+            let task = tokio::spawn(crate::cluster::run(pool, view, wiring));
+            Some(ClusterTask { leave, task })
+        }
+        _ => None,
+    };
     tracing::info!(
         devices = devices.borrow().len(),
         database = db.kind(),
@@ -329,7 +395,39 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         http,
         stop_http,
         connectivity,
+        cluster,
+        _data_dir_lock: data_dir_lock,
     })
+}
+
+/// Takes the data dir for this process: its spool and registry cache are
+/// one process's, and two processes replaying one spool would write its
+/// readings twice. Several instances of a cluster on one machine each need
+/// their own `--data-dir`. The lock is the operating system's (released
+/// when the process ends, however it ends); a file system that cannot lock
+/// is only warned about.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    let path = dir.join("regpoll.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another regpoll process uses the data dir {} (its spool and registry cache belong to one process); give each process its own --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot lock the data dir; make sure no other regpoll process uses it");
+        }
+    }
+    Ok(file)
 }
 
 /// Sets TimescaleDB's retention policy, or, without TimescaleDB, starts the
@@ -404,6 +502,21 @@ impl Running {
     /// counters once the writers are done.
     pub async fn shutdown(self) -> anyhow::Result<ServiceStats> {
         let _ = self.scheduling.send(false);
+        if let Some(cluster) = self.cluster {
+            // Hands the devices over before the fleet stops: the others
+            // start at the first firing after this instance's last poll.
+            let (done, left) = oneshot::channel();
+            if cluster.leave.send(done).is_ok()
+                && tokio::time::timeout(self.shutdown_timeout, left)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(
+                    "leaving the cluster took too long; the others take over when this instance's lease expires"
+                );
+                cluster.task.abort();
+            }
+        }
         let _ = self.stop.send(true);
         let _ = self.supervisor.await;
         if let Some(job) = self.retention_job {

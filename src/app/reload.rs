@@ -15,7 +15,10 @@ use crate::registry::cache::CacheWriter;
 use crate::registry::rejections::{Rejection, Rejections};
 use crate::registry::store::Loaded;
 
-/// Makes the fleet poll `loaded`; `first` at start, when the devices the
+use super::ownership::Ownership;
+
+/// Makes the fleet poll `loaded` (in a cluster, those of its devices whose
+/// links this instance owns); `first` at start, when the devices the
 /// registry holds inactive are also marked so in Redis (they may have been
 /// deactivated while regpoll was not running).
 pub(super) async fn apply(
@@ -24,6 +27,7 @@ pub(super) async fn apply(
     rejections: &Rejections,
     cache: Option<&mut CacheWriter>,
     first: bool,
+    cluster: Option<&mut Ownership>,
 ) -> Changes {
     let before: BTreeMap<String, Arc<Device>> = fleet
         .devices()
@@ -50,6 +54,15 @@ pub(super) async fn apply(
     if let Some(cache) = cache {
         cache.store(&wanted).await;
     }
+    // A device stopped here but still in the registry has moved to another
+    // instance: it is neither inactive nor gone.
+    let (wanted, elsewhere) = match cluster {
+        Some(ownership) => {
+            let mine = ownership.set_registry(wanted);
+            (mine, Some(&*ownership))
+        }
+        None => (wanted, None),
+    };
     let changes = fleet.reconcile(wanted).await;
     let after: BTreeMap<String, Arc<Device>> = fleet
         .devices()
@@ -96,6 +109,9 @@ pub(super) async fn apply(
         .iter()
         .chain(loaded.inactive.iter().filter(|_| first));
     for device in inactive {
+        if elsewhere.is_some_and(|o| o.in_registry(device)) {
+            continue;
+        }
         if told.insert(device) && rejections.get(device).is_none() {
             notices.push(Notice::DeviceStopped {
                 device: device.clone(),

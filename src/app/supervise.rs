@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
+use super::ownership::Ownership;
+use crate::cluster::Command;
 use crate::db::Db;
 use crate::fleet::Fleet;
 use crate::registry::cache::CacheWriter;
@@ -26,6 +28,8 @@ pub(super) struct Supervision {
     pub rejections: Arc<Rejections>,
     /// Set after a start without the database: connect first.
     pub cold: Option<super::database::Reconnect>,
+    /// Which links this instance owns, in a cluster.
+    pub cluster: Option<Ownership>,
 }
 
 /// Keeps the fleet equal to the registry until told to stop, then stops it.
@@ -38,14 +42,23 @@ pub(super) async fn supervise(
         db: s.db,
         cache: s.cache,
         rejections: s.rejections,
+        cluster: s.cluster,
     };
     let db = reloader.db.clone();
     let mut retention = None;
     let mut fingerprint = None;
     if let Some(cold) = s.cold {
-        let connected = tokio::select! {
-            _ = stop.wait_for(|s| *s) => false,
-            () = cold.until_connected(&db) => true,
+        let connected = {
+            let connect = cold.until_connected(&db);
+            tokio::pin!(connect);
+            loop {
+                let command = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break false,
+                    () = &mut connect => break true,
+                    Some(command) = next_command(&mut reloader.cluster) => command,
+                };
+                reloader.command(command, &mut fleet).await;
+            }
         };
         if !connected {
             fleet.stop_all().await;
@@ -64,9 +77,17 @@ pub(super) async fn supervise(
     }
     let mut watcher = s.watcher;
     loop {
-        let notified = tokio::select! {
+        let woke = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
-            n = watcher.changed() => n,
+            n = watcher.changed() => Ok(n),
+            Some(command) = next_command(&mut reloader.cluster) => Err(command),
+        };
+        let notified = match woke {
+            Ok(notified) => notified,
+            Err(command) => {
+                reloader.command(command, &mut fleet).await;
+                continue;
+            }
         };
         watcher.sync_file_if_changed(&db).await;
         // A notification always reloads. The periodic check reloads only when
@@ -87,14 +108,29 @@ pub(super) async fn supervise(
     fleet.stop_all().await;
 }
 
+/// The cluster task's next command; never, outside a cluster.
+async fn next_command(cluster: &mut Option<Ownership>) -> Option<Command> {
+    match cluster {
+        Some(o) => o.commands.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Loads the registry into the fleet and the cache.
 struct Reloader {
     db: Db,
     cache: Option<CacheWriter>,
     rejections: Arc<Rejections>,
+    cluster: Option<Ownership>,
 }
 
 impl Reloader {
+    async fn command(&mut self, command: Command, fleet: &mut Fleet) {
+        if let Some(o) = &mut self.cluster {
+            o.apply(command, fleet).await;
+        }
+    }
+
     /// Makes the fleet equal to the registry's active devices; false when
     /// the registry cannot be read (the devices being polled are kept).
     async fn reload(&mut self, fleet: &mut Fleet) -> bool {
@@ -109,8 +145,15 @@ impl Reloader {
             }
         };
         // Each rejected device is logged once, when its reason changes.
-        let changes =
-            super::reload::apply(fleet, loaded, &self.rejections, self.cache.as_mut(), false).await;
+        let changes = super::reload::apply(
+            fleet,
+            loaded,
+            &self.rejections,
+            self.cache.as_mut(),
+            false,
+            self.cluster.as_mut(),
+        )
+        .await;
         if !changes.is_empty() {
             tracing::info!(started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "registry reloaded");
         }

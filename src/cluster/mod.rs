@@ -24,7 +24,10 @@
 //! request. Wall-clock skew between machines does not enter.
 //!
 //! Balance: rendezvous hashing of each link over the live instances, so a
-//! join or a leave moves about 1/N of the links. A link moves release
+//! join or a leave moves about 1/N of the links. A local serial line
+//! (`transport: rtu`) is hashed over the instances whose machine has its
+//! device path only, so the box with the RS-485 adapter polls that bus (and
+//! a standby wired to the same bus takes over). A link moves release
 //! first: its owner stops polling it (in-flight polls finish), then deletes
 //! its ownership and records when its last poll ended (`cluster_handoffs`);
 //! the new owner starts at the first firing after that, so a planned move
@@ -44,7 +47,7 @@ pub mod store;
 mod task;
 
 pub use fence::Fence;
-pub use task::{Command, Links, Wiring, run};
+pub use task::{Command, LinkInfo, Links, Wiring, run};
 
 /// How an instance takes part in a cluster (`run --cluster`).
 #[derive(Debug, Clone)]
@@ -136,6 +139,9 @@ pub struct Member {
     pub heartbeat_age_s: f64,
     pub links_owned: u32,
     pub devices_owned: u32,
+    /// The serial lines (`transport: rtu`) of the registry that its machine
+    /// has: only such an instance may own one.
+    pub serial_lines: Vec<String>,
     /// Whether this is the instance answering.
     pub this: bool,
 }
@@ -193,6 +199,8 @@ pub struct ClusterView {
     pub handovers: Handovers,
     pub fence: std::sync::Arc<Fence>,
     snapshot: Mutex<Snapshot>,
+    /// Where the HTTP API was bound, unless the settings name an address.
+    bound: std::sync::OnceLock<String>,
 }
 
 impl ClusterView {
@@ -202,7 +210,20 @@ impl ClusterView {
             handovers: Handovers::default(),
             fence: std::sync::Arc::new(Fence::default()),
             snapshot: Mutex::new(Snapshot::default()),
+            bound: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where this instance's HTTP API listens, as shown to the others.
+    pub fn address(&self) -> Option<&str> {
+        self.settings
+            .address
+            .as_deref()
+            .or(self.bound.get().map(String::as_str))
+    }
+
+    pub(crate) fn set_address(&self, address: String) {
+        let _ = self.bound.set(address);
     }
 
     pub fn instance_id(&self) -> &str {

@@ -70,11 +70,12 @@ pub async fn renew(
     lease: Duration,
     owned: (usize, usize),
     address: Option<&str>,
+    serial_lines: &[String],
 ) -> Result<(), SessionError> {
     let renewed = sqlx::query(
         "UPDATE cluster_instances
          SET heartbeat_at = now(), lease_until = now() + make_interval(secs => $2),
-             links_owned = $3, devices_owned = $4, address = $5
+             links_owned = $3, devices_owned = $4, address = $5, serial_lines = $6
          WHERE session = $1",
     )
     .bind(session)
@@ -82,6 +83,7 @@ pub async fn renew(
     .bind(i32::try_from(owned.0).unwrap_or(i32::MAX))
     .bind(i32::try_from(owned.1).unwrap_or(i32::MAX))
     .bind(address)
+    .bind(serial_lines)
     .execute(pool)
     .await?
     .rows_affected();
@@ -135,12 +137,24 @@ pub async fn reap(pool: &PgPool) -> Result<Vec<Reaped>, sqlx::Error> {
         .collect())
 }
 
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    session: i64,
+    instance_id: String,
+    address: Option<String>,
+    started_at: DateTime<Utc>,
+    heartbeat_age_s: f64,
+    links_owned: i32,
+    devices_owned: i32,
+    serial_lines: Vec<String>,
+}
+
 /// The live instances, by id.
 pub async fn members(pool: &PgPool, this: Option<i64>) -> Result<Vec<Member>, sqlx::Error> {
-    let rows: Vec<(i64, String, Option<String>, DateTime<Utc>, f64, i32, i32)> = sqlx::query_as(
+    let rows: Vec<MemberRow> = sqlx::query_as(
         "SELECT session, instance_id, address, started_at,
-                extract(epoch FROM now() - heartbeat_at)::float8,
-                links_owned, devices_owned
+                extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s,
+                links_owned, devices_owned, serial_lines
          FROM cluster_instances WHERE lease_until > now()
          ORDER BY instance_id",
     )
@@ -148,17 +162,16 @@ pub async fn members(pool: &PgPool, this: Option<i64>) -> Result<Vec<Member>, sq
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(session, instance_id, address, started_at, age, links, devices)| Member {
-                instance_id,
-                address,
-                started_at,
-                heartbeat_age_s: age.max(0.0),
-                links_owned: u32::try_from(links).unwrap_or(0),
-                devices_owned: u32::try_from(devices).unwrap_or(0),
-                this: Some(session) == this,
-            },
-        )
+        .map(|r| Member {
+            this: Some(r.session) == this,
+            instance_id: r.instance_id,
+            address: r.address,
+            started_at: r.started_at,
+            heartbeat_age_s: r.heartbeat_age_s.max(0.0),
+            links_owned: u32::try_from(r.links_owned).unwrap_or(0),
+            devices_owned: u32::try_from(r.devices_owned).unwrap_or(0),
+            serial_lines: r.serial_lines,
+        })
         .collect())
 }
 

@@ -15,9 +15,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::store::{self, SessionError};
 use super::{ClusterView, owner_of};
 
-/// Every link of the registry's active devices, with how many devices are
-/// behind it. Published by the supervisor after every load.
-pub type Links = BTreeMap<String, u32>;
+/// Every link of the registry's active devices. Published by the
+/// supervisor after every load.
+pub type Links = BTreeMap<String, LinkInfo>;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Devices behind it.
+    pub devices: u32,
+    /// A serial line of the machine (`transport: rtu`): only instances that
+    /// have its device path may own it.
+    pub serial: bool,
+}
 
 /// What the cluster task asks of the supervisor.
 #[derive(Debug)]
@@ -63,8 +72,10 @@ pub async fn run(pool: PgPool, view: Arc<ClusterView>, wiring: Wiring) {
     let mut listener: Option<PgListener> = None;
     let mut registry_open = true;
     let heartbeat = member.view.settings.heartbeat;
-    let mut next = Instant::now();
     loop {
+        // The next heartbeat is one period after this round began, however
+        // many notifications brought rounds forward meanwhile.
+        let next = Instant::now() + heartbeat;
         if listener.is_none() {
             listener = listen(&member.pool).await;
         }
@@ -77,11 +88,6 @@ pub async fn run(pool: PgPool, view: Arc<ClusterView>, wiring: Wiring) {
         };
         if fenced {
             member.fenced(NOT_RENEWED).await;
-        }
-        next += heartbeat;
-        let now = Instant::now();
-        if next < now {
-            next = now + heartbeat;
         }
         let fence_at = member.fence_deadline();
         let woke = tokio::select! {
@@ -207,15 +213,22 @@ impl Membership {
         let devices: usize = self
             .held
             .iter()
-            .map(|l| links.get(l).copied().unwrap_or(0) as usize)
+            .map(|l| links.get(l).map_or(0, |i| i.devices as usize))
             .sum();
+        // The serial lines this machine has: the others cannot poll them.
+        let serial: Vec<String> = links
+            .iter()
+            .filter(|(l, i)| i.serial && std::path::Path::new(l).exists())
+            .map(|(l, _)| l.clone())
+            .collect();
         let sent = Instant::now();
         store::renew(
             &self.pool,
             session,
             settings.lease,
             (self.held.len(), devices),
-            settings.address.as_deref(),
+            self.view.address(),
+            &serial,
         )
         .await?;
         // The lease ends, as the others see it, no earlier than `sent + lease`.
@@ -229,8 +242,20 @@ impl Membership {
         let ids: Vec<String> = members.iter().map(|m| m.instance_id.clone()).collect();
         let me = settings.instance_id.as_str();
         let wanted: BTreeSet<&String> = links
-            .keys()
-            .filter(|l| owner_of(l, &ids) == Some(me))
+            .iter()
+            .filter(|(l, info)| {
+                if info.serial {
+                    let able: Vec<String> = members
+                        .iter()
+                        .filter(|m| m.serial_lines.iter().any(|p| p == *l))
+                        .map(|m| m.instance_id.clone())
+                        .collect();
+                    owner_of(l, &able) == Some(me)
+                } else {
+                    owner_of(l, &ids) == Some(me)
+                }
+            })
+            .map(|(l, _)| l)
             .collect();
         let release: Vec<String> = self
             .held
@@ -252,7 +277,7 @@ impl Membership {
         let devices_owned = self
             .held
             .iter()
-            .map(|l| links.get(l).copied().unwrap_or(0) as usize)
+            .map(|l| links.get(l).map_or(0, |i| i.devices as usize))
             .sum();
         let links_owned = self.held.len();
         self.view.update(|s| {
@@ -273,7 +298,7 @@ impl Membership {
         match store::join(
             &self.pool,
             &settings.instance_id,
-            settings.address.as_deref(),
+            self.view.address(),
             settings.lease,
         )
         .await?

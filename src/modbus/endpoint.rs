@@ -34,6 +34,7 @@ use super::tcp::CallError;
 use super::stats::EndpointStats;
 use super::trace;
 use super::{ReadError, Words};
+use crate::cluster::Fence;
 use crate::registry::{Device, LogFrames, RegisterKind, RequestLimits, Transport, UnitId};
 
 /// First wait before reconnecting after a failed connect; doubles per failure.
@@ -54,6 +55,9 @@ pub struct Endpoint {
     /// Set when the gateway takes several outstanding transactions
     /// (`max_in_flight` above 1): requests then take the pipelined path.
     pipeline: Option<Pipeline>,
+    /// This instance's cluster lease (`run --cluster`): no request goes out
+    /// once it has run out.
+    fence: Option<Arc<Fence>>,
 }
 
 /// The connection and, after failed connects, when the next attempt may be made.
@@ -128,6 +132,7 @@ impl Endpoint {
             conn: Mutex::new(Connection::default()),
             stats: Arc::default(),
             pipeline: None,
+            fence: None,
         }
     }
 
@@ -145,6 +150,18 @@ impl Endpoint {
     pub fn with_max_in_flight(mut self, n: u8) -> Self {
         self.pipeline = (n > 1 && self.transport == Transport::Tcp).then(|| Pipeline::new(n));
         self
+    }
+
+    /// Sends no request once `fence` has closed (a clustered instance).
+    pub fn with_fence(mut self, fence: Option<Arc<Fence>>) -> Self {
+        self.fence = fence;
+        self
+    }
+
+    /// Whether this instance may no longer send requests here: its cluster
+    /// lease ran out.
+    pub fn fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(|f| !f.is_open())
     }
 
     /// Request counts, errors by kind and latency of this endpoint.
@@ -191,6 +208,11 @@ impl Session<'_> {
         let mut attempt = 0;
         loop {
             let sent = Utc::now();
+            // Checked before every request, retries included: the fence
+            // closes on time even while the poll is under way.
+            if self.endpoint.fenced() {
+                return (sent, Err(ReadError::Fenced));
+            }
             // Frame logging (commissioning) reads the clock only when on.
             let traced = (limits.log_frames != LogFrames::Off).then(Instant::now);
             let result = match &self.endpoint.pipeline {

@@ -49,6 +49,10 @@ pub enum ReadError {
         timeouts: u32,
         next_try: chrono::DateTime<chrono::Utc>,
     },
+    /// Not sent: this instance's cluster lease ran out before the request
+    /// (see `cluster::Fence`); another instance may own the device now.
+    #[error("not sent: this instance's cluster lease ran out")]
+    Fenced,
 }
 
 impl ReadError {
@@ -58,7 +62,10 @@ impl ReadError {
     }
     /// Whether this failure means no further request can succeed on this poll.
     pub fn is_connect(&self) -> bool {
-        matches!(self, ReadError::Connect(_) | ReadError::ConnectTimeout(_))
+        matches!(
+            self,
+            ReadError::Connect(_) | ReadError::ConnectTimeout(_) | ReadError::Fenced
+        )
     }
 
     /// Whether the same request may succeed if sent again: the connection broke
@@ -66,9 +73,10 @@ impl ReadError {
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             ReadError::Exception(code) => u8::from(*code) == 6,
-            ReadError::Connect(_) | ReadError::ConnectTimeout(_) | ReadError::Demoted { .. } => {
-                false
-            }
+            ReadError::Connect(_)
+            | ReadError::ConnectTimeout(_)
+            | ReadError::Demoted { .. }
+            | ReadError::Fenced => false,
             _ => true,
         }
     }

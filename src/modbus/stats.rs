@@ -40,6 +40,7 @@ impl ErrorKind {
             ReadError::ShortResponse { .. } => ErrorKind::ShortResponse,
             // Never recorded: no request went out (see `Session::read`).
             ReadError::Demoted { .. } => ErrorKind::Timeout,
+            ReadError::Fenced => ErrorKind::Connect,
         }
     }
 

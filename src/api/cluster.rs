@@ -121,6 +121,9 @@ fn instances(snap: &Snapshot, now: DateTime<Utc>) -> Vec<Value> {
                 "heartbeat_age_s": m.heartbeat_age_s + since,
                 "links_owned": links,
                 "devices_owned": devices,
+                // The registry's serial lines its machine has: only such an
+                // instance may own one.
+                "serial_lines": m.serial_lines,
                 "this": m.this,
             })
         })

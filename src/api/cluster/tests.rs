@@ -17,6 +17,11 @@ fn member(id: &str, age: f64, links: u32, devices: u32, this: bool) -> Member {
         heartbeat_age_s: age,
         links_owned: links,
         devices_owned: devices,
+        serial_lines: if id == "a" {
+            vec!["/dev/ttyUSB0".to_string()]
+        } else {
+            Vec::new()
+        },
         this,
     }
 }
@@ -66,6 +71,7 @@ fn the_view_lists_members_with_this_instance_marked_and_its_counts_current() {
     assert_eq!(a["instance_id"], "a");
     assert_eq!(a["address"], "a.local:8080");
     assert_eq!(a["started_at"], rfc3339(at(-600)));
+    assert_eq!(a["serial_lines"], json!(["/dev/ttyUSB0"]));
     assert_eq!(a["this"], false);
     assert_eq!(
         (a["links_owned"].clone(), a["devices_owned"].clone()),

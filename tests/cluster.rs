@@ -486,9 +486,12 @@ impl Drop for Relay {
     }
 }
 
-/// The local ports of the TCP sockets `pid` holds (Linux's /proc): which
-/// process a connection the simulator logged came from.
-fn tcp_ports_of(pid: u32) -> HashSet<u16> {
+/// The (local, remote) ports of the TCP sockets `pid` holds (Linux's
+/// /proc): which process a connection the simulator logged came from. The
+/// remote port is part of the key because Linux gives one local port to
+/// several sockets of different processes when their destinations differ
+/// (an instance's connection to PostgreSQL and another's to a device).
+fn tcp_ports_of(pid: u32) -> HashSet<(u16, u16)> {
     let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|fds| {
             fds.filter_map(Result::ok)
@@ -512,9 +515,14 @@ fn tcp_ports_of(pid: u32) -> HashSet<u16> {
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
         {
             if fields.len() > 9 && inodes.contains(fields[9]) {
-                let port = fields[1].rsplit(':').next();
-                if let Some(port) = port.and_then(|p| u16::from_str_radix(p, 16).ok()) {
-                    ports.insert(port);
+                let port = |field: &str| {
+                    field
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                };
+                if let (Some(local), Some(remote)) = (port(fields[1]), port(fields[2])) {
+                    ports.insert((local, remote));
                 }
             }
         }
@@ -522,8 +530,8 @@ fn tcp_ports_of(pid: u32) -> HashSet<u16> {
     ports
 }
 
-/// Client port → instance id, for the connections open now.
-fn peers(instances: &[&Instance]) -> HashMap<u16, String> {
+/// (client port, server port) → instance id, for the connections open now.
+fn peers(instances: &[&Instance]) -> HashMap<(u16, u16), String> {
     instances
         .iter()
         .flat_map(|i| tcp_ports_of(i.pid).into_iter().map(|p| (p, i.id.clone())))
@@ -672,8 +680,9 @@ async fn three_instances_poll_every_device_exactly_once() {
         );
         let link = link_of(&fleet.devices[name]);
         let port = requests[0].port.expect("a TCP client");
+        let server = fleet.devices[name].port;
         assert_eq!(
-            ports.get(&port),
+            ports.get(&(port, server)),
             Some(&owned[&link]),
             "{name}'s connection (port {port}) belongs to its owner's process"
         );
@@ -938,7 +947,10 @@ async fn a_second_instance_with_a_held_id_waits_for_the_lease_and_polls_nothing_
         .requests(waiting)
         .into_iter()
         .flat_map(|(n, s)| s.into_iter().map(move |s| (n.clone(), s)))
-        .filter(|(_, s)| s.port.is_some_and(|p| its_ports.contains(&p)))
+        .filter(|(n, s)| {
+            let server = fleet.devices[n].port;
+            s.port.is_some_and(|p| its_ports.contains(&(p, server)))
+        })
         .collect();
     assert!(
         from_second.is_empty(),

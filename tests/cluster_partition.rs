@@ -144,25 +144,26 @@ fn links_owned(r: &Running) -> usize {
     r.cluster().map_or(0, |c| c.links_owned)
 }
 
-/// The requests each connection sent to each endpoint: first and last time.
-fn spans(log: &RequestLog) -> BTreeMap<String, Vec<(u64, DateTime<Utc>, DateTime<Utc>)>> {
-    let mut by: BTreeMap<String, BTreeMap<u64, (DateTime<Utc>, DateTime<Utc>)>> = BTreeMap::new();
+/// A connection and the times of its first and last request.
+type Span = (u64, DateTime<Utc>, DateTime<Utc>);
+
+/// The requests each connection sent to each endpoint, by first request.
+fn spans(log: &RequestLog) -> BTreeMap<String, Vec<Span>> {
+    let mut by: BTreeMap<String, Vec<Span>> = BTreeMap::new();
     for r in log.entries() {
-        let span = by
-            .entry(r.endpoint.to_string())
-            .or_default()
-            .entry(r.connection)
-            .or_insert((r.at, r.at));
-        span.0 = span.0.min(r.at);
-        span.1 = span.1.max(r.at);
+        let spans = by.entry(r.endpoint.to_string()).or_default();
+        match spans.iter_mut().find(|(c, _, _)| *c == r.connection) {
+            Some(span) => {
+                span.1 = span.1.min(r.at);
+                span.2 = span.2.max(r.at);
+            }
+            None => spans.push((r.connection, r.at, r.at)),
+        }
     }
-    by.into_iter()
-        .map(|(e, conns)| {
-            let mut v: Vec<_> = conns.into_iter().map(|(c, (a, b))| (c, a, b)).collect();
-            v.sort_by_key(|(_, first, _)| *first);
-            (e, v)
-        })
-        .collect()
+    for spans in by.values_mut() {
+        spans.sort_by_key(|(_, first, _)| *first);
+    }
+    by
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

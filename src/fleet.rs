@@ -126,6 +126,19 @@ impl Fleet {
         self
     }
 
+    /// Marks `links` as handed over from `at`: their devices poll no firing
+    /// after it, and a firing up to it that is due but not yet polled is
+    /// still polled when they are stopped. Call before the reconciliation
+    /// that stops them; the next owner starts with the first firing after
+    /// `at`.
+    pub fn hand_over(&self, links: &[String], at: DateTime<Utc>) {
+        for ((link, _), endpoint) in &self.endpoints {
+            if links.contains(link) {
+                endpoint.hand_over_at(at);
+            }
+        }
+    }
+
     /// The devices behind `link` start, at the next reconciliation, with the
     /// first firing after `at` (a handover from another instance).
     pub fn resume_after(&mut self, link: String, at: DateTime<Utc>) {
@@ -286,11 +299,22 @@ fn group_loop(
     async move {
         while let Some(due) = next {
             let wait = (due - Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+            let stopped = tokio::select! {
+                () = tokio::time::sleep(wait) => false,
                 // Fleet drops the sender to stop the device.
-                _ = &mut stop => break,
-            }
+                _ = &mut stop => true,
+            };
+            // A link handed to another instance (see `Fleet::hand_over`):
+            // the firings up to the cut-off are this instance's, whichever
+            // of the timer and the stop woke the loop, and the later ones
+            // the next owner's, so none is polled twice or by nobody.
+            let handover = poller.endpoint().handover_at();
+            let last = match (stopped, handover) {
+                (false, Some(cutoff)) if due > cutoff => break,
+                (true, Some(cutoff)) if due <= cutoff => true,
+                (true, _) => break,
+                (false, _) => false,
+            };
             // A clustered instance whose lease ran out polls nothing (its
             // devices are stopped soon after; see `cluster`).
             if poller.endpoint().fenced() {
@@ -316,6 +340,9 @@ fn group_loop(
                 sinks.deliver(report).await;
             })
             .await;
+            if last {
+                break;
+            }
             let (missed, following) = ticker.after_poll(due, Utc::now());
             if missed > 0 {
                 counters.overruns.fetch_add(missed, Ordering::Relaxed);

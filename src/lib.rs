@@ -30,6 +30,10 @@
 //!   endpoint), which `/metrics`, `/api/stats` and the run summary render.
 //! - [`api`] serves HTTP: health, readiness, metrics, devices, latest values,
 //!   history ranges and the status page.
+//! - [`cluster`] lets several instances share one fleet through PostgreSQL
+//!   (`run --cluster`): leases, the self-fence every endpoint checks, and
+//!   the rendezvous balance of links; `app` applies its decisions to the
+//!   fleet.
 //! - [`sim`] is a Modbus TCP simulator for the demo, the tests and benchmarks.
 //! - [`app`] wires everything together and owns startup (also without the
 //!   database, from the registry cache), supervision and shutdown;

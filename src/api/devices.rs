@@ -1,6 +1,8 @@
 //! `GET /api/devices` and `GET /api/devices/{name}/latest`: the polled
 //! devices and their latest values, from memory (with or without Redis).
 
+use std::collections::BTreeSet;
+
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -22,7 +24,9 @@ fn opt_ts(ts: Option<chrono::DateTime<Utc>>) -> serde_json::Value {
 /// out `demote_after` times in a row and is not asked until `last_error`'s
 /// next try), or "pending" before its first poll; and what its read plan
 /// learned ("learned", null when it is the coalesced plan and the device
-/// refuses nothing).
+/// refuses nothing). In a cluster, `polled_json` adds the "owner": this
+/// instance's id (every device it lists is one it polls, or one nobody
+/// polls; `/api/cluster` has the owner of every device).
 fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
     let state = stats.latest.state(&device.name);
     let learned = stats.counters.learned.get(&device.name);
@@ -77,9 +81,19 @@ pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
         rejected
             .iter()
             .filter(|(_, r)| !r.polling_previous)
-            .map(|(name, r)| skipped_json(name, &r.reason)),
+            .map(|(name, r)| skipped_json(name, &r.reason, stats)),
     );
     list
+}
+
+/// The names of the devices this instance polls.
+pub(crate) fn polled_names(stats: &Sources) -> BTreeSet<String> {
+    stats
+        .devices
+        .borrow()
+        .iter()
+        .map(|d| d.name.clone())
+        .collect()
 }
 
 /// A polled device, with the `reason` its newest registry rows were refused
@@ -93,12 +107,20 @@ pub(crate) fn polled_json(
     if let Some(reason) = reason {
         json["reason"] = json!(reason);
     }
+    if let Some(owner) = super::cluster::owner_of_listed(stats, true) {
+        json["owner"] = owner;
+    }
     json
 }
 
-/// A device not polled because its registry rows cannot be used.
-pub(crate) fn skipped_json(name: &str, reason: &str) -> serde_json::Value {
-    json!({ "name": name, "state": "skipped", "reason": reason })
+/// A device not polled because its registry rows cannot be used (by no
+/// instance of a cluster: its `owner` is null).
+pub(crate) fn skipped_json(name: &str, reason: &str, stats: &Sources) -> serde_json::Value {
+    let mut json = json!({ "name": name, "state": "skipped", "reason": reason });
+    if let Some(owner) = super::cluster::owner_of_listed(stats, false) {
+        json["owner"] = owner;
+    }
+    json
 }
 
 pub(crate) async fn device_latest(

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 
-use super::devices::{polled_json, skipped_json};
+use super::devices::{polled_json, polled_names, skipped_json};
 use super::error::ApiError;
 use super::params::Params;
 use super::readings::{Capped, MIN_ROW_BYTES};
@@ -104,7 +104,7 @@ pub(crate) async fn fleet(
         .map(|r| {
             let mut json = match r.device {
                 Some(d) => polled_json(d, &s.stats, r.reason),
-                None => skipped_json(r.name, r.reason.unwrap_or_default()),
+                None => skipped_json(r.name, r.reason.unwrap_or_default(), &s.stats),
             };
             json["attention"] = json!(r.attention);
             json
@@ -161,8 +161,9 @@ impl<'a> Row<'a> {
 }
 
 /// Counts by state (whatever states the listing has), readings by quality,
-/// the history writer and Redis as `/api/stats` shows them, and the tags the
-/// page can filter by.
+/// the history writer and Redis as `/api/stats` shows them, the tags the
+/// page can filter by, and in a cluster what `/api/cluster` says but the
+/// owners (from memory: the page's refresh costs no database statement).
 fn summary(rows: &[Row], s: &Shared) -> Value {
     let mut states: BTreeMap<&str, usize> = ["up", "down", "demoted", "pending"]
         .iter()
@@ -190,6 +191,9 @@ fn summary(rows: &[Row], s: &Shared) -> Value {
         "history": { "problems": problems, "counters": stats["history"] },
         "redis": s.stats.redis.as_ref().map(|_| stats["redis"].clone()),
         "tags": tags,
+        "cluster": s.stats.cluster.as_deref().map(|view| {
+            super::cluster::view_json(view, super::cluster::fenced_polls(&s.stats), Utc::now())
+        }),
         "at": rfc3339(Utc::now()),
     })
 }
@@ -315,13 +319,7 @@ pub(crate) async fn latest(
     let s = &state.0;
     let params = Params::parse(raw.as_deref(), LATEST_PARAMS)?;
     let names = device_names(&params, s.limits.max_devices)?;
-    let polled: BTreeSet<String> = s
-        .stats
-        .devices
-        .borrow()
-        .iter()
-        .map(|d| d.name.clone())
-        .collect();
+    let polled = polled_names(&s.stats);
     let mut devices = Map::new();
     let mut unknown = Vec::new();
     for name in names {

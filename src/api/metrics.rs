@@ -4,6 +4,9 @@
 
 use std::fmt::Write as _;
 
+use chrono::{DateTime, Utc};
+
+use crate::cluster::{ClusterView, Handovers};
 use crate::modbus::stats::{EndpointSnapshot, ErrorKind};
 use crate::reading::Quality;
 use crate::telemetry::{HistogramSnapshot, LATENCY_BOUNDS};
@@ -345,6 +348,14 @@ pub fn render(state: &ApiState) -> String {
     }
 
     jobs(&mut t, &c);
+    if let Some(view) = &s.stats.cluster {
+        cluster(
+            &mut t,
+            view,
+            super::cluster::fenced_polls(&s.stats),
+            chrono::Utc::now(),
+        );
+    }
 
     t.family(
         "regpoll_http_requests_total",
@@ -455,6 +466,68 @@ fn jobs(t: &mut Text, c: &crate::stats::ServiceStats) {
     }
 }
 
+/// The cluster as this instance sees it (`run --cluster` only), as of the
+/// last heartbeat; the heartbeat age as of `now`.
+fn cluster(t: &mut Text, view: &ClusterView, fenced_polls: u64, now: DateTime<Utc>) {
+    let snap = view.snapshot();
+    t.single(
+        "regpoll_cluster_instances",
+        "gauge",
+        "Live instances of the cluster (this one included), as of this instance's last heartbeat.",
+        snap.members.len() as f64,
+    );
+    t.single(
+        "regpoll_cluster_links_owned",
+        "gauge",
+        "Links (host:port or serial line) this instance owns and polls.",
+        snap.links_owned as f64,
+    );
+    t.single(
+        "regpoll_cluster_devices_owned",
+        "gauge",
+        "Devices behind the links this instance owns.",
+        snap.devices_owned as f64,
+    );
+    t.single(
+        "regpoll_cluster_fenced",
+        "gauge",
+        "1 while this instance sends no request because its lease was not renewed in time (or it has not joined yet), else 0.",
+        if snap.fenced { 1.0 } else { 0.0 },
+    );
+    let h = &view.handovers;
+    t.family(
+        "regpoll_cluster_handovers_total",
+        "counter",
+        "Ownership changes of links at this instance, by kind: acquired (taken, after a release, a takeover or unowned), taken_over (of those, from an instance whose lease had expired), released (given up on purpose), fenced (times this instance lost its lease).",
+    );
+    for (kind, counter) in [
+        ("acquired", &h.acquired),
+        ("taken_over", &h.taken_over),
+        ("released", &h.released),
+        ("fenced", &h.fenced),
+    ] {
+        t.sample(
+            "regpoll_cluster_handovers_total",
+            &[("kind", kind)],
+            Handovers::get(counter) as f64,
+        );
+    }
+    t.single(
+        "regpoll_cluster_fenced_polls_total",
+        "counter",
+        "Polls skipped or cut short because this instance's lease fence was closed.",
+        fenced_polls as f64,
+    );
+    if let Some(at) = snap.renewed_at {
+        t.single(
+            "regpoll_cluster_heartbeat_age_seconds",
+            "gauge",
+            "Seconds since this instance last renewed its lease (absent before the first renewal).",
+            (now - at).to_std().unwrap_or_default().as_secs_f64(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +549,73 @@ mod tests {
             "{}",
             t.0
         );
+    }
+
+    /// The value of the sample whose line starts with `start`.
+    fn sample(text: &str, start: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{start}` in\n{text}"))
+    }
+
+    #[test]
+    fn cluster_metrics_show_members_ownership_handovers_and_heartbeat_age() {
+        let view = crate::api::cluster::tests::two_instances();
+        view.handovers
+            .fenced
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        let renewed = view.snapshot().renewed_at.unwrap();
+        let mut t = Text::default();
+        cluster(
+            &mut t,
+            &view,
+            6,
+            renewed + chrono::Duration::milliseconds(1500),
+        );
+        let text = t.0;
+        assert_eq!(sample(&text, "regpoll_cluster_instances "), 2.0);
+        assert_eq!(sample(&text, "regpoll_cluster_links_owned "), 2.0);
+        assert_eq!(sample(&text, "regpoll_cluster_devices_owned "), 5.0);
+        assert_eq!(sample(&text, "regpoll_cluster_fenced "), 0.0);
+        for (kind, n) in [
+            ("acquired", 3.0),
+            ("taken_over", 1.0),
+            ("released", 1.0),
+            ("fenced", 2.0),
+        ] {
+            let line = format!("regpoll_cluster_handovers_total{{kind=\"{kind}\"}} ");
+            assert_eq!(sample(&text, &line), n, "{kind}");
+        }
+        assert_eq!(sample(&text, "regpoll_cluster_fenced_polls_total "), 6.0);
+        assert_eq!(sample(&text, "regpoll_cluster_heartbeat_age_seconds "), 1.5);
+        // Each family declared once, with its type, before its samples.
+        for (family, kind) in [
+            ("regpoll_cluster_instances", "gauge"),
+            ("regpoll_cluster_handovers_total", "counter"),
+            ("regpoll_cluster_fenced_polls_total", "counter"),
+            ("regpoll_cluster_heartbeat_age_seconds", "gauge"),
+        ] {
+            let declared = format!("# TYPE {family} {kind}");
+            assert_eq!(text.matches(&declared).count(), 1, "{family}:\n{text}");
+            assert!(
+                text.find(&declared) < text.find(&format!("\n{family}")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fenced_instance_that_never_renewed_has_no_heartbeat_age() {
+        let view = crate::cluster::ClusterView::new(
+            crate::api::cluster::tests::two_instances().settings.clone(),
+        );
+        let mut t = Text::default();
+        cluster(&mut t, &view, 0, Utc::now());
+        assert_eq!(sample(&t.0, "regpoll_cluster_fenced "), 1.0);
+        assert_eq!(sample(&t.0, "regpoll_cluster_instances "), 0.0);
+        assert!(!t.0.contains("heartbeat_age"), "{}", t.0);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The HTTP API (axum): health and readiness for orchestrators, Prometheus
 //! metrics, the devices and their latest values (from memory, so it works
-//! with or without Redis), history ranges (from the database), and the status
-//! page at `/`.
+//! with or without Redis), history ranges (from the database), the cluster
+//! this instance belongs to (`run --cluster`), and the status page at `/`.
 //!
 //! Every error is JSON, `{"error": "…"}` (see `error`). Everything a client
 //! can send is bounded (see `limits`): requests at once, the wait for a turn,
 //! the time per answer, the bytes per answer, and the database connections
 //! the API may use, which are its own so that API load never delays history.
 
+mod cluster;
 mod devices;
 mod error;
 mod fleet;
@@ -150,6 +151,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/fleet", get(fleet::fleet))
         .route("/api/latest", get(fleet::latest))
         .route("/api/buckets", get(fleet::buckets))
+        .route("/api/cluster", get(cluster::cluster))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .route("/health", get(health))
         .fallback(not_found)
@@ -234,7 +236,7 @@ async fn status_page() -> Html<&'static str> {
 
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
-        "no such endpoint: {} {}; see /health, /ready, /metrics, /api/devices, /api/devices/{{name}}/latest, /api/readings, /api/fleet, /api/latest, /api/buckets",
+        "no such endpoint: {} {}; see /health, /ready, /metrics, /api/devices, /api/devices/{{name}}/latest, /api/readings, /api/fleet, /api/latest, /api/buckets, /api/cluster",
         req.method(),
         req.uri().path()
     ))
@@ -295,6 +297,10 @@ async fn ready(State(state): State<ApiState>) -> Response {
         reasons.push("scheduler: not running (shutting down)".to_string());
     }
     reasons.extend(s.stats.history_snapshot().problems(Utc::now()));
+    let cluster = s.stats.cluster.as_deref().map(cluster::ready);
+    if let Some((_, Some(problem))) = &cluster {
+        reasons.push(problem.clone());
+    }
     let warnings = ready_warnings(&s.stats);
     let (status, mut body) = if reasons.is_empty() {
         (StatusCode::OK, json!({ "ready": true }))
@@ -306,6 +312,9 @@ async fn ready(State(state): State<ApiState>) -> Response {
     };
     if !warnings.is_empty() {
         body["warnings"] = json!(warnings);
+    }
+    if let Some((cluster, _)) = cluster {
+        body["cluster"] = cluster;
     }
     (status, Json(body)).into_response()
 }

@@ -493,6 +493,11 @@ impl Running {
         self.connectivity.outage()
     }
 
+    /// What this instance knows of its cluster (`None` without `--cluster`).
+    pub fn cluster(&self) -> Option<crate::cluster::Snapshot> {
+        self.stats.cluster().map(|c| c.snapshot())
+    }
+
     /// Where the HTTP API listens, when it does.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|(a, _)| *a)

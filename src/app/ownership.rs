@@ -75,6 +75,7 @@ impl Ownership {
         match command {
             Command::Own(links) => {
                 for (link, resume) in links {
+                    tracing::debug!(link = %link, resume = ?resume, "acquired");
                     if let Some(at) = resume {
                         fleet.resume_after(link.clone(), at);
                     }
@@ -90,13 +91,19 @@ impl Ownership {
                 for link in &links {
                     self.owned.remove(link);
                 }
+                // Firings up to `at` are polled here (also one due but not
+                // yet started when the stop comes), later ones by the next
+                // owner.
+                let at = Utc::now();
+                tracing::debug!(links = ?links, at = %at, "handing over");
+                fleet.hand_over(&links, at);
                 // Returns once the released devices' in-flight polls ended.
                 let changes = fleet.reconcile(self.mine()).await;
                 tracing::debug!(
                     stopped = changes.stopped.len(),
                     "stopped the devices of released endpoints"
                 );
-                let _ = done.send(Utc::now());
+                let _ = done.send(at);
             }
         }
     }

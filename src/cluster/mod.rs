@@ -179,10 +179,9 @@ pub struct Handovers {
     /// stopped).
     pub released: AtomicU64,
     /// Times this instance fenced itself (lease not renewed in time) or
-    /// found its lease gone.
+    /// found its lease gone. (The polls the fence cut are counted by the
+    /// fleet, `Counters::fenced_polls`.)
     pub fenced: AtomicU64,
-    /// Polls skipped or discarded because the fence was closed.
-    pub fenced_polls: AtomicU64,
 }
 
 impl Handovers {

@@ -77,7 +77,12 @@ pub async fn run(pool: PgPool, view: Arc<ClusterView>, wiring: Wiring) {
         // many notifications brought rounds forward meanwhile.
         let next = Instant::now() + heartbeat;
         if listener.is_none() {
-            listener = listen(&member.pool).await;
+            // Bounded: a database that does not answer must not hold the
+            // loop where the fence is not watched.
+            listener = tokio::time::timeout(heartbeat, listen(&member.pool))
+                .await
+                .ok()
+                .flatten();
         }
         // A round is abandoned when the fence closes meanwhile: a database
         // that hangs must not keep this instance polling past its lease.
@@ -176,9 +181,11 @@ impl Membership {
                     tracing::info!("cluster heartbeat works again");
                 }
                 self.failing = false;
+                // Not renewed while waiting for a held instance id.
+                let renewed = self.session.map(|_| Utc::now());
                 self.view.update(|s| {
                     s.last_error = None;
-                    s.renewed_at = Some(Utc::now());
+                    s.renewed_at = renewed.or(s.renewed_at);
                 });
             }
             Err(SessionError::Lost) => {

@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -58,6 +58,9 @@ pub struct Endpoint {
     /// This instance's cluster lease (`run --cluster`): no request goes out
     /// once it has run out.
     fence: Option<Arc<Fence>>,
+    /// When this link was handed to another instance, in microseconds since
+    /// the epoch (`i64::MAX`: not handed over); see `Fleet::hand_over`.
+    handover: AtomicI64,
 }
 
 /// The connection and, after failed connects, when the next attempt may be made.
@@ -133,6 +136,7 @@ impl Endpoint {
             stats: Arc::default(),
             pipeline: None,
             fence: None,
+            handover: AtomicI64::new(i64::MAX),
         }
     }
 
@@ -162,6 +166,20 @@ impl Endpoint {
     /// lease ran out.
     pub fn fenced(&self) -> bool {
         self.fence.as_ref().is_some_and(|f| !f.is_open())
+    }
+
+    /// Hands the link over from `at` (see `Fleet::hand_over`).
+    pub fn hand_over_at(&self, at: DateTime<Utc>) {
+        self.handover
+            .store(at.timestamp_micros(), Ordering::Release);
+    }
+
+    /// When the link was handed over, if it was.
+    pub fn handover_at(&self) -> Option<DateTime<Utc>> {
+        match self.handover.load(Ordering::Acquire) {
+            i64::MAX => None,
+            micros => DateTime::from_timestamp_micros(micros),
+        }
     }
 
     /// Request counts, errors by kind and latency of this endpoint.

@@ -494,10 +494,21 @@ impl Device {
     /// share it, and with it one connection; validation makes sure they
     /// agree on its transport and line settings.
     pub fn endpoint(&self) -> String {
-        match &self.transport {
-            Transport::Rtu(line) => line.path.clone(),
-            Transport::Tcp | Transport::RtuOverTcp => format!("{}:{}", self.host, self.port),
-        }
+        endpoint_of(
+            &self.host,
+            self.port,
+            self.transport.serial().map(|l| l.path.as_str()),
+        )
+    }
+}
+
+/// The link of a device at `host:port`, or on the serial line at
+/// `serial_path` (set only for `rtu`): [`Device::endpoint`] without a whole
+/// device, for callers that read only these columns of the registry.
+pub fn endpoint_of(host: &str, port: u16, serial_path: Option<&str>) -> String {
+    match serial_path {
+        Some(path) => path.to_string(),
+        None => format!("{host}:{port}"),
     }
 }
 

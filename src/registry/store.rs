@@ -429,6 +429,29 @@ impl Db {
         Ok(Some(row.0))
     }
 
+    /// Each active device with an active register (what `run` polls, as
+    /// `load_active_devices` selects them) and the link it is reached
+    /// through ([`Device::endpoint`]), by name: the columns that decide it
+    /// and nothing else, so that listing the owner of every device of a
+    /// large registry costs one light statement, not a registry load.
+    pub(crate) async fn active_links(&self) -> sqlx::Result<Vec<(String, String)>> {
+        const ACTIVE_LINKS: &str = "SELECT d.name, d.host, d.port, d.serial_path FROM devices d \
+             WHERE d.active AND EXISTS (SELECT 1 FROM device_register_map r \
+                                        WHERE r.device_id = d.id AND r.active)";
+        let rows: Vec<(String, String, i32, Option<String>)> = on_pool!(self, pool => {
+            sqlx::query_as(ACTIVE_LINKS).fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(name, host, port, serial)| {
+                // The registry's checks keep ports within 1..65535.
+                let port = u16::try_from(port).unwrap_or_default();
+                let link = super::endpoint_of(&host, port, serial.as_deref());
+                (name, link)
+            })
+            .collect())
+    }
+
     /// The registers of the device named `device` (inactive ones too: their
     /// history stays queryable), in address order, as history queries name
     /// them; `None` when there is no such device.

@@ -102,3 +102,20 @@ fn sizes_are_bytes_or_a_number_with_a_unit() {
         assert!(e.contains("e.g. 2GB"), "{bad}: {e}");
     }
 }
+
+/// deploy/regpoll.env.example, which the systemd unit points operators at,
+/// lists every setting.
+#[test]
+fn the_example_environment_file_lists_every_setting() {
+    let example = include_str!("../../deploy/regpoll.env.example");
+    for s in ALL {
+        // Commented out at its default, or set (the database and Redis).
+        assert!(
+            example.lines().any(|l| l
+                .trim_start_matches('#')
+                .starts_with(&format!("{}=", s.env))),
+            "deploy/regpoll.env.example does not list {}",
+            s.env
+        );
+    }
+}

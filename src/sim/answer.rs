@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::fault::{FaultAction, Scoped};
+use super::log::EndpointLog;
 use crate::registry::RegisterKind;
 
 /// What a unit answers to a read, before faults.
@@ -20,6 +21,11 @@ pub(crate) trait Units: Send + Sync + 'static {
     /// Whether a device with this unit id is behind the endpoint (on a
     /// serial line, the others are silent).
     fn has_unit(&self, unit: u8) -> bool;
+    /// Where the endpoint records the requests it serves, when a test asked
+    /// for it (see `log`).
+    fn request_log(&self) -> Option<&EndpointLog> {
+        None
+    }
 }
 
 /// What to do about one request.

@@ -10,6 +10,7 @@
 
 mod answer;
 pub mod fault;
+pub mod log;
 mod rtu;
 mod wire;
 
@@ -28,6 +29,7 @@ use crate::reading::Value;
 use crate::registry::{DataType, Device, Register, RegisterKind, Transport};
 use answer::Answer;
 pub use fault::{FaultAction, SimFault};
+pub use log::{Request, RequestLog};
 
 /// Where the simulator listens for each endpoint of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,7 @@ pub struct Simulator {
     /// Configured serial path → the pseudo-terminal a client opens instead.
     ptys: HashMap<String, PathBuf>,
     tasks: Vec<JoinHandle<()>>,
+    log: Option<Arc<RequestLog>>,
 }
 
 impl Drop for Simulator {
@@ -68,6 +71,32 @@ impl Simulator {
         bind: Bind,
         faults: Vec<SimFault>,
     ) -> io::Result<Simulator> {
+        Self::serve(devices, bind, faults, None).await
+    }
+
+    /// Like [`Simulator::start_with_faults`], recording every request served
+    /// in `log` (see [`RequestLog`]; also reachable as
+    /// [`Simulator::request_log`]).
+    pub async fn start_with_log(
+        devices: &[Device],
+        bind: Bind,
+        faults: Vec<SimFault>,
+        log: Arc<RequestLog>,
+    ) -> io::Result<Simulator> {
+        Self::serve(devices, bind, faults, Some(log)).await
+    }
+
+    /// The log of the requests served, when started with one.
+    pub fn request_log(&self) -> Option<&Arc<RequestLog>> {
+        self.log.as_ref()
+    }
+
+    async fn serve(
+        devices: &[Device],
+        bind: Bind,
+        faults: Vec<SimFault>,
+        log: Option<Arc<RequestLog>>,
+    ) -> io::Result<Simulator> {
         let mut scoped: HashMap<String, Vec<fault::Scoped>> = HashMap::new();
         for (endpoint, f) in fault::resolve(&faults, devices)
             .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?
@@ -88,10 +117,16 @@ impl Simulator {
             addrs: HashMap::new(),
             ptys: HashMap::new(),
             tasks: Vec::new(),
+            log: log.clone(),
         };
         for (endpoint, (transport, units)) in by_endpoint {
             let faults = Arc::new(scoped.remove(&endpoint).unwrap_or_default());
-            let units: Arc<dyn wire::Units> = Arc::new(Endpoint(units));
+            let units: Arc<dyn wire::Units> = Arc::new(Endpoint {
+                log: log
+                    .as_ref()
+                    .map(|l| log::EndpointLog::new(Arc::clone(l), &endpoint)),
+                units,
+            });
             if let Transport::Rtu(_) = transport {
                 // Whatever the configured path, the line is a new pty.
                 let pty = rtu::Pty::open()?;
@@ -161,17 +196,25 @@ struct UnitTable {
     registers: Vec<(u64, Register)>,
 }
 
-/// The units behind one simulated endpoint.
-struct Endpoint(HashMap<u8, UnitTable>);
+/// The units behind one simulated endpoint, and where its requests are
+/// recorded when a test asked for it.
+struct Endpoint {
+    units: HashMap<u8, UnitTable>,
+    log: Option<log::EndpointLog>,
+}
 
 impl wire::Units for Endpoint {
     fn has_unit(&self, unit: u8) -> bool {
-        self.0.contains_key(&unit)
+        self.units.contains_key(&unit)
+    }
+
+    fn request_log(&self) -> Option<&log::EndpointLog> {
+        self.log.as_ref()
     }
 
     fn answer(&self, unit: u8, kind: RegisterKind, start: u16, count: u16) -> Answer {
         // What a gateway answers for a unit id it has nothing behind.
-        let Some(table) = self.0.get(&unit) else {
+        let Some(table) = self.units.get(&unit) else {
             return Answer::Exception(0x0B);
         };
         let now = Utc::now();

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tokio_serial::{SerialPort as _, SerialStream};
 
 use super::answer::{Reply, Units, respond, stray_body};
 use super::fault::Scoped;
+use super::log;
 use crate::modbus::rtu::crc16;
 
 /// A read request's frame: unit, function, start, count, CRC.
@@ -32,9 +34,10 @@ pub(crate) async fn serve_tcp(
     units: Arc<dyn Units>,
     faults: Arc<Vec<Scoped>>,
 ) {
-    super::wire::accept_each(listener, |stream| {
+    super::wire::accept_each(listener, |stream, peer| {
         serve_link(
             stream,
+            Some(peer),
             Arc::clone(&units),
             Arc::clone(&faults),
             Line::Gateway,
@@ -73,7 +76,7 @@ impl Pty {
 
     pub(crate) async fn serve(self, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
         let _slave = self.slave;
-        serve_link(self.master, units, faults, Line::Serial).await
+        serve_link(self.master, None, units, faults, Line::Serial).await
     }
 }
 
@@ -86,12 +89,19 @@ enum Line {
     Serial,
 }
 
-/// Answers the requests on one link until it closes or a fault drops it.
-async fn serve_link<S>(mut link: S, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>, line: Line)
-where
+/// Answers the requests on one link (from `peer`, on TCP) until it closes
+/// or a fault drops it.
+async fn serve_link<S>(
+    mut link: S,
+    peer: Option<SocketAddr>,
+    units: Arc<dyn Units>,
+    faults: Arc<Vec<Scoped>>,
+    line: Line,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut seen: HashMap<usize, u32> = HashMap::new();
+    let tap = units.request_log().map(|l| l.connection(peer));
     let mut got = [0u8; 256];
     let mut filled = 0;
     loop {
@@ -116,6 +126,7 @@ where
             continue;
         }
         let pdu = &request[1..6];
+        log::record(tap.as_ref(), unit);
         match respond(&*units, &faults, &mut seen, unit, pdu).await {
             Reply::Close if line == Line::Gateway => return,
             Reply::Close | Reply::Silent => continue,
@@ -172,6 +183,7 @@ mod tests {
         let (mut client, server) = duplex(1024);
         let task = tokio::spawn(serve_link(
             server,
+            None,
             Arc::new(Counting),
             Arc::new(Vec::new()),
             line,

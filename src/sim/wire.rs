@@ -7,6 +7,7 @@
 //! functions are served.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -15,10 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) use super::answer::Units;
 use super::answer::{Reply, respond, stray_body};
 use super::fault::Scoped;
+use super::log;
 
 pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
-    accept_each(listener, |stream| {
-        connection(stream, Arc::clone(&units), Arc::clone(&faults))
+    accept_each(listener, |stream, peer| {
+        connection(stream, peer, Arc::clone(&units), Arc::clone(&faults))
     })
     .await
 }
@@ -28,16 +30,16 @@ pub(crate) async fn serve(listener: TcpListener, units: Arc<dyn Units>, faults: 
 /// dropped and every open connection closes with it.
 pub(crate) async fn accept_each<F, S>(listener: TcpListener, serve: S)
 where
-    S: Fn(TcpStream) -> F,
+    S: Fn(TcpStream, SocketAddr) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(serve(stream));
+                connections.spawn(serve(stream, peer));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -46,9 +48,15 @@ where
 
 /// Answers one connection's requests in order until it closes, breaks the
 /// protocol, or a fault drops it.
-async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Vec<Scoped>>) {
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    units: Arc<dyn Units>,
+    faults: Arc<Vec<Scoped>>,
+) {
     // Requests in scope of each DropEvery fault, on this connection.
     let mut seen: HashMap<usize, u32> = HashMap::new();
+    let tap = units.request_log().map(|l| l.connection(Some(peer)));
     loop {
         let mut header = [0u8; 7];
         if stream.read_exact(&mut header).await.is_err() {
@@ -63,6 +71,7 @@ async fn connection(mut stream: TcpStream, units: Arc<dyn Units>, faults: Arc<Ve
             return;
         }
         let (transaction, unit) = ([header[0], header[1]], header[6]);
+        log::record(tap.as_ref(), unit);
         let (body, stray) = match respond(&*units, &faults, &mut seen, unit, &pdu).await {
             Reply::Close => return,
             Reply::Silent => continue,

@@ -352,6 +352,20 @@ impl Service {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ends it at once (SIGKILL: a crash, the OOM killer), waits for it to
+    /// exit, and returns the log lines not taken from `lines` yet.
+    pub fn kill(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        self.lines.try_iter().collect()
+    }
+
     /// Stops it as systemd does (SIGTERM), waits for it to exit, and
     /// returns the log lines not taken from `lines` yet.
     pub fn stop(mut self) -> Vec<String> {

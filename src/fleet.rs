@@ -281,9 +281,9 @@ impl Fleet {
 /// A function returning an `async move` block, not an `async fn`: an `async
 /// fn` keeps its arguments in the task and copies them into the body's own
 /// variables, so every task held both. With that and the poll boxed together
-/// with its delivery (below), the loop is 272 bytes instead of 536 and a
-/// task with tokio's header (which rounds to 128 bytes) 384 instead of 640
-/// (rustc -Zprint-type-sizes): 2.5 MB at 10,000 devices.
+/// with its delivery (below), the loop holds little more than its arguments
+/// and its timer; its size, bounded by a test (`size` below), decides which
+/// 128-byte step of tokio's task cell every device pays for (BENCHMARKS.md).
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice; see above"
@@ -298,22 +298,24 @@ fn group_loop(
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         while let Some(due) = next {
-            let wait = (due - Utc::now()).to_std().unwrap_or_default();
-            let stopped = tokio::select! {
-                () = tokio::time::sleep(wait) => false,
-                // Fleet drops the sender to stop the device.
-                _ = &mut stop => true,
-            };
-            // A link handed to another instance (see `Fleet::hand_over`):
-            // the firings up to the cut-off are this instance's, whichever
-            // of the timer and the stop woke the loop, and the later ones
-            // the next owner's, so none is polled twice or by nobody.
-            let handover = poller.endpoint().handover_at();
-            let last = match (stopped, handover) {
-                (false, Some(cutoff)) if due > cutoff => break,
-                (true, Some(cutoff)) if due <= cutoff => true,
-                (true, _) => break,
-                (false, _) => false,
+            let last = {
+                let wait = (due - Utc::now()).to_std().unwrap_or_default();
+                let stopped = tokio::select! {
+                    () = tokio::time::sleep(wait) => false,
+                    // Fleet drops the sender to stop the device.
+                    _ = &mut stop => true,
+                };
+                // A link handed to another instance (see `Fleet::hand_over`):
+                // the firings up to the cut-off are this instance's,
+                // whichever of the timer and the stop woke the loop, and the
+                // later ones the next owner's, so none is polled twice or by
+                // nobody.
+                match (stopped, poller.endpoint().handover_at()) {
+                    (false, Some(cutoff)) if due > cutoff => break,
+                    (true, Some(cutoff)) if due <= cutoff => true,
+                    (true, _) => break,
+                    (false, _) => false,
+                }
             };
             // A clustered instance whose lease ran out polls nothing (its
             // devices are stopped soon after; see `cluster`).
@@ -350,5 +352,58 @@ fn group_loop(
             }
             next = following;
         }
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use std::sync::Arc;
+
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{Counters, group_loop};
+    use crate::history::writer::HistoryStats;
+    use crate::latest::memory::LatestMemory;
+    use crate::modbus::endpoint::Endpoint;
+    use crate::poller::DevicePoller;
+    use crate::schedule::Ticker;
+    use crate::sink::Sinks;
+
+    /// Every poll group's task holds this future for life, in a task cell
+    /// that tokio aligns to 128 bytes: at 10,000 devices each step it
+    /// crosses is 1.3 MB. The bound is its size today; growing it is a
+    /// memory change to measure (BENCHMARKS.md, memory per device).
+    #[test]
+    fn the_group_loop_stays_small() {
+        let device = Arc::new(
+            crate::config::parse(
+                "devices:\n  - { name: a, host: 127.0.0.1, port: 1, registers: [ { name: r, kind: holding, address: 0 } ] }\n",
+                "devices.yaml",
+            )
+            .unwrap()
+            .remove(0),
+        );
+        let poller =
+            DevicePoller::new(Arc::clone(&device), Arc::new(Endpoint::new("127.0.0.1", 1)));
+        let (history, _rx) = mpsc::channel(1);
+        let sinks = Sinks::new(
+            Arc::new(LatestMemory::default()),
+            history,
+            Arc::new(HistoryStats::default()),
+            None,
+        );
+        let (_stop, stopped) = oneshot::channel();
+        let schedule = device.poll_groups().remove(0).0;
+        let ticker = Ticker::new(&schedule, "a");
+        let future = group_loop(
+            poller,
+            None,
+            ticker,
+            sinks.for_device(&device),
+            stopped,
+            Arc::new(Counters::default()),
+        );
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 328, "a poll group's loop is {size} bytes");
     }
 }

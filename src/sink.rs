@@ -19,6 +19,12 @@ use crate::registry::Device;
 pub struct Sinks {
     pub latest: Arc<LatestMemory>,
     history: mpsc::Sender<Arc<PollReport>>,
+    shared: Arc<Shared>,
+}
+
+/// What every device's sinks share, behind one pointer: each poll group's
+/// task holds its `DeviceSinks` for life (see `fleet::size`).
+struct Shared {
     /// Where a report that found the history queue full is counted.
     history_stats: Arc<HistoryStats>,
     redis: Option<Arc<redis::Coalescer>>,
@@ -34,8 +40,10 @@ impl Sinks {
         Self {
             latest,
             history,
-            history_stats,
-            redis,
+            shared: Arc::new(Shared {
+                history_stats,
+                redis,
+            }),
         }
     }
 
@@ -45,8 +53,7 @@ impl Sinks {
         DeviceSinks {
             latest: self.latest.slot(device),
             history: self.history.clone(),
-            history_stats: Arc::clone(&self.history_stats),
-            redis: self.redis.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -68,7 +75,7 @@ impl Sinks {
         for device in reloaded {
             self.latest.follow(device);
         }
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = &self.shared.redis {
             for n in notices {
                 redis.push_notice(n);
             }
@@ -77,7 +84,7 @@ impl Sinks {
 
     /// Tells the Redis writer that no more reports will come.
     pub fn close_redis(&self) {
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = &self.shared.redis {
             redis.close();
         }
     }
@@ -87,8 +94,7 @@ impl Sinks {
 pub struct DeviceSinks {
     latest: Arc<memory::Slot>,
     history: mpsc::Sender<Arc<PollReport>>,
-    history_stats: Arc<HistoryStats>,
-    redis: Option<Arc<redis::Coalescer>>,
+    shared: Arc<Shared>,
 }
 
 impl DeviceSinks {
@@ -100,13 +106,13 @@ impl DeviceSinks {
     pub async fn deliver(&self, report: PollReport) {
         self.latest.update(&report);
         let report = Arc::new(report);
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = &self.shared.redis {
             redis.push(Arc::clone(&report));
         }
         match self.history.try_send(report) {
             Ok(()) => {}
             Err(TrySendError::Full(report)) => {
-                let s = &self.history_stats;
+                let s = &self.shared.history_stats;
                 s.reports_dropped
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 s.lose(

@@ -58,7 +58,12 @@ pub fn phase_step(every: Duration) -> Duration {
 /// The firing times of one schedule.
 #[derive(Debug, Clone)]
 pub enum Ticker {
-    Every { every: Duration, phase: Duration },
+    /// In microseconds (`every` at least 1, `phase` below it): every poll
+    /// group's task holds its ticker, and two `Duration`s took 8 bytes more.
+    Every {
+        every_us: i64,
+        phase_us: i64,
+    },
     Cron(Box<CronSchedule>),
 }
 
@@ -70,28 +75,26 @@ impl Ticker {
             Schedule::Every {
                 every,
                 align: Align::Spread,
-            } => Ticker::Every {
-                every: *every,
-                phase: phase(key, *every),
-            },
+            } => Ticker::every(*every, phase(key, *every)),
             Schedule::Every {
                 every,
                 align: Align::Strict,
-            } => Ticker::Every {
-                every: *every,
-                phase: Duration::ZERO,
-            },
+            } => Ticker::every(*every, Duration::ZERO),
             Schedule::Cron(c) => Ticker::Cron(c.clone()),
         }
+    }
+
+    fn every(every: Duration, phase: Duration) -> Ticker {
+        let every_us = i64::try_from(every.as_micros()).unwrap_or(i64::MAX).max(1);
+        let phase_us = i64::try_from(phase.as_micros()).unwrap_or(0) % every_us;
+        Ticker::Every { every_us, phase_us }
     }
 
     /// The first firing strictly after `now` (`None`: a cron expression that
     /// never fires again, such as a date in the past).
     pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Ticker::Every { every, phase } => {
-                let every_us = every.as_micros().max(1) as i64;
-                let phase_us = (phase.as_micros() as i64) % every_us;
+            &Ticker::Every { every_us, phase_us } => {
                 let now_us = now.timestamp_micros();
                 let k = (now_us - phase_us).div_euclid(every_us) + 1;
                 DateTime::from_timestamp_micros(k * every_us + phase_us)
@@ -110,11 +113,10 @@ impl Ticker {
         due: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> (u64, Option<DateTime<Utc>>) {
-        if let Ticker::Every { every, .. } = self {
+        if let &Ticker::Every { every_us, .. } = self {
             // Arithmetic, not a walk: a long stall at a short interval would be
             // millions of steps.
             let next = self.next_after(now.max(due));
-            let every_us = every.as_micros().max(1) as i64;
             let missed = next.map_or(0, |n| {
                 ((n - due).num_microseconds().unwrap_or(0) / every_us - 1).max(0)
             });
@@ -142,10 +144,7 @@ mod tests {
     }
 
     fn every(ms: u64, phase_ms: u64) -> Ticker {
-        Ticker::Every {
-            every: Duration::from_millis(ms),
-            phase: Duration::from_millis(phase_ms),
-        }
+        Ticker::every(Duration::from_millis(ms), Duration::from_millis(phase_ms))
     }
 
     #[test]

@@ -371,8 +371,8 @@ mod tests {
     /// Firings every second at a phase of 250 ms.
     fn due(t: Ts) -> Option<Ts> {
         regpoll::schedule::Ticker::Every {
-            every: Duration::from_secs(1),
-            phase: Duration::from_millis(250),
+            every_us: 1_000_000,
+            phase_us: 250_000,
         }
         .next_after(t - chrono::Duration::seconds(1))
     }

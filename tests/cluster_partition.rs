@@ -117,21 +117,6 @@ fn settings(url: &str, id: &str, data_dir: &std::path::Path) -> Settings {
     }
 }
 
-/// Eight endpoints with two units each, every 200 ms.
-fn fleet_yaml() -> String {
-    let mut yaml =
-        String::from("defaults:\n  host: 127.0.0.1\n  every: 200ms\n  timeout: 150ms\ndevices:\n");
-    for e in 0..8 {
-        for u in 1..=2 {
-            yaml += &format!(
-                "  - name: e{e}-u{u}\n    port: {}\n    unit_id: {u}\n    registers:\n      - {{ name: v, kind: holding, address: 0, type: u16 }}\n",
-                30000 + e
-            );
-        }
-    }
-    yaml
-}
-
 async fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
     while !done() {
@@ -179,7 +164,11 @@ async fn an_instance_cut_off_from_the_database_stops_before_its_endpoints_are_ta
     let mut via_proxy = url::Url::parse(&url).unwrap();
     via_proxy.set_port(Some(proxy.addr.port())).unwrap();
 
-    let devices = regpoll::config::parse(&fleet_yaml(), "cluster.yaml").unwrap();
+    let devices = regpoll::config::parse(
+        &common::gateways_yaml(8, 2, 30000, "200ms", "150ms"),
+        "cluster.yaml",
+    )
+    .unwrap();
     let log = RequestLog::new(1_000_000);
     let sim = Simulator::start_with_log(&devices, Bind::Ephemeral, Vec::new(), Arc::clone(&log))
         .await

@@ -15,20 +15,6 @@ use regpoll::db::Db;
 use regpoll::registry::Device;
 use regpoll::sim::{Bind, Simulator};
 
-fn fleet_yaml() -> String {
-    let mut yaml =
-        String::from("defaults:\n  host: 127.0.0.1\n  every: 300ms\n  timeout: 200ms\ndevices:\n");
-    for e in 0..5 {
-        for u in 1..=2 {
-            yaml += &format!(
-                "  - name: e{e}-u{u}\n    port: {}\n    unit_id: {u}\n    registers:\n      - {{ name: v, kind: holding, address: 0, type: u16 }}\n",
-                31000 + e
-            );
-        }
-    }
-    yaml
-}
-
 fn settings(url: &str, redis: (&str, &str), id: &str, dir: &std::path::Path) -> Settings {
     Settings {
         database_url: Some(url.to_string()),
@@ -69,6 +55,19 @@ async fn until_split(a: &Running, b: &Running, expected: &BTreeSet<String>) {
     }
 }
 
+/// Every device of `devices` is `up` in Redis (none marked inactive).
+async fn assert_up(con: &mut redis::aio::MultiplexedConnection, prefix: &str, devices: &[Device]) {
+    for d in devices {
+        let state = device_hash(con, prefix, "device", &d.name).await;
+        assert_eq!(
+            state.get("state").map(String::as_str),
+            Some("up"),
+            "{}",
+            d.name
+        );
+    }
+}
+
 async fn device_hash(
     con: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
@@ -84,7 +83,11 @@ async fn device_hash(
 async fn registry_changes_reach_every_instance_and_redis_follows_the_owner() {
     let url = common::fresh_postgres().await;
     let (redis_url, prefix) = common::redis();
-    let staged = regpoll::config::parse(&fleet_yaml(), "cluster.yaml").unwrap();
+    let staged = regpoll::config::parse(
+        &common::gateways_yaml(5, 2, 31000, "300ms", "200ms"),
+        "cluster.yaml",
+    )
+    .unwrap();
     let sim = Simulator::start(&staged, Bind::Ephemeral).await.unwrap();
     let all: Vec<Device> = staged
         .iter()
@@ -126,14 +129,8 @@ async fn registry_changes_reach_every_instance_and_redis_follows_the_owner() {
     for d in &first {
         let latest = device_hash(&mut con, &prefix, "latest", &d.name).await;
         assert!(latest.contains_key("v"), "{}: {latest:?}", d.name);
-        let state = device_hash(&mut con, &prefix, "device", &d.name).await;
-        assert_eq!(
-            state.get("state").map(String::as_str),
-            Some("up"),
-            "{}",
-            d.name
-        );
     }
+    assert_up(&mut con, &prefix, &first).await;
 
     // A sync made elsewhere (another instance's file, or an operator's
     // `devices sync`) adds an endpoint: exactly one instance polls it.
@@ -166,15 +163,7 @@ async fn registry_changes_reach_every_instance_and_redis_follows_the_owner() {
     );
     // A device that moved to the other instance is not marked inactive: the
     // states of every kept device are still up.
-    for d in &kept {
-        let state = device_hash(&mut con, &prefix, "device", &d.name).await;
-        assert_eq!(
-            state.get("state").map(String::as_str),
-            Some("up"),
-            "{}",
-            d.name
-        );
-    }
+    assert_up(&mut con, &prefix, &kept).await;
 
     a.shutdown().await.unwrap();
     // The survivor takes the leaver's devices over at once (a planned
@@ -189,14 +178,6 @@ async fn registry_changes_reach_every_instance_and_redis_follows_the_owner() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    for d in &kept {
-        let state = device_hash(&mut con, &prefix, "device", &d.name).await;
-        assert_eq!(
-            state.get("state").map(String::as_str),
-            Some("up"),
-            "{}",
-            d.name
-        );
-    }
+    assert_up(&mut con, &prefix, &kept).await;
     b.shutdown().await.unwrap();
 }

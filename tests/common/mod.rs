@@ -379,3 +379,27 @@ impl Service {
         self.lines.try_iter().collect()
     }
 }
+
+/// A devices.yaml of `endpoints` gateways (ports from `first_port`) with
+/// `units` devices each (named `e<endpoint>-u<unit>`, one u16 register `v`),
+/// polled `every` with `timeout`: the shape the cluster tests share, where
+/// what is owned is an endpoint.
+pub fn gateways_yaml(
+    endpoints: u16,
+    units: u8,
+    first_port: u16,
+    every: &str,
+    timeout: &str,
+) -> String {
+    let mut yaml =
+        format!("defaults:\n  host: 127.0.0.1\n  every: {every}\n  timeout: {timeout}\ndevices:\n");
+    for e in 0..endpoints {
+        for u in 1..=units {
+            yaml += &format!(
+                "  - name: e{e}-u{u}\n    port: {}\n    unit_id: {u}\n    registers:\n      - {{ name: v, kind: holding, address: 0, type: u16 }}\n",
+                first_port + e
+            );
+        }
+    }
+    yaml
+}

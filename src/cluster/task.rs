@@ -173,6 +173,14 @@ impl Membership {
         (self.session.is_some() && !self.held.is_empty()).then(|| Instant::now() + left)
     }
 
+    /// The devices behind the links this session holds.
+    fn devices_held(&self, links: &Links) -> usize {
+        self.held
+            .iter()
+            .map(|l| links.get(l).map_or(0, |i| i.devices as usize))
+            .sum()
+    }
+
     async fn round(&mut self) {
         let result = self.try_round().await;
         match result {
@@ -217,11 +225,7 @@ impl Membership {
             },
         };
         let links = Arc::clone(&*self.links.borrow());
-        let devices: usize = self
-            .held
-            .iter()
-            .map(|l| links.get(l).map_or(0, |i| i.devices as usize))
-            .sum();
+        let devices = self.devices_held(&links);
         // The serial lines this machine has: the others cannot poll them.
         let serial: Vec<String> = links
             .iter()
@@ -281,11 +285,7 @@ impl Membership {
         if !acquire.is_empty() && self.view.fence.is_open() {
             self.acquire(session, &acquire).await?;
         }
-        let devices_owned = self
-            .held
-            .iter()
-            .map(|l| links.get(l).map_or(0, |i| i.devices as usize))
-            .sum();
+        let devices_owned = self.devices_held(&links);
         let links_owned = self.held.len();
         self.view.update(|s| {
             s.session = Some(session);

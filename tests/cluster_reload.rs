@@ -106,6 +106,21 @@ async fn registry_changes_reach_every_instance_and_redis_follows_the_owner() {
         .cloned()
         .collect();
 
+    // The ports, hence the links, differ from run to run: name the second
+    // instance so that rendezvous gives each instance some of the first
+    // four links (and so some devices to each).
+    let first_links: BTreeSet<String> = first.iter().map(regpoll::cluster::link_of).collect();
+    let second = (0..)
+        .map(|n| format!("b{n}"))
+        .find(|id| {
+            let ids = ["a".to_string(), id.clone()];
+            let share = first_links
+                .iter()
+                .filter(|l| regpoll::cluster::owner_of(l, &ids) == Some("a"))
+                .count();
+            (1..first_links.len()).contains(&share)
+        })
+        .unwrap();
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let redis = (redis_url.as_str(), prefix.as_str());
     let a = regpoll::app::start(
@@ -115,7 +130,7 @@ async fn registry_changes_reach_every_instance_and_redis_follows_the_owner() {
     .await
     .unwrap();
     let b = regpoll::app::start(
-        &settings(&url, redis, "b", dirs.1.path()),
+        &settings(&url, redis, &second, dirs.1.path()),
         DeviceSource::Registry,
     )
     .await

@@ -68,6 +68,21 @@ pub enum Command {
     Query(QueryCommand),
     /// Create or upgrade the database schema, then exit.
     Migrate(DbArgs),
+    /// Print the database's health without the service: what the history
+    /// tables cost on disk, their chunks and compression, and the state of
+    /// the maintenance jobs. Exits 1 when the database cannot be read.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Print JSON (the form of `/api/database`) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long = s::DB_HEALTH_TIMEOUT.flag, env = s::DB_HEALTH_TIMEOUT.env, help = s::DB_HEALTH_TIMEOUT.help, default_value = s::DB_HEALTH_TIMEOUT.default_text(), value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 impl Command {
@@ -198,6 +213,8 @@ pub struct SinkArgs {
     pub retention: crate::history::retention::Retention,
     #[arg(long = s::JOBS_CHECK_INTERVAL.flag, env = s::JOBS_CHECK_INTERVAL.env, help = s::JOBS_CHECK_INTERVAL.help, default_value = s::JOBS_CHECK_INTERVAL.default_text(), value_parser = parse_duration)]
     pub jobs_check_interval: Duration,
+    #[arg(long = s::DB_HEALTH_TIMEOUT.flag, env = s::DB_HEALTH_TIMEOUT.env, help = s::DB_HEALTH_TIMEOUT.help, default_value = s::DB_HEALTH_TIMEOUT.default_text(), value_parser = parse_duration)]
+    pub db_health_timeout: Duration,
     #[arg(long = s::SHUTDOWN_TIMEOUT.flag, env = s::SHUTDOWN_TIMEOUT.env, help = s::SHUTDOWN_TIMEOUT.help, default_value = s::SHUTDOWN_TIMEOUT.default_text(), value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }

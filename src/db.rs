@@ -135,19 +135,9 @@ impl Db {
         let Db::Postgres(pool) = self else {
             return Ok(());
         };
-        let opts = pool.connect_options();
-        let cannot = || format!("cannot connect to PostgreSQL at {}", describe(&opts));
-        // One plain connection first: when the server is down or refuses the
-        // login, this fails at once with the cause ("connection refused",
-        // "password authentication failed"), where the pool would wait its
-        // whole acquire timeout and report only that it timed out.
-        let probe = tokio::time::timeout(ACQUIRE_TIMEOUT, opts.connect())
+        self.probe(ACQUIRE_TIMEOUT)
             .await
-            .map_err(|_| anyhow::anyhow!("no answer within {ACQUIRE_TIMEOUT:?}"))
-            .and_then(|r| r.map_err(anyhow::Error::from))
-            .with_context(cannot)
             .map_err(OpenError::Unreachable)?;
-        let _ = probe.close().await;
         let migrate = async {
             accept_edited_migrations(pool).await?;
             run_migrations_quietly(pool).await?;
@@ -159,6 +149,28 @@ impl Db {
             Ok(())
         };
         migrate.await.map_err(OpenError::Migration)
+    }
+
+    /// Whether the database answers, within `timeout`. On PostgreSQL one
+    /// plain connection, not the pool's: when the server is down or refuses
+    /// the login, this fails at once with the cause ("connection refused",
+    /// "password authentication failed"), where the pool would wait its
+    /// whole acquire timeout and report only that it timed out.
+    pub async fn probe(&self, timeout: Duration) -> anyhow::Result<()> {
+        let Db::Postgres(pool) = self else {
+            return tokio::time::timeout(timeout, self.ping())
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+                .with_context(|| format!("cannot open SQLite database {}", self.location()));
+        };
+        let opts = pool.connect_options();
+        let probe = tokio::time::timeout(timeout, opts.connect())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(&opts)))?;
+        let _ = probe.close().await;
+        Ok(())
     }
 
     /// Where the database is, without the user or any password: what
@@ -200,6 +212,22 @@ impl Db {
             Some(url) => Db::postgres(url).await,
             None => Db::sqlite(sqlite_path).await,
         }
+    }
+
+    /// An existing SQLite file, opened read-only and not migrated: for
+    /// looking at a database that a running service writes (`regpoll
+    /// status`). Connects when first used.
+    pub fn sqlite_read_only(path: &Path) -> Db {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5));
+        Db::Sqlite(
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(opts),
+        )
     }
 
     /// A second, small pool on the same database for the HTTP API's queries,

@@ -213,8 +213,18 @@ pub const RETENTION: Setting = Setting {
 pub const JOBS_CHECK_INTERVAL: Setting = Setting {
     flag: "jobs-check-interval",
     env: "REGPOLL_JOBS_CHECK_INTERVAL",
-    help: "How often TimescaleDB's background jobs (retention, compression, the hourly aggregate's refresh) are checked; a failing one is a /ready warning and shows on /metrics",
+    help: "How often the database's health is read: TimescaleDB's background jobs (retention, compression, the rollups' refresh; a failing one is a /ready warning) and the size, row estimate, chunks and compression of the history tables, shown on /metrics, /api/database and the status page",
     default: Some("1m"),
+};
+
+/// Each read of the database's health gives up after this long, and the
+/// server cancels its statements then: a catalog locked by a long DDL or a
+/// server that stopped answering shows as a read error, never as a stuck task.
+pub const DB_HEALTH_TIMEOUT: Setting = Setting {
+    flag: "db-health-timeout",
+    env: "REGPOLL_DB_HEALTH_TIMEOUT",
+    help: "Longest wait for one read of the database's health (jobs, table sizes), by `run` every --jobs-check-interval and by `regpoll status`; past it the read counts as failed (e.g. 10s)",
+    default: Some("10s"),
 };
 
 /// Poll reports that may wait for the history writer (no flag): 1.6 s of

@@ -9,6 +9,7 @@ use serde_json::{Map, json};
 use tokio::sync::watch;
 
 use crate::fleet::Counters;
+use crate::history::health::{StorageHealth, StorageWatch};
 use crate::history::jobs::{JobWatch, JobsReport};
 use crate::history::writer::{HistorySnapshot, HistoryStats};
 use crate::latest::memory::LatestMemory;
@@ -33,6 +34,8 @@ pub struct Sources {
     pub(crate) redis: Option<(Arc<RedisStats>, Arc<Coalescer>)>,
     /// TimescaleDB's background jobs, as last read.
     pub(crate) jobs: Arc<JobWatch>,
+    /// What the history tables cost on disk, as last read.
+    pub(crate) storage: Arc<StorageWatch>,
     /// Active devices whose registry rows cannot be used.
     pub(crate) registry: Arc<Rejections>,
     /// This instance's view of its cluster (`run --cluster`).
@@ -58,6 +61,8 @@ pub struct ServiceStats {
     pub redis: Option<RedisSnapshot>,
     /// TimescaleDB's background jobs (none without TimescaleDB).
     pub jobs: JobsReport,
+    /// The history tables' storage, as last read.
+    pub storage: StorageHealth,
     /// Active devices whose registry rows cannot be used, with the reason.
     pub registry_rejected: std::collections::BTreeMap<String, String>,
 }
@@ -87,6 +92,7 @@ impl Sources {
             history: self.history.snapshot(self.history_depth.get()),
             redis: self.redis.as_ref().map(|(s, q)| s.snapshot(q)),
             jobs: self.jobs.report(),
+            storage: self.storage.health(),
             registry_rejected: self
                 .registry
                 .snapshot()

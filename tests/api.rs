@@ -719,8 +719,8 @@ CREATE SCHEMA timescaledb_information;
 CREATE TABLE timescaledb_information.jobs (
     job_id integer, proc_name name, hypertable_schema name, hypertable_name name);
 CREATE TABLE timescaledb_information.job_stats (
-    job_id integer, last_run_status text, last_successful_finish timestamptz,
-    total_failures bigint);
+    job_id integer, last_run_status text, last_run_started_at timestamptz,
+    last_successful_finish timestamptz, total_failures bigint);
 CREATE TABLE timescaledb_information.job_errors (
     job_id integer, start_time timestamptz, finish_time timestamptz, err_message text);
 CREATE TABLE timescaledb_information.continuous_aggregates (
@@ -733,9 +733,9 @@ INSERT INTO timescaledb_information.jobs VALUES
     (1001, 'policy_refresh_continuous_aggregate', '_timescaledb_internal', '_materialized_hypertable_2'),
     (1002, 'policy_retention', 'public', 'someone_elses_table');
 INSERT INTO timescaledb_information.job_stats VALUES
-    (1000, 'Success', now() - interval '10 minutes', 0),
-    (1001, 'Failed', now() - interval '3 hours', 3),
-    (1002, 'Failed', NULL, 7);
+    (1000, 'Success', now() - interval '10 minutes', now() - interval '10 minutes', 0),
+    (1001, 'Failed', now() - interval '1 hour', now() - interval '3 hours', 3),
+    (1002, 'Failed', now(), NULL, 7);
 INSERT INTO timescaledb_information.job_errors VALUES
     (1001, now() - interval '4 hours', now() - interval '4 hours', 'an old error before the last success'),
     (1001, now() - interval '2 hours', now() - interval '2 hours', 'canceling statement due to statement timeout'),
@@ -800,16 +800,21 @@ async fn failing_timescaledb_jobs_are_ready_warnings_and_metrics() {
     ] {
         assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
     }
-    let age = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with(&format!(
-                "regpoll_timescaledb_job_last_success_age_seconds{retention}"
-            ))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .expect("the retention job's last success age");
+    let sample = |start: String| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&start))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no `{start}` in\n{metrics}"))
+    };
+    let age = sample(format!(
+        "regpoll_timescaledb_job_last_success_age_seconds{retention}"
+    ));
     assert!((590.0..700.0).contains(&age), "{age}");
+    let run_age = sample(format!(
+        "regpoll_timescaledb_job_last_run_age_seconds{refresh}"
+    ));
+    assert!((3590.0..3700.0).contains(&run_age), "{run_age}");
     assert!(!metrics.contains("someone_elses_table"), "{metrics}");
 
     let stats = http_get(addr, "/api/stats").await.json();

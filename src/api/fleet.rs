@@ -162,8 +162,9 @@ impl<'a> Row<'a> {
 
 /// Counts by state (whatever states the listing has), readings by quality,
 /// the history writer and Redis as `/api/stats` shows them, the tags the
-/// page can filter by, and in a cluster what `/api/cluster` says but the
-/// owners (from memory: the page's refresh costs no database statement).
+/// page can filter by, in a cluster what `/api/cluster` says but the
+/// owners, and the database's health as `/api/database` shows it (all from
+/// memory: the page's refresh costs no database statement).
 fn summary(rows: &[Row], s: &Shared) -> Value {
     let mut states: BTreeMap<&str, usize> = ["up", "down", "demoted", "pending"]
         .iter()
@@ -194,6 +195,7 @@ fn summary(rows: &[Row], s: &Shared) -> Value {
         "cluster": s.stats.cluster.as_deref().map(|view| {
             super::cluster::view_json(view, super::cluster::fenced_polls(&s.stats), Utc::now())
         }),
+        "database": super::database::health(s).to_json(Utc::now()),
         "at": rfc3339(Utc::now()),
     })
 }

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use crate::cluster::{ClusterView, Handovers};
+use crate::history::health::{StorageHealth, TableStorage};
 use crate::modbus::stats::{EndpointSnapshot, ErrorKind};
 use crate::reading::Quality;
 use crate::telemetry::{HistogramSnapshot, LATENCY_BOUNDS};
@@ -348,6 +349,7 @@ pub fn render(state: &ApiState) -> String {
     }
 
     jobs(&mut t, &c);
+    database(&mut t, &c.storage, c.at);
     if let Some(view) = &s.stats.cluster {
         cluster(
             &mut t,
@@ -450,18 +452,139 @@ fn jobs(t: &mut Text, c: &crate::stats::ServiceStats) {
         let n = j.total_failures as f64;
         t.sample("regpoll_timescaledb_job_failures_total", &labels(i), n);
     }
-    t.family(
-        "regpoll_timescaledb_job_last_success_age_seconds",
-        "gauge",
-        "Seconds since the job last succeeded (absent when it never did).",
+    type Age = fn(&crate::history::jobs::JobHealth, DateTime<Utc>) -> Option<f64>;
+    let ages: [(&str, &str, Age); 2] = [
+        (
+            "regpoll_timescaledb_job_last_run_age_seconds",
+            "Seconds since the job's last run started, whatever came of it (absent before its first run).",
+            |j, now| j.last_run_age(now),
+        ),
+        (
+            "regpoll_timescaledb_job_last_success_age_seconds",
+            "Seconds since the job last succeeded (absent when it never did).",
+            |j, now| j.last_success_age(now),
+        ),
+    ];
+    for (name, help, age) in ages {
+        t.family(name, "gauge", help);
+        for (i, j) in jobs.iter().enumerate() {
+            if let Some(age) = age(j, c.at) {
+                t.sample(name, &labels(i), age);
+            }
+        }
+    }
+}
+
+/// The history tables' storage as last read (see `history::health`): one
+/// sample per table and family where the database tells the figure, the
+/// SQLite file, and whether the last read worked.
+fn database(t: &mut Text, h: &StorageHealth, now: DateTime<Utc>) {
+    if h.checked_at.is_some() {
+        t.single(
+            "regpoll_db_health_read_ok",
+            "gauge",
+            "1 when the last read of the database's table sizes worked, 0 when it failed (the figures are then those of the last read that worked).",
+            if h.read_error.is_some() { 0.0 } else { 1.0 },
+        );
+    }
+    t.single(
+        "regpoll_db_health_read_failures_total",
+        "counter",
+        "Reads of the database's table sizes that failed or timed out (--db-health-timeout).",
+        h.read_failures as f64,
     );
-    for (i, j) in jobs.iter().enumerate() {
-        if let Some(age) = j.last_success_age(c.at) {
-            t.sample(
-                "regpoll_timescaledb_job_last_success_age_seconds",
-                &labels(i),
-                age,
-            );
+    if let Some(age) = h.age(now) {
+        t.single(
+            "regpoll_db_health_age_seconds",
+            "gauge",
+            "Seconds since the database's table sizes were last read successfully.",
+            age,
+        );
+    }
+    let Some(report) = &h.report else {
+        return;
+    };
+    type Figure = fn(&TableStorage) -> Option<f64>;
+    let families: [(&str, &str, Figure); 8] = [
+        (
+            "regpoll_db_table_bytes",
+            "Bytes on disk of the table with its indexes and TOAST (hypertables and continuous aggregates: all their chunks).",
+            |s| s.total_bytes.map(|b| b as f64),
+        ),
+        (
+            "regpoll_db_index_bytes",
+            "Bytes on disk of the table's indexes.",
+            |s| s.index_bytes.map(|b| b as f64),
+        ),
+        (
+            "regpoll_db_rows_estimate",
+            "The planner's estimate of the table's rows (reltuples or approximate_row_count; SQLite: counted from its pages), never a count.",
+            |s| s.rows_estimate.map(|r| r as f64),
+        ),
+        (
+            "regpoll_db_chunks",
+            "Chunks of the hypertable or continuous aggregate (TimescaleDB only).",
+            |s| s.chunks.map(|n| n as f64),
+        ),
+        (
+            "regpoll_db_compressed_chunks",
+            "Of those, the chunks that are compressed.",
+            |s| s.compressed_chunks.map(|n| n as f64),
+        ),
+        (
+            "regpoll_db_compression_before_bytes",
+            "Bytes of the compressed chunks before compression (hypertable_compression_stats).",
+            |s| s.compression.map(|c| c.before_bytes as f64),
+        ),
+        (
+            "regpoll_db_compression_after_bytes",
+            "Bytes of the compressed chunks after compression.",
+            |s| s.compression.map(|c| c.after_bytes as f64),
+        ),
+        (
+            "regpoll_db_compression_ratio",
+            "Bytes before compression over bytes after, of the compressed chunks (absent while none is).",
+            |s| s.compression.and_then(|c| c.ratio()),
+        ),
+    ];
+    for (name, help, figure) in families {
+        let samples: Vec<(&str, f64)> = report
+            .tables
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), figure(s)?)))
+            .collect();
+        if samples.is_empty() {
+            continue;
+        }
+        t.family(name, "gauge", help);
+        for (table, v) in samples {
+            t.sample(name, &[("table", table)], v);
+        }
+    }
+    if let Some(f) = &report.sqlite {
+        for (name, help, v) in [
+            (
+                "regpoll_sqlite_file_bytes",
+                "Size of the SQLite database file.",
+                f.file_bytes as f64,
+            ),
+            (
+                "regpoll_sqlite_wal_bytes",
+                "Size of its write-ahead log (-wal file).",
+                f.wal_bytes as f64,
+            ),
+            (
+                "regpoll_sqlite_pages",
+                "Pages of the database (PRAGMA page_count).",
+                f.page_count as f64,
+            ),
+            (
+                "regpoll_sqlite_free_pages",
+                "Pages on the free list (PRAGMA freelist_count): reused by new rows, returned to the file system only by VACUUM.",
+                f.freelist_count as f64,
+            ),
+        ] {
+            t.single(name, "gauge", help, v);
         }
     }
 }

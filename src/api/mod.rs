@@ -9,6 +9,7 @@
 //! the API may use, which are its own so that API load never delays history.
 
 mod cluster;
+mod database;
 mod devices;
 mod error;
 mod fleet;
@@ -152,6 +153,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/latest", get(fleet::latest))
         .route("/api/buckets", get(fleet::buckets))
         .route("/api/cluster", get(cluster::cluster))
+        .route("/api/database", get(database::database))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .route("/health", get(health))
         .fallback(not_found)
@@ -236,7 +238,7 @@ async fn status_page() -> Html<&'static str> {
 
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
-        "no such endpoint: {} {}; see /health, /ready, /metrics, /api/devices, /api/devices/{{name}}/latest, /api/readings, /api/fleet, /api/latest, /api/buckets, /api/cluster",
+        "no such endpoint: {} {}; see /health, /ready, /metrics, /api/devices, /api/devices/{{name}}/latest, /api/readings, /api/fleet, /api/latest, /api/buckets, /api/cluster, /api/database",
         req.method(),
         req.uri().path()
     ))
@@ -334,6 +336,7 @@ fn ready_warnings(stats: &Sources) -> Vec<String> {
         ));
     }
     warnings.extend(stats.jobs.warnings());
+    warnings.extend(stats.storage.warnings());
     warnings.extend(stats.registry.warnings());
     warnings
 }

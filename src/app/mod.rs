@@ -29,7 +29,8 @@ use crate::api::{self, ApiState};
 use crate::cluster::ClusterView;
 use crate::db::{Connectivity, Db, Outage};
 use crate::fleet::{Counters, Fleet};
-use crate::history::jobs::{self, JobWatch};
+use crate::history::health::{self, StorageWatch};
+use crate::history::jobs::JobWatch;
 use crate::history::retention;
 use crate::history::writer::{self as history, BatchSettings, HistoryStats};
 use crate::latest::memory::LatestMemory;
@@ -72,8 +73,11 @@ pub struct Settings {
     pub reload_interval: Duration,
     /// How long readings are kept (`None`: forever).
     pub retention: Option<Duration>,
-    /// How often TimescaleDB's background jobs are checked.
+    /// How often the database's health (TimescaleDB's background jobs,
+    /// the tables' storage) is read.
     pub jobs_check_interval: Duration,
+    /// Bound on each read of the database's health.
+    pub db_health_timeout: Duration,
     /// Where the HTTP API listens (`None`: no HTTP). The command line
     /// defaults to `settings::HTTP`; the library default is off so that
     /// embedded and test services never compete for a port.
@@ -110,6 +114,7 @@ impl Default for Settings {
             retention: retention::parse_retention(settings::RETENTION.default_text())
                 .expect("the default retention parses"),
             jobs_check_interval: settings::JOBS_CHECK_INTERVAL.default_duration(),
+            db_health_timeout: settings::DB_HEALTH_TIMEOUT.default_duration(),
             http: None,
             api: api::ApiLimits::default(),
             data_dir: None,
@@ -137,7 +142,8 @@ pub struct Running {
     abort_writers: watch::Sender<bool>,
     supervisor: JoinHandle<()>,
     retention_job: Option<JoinHandle<()>>,
-    /// Reads TimescaleDB's job statistics; aborted at shutdown.
+    /// Reads the database's health (TimescaleDB's job statistics, the
+    /// tables' storage); aborted at shutdown.
     jobs_watch: JoinHandle<()>,
     sinks: Sinks,
     history: JoinHandle<()>,
@@ -263,10 +269,16 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     );
 
     let jobs = Arc::new(JobWatch::default());
-    let jobs_watch = tokio::spawn(jobs::watch(
-        db.clone(),
+    let storage = Arc::new(StorageWatch::default());
+    // Its own connection, whose statements the server cancels after the
+    // timeout: a slow catalog read never holds one the writer needs.
+    let timeout = settings.db_health_timeout;
+    let jobs_watch = tokio::spawn(health::watch(
+        db.api_pool(1, timeout, timeout),
         Arc::clone(&jobs),
+        Arc::clone(&storage),
         settings.jobs_check_interval,
+        timeout,
     ));
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(Counters::default());
@@ -293,6 +305,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         history_depth: sinks.history_depth_probe(),
         redis: redis_queue.map(|q| (redis_stats, q)),
         jobs: Arc::clone(&jobs),
+        storage,
         registry: Arc::default(),
         cluster: view.clone(),
     };

@@ -15,6 +15,7 @@ mod read;
 mod run;
 pub mod scan;
 mod simulate;
+mod status;
 
 use crate::cli::{Command, DbArgs, DevicesCommand};
 use crate::config::{self, ConfigErrors};
@@ -36,6 +37,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Devices(DevicesCommand::List(db)) => devices::list(&db).await,
         Command::Query(q) => query::query(q).await,
         Command::Migrate(db) => migrate::migrate(&db).await,
+        Command::Status(args) => status::status(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

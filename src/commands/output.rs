@@ -84,7 +84,14 @@ fn print_csv<T: serde::Serialize>(rows: &[T], columns: &[&str]) -> anyhow::Resul
 }
 
 fn print_table<T>(rows: &[T], columns: &[&str], cells: impl Fn(&T) -> Vec<String>) {
-    let table: Vec<Vec<String>> = rows.iter().map(&cells).collect();
+    print_aligned(columns, &rows.iter().map(&cells).collect::<Vec<_>>());
+    if rows.is_empty() {
+        eprintln!("no readings in that range");
+    }
+}
+
+/// Prints `table` under `columns`, each column as wide as its widest cell.
+pub(super) fn print_aligned(columns: &[&str], table: &[Vec<String>]) {
     let widths: Vec<usize> = (0..columns.len())
         .map(|i| {
             table
@@ -104,11 +111,8 @@ fn print_table<T>(rows: &[T], columns: &[&str], cells: impl Fn(&T) -> Vec<String
         println!("{}", padded.join("  ").trim_end());
     };
     line(columns.to_vec());
-    for r in &table {
+    for r in table {
         line(r.iter().map(String::as_str).collect());
-    }
-    if rows.is_empty() {
-        eprintln!("no readings in that range");
     }
 }
 

@@ -44,6 +44,7 @@ fn settings(args: RunArgs) -> Settings {
         reload_interval: args.reload_interval,
         retention: args.sinks.retention.0,
         jobs_check_interval: args.sinks.jobs_check_interval,
+        db_health_timeout: args.sinks.db_health_timeout,
         http: args.http.0,
         api: args.api.limits(),
         data_dir: Some(args.sinks.data_dir),

@@ -4,34 +4,18 @@
 //! aggregate goes stale. regpoll reads their state periodically from
 //! TimescaleDB's informational views (`timescaledb_information.jobs`,
 //! `job_stats`, `job_errors`) and shows it on `/metrics`, `/ready` and the
-//! status page; without TimescaleDB there are no jobs to watch.
+//! status page; without TimescaleDB there are no jobs to watch. The task
+//! that reads them is [`super::health::watch`].
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::store;
-use crate::db::Db;
 use crate::reading::rfc3339;
 
-/// Reads the jobs' state every `every` into `into`, until aborted (at
-/// shutdown). The first read is at once, so `/ready` knows about a failing
-/// policy from the start.
-pub async fn watch(db: Db, into: Arc<JobWatch>, every: Duration) {
-    let store = store::for_db(&db);
-    loop {
-        match store.background_jobs().await {
-            Ok(jobs) => into.update(jobs, Utc::now()),
-            Err(e) => into.read_failed(&e, Utc::now()),
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// One background job regpoll created (on `register_readings` or on the
-/// hourly aggregate), as TimescaleDB last reported it.
+/// One background job regpoll created (on `register_readings` or on a
+/// rollup), as TimescaleDB last reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobHealth {
     pub id: i32,
@@ -40,6 +24,8 @@ pub struct JobHealth {
     pub name: String,
     /// `Success` or `Failed`; `None` before the first run.
     pub last_run_status: Option<String>,
+    /// When its last run started, whatever came of it.
+    pub last_run_started: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
     /// Runs that failed since the last success (all of them when it never
     /// succeeded), counted from `job_errors`.
@@ -59,6 +45,8 @@ impl JobHealth {
             "id": self.id,
             "name": self.name,
             "last_run_status": self.last_run_status,
+            "last_run_started": self.last_run_started.map(rfc3339),
+            "last_run_age_s": age(self.last_run_started, now),
             "last_success": self.last_success.map(rfc3339),
             "last_success_age_s": self.last_success_age(now),
             "consecutive_failures": self.consecutive_failures,
@@ -69,8 +57,12 @@ impl JobHealth {
 
     /// Seconds since the last success; `None` when it never succeeded.
     pub fn last_success_age(&self, now: DateTime<Utc>) -> Option<f64> {
-        self.last_success
-            .map(|t| ((now - t).num_milliseconds().max(0) as f64) / 1000.0)
+        age(self.last_success, now)
+    }
+
+    /// Seconds since the last run started; `None` before the first run.
+    pub fn last_run_age(&self, now: DateTime<Utc>) -> Option<f64> {
+        age(self.last_run_started, now)
     }
 
     /// The `/ready` warning of a failing job.
@@ -95,6 +87,11 @@ impl JobHealth {
         }
         text
     }
+}
+
+/// Seconds from `t` to `now`, never negative (clocks of two machines).
+pub fn age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<f64> {
+    t.map(|t| ((now - t).num_milliseconds().max(0) as f64) / 1000.0)
 }
 
 /// What the watcher last learned: the jobs, or why they could not be read.
@@ -193,6 +190,7 @@ mod tests {
             id,
             name: format!("policy_retention on register_readings #{id}"),
             last_run_status: status.map(str::to_string),
+            last_run_started: None,
             last_success: None,
             consecutive_failures: failures,
             total_failures: failures,

@@ -4,8 +4,9 @@
 //! does not take in memory and the disk [`spool`] (rows it refuses for good
 //! go to the [`quarantine`]); [`retention`] bounds how
 //! long readings are kept, [`jobs`] watches TimescaleDB's background jobs,
-//! and [`query`] reads them back.
+//! [`health`] what the tables cost on disk, and [`query`] reads them back.
 
+pub mod health;
 pub mod jobs;
 mod pending;
 pub mod quarantine;

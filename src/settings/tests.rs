@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 34] = [
+const ALL: [Setting; 35] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -20,6 +20,7 @@ const ALL: [Setting; 34] = [
     DATABASE_RETRY_MAX,
     RETENTION,
     JOBS_CHECK_INTERVAL,
+    DB_HEALTH_TIMEOUT,
     DEVICES,
     RELOAD_INTERVAL,
     SHUTDOWN_TIMEOUT,
@@ -51,6 +52,7 @@ fn every_default_parses_as_its_setting_reads_it() {
         API_TIMEOUT,
         HISTORY_STALLED_AFTER,
         JOBS_CHECK_INTERVAL,
+        DB_HEALTH_TIMEOUT,
         CLUSTER_LEASE,
         CLUSTER_HEARTBEAT,
         CLUSTER_FENCE_MARGIN,

@@ -78,6 +78,10 @@ impl HistoryStore for Picky {
     ) -> anyhow::Result<Option<Vec<crate::history::jobs::JobHealth>>> {
         unreachable!("the writer only writes and quarantines")
     }
+
+    async fn storage(&self) -> anyhow::Result<crate::history::health::StorageReport> {
+        unreachable!("the writer only writes and quarantines")
+    }
 }
 
 /// Rows with register ids 0..n, in pieces of `piece` rows.

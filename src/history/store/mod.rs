@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::health::StorageReport;
 use super::jobs::JobHealth;
 use super::row::Row;
 use crate::db::Db;
@@ -32,6 +33,7 @@ pub mod errors;
 mod pgcopy;
 mod postgres;
 mod sqlite;
+mod storage;
 
 /// The statement PostgreSQL history is written with: a binary COPY into
 /// `register_readings` of a stream as [`copy_bytes`] makes it.
@@ -139,6 +141,11 @@ pub trait HistoryStore: Send + Sync {
     /// (retention, compression, the hourly aggregate's refresh); `None`
     /// when the database has no TimescaleDB.
     async fn background_jobs(&self) -> anyhow::Result<Option<Vec<JobHealth>>>;
+
+    /// What the history tables ([`TABLES`](super::health::TABLES)) that
+    /// exist cost on disk, from the catalogs (nothing is counted row by
+    /// row), and on SQLite the file's pages.
+    async fn storage(&self) -> anyhow::Result<StorageReport>;
 }
 
 /// The history store of `db`. Cheap: the store shares the database's pool.

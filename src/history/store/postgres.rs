@@ -17,6 +17,7 @@ use super::{
     pgcopy,
 };
 use crate::db::has_timescaledb;
+use crate::history::health::{StorageReport, TABLES};
 use crate::history::jobs::JobHealth;
 use crate::history::row::{Row, rows_in};
 
@@ -213,17 +214,22 @@ impl HistoryStore for PostgresStore {
                     id: r.0,
                     name: format!("{} on {}", r.1, r.2),
                     last_run_status: r.3,
-                    last_success: r.4,
-                    total_failures: r.5,
-                    consecutive_failures: r.6,
-                    last_error: r.7,
+                    last_run_started: r.4,
+                    last_success: r.5,
+                    total_failures: r.6,
+                    consecutive_failures: r.7,
+                    last_error: r.8,
                 })
                 .collect(),
         ))
     }
+
+    async fn storage(&self) -> anyhow::Result<StorageReport> {
+        super::storage::postgres(&self.pool, &TABLES).await
+    }
 }
 
-/// id, procedure, target, last_run_status, last_successful_finish,
+/// id, procedure, target, last_run_status, last_run_started_at, last_successful_finish,
 /// total_failures, failures since the last success, newest error.
 type JobRow = (
     i32,
@@ -231,19 +237,20 @@ type JobRow = (
     String,
     Option<String>,
     Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
     i64,
     i64,
     Option<String>,
 );
 
-/// The jobs on `register_readings` and on the hourly aggregate (whose
+/// The jobs on `register_readings` and on the rollups (whose
 /// refresh and compression jobs name its materialization hypertable), with
 /// their statistics. `job_stats` has no count of consecutive failures, so
 /// it is the errors `job_errors` holds since the last success (that view
 /// keeps a month by default, which bounds the count, not its meaning).
 const BACKGROUND_JOBS: &str = "\
 SELECT j.job_id, j.proc_name::text, COALESCE(c.view_name, j.hypertable_name)::text, \
-       s.last_run_status::text, s.last_successful_finish, COALESCE(s.total_failures, 0)::int8, \
+       s.last_run_status::text, s.last_run_started_at, s.last_successful_finish, COALESCE(s.total_failures, 0)::int8, \
        (SELECT count(*) FROM timescaledb_information.job_errors e \
          WHERE e.job_id = j.job_id \
            AND (s.last_successful_finish IS NULL OR e.start_time > s.last_successful_finish)), \
@@ -254,8 +261,8 @@ LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id \
 LEFT JOIN timescaledb_information.continuous_aggregates c \
   ON c.materialization_hypertable_schema = j.hypertable_schema \
  AND c.materialization_hypertable_name = j.hypertable_name \
-WHERE j.hypertable_name IN ('register_readings', 'register_readings_hourly') \
-   OR c.view_name = 'register_readings_hourly' \
+WHERE j.hypertable_name IN ('register_readings', 'register_readings_1m', 'register_readings_hourly') \
+   OR c.view_name IN ('register_readings_1m', 'register_readings_hourly') \
 ORDER BY j.job_id";
 
 /// Writes the rows of `pieces` in one COPY; returns how many were new (the

@@ -13,6 +13,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use super::{
     BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Rejected, Span, StoredReading,
 };
+use crate::history::health::{StorageReport, TABLES};
 use crate::history::jobs::JobHealth;
 use crate::history::row::Row;
 
@@ -141,6 +142,10 @@ impl HistoryStore for SqliteStore {
 
     async fn background_jobs(&self) -> anyhow::Result<Option<Vec<JobHealth>>> {
         Ok(None)
+    }
+
+    async fn storage(&self) -> anyhow::Result<StorageReport> {
+        super::storage::sqlite(&self.pool, &TABLES).await
     }
 }
 

@@ -72,33 +72,7 @@ async fn fleet_service(
     (fixture, dir, running, addr)
 }
 
-/// Renders the page in headless Chromium for `budget` of virtual time
-/// (spent only while no request is pending, so every request the page makes
-/// in that time is answered), optionally saving a screenshot; returns the
-/// DOM and the wall-clock time Chromium took from its start to the dump.
-async fn render(url: &str, budget: Duration, shot: Option<&Path>) -> (String, Duration) {
-    let profile = tempfile::tempdir().unwrap();
-    let mut cmd = common::chromium(profile.path());
-    cmd.arg(format!("--virtual-time-budget={}", budget.as_millis()));
-    if let Some(path) = shot {
-        cmd.arg(format!("--screenshot={}", path.display()));
-    }
-    let started = Instant::now();
-    let out = tokio::time::timeout(Duration::from_secs(90), cmd.arg(url).output())
-        .await
-        .expect("chromium finished within 90 s")
-        .expect("chromium runs");
-    let took = started.elapsed();
-    let dom = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success() && dom.contains("data-summary"),
-        "chromium failed or painted no summary ({}): {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        dom
-    );
-    (dom, took)
-}
+use common::render_page as render;
 
 fn page(addr: SocketAddr) -> String {
     format!("http://{addr}/")

@@ -3,8 +3,9 @@
 //! on free ports with a devices.yaml rewritten to point at them.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use regpoll::app::Running;
 use regpoll::config;
@@ -270,6 +271,34 @@ pub async fn start_with_api(
     .expect("service starts");
     let addr = running.http_addr().expect("HTTP is on");
     (running, addr)
+}
+
+/// Renders the page in headless Chromium for `budget` of virtual time
+/// (spent only while no request is pending, so every request the page makes
+/// in that time is answered), optionally saving a screenshot; returns the
+/// DOM and the wall-clock time Chromium took from its start to the dump.
+pub async fn render_page(url: &str, budget: Duration, shot: Option<&Path>) -> (String, Duration) {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = chromium(profile.path());
+    cmd.arg(format!("--virtual-time-budget={}", budget.as_millis()));
+    if let Some(path) = shot {
+        cmd.arg(format!("--screenshot={}", path.display()));
+    }
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.arg(url).output())
+        .await
+        .expect("chromium finished within 90 s")
+        .expect("chromium runs");
+    let took = started.elapsed();
+    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && dom.contains("data-summary"),
+        "chromium failed or painted no summary ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        dom
+    );
+    (dom, took)
 }
 
 /// Headless Chromium (installed by scripts/test) with a throwaway profile,

@@ -154,11 +154,13 @@ async fn timescaledb_table(pool: &PgPool, name: &str) -> anyhow::Result<Option<T
     }))
 }
 
-/// Each table's (and its indexes') bytes and rows: the leaf cells of its
-/// own b-tree (tables without rowid keep their rows there, as SQLite does
-/// with the primary key).
+/// Each table's (and its indexes') bytes and rows. The rows are the cells
+/// of its own b-tree that hold a record: every leaf cell, and, in a table
+/// without rowid (`register_readings`: an index b-tree keyed by the primary
+/// key), the interior cells too, which are the ones with a payload (an
+/// interior cell of a rowid table holds only a child pointer and a key).
 const SQLITE_DBSTAT: &str = "SELECT s.tbl_name, sum(d.pgsize), \
-     sum(CASE WHEN d.name = s.tbl_name AND d.pagetype = 'leaf' THEN d.ncell ELSE 0 END), \
+     sum(CASE WHEN d.name = s.tbl_name AND (d.pagetype = 'leaf' OR d.payload > 0) THEN d.ncell ELSE 0 END), \
      sum(CASE WHEN d.name = s.tbl_name THEN 0 ELSE d.pgsize END) \
      FROM dbstat d JOIN sqlite_schema s ON s.name = d.name GROUP BY s.tbl_name";
 

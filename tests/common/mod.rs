@@ -403,3 +403,29 @@ pub fn gateways_yaml(
     }
     yaml
 }
+
+/// Puts one device with `n` registers in the fresh registry of `db`, so
+/// that register ids 1..=n exist: the rollup refresh recomputes the
+/// registers of the registry, and some tests write rows under bare ids.
+pub async fn register_ids(db: &regpoll::db::Db, n: usize) {
+    let registers: String = (0..n)
+        .map(|i| format!("      - {{ name: r{i}, kind: holding, address: {i} }}\n"))
+        .collect();
+    let yaml = format!(
+        "devices:\n  - name: ids\n    host: 127.0.0.1\n    port: 5020\n    registers:\n{registers}"
+    );
+    let devices = config::parse(&yaml, "ids.yaml").unwrap();
+    db.sync_devices(&devices).await.unwrap();
+    let loaded = db.load_devices().await.unwrap();
+    let ids = &loaded
+        .devices
+        .iter()
+        .find(|d| d.name == "ids")
+        .unwrap()
+        .register_ids;
+    assert_eq!(
+        **ids,
+        *(1..=n as i32).collect::<Vec<_>>(),
+        "a fresh registry numbers from 1"
+    );
+}

@@ -479,8 +479,10 @@ const OLD_HOURLY: &str = "register_readings_hourly_raw";
 /// the way (without its refresh policy, which would refresh it for
 /// nothing), and says at each start that it is there and how to drop it.
 async fn keep_hourly_aggregate_on_raw(pool: &PgPool) -> anyhow::Result<()> {
+    // `hypertable_name` is what an aggregate is built on: the raw table, or
+    // for one on another aggregate that one's materialization hypertable.
     let on_raw: Option<bool> = sqlx::query_scalar(
-        "SELECT view_definition NOT LIKE '%register_readings_1m%' \
+        "SELECT hypertable_name = 'register_readings' \
          FROM timescaledb_information.continuous_aggregates \
          WHERE view_name = 'register_readings_hourly' AND view_schema = current_schema()",
     )

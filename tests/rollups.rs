@@ -266,6 +266,26 @@ async fn rollups_answer_as_raw_rows_do(db: Db) {
     rollup::refresh(&db, Horizon::default()).await.unwrap();
     assert_rollups_answer_as_raw(&db, ("flow", flow.0), "after late rows").await;
 
+    // The same batch again (a replay after an ambiguous failure) with one
+    // new row: written without the duplicates, and still recorded.
+    let mut again = late.clone();
+    again.push(Row::new(
+        base() + secs(50 * 60) + TimeDelta::milliseconds(100),
+        flow.0,
+        flow.1,
+        Some(-1000.0),
+        None,
+        Quality::Good,
+        None,
+    ));
+    assert_eq!(
+        write(&db, &again).await.unwrap(),
+        1,
+        "only the new row is new"
+    );
+    rollup::refresh(&db, Horizon::default()).await.unwrap();
+    assert_rollups_answer_as_raw(&db, ("flow", flow.0), "after a replay with duplicates").await;
+
     // Rows after the watermark answer from the raw rows at once.
     let now = Utc::now();
     let fresh: Vec<Row> = (0..2)
@@ -467,4 +487,39 @@ async fn a_rollup_kept_shorter_than_the_raw_rows_is_refused_before_anything_is_w
         "{e}"
     );
     assert!(!settings.sqlite_path.exists(), "nothing was opened");
+}
+
+#[tokio::test]
+async fn the_service_refreshes_the_rollups_and_applies_retention_and_records_both() {
+    use regpoll::history::maintenance::Job;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = regpoll::app::Settings {
+        sqlite_path: dir.path().join("service.db"),
+        ..Default::default()
+    };
+    let running = regpoll::app::start(&settings, regpoll::app::DeviceSource::Devices(vec![]))
+        .await
+        .unwrap();
+    let runs = running.maintenance();
+    let both_ran = || {
+        let snap = runs.snapshot();
+        let ok = |job| {
+            snap.iter()
+                .any(|(j, r)| *j == job && r.last_success.is_some())
+        };
+        ok(Job::RollupRefresh) && ok(Job::Retention)
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let next = runs.recorded();
+            if both_ran() {
+                break;
+            }
+            next.await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no run of both jobs in 30 s: {:?}", runs.snapshot()));
+    assert!(runs.snapshot().iter().all(|(_, r)| r.last_error.is_none()));
+    running.shutdown().await.unwrap();
 }

@@ -557,6 +557,11 @@ impl Running {
         self.connectivity.outage()
     }
 
+    /// The last runs of regpoll's own history jobs (rollup refresh, retention).
+    pub fn maintenance(&self) -> &Runs {
+        self.stats.maintenance()
+    }
+
     /// What this instance knows of its cluster (`None` without `--cluster`).
     pub fn cluster(&self) -> Option<crate::cluster::Snapshot> {
         self.stats.cluster().map(|c| c.snapshot())

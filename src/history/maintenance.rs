@@ -42,13 +42,16 @@ pub struct Run {
 
 /// The jobs' last runs, shared between the jobs and the health views.
 #[derive(Debug, Default)]
-pub struct Runs(Mutex<BTreeMap<Job, Run>>);
+pub struct Runs {
+    runs: Mutex<BTreeMap<Job, Run>>,
+    recorded: tokio::sync::Notify,
+}
 
 impl Runs {
     /// Records a run of `job` that started at `at`: the rows it affected,
     /// or its error.
     pub fn record(&self, job: Job, at: DateTime<Utc>, outcome: Result<u64, String>) {
-        let mut runs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         let run = runs.entry(job).or_default();
         run.last_run = Some(at);
         match outcome {
@@ -59,11 +62,20 @@ impl Runs {
             }
             Err(e) => run.last_error = Some(e),
         }
+        drop(runs);
+        self.recorded.notify_waiters();
+    }
+
+    /// Resolves at the next run recorded after this is called (for waiting
+    /// on a job without polling: take it, check [`snapshot`](Self::snapshot),
+    /// then await it).
+    pub fn recorded(&self) -> tokio::sync::futures::Notified<'_> {
+        self.recorded.notified()
     }
 
     /// Every job that has run, in a fixed order.
     pub fn snapshot(&self) -> Vec<(Job, Run)> {
-        let runs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         runs.iter().map(|(j, r)| (*j, r.clone())).collect()
     }
 }

@@ -236,6 +236,26 @@ async fn rollups_answer_as_raw_rows_do(db: Db) {
     assert_rollups_answer_as_raw(&db, ("flow", flow.0), "after the refresh").await;
     assert_rollups_answer_as_raw(&db, ("level", level.0), "after the refresh").await;
 
+    // More buckets than the limit is an error that says how to narrow the
+    // query, from the rollups as from the raw rows.
+    let too_many = RangeQuery {
+        device: "plant".into(),
+        register: Some("flow".into()),
+        from: base(),
+        to: base() + secs(3 * 3600),
+        bucket: Some(Duration::from_secs(60)),
+        limit: 100,
+    };
+    match query::range(&db, &too_many).await {
+        Err(query::QueryError::TooMany {
+            limit: 100,
+            message,
+        }) => {
+            assert!(message.contains("coarser bucket"), "{message}")
+        }
+        other => panic!("180 minutes with a limit of 100: {other:?}"),
+    }
+
     // Bad, NaN and infinite values are in no rollup row; the counts are
     // those of the good and uncertain finite readings.
     let good = rows.iter().filter(|r| r.quality != Quality::Bad).count() as i64;

@@ -324,6 +324,7 @@ mod tests {
             inv("2026-11-24T03:00:00Z", "2026-11-24T03:00:00Z"), // a week before
             inv("2026-12-01T10:00:30Z", "2026-12-01T10:00:40Z"), // inside the first
             inv("2026-12-01T10:03:00Z", "2026-12-01T10:03:59.999999Z"), // a gap of a minute
+            inv("2026-12-01T10:03:30Z", "2026-12-01T10:03:10Z"), // written backwards by hand
         ]);
         assert_eq!(
             merged,

@@ -450,18 +450,7 @@ async fn status_page_renders_in_chromium() {
     .execute(pool)
     .await
     .unwrap();
-    // Rows written with SQL reach the rollups the sparklines read once
-    // their time range is recorded and refreshed (README: Rollups).
-    sqlx::query(
-        "INSERT INTO rollup_invalidations (lo, hi) VALUES (now() - interval '41 minutes', now())",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
-    let horizon = regpoll::history::rollup::Horizon::default();
-    regpoll::history::rollup::refresh(&running.db, horizon)
-        .await
-        .unwrap();
+    common::rollups_cover_sql_rows(&running.db, 41).await;
     let profile = tempfile::tempdir().unwrap();
     // The virtual time budget lets the page's fetches complete and render
     // before the DOM is dumped.

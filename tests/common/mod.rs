@@ -429,3 +429,23 @@ pub async fn register_ids(db: &regpoll::db::Db, n: usize) {
         "a fresh registry numbers from 1"
     );
 }
+
+/// Records that rows were written with SQL in the last `minutes` minutes
+/// of history and refreshes the rollups, as README (Rollups) tells users
+/// who write rows themselves: regpoll's own writes record their range.
+pub async fn rollups_cover_sql_rows(db: &regpoll::db::Db, minutes: i32) {
+    let regpoll::db::Db::Postgres(pool) = db else {
+        panic!("expected PostgreSQL")
+    };
+    sqlx::query(
+        "INSERT INTO rollup_invalidations (lo, hi) VALUES (now() - make_interval(mins => $1), now())",
+    )
+    .bind(minutes)
+    .execute(pool)
+    .await
+    .unwrap();
+    let horizon = regpoll::history::rollup::Horizon::default();
+    regpoll::history::rollup::refresh(db, horizon)
+        .await
+        .unwrap();
+}

@@ -232,7 +232,11 @@ async fn rollups_answer_as_raw_rows_do(db: Db) {
     let stale = queried(&db, "flow", base(), base() + secs(3600), 60).await;
     assert!(stale.is_empty(), "{stale:?}");
     let refreshed = rollup::refresh(&db, Horizon::default()).await.unwrap();
-    assert!(refreshed.unwrap() > 0, "the refresh wrote rollup rows");
+    let refreshed = refreshed.expect(
+        "regpoll keeps the rollups itself here; this test covers its tables and refresh \
+         (with TimescaleDB they are continuous aggregates, which it does not cover)",
+    );
+    assert!(refreshed > 0, "the refresh wrote rollup rows");
     assert_rollups_answer_as_raw(&db, ("flow", flow.0), "after the refresh").await;
     assert_rollups_answer_as_raw(&db, ("level", level.0), "after the refresh").await;
 

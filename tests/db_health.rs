@@ -52,13 +52,14 @@ async fn postgres_sizes_grow_with_rows_and_a_rollup_table_shows_once_it_exists()
     let before = table(&empty, "register_readings");
     assert_eq!(before.kind, TableKind::Table);
     assert_eq!(before.chunks, None);
+    let rollup0 = table(&empty, "register_readings_1m").clone();
+    assert_eq!(rollup0.kind, TableKind::Table, "kept by regpoll's job");
     assert_eq!(
         table(&empty, "register_readings_hourly").kind,
-        TableKind::View,
-        "a view until a rollup job keeps it as a table"
+        TableKind::Table
     );
-    let no_1m = empty.storage.report.as_ref().unwrap();
-    assert!(no_1m.table("register_readings_1m").is_none(), "{no_1m:#?}");
+    let mark = empty.storage.report.as_ref().unwrap().rollup_watermark;
+    assert!(mark.is_some(), "the migration sets the rollups' watermark");
 
     sqlx::query(INSERT_PG)
         .bind(20_000)
@@ -69,10 +70,10 @@ async fn postgres_sizes_grow_with_rows_and_a_rollup_table_shows_once_it_exists()
         .execute(&pool)
         .await
         .unwrap();
-    // What the rollups' migration makes on plain PostgreSQL.
-    sqlx::raw_sql(
-        "CREATE TABLE register_readings_1m (register_id int, bucket timestamptz, avg float8, \
-         min float8, max float8, count int8, last float8, PRIMARY KEY (register_id, bucket))",
+    sqlx::query(
+        "INSERT INTO register_readings_1m (register_id, bucket, avg, min, max, count, last) \
+         SELECT 1, date_bin('1 minute', now(), TIMESTAMPTZ '1970-01-01') - make_interval(mins => i), \
+                i, i, i, 1, i FROM generate_series(1, 5000) AS i",
     )
     .execute(&pool)
     .await
@@ -86,8 +87,10 @@ async fn postgres_sizes_grow_with_rows_and_a_rollup_table_shows_once_it_exists()
     let rows = after.rows_estimate.expect("analyzed");
     assert!((19_000..=21_000).contains(&rows), "{rows}");
     let rollup = table(&full, "register_readings_1m");
-    assert_eq!(rollup.kind, TableKind::Table);
-    assert!(rollup.total_bytes.unwrap() > 0, "{rollup:?}");
+    assert!(
+        rollup.total_bytes.unwrap() > rollup0.total_bytes.unwrap() + 200_000,
+        "{rollup0:?} -> {rollup:?}"
+    );
     assert_eq!(rollup.rows_estimate, None, "never analyzed: unknown, not 0");
     db.close().await;
 }
@@ -245,7 +248,7 @@ async fn timescaledb_figures_come_from_its_size_chunk_and_compression_functions(
         rollup.total_bytes.unwrap() > 0,
         "the materialization hypertable's"
     );
-    assert_eq!(table(&h, "register_readings_hourly").kind, TableKind::View);
+    assert_eq!(table(&h, "register_readings_hourly").kind, TableKind::Table);
     db.close().await;
     pool.close().await;
 }
@@ -464,9 +467,10 @@ async fn a_sqlite_service_shows_its_file_on_metrics_and_the_card() {
     let card = card(addr).await;
     assert!(card.contains("SQLite file"), "{card}");
     assert!(
-        card.contains("data-table=\"register_readings_hourly\""),
+        card.contains("data-table=\"register_readings_1m\""),
         "{card}"
     );
+    assert!(card.contains("rollups complete up to"), "{card}");
     running.shutdown().await.unwrap();
 }
 
@@ -528,9 +532,10 @@ async fn regpoll_status_prints_the_health_of_postgres_and_sqlite_without_the_ser
     assert!(stdout.contains("database: sqlite at "), "{stdout}");
     assert!(stdout.contains("sqlite file "), "{stdout}");
     assert!(
-        stdout.contains("register_readings_hourly    view"),
+        stdout.contains("register_readings_hourly    table"),
         "{stdout}"
     );
+    assert!(stdout.contains("rollups complete up to "), "{stdout}");
 }
 
 #[tokio::test]
@@ -562,4 +567,66 @@ async fn regpoll_status_says_when_the_database_is_unreachable_without_its_passwo
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no SQLite database at"), "{stderr}");
     assert!(!missing.exists(), "status never creates a database");
+}
+
+/// regpoll's own maintenance jobs: the rollup refresh's runs on the API,
+/// `/metrics` and the card, and a failing run as a `/ready` warning and a
+/// red row until a run works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_runs_show_and_a_failing_refresh_is_a_warning_until_one_works() {
+    let fixture = simulate(ONE_DEVICE, &["{A}"]).await;
+    let url = fresh_postgres().await;
+    let settings = Settings {
+        database_url: Some(url.clone()),
+        jobs_check_interval: Duration::from_millis(100),
+        rollup_interval: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    let (running, addr) = common::start_with_api(&fixture, settings).await;
+    wait_for_polls(&running, 2).await;
+    let refresh = |b: &serde_json::Value, done: fn(&serde_json::Value) -> bool| {
+        b["maintenance"]
+            .as_array()
+            .is_some_and(|runs| runs.iter().any(|r| r["job"] == "rollup_refresh" && done(r)))
+    };
+    database_until(addr, |b| refresh(b, |r| r["last_success"].is_string())).await;
+    let metrics = http_get(addr, "/metrics").await.body;
+    let job = "{job=\"rollup_refresh\"}";
+    let success = format!("regpoll_maintenance_job_last_run_success{job} ");
+    assert_eq!(metric(&metrics, &success), 1.0);
+    let run_age = format!("regpoll_maintenance_job_last_run_age_seconds{job} ");
+    assert!(metric(&metrics, &run_age) < 30.0);
+    assert!(metric(&metrics, "regpoll_rollup_watermark_age_seconds ") < 120.0);
+    let page = card(addr).await;
+    assert!(
+        page.contains("data-maintenance=\"rollup_refresh\""),
+        "{page}"
+    );
+
+    // The refresh cannot write its table: its runs fail while polling goes on.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let rename = |from: &str, to: &str| format!("ALTER TABLE {from} RENAME TO {to}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(rename("register_readings_1m", "away")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    database_until(addr, |b| refresh(b, |r| r["last_error"].is_string())).await;
+    let ready = http_get(addr, "/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let warned = "maintenance: rollup_refresh failed (last success ";
+    assert!(ready.body.contains(warned), "{}", ready.body);
+    let metrics = http_get(addr, "/metrics").await.body;
+    assert_eq!(metric(&metrics, &success), 0.0);
+    let page = card(addr).await;
+    let red = "class=\"failing\" data-maintenance=\"rollup_refresh\"";
+    assert!(page.contains(red), "{page}");
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(rename("away", "register_readings_1m")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    database_until(addr, |b| refresh(b, |r| r["last_error"].is_null())).await;
+    assert!(!http_get(addr, "/ready").await.body.contains("maintenance:"));
+    running.shutdown().await.unwrap();
+    pool.close().await;
 }

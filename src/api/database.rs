@@ -1,6 +1,7 @@
 //! `GET /api/database`: the database's health as the service last read it
 //! (every `--jobs-check-interval`): the history tables' storage, TimescaleDB's
-//! background jobs, and the error of the last read when it failed. From
+//! background jobs, the error of the last read when it failed, and the last
+//! runs of regpoll's own maintenance jobs. From
 //! memory: asking costs the database nothing. The status page's Database
 //! card shows the same from `/api/fleet`'s summary.
 
@@ -22,5 +23,6 @@ pub(super) fn health(s: &Shared) -> DatabaseHealth {
         location: s.db.location(),
         storage: s.stats.storage.health(),
         jobs: s.stats.jobs.report(),
+        maintenance: Some(s.stats.maintenance().snapshot()),
     }
 }

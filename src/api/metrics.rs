@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cluster::{ClusterView, Handovers};
 use crate::history::health::{StorageHealth, TableStorage};
+use crate::history::maintenance::{Job, Run};
 use crate::modbus::stats::{EndpointSnapshot, ErrorKind};
 use crate::reading::Quality;
 use crate::telemetry::{HistogramSnapshot, LATENCY_BOUNDS};
@@ -350,6 +351,7 @@ pub fn render(state: &ApiState) -> String {
 
     jobs(&mut t, &c);
     database(&mut t, &c.storage, c.at);
+    maintenance(&mut t, &s.stats.maintenance().snapshot(), c.at);
     if let Some(view) = &s.stats.cluster {
         cluster(
             &mut t,
@@ -504,6 +506,14 @@ fn database(t: &mut Text, h: &StorageHealth, now: DateTime<Utc>) {
     let Some(report) = &h.report else {
         return;
     };
+    if let Some(age) = crate::history::jobs::age(report.rollup_watermark, now) {
+        t.single(
+            "regpoll_rollup_watermark_age_seconds",
+            "gauge",
+            "Seconds since the point up to which regpoll's rollups are complete (rollup_state); grows while the refresh job does not run. Absent where TimescaleDB keeps the rollups.",
+            age,
+        );
+    }
     type Figure = fn(&TableStorage) -> Option<f64>;
     let families: [(&str, &str, Figure); 8] = [
         (
@@ -585,6 +595,45 @@ fn database(t: &mut Text, h: &StorageHealth, now: DateTime<Utc>) {
             ),
         ] {
             t.single(name, "gauge", help, v);
+        }
+    }
+}
+
+/// The last runs of regpoll's own maintenance jobs (the rollup refresh, the
+/// retention job), one sample per job that has run and family.
+fn maintenance(t: &mut Text, runs: &[(Job, Run)], now: DateTime<Utc>) {
+    if runs.is_empty() {
+        return;
+    }
+    type Figure = fn(&Run, DateTime<Utc>) -> Option<f64>;
+    let families: [(&str, &str, Figure); 4] = [
+        (
+            "regpoll_maintenance_job_last_run_success",
+            "1 when the job's last run succeeded, 0 when it failed.",
+            |r, _| Some(if r.last_error.is_some() { 0.0 } else { 1.0 }),
+        ),
+        (
+            "regpoll_maintenance_job_last_run_age_seconds",
+            "Seconds since the job's last run started.",
+            |r, now| crate::history::jobs::age(r.last_run, now),
+        ),
+        (
+            "regpoll_maintenance_job_last_success_age_seconds",
+            "Seconds since the job's last successful run started (absent when none did).",
+            |r, now| crate::history::jobs::age(r.last_success, now),
+        ),
+        (
+            "regpoll_maintenance_job_rows",
+            "Rows the job's last successful run wrote (rollup buckets) or deleted (expired rows).",
+            |r, _| Some(r.rows as f64),
+        ),
+    ];
+    for (name, help, figure) in families {
+        t.family(name, "gauge", help);
+        for (job, run) in runs {
+            if let Some(v) = figure(run, now) {
+                t.sample(name, &[("job", job.name())], v);
+            }
         }
     }
 }

@@ -337,6 +337,9 @@ fn ready_warnings(stats: &Sources) -> Vec<String> {
     }
     warnings.extend(stats.jobs.warnings());
     warnings.extend(stats.storage.warnings());
+    warnings.extend(crate::history::health::maintenance_warnings(
+        &stats.maintenance().snapshot(),
+    ));
     warnings.extend(stats.registry.warnings());
     warnings
 }

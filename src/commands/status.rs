@@ -93,6 +93,14 @@ fn print(h: &DatabaseHealth) {
             println!("  {note}");
         }
     }
+    if let Some(mark) = h.storage.report.as_ref().and_then(|r| r.rollup_watermark) {
+        let age = crate::history::jobs::age(Some(mark), Utc::now());
+        println!(
+            "\nrollups complete up to {} ({}; regpoll's refresh job moves it every --rollup-interval)",
+            crate::reading::rfc3339(mark),
+            ago(age)
+        );
+    }
     if let Some(jobs) = &h.jobs.jobs {
         let now = Utc::now();
         let rows: Vec<Vec<String>> = jobs

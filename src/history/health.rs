@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::jobs::{JobWatch, JobsReport};
+use super::jobs::{JobWatch, JobsReport, age};
+use super::maintenance::{Job, Run};
 use super::store::{self, HistoryStore};
 use crate::db::Db;
 use crate::reading::rfc3339;
@@ -97,6 +98,10 @@ pub struct DatabaseHealth {
     pub location: String,
     pub storage: StorageHealth,
     pub jobs: JobsReport,
+    /// The last runs of regpoll's own jobs (the rollup refresh, retention):
+    /// known only to the service that runs them, so `None` for
+    /// `regpoll status` (which shows the rollups' watermark instead).
+    pub maintenance: Option<Vec<(Job, Run)>>,
 }
 
 impl DatabaseHealth {
@@ -111,6 +116,7 @@ impl DatabaseHealth {
             location: db.location(),
             storage: storage.health(),
             jobs: jobs.report(),
+            maintenance: None,
         }
     }
 
@@ -131,8 +137,41 @@ impl DatabaseHealth {
                 jobs.iter().map(|j| j.to_json(now)).collect::<Vec<_>>()
             }),
             "timescaledb_jobs_error": self.jobs.read_error,
+            "maintenance": self.maintenance.as_ref().map(|runs| {
+                runs.iter().map(|(job, run)| run_json(*job, run, now)).collect::<Vec<_>>()
+            }),
         })
     }
+}
+
+fn run_json(job: Job, run: &Run, now: DateTime<Utc>) -> serde_json::Value {
+    json!({
+        "job": job.name(),
+        "last_run": run.last_run.map(rfc3339),
+        "last_run_age_s": age(run.last_run, now),
+        "last_success": run.last_success.map(rfc3339),
+        "last_success_age_s": age(run.last_success, now),
+        "last_error": run.last_error,
+        "rows": run.rows,
+    })
+}
+
+/// `/ready` warnings: one per maintenance job whose last run failed. Like a
+/// failing TimescaleDB policy, it does not make the service unready.
+pub fn maintenance_warnings(runs: &[(Job, Run)]) -> Vec<String> {
+    runs.iter()
+        .filter_map(|(job, run)| {
+            let error = run.last_error.as_ref()?;
+            let since = match run.last_success {
+                Some(t) => format!("last success {}", rfc3339(t)),
+                None => "never succeeded".to_string(),
+            };
+            Some(format!(
+                "maintenance: {} failed ({since}): {error}",
+                job.name()
+            ))
+        })
+        .collect()
 }
 
 /// How a table is kept.
@@ -222,6 +261,12 @@ pub struct StorageReport {
     pub tables: Vec<TableStorage>,
     /// SQLite only.
     pub sqlite: Option<SqliteFile>,
+    /// Where regpoll's rollup refresh has got to (`rollup_state`): the
+    /// rollup buckets before it are complete. `None` where the rollups
+    /// answer in real time themselves (TimescaleDB) or before the first
+    /// refresh. In the database, so `regpoll status` can tell whether the
+    /// refresh job runs without asking the service.
+    pub rollup_watermark: Option<DateTime<Utc>>,
 }
 
 impl StorageReport {
@@ -246,7 +291,7 @@ pub struct StorageHealth {
 impl StorageHealth {
     /// Seconds since the last successful read, as of `now`.
     pub fn age(&self, now: DateTime<Utc>) -> Option<f64> {
-        super::jobs::age(self.read_at, now)
+        age(self.read_at, now)
     }
 
     /// The form `/api/database`, the status page and `regpoll status --json`
@@ -255,6 +300,8 @@ impl StorageHealth {
         json!({
             "tables": self.report.as_ref().map(|r| &r.tables),
             "sqlite": self.report.as_ref().and_then(|r| r.sqlite.as_ref()),
+            "rollup_watermark": self.report.as_ref().and_then(|r| r.rollup_watermark).map(rfc3339),
+            "rollup_watermark_age_s": age(self.report.as_ref().and_then(|r| r.rollup_watermark), now),
             "read_at": self.read_at.map(rfc3339),
             "read_age_s": self.age(now),
             "read_error": self.read_error,

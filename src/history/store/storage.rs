@@ -63,6 +63,16 @@ pub(super) async fn postgres(pool: &PgPool, tables: &[&str]) -> anyhow::Result<S
         };
         report.tables.extend(table);
     }
+    let has_state: bool = sqlx::query_scalar("SELECT to_regclass('rollup_state') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .context("cannot look for rollup_state")?;
+    if has_state {
+        report.rollup_watermark = sqlx::query_scalar("SELECT max(watermark) FROM rollup_state")
+            .fetch_one(pool)
+            .await
+            .context("cannot read the rollups' watermark (rollup_state)")?;
+    }
     Ok(report)
 }
 
@@ -229,6 +239,13 @@ pub(super) async fn sqlite(pool: &SqlitePool, tables: &[&str]) -> anyhow::Result
             compressed_chunks: None,
             compression: None,
         });
+    }
+    if kinds.iter().any(|(n, _)| n == "rollup_state") {
+        let micros: Option<i64> = sqlx::query_scalar("SELECT max(watermark) FROM rollup_state")
+            .fetch_one(pool)
+            .await
+            .context("cannot read the rollups' watermark (rollup_state)")?;
+        report.rollup_watermark = micros.and_then(chrono::DateTime::from_timestamp_micros);
     }
     report.sqlite = Some(SqliteFile {
         path: path.display().to_string(),

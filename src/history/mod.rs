@@ -2,10 +2,12 @@
 //! SQLite. The [`writer`] batches poll reports from a bounded queue into
 //! [`row::Row`]s and hands them to a [`store`], keeping what the database
 //! does not take in memory and the disk [`spool`] (rows it refuses for good
-//! go to the [`quarantine`]); [`retention`] bounds how
+//! go to the [`quarantine`]); the [`deadband`] filter leaves out the
+//! readings of registers with a deadband that did not move; [`retention`] bounds how
 //! long readings are kept, [`jobs`] watches TimescaleDB's background jobs,
 //! and [`query`] reads them back.
 
+pub mod deadband;
 pub mod jobs;
 mod pending;
 pub mod quarantine;

@@ -42,6 +42,7 @@ fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
         })),
         "schedule": device.schedule.describe(),
         "registers": device.registers.len(),
+        "deadbands": deadbands_json(device),
         "tags": device.tags,
         "state": state
             .as_ref()
@@ -53,6 +54,18 @@ fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
         "polls": state.as_ref().map_or(0, |s| s.polls),
         "learned": learned.map(|l| l.to_json()),
     })
+}
+
+/// The registers whose history is thinned by a deadband, by name, each
+/// with its band and heartbeat (`{}` when none is): so that someone who
+/// finds fewer rows than polls sees why.
+fn deadbands_json(device: &Device) -> serde_json::Value {
+    let with: Map<String, serde_json::Value> = device
+        .registers
+        .iter()
+        .filter_map(|r| Some((r.name.to_string(), r.deadband.as_deref()?.to_json())))
+        .collect();
+    with.into()
 }
 
 pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {

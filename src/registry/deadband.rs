@@ -89,6 +89,22 @@ impl Deadband {
         }
     }
 
+    /// As the API shows it: `{"deadband": 0.5, "heartbeat": "15m"}` or
+    /// `{"deadband_percent": 1, "heartbeat": null}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut o = serde_json::Map::new();
+        let (key, v) = match self.band {
+            Band::Absolute(w) => ("deadband", w),
+            Band::Percent(p) => ("deadband_percent", p),
+        };
+        o.insert(key.into(), serde_json::json!(v));
+        o.insert(
+            "heartbeat".into(),
+            serde_json::json!(self.heartbeat.map(format_duration)),
+        );
+        o.into()
+    }
+
     /// The columns `deadband`, `deadband_percent`, `heartbeat_ms` of
     /// `device_register_map` (migration 0016).
     pub fn columns(d: Option<&Deadband>) -> (Option<f64>, Option<f64>, Option<i64>) {

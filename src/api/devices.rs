@@ -174,3 +174,28 @@ pub(crate) async fn device_latest(
     body["values"] = serde_json::Value::Object(values);
     Ok(Json(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_lists_the_bands_of_its_registers_that_have_one() {
+        let yaml = "devices:\n  - name: a\n    host: h\n    heartbeat: 15m\n    registers:\n      - { name: t, kind: holding, address: 0, deadband_percent: 1 }\n      - { name: s, kind: holding, address: 1, type: string, length: 2, deadband: 0, heartbeat: 1h }\n      - { name: n, kind: holding, address: 5 }\n";
+        let device = crate::config::parse(yaml, "devices.yaml")
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            deadbands_json(&device),
+            json!({
+                "t": { "deadband_percent": 1.0, "heartbeat": "15m" },
+                "s": { "deadband": 0.0, "heartbeat": "1h" },
+            })
+        );
+        let plain = "devices:\n  - { name: a, host: h, registers: [ { name: n, kind: holding, address: 0 } ] }\n";
+        let device = crate::config::parse(plain, "devices.yaml")
+            .unwrap()
+            .remove(0);
+        assert_eq!(deadbands_json(&device), json!({}));
+    }
+}

@@ -255,7 +255,8 @@ pub struct Register {
     /// Its own schedule, when it is polled apart from the device's (a poll group).
     /// Boxed, like the names: most registers have none, and a device holds
     /// its registers for as long as it is polled (136 bytes a register before,
-    /// 104 now; 3 MB at 10,000 devices of 10 registers).
+    /// 104 after; 3 MB at 10,000 devices of 10 registers; 112 with the
+    /// deadband's pointer below).
     pub schedule: Option<Box<Schedule>>,
     /// Which readings history may leave out (`deadband`, `deadband_percent`,
     /// `heartbeat`). Boxed like the schedule: most registers have none, and

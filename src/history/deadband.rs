@@ -37,7 +37,8 @@ pub struct Deadbands {
     stats: Arc<HistoryStats>,
 }
 
-/// What the filter keeps of a stored row: 40 bytes a register.
+/// What the filter keeps of a stored row: 40 bytes a register (about 50
+/// with the map's own).
 struct Last {
     /// The poll definition the row came from; a restarted device is a new
     /// one. Weak, so a stopped device's registers and names are freed (only
@@ -108,12 +109,15 @@ impl Deadbands {
     pub fn rows_of(&mut self, report: &PollReport, out: &mut impl Extend<Row>) {
         let mut suppressed = 0;
         for r in &report.readings {
-            if let Some(deadband) = report.register(r).deadband.as_deref() {
-                let id = report.device.register_id(r.index);
-                if !self.keep(&report.device, r, id, deadband) {
-                    suppressed += 1;
-                    continue;
-                }
+            // A device not stored yet (id 0: a row nothing can hold) is
+            // not filtered: its registers would share one state.
+            if let Some(deadband) = report.register(r).deadband.as_deref()
+                && let id = report.device.register_id(r.index)
+                && id != 0
+                && !self.keep(&report.device, r, id, deadband)
+            {
+                suppressed += 1;
+                continue;
             }
             out.extend(std::iter::once(row_of(report, r)));
         }
@@ -335,6 +339,20 @@ mod tests {
         bad(7, "exception 2 (illegal data address)");
         let at: Vec<i64> = rows.iter().map(|r| (r.ts - at(0)).num_seconds()).collect();
         assert_eq!(at, [0, 2, 4, 5, 7]);
+    }
+
+    #[test]
+    fn a_device_not_stored_yet_is_not_filtered() {
+        let mut d = (*device(absolute(100.0, None))).clone();
+        d.register_ids = Box::default();
+        let (mut f, _) = filter();
+        assert_eq!(stored(&mut f, &Arc::new(d), &good(&[1.0, 1.0])), [0, 1]);
+        assert!(f.last.is_empty());
+    }
+
+    #[test]
+    fn the_state_of_a_register_stays_small() {
+        assert!(std::mem::size_of::<Last>() <= 40);
     }
 
     #[test]

@@ -18,15 +18,10 @@ pub fn warnings(devices: &[Device]) -> Vec<Warning> {
     let mut out = Vec::new();
     for d in devices {
         for r in d.registers.iter() {
-            if let Some(message) = modicon(r) {
-                out.push(Warning {
-                    device: d.name.clone(),
-                    message,
-                });
-            }
-        }
-        for r in d.registers.iter() {
-            if let Some(message) = heartbeat(r, &d.schedule) {
+            for message in [modicon(r), heartbeat(r, &d.schedule)]
+                .into_iter()
+                .flatten()
+            {
                 out.push(Warning {
                     device: d.name.clone(),
                     message,

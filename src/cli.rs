@@ -93,6 +93,14 @@ pub enum DevicesCommand {
     },
     /// List the devices in the registry.
     List(DbArgs),
+    /// Show one device of the registry with its registers: kind, address,
+    /// type, unit, own schedule and deadband.
+    Show {
+        /// The device's name.
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -66,6 +66,14 @@ pub struct StorageSpec {
     /// the last in part.
     #[arg(long, default_value_t = 3)]
     pub days: u32,
+    /// Each poll's timestamp is this many microseconds late at most (a
+    /// pseudo-random amount below it, the same in every run): a real
+    /// reading is stamped when its request is sent, a little after the
+    /// firing (scenario c's lateness p99 is about 3 ms). Exact firings
+    /// would flatter TimescaleDB's delta-of-delta timestamps. Must be less
+    /// than the interval.
+    #[arg(long, default_value_t = 1_000)]
+    pub lateness_us: u64,
     /// Rows of one write, as `run --batch-rows`.
     #[arg(long, default_value = regpoll::settings::BATCH_ROWS.default_text())]
     pub batch_rows: usize,
@@ -92,11 +100,14 @@ const MAX_ROWS: u128 = 500_000_000;
 const ROLLUPS: [&str; 2] = ["register_readings_1m", "register_readings_hourly"];
 
 /// The readings of a fleet slice over a span of time: device `d` of `n` is
-/// polled at `from + k × every + d × every / n` for every `k` below `polls`,
-/// and each poll reads every register of the device.
+/// polled at `from + k × every + d × every / n` (its firing, as the
+/// scheduler spreads devices over their interval) plus a lateness below
+/// `lateness_us`, for every `k` below `polls`, and each poll reads every
+/// register of the device.
 pub struct DataSet {
     devices: Vec<Device>,
     every_us: i64,
+    lateness_us: u64,
     from: DateTime<Utc>,
     polls: u64,
 }
@@ -121,6 +132,13 @@ impl DataSet {
                 spec.every
             );
         }
+        if spec.lateness_us >= every_us as u64 {
+            bail!(
+                "--lateness-us {} is not less than --every {:?}: a poll that late would overrun its next firing",
+                spec.lateness_us,
+                spec.every
+            );
+        }
         let polls = i64::from(spec.days) * day_us / every_us;
         let rows = (polls as u128) * (spec.devices as u128) * (spec.registers as u128);
         if rows > MAX_ROWS {
@@ -128,12 +146,15 @@ impl DataSet {
                 "{rows} rows (--devices × --registers × polls in --days at --every) is more than {MAX_ROWS}: about 100 bytes each on PostgreSQL; give fewer devices or days, or a longer interval"
             );
         }
-        let end_us = now.timestamp_micros() / every_us * every_us;
+        // One interval back from the last whole one, so that every poll,
+        // late and spread as it is, is before `now`.
+        let end_us = now.timestamp_micros() / every_us * every_us - every_us;
         let from = DateTime::from_timestamp_micros(end_us - polls * every_us)
             .context("the data set would start before the year -262143")?;
         Ok(DataSet {
             devices: numbered_fleet(spec.devices, spec.registers)?,
             every_us,
+            lateness_us: spec.lateness_us,
             from,
             polls: polls as u64,
         })
@@ -158,15 +179,21 @@ impl DataSet {
         self.from
     }
 
-    /// Just after the last reading.
+    /// The end of the last round of polls (its readings are at most one
+    /// interval after it).
     pub fn to(&self) -> DateTime<Utc> {
         self.from + chrono::Duration::microseconds(self.polls as i64 * self.every_us)
     }
 
     /// When device `d` is polled the `k`-th time.
     fn poll_time(&self, k: u64, d: usize) -> DateTime<Utc> {
-        let spread = d as i64 * self.every_us / self.devices.len() as i64;
-        self.from + chrono::Duration::microseconds(k as i64 * self.every_us + spread)
+        let n = self.devices.len() as u64;
+        let spread = d as i64 * self.every_us / n as i64;
+        let late = match self.lateness_us {
+            0 => 0,
+            bound => (mix(k * n + d as u64) % bound) as i64,
+        };
+        self.from + chrono::Duration::microseconds(k as i64 * self.every_us + spread + late)
     }
 
     /// Every row, in the order polls would deliver them: the fleet's first
@@ -193,6 +220,15 @@ impl DataSet {
                 })
         })
     }
+}
+
+/// A well-spread 64-bit hash of `x` (SplitMix64's finaliser): the same
+/// lateness for the same poll in every run, without a random generator.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Bytes of a relation or a database split the way the report shows them.
@@ -289,6 +325,7 @@ pub async fn storage(spec: &StorageSpec) -> anyhow::Result<Json> {
             "registers_per_device": spec.registers,
             "registers": data.registers(),
             "every_s": spec.every.as_secs_f64(),
+            "lateness_us_below": spec.lateness_us,
             "days": spec.days,
             "from": data.from().to_rfc3339(),
             "to": data.to().to_rfc3339(),
@@ -510,8 +547,9 @@ async fn rollup_sizes(pool: &PgPool, timescaledb: bool, readings: u64) -> anyhow
                 Some(detailed_size(pool, name).await?)
             }
         };
+        // A view's count would aggregate the whole table for nothing.
         let rows: Option<i64> = match kind {
-            RollupKind::Absent => None,
+            RollupKind::Absent | RollupKind::View => None,
             _ => Some(
                 sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {name}")))
                     .fetch_one(pool)
@@ -639,9 +677,10 @@ mod tests {
         spec: StorageSpec,
     }
 
-    fn spec(args: &[&str]) -> StorageSpec {
+    /// The spec of a command line's flags, separated by spaces.
+    fn spec(args: &str) -> StorageSpec {
         let mut all = vec!["storage", "--database-url", "postgres://127.0.0.1/x"];
-        all.extend_from_slice(args);
+        all.extend(args.split_whitespace());
         Cli::try_parse_from(all).unwrap().spec
     }
 
@@ -651,19 +690,12 @@ mod tests {
 
     #[test]
     fn the_data_set_ends_at_the_last_whole_interval_and_spans_the_days() {
-        let s = spec(&[
-            "--devices",
-            "2",
-            "--registers",
-            "3",
-            "--every",
-            "10s",
-            "--days",
-            "3",
-        ]);
+        let s = spec("--devices 2 --registers 3 --every 10s --days 3");
         let data = DataSet::new(&s, at("2026-12-05T10:00:07.5Z")).unwrap();
-        assert_eq!(data.to(), at("2026-12-05T10:00:00Z"));
-        assert_eq!(data.from(), at("2026-12-02T10:00:00Z"));
+        assert_eq!(data.to(), at("2026-12-05T09:59:50Z"));
+        assert_eq!(data.from(), at("2026-12-02T09:59:50Z"));
+        // Late and spread as they are, every reading is in the past.
+        assert!(data.iter().all(|r| r.ts < at("2026-12-05T10:00:07.5Z")));
         // 3 days of polls every 10 s, 6 registers each.
         assert_eq!(data.rows(), 3 * 8_640 * 6);
         assert_eq!(data.iter().count() as u64, data.rows());
@@ -674,16 +706,7 @@ mod tests {
 
     #[test]
     fn devices_are_spread_across_the_interval_and_read_every_register() {
-        let s = spec(&[
-            "--devices",
-            "4",
-            "--registers",
-            "2",
-            "--every",
-            "1s",
-            "--days",
-            "1",
-        ]);
+        let s = spec("--devices 4 --registers 2 --every 1s --days 1 --lateness-us 0");
         let data = DataSet::new(&s, at("2026-12-05T00:00:00Z")).unwrap();
         let first: Vec<Row> = data.iter().take(9).collect();
         let offsets: Vec<i64> = first
@@ -710,17 +733,34 @@ mod tests {
     }
 
     #[test]
+    fn polls_are_late_by_less_than_the_bound_and_never_out_of_order() {
+        let s = spec("--devices 3 --registers 1 --every 1s --days 1");
+        let data = DataSet::new(&s, at("2026-12-05T00:00:00Z")).unwrap();
+        let mut last = [None; 3];
+        let mut lates = std::collections::BTreeSet::new();
+        for (i, row) in data.iter().take(30_000).enumerate() {
+            let (k, d) = (i / 3, i % 3);
+            let firing = data.from()
+                + chrono::Duration::microseconds(k as i64 * 1_000_000 + d as i64 * 333_333);
+            let late = (row.ts - firing).num_microseconds().unwrap();
+            assert!(
+                (0..1_000).contains(&late),
+                "poll {k} of device {d}: {late} µs late"
+            );
+            lates.insert(late);
+            assert!(last[d] < Some(row.ts));
+            last[d] = Some(row.ts);
+        }
+        // Spread over the bound, not one value.
+        assert!(lates.len() > 900, "{}", lates.len());
+        // The same data set in every run.
+        let again = DataSet::new(&s, at("2026-12-05T00:00:00Z")).unwrap();
+        assert!(data.iter().take(1_000).eq(again.iter().take(1_000)));
+    }
+
+    #[test]
     fn values_are_what_the_simulator_serves_the_bench_fleet() {
-        let s = spec(&[
-            "--devices",
-            "2",
-            "--registers",
-            "10",
-            "--every",
-            "1s",
-            "--days",
-            "1",
-        ]);
+        let s = spec("--devices 2 --registers 10 --every 1s --days 1");
         let data = DataSet::new(&s, at("2026-12-05T00:00:00Z")).unwrap();
         let fleet = numbered_fleet(2, 10).unwrap();
         for row in data.iter().take(2_000) {
@@ -742,16 +782,17 @@ mod tests {
     #[test]
     fn a_data_set_out_of_range_is_refused_with_the_flag_to_fix() {
         let now = at("2026-12-05T00:00:00Z");
-        let e = |args: &[&str]| DataSet::new(&spec(args), now).err().unwrap().to_string();
-        assert!(e(&["--days", "0"]).contains("--days 0 is out of range"));
-        assert!(e(&["--days", "400"]).contains("give 1 to 31"));
-        assert!(e(&["--every", "25h"]).contains("--every"));
-        assert!(e(&["--every", "1ms", "--days", "31"]).contains("is more than 500000000"));
-        assert!(e(&["--devices", "0"]).contains("--devices"));
-        assert!(e(&["--registers", "0"]).contains("--registers"));
+        let e = |args: &str| DataSet::new(&spec(args), now).err().unwrap().to_string();
+        assert!(e("--days 0").contains("--days 0 is out of range"));
+        assert!(e("--days 400").contains("give 1 to 31"));
+        assert!(e("--every 25h").contains("--every"));
+        assert!(e("--every 1ms --days 31 --lateness-us 0").contains("is more than 500000000"));
+        assert!(e("--devices 0").contains("--devices"));
+        assert!(e("--registers 0").contains("--registers"));
+        assert!(e("--every 1ms --lateness-us 1000").contains("would overrun"));
         // A week is the longest duration parse_duration takes at all.
         assert!(Cli::try_parse_from(["storage", "--database-url", "x", "--every", "8d"]).is_err());
-        assert!(DataSet::new(&spec(&["--every", "24h", "--days", "1"]), now).is_ok());
+        assert!(DataSet::new(&spec("--every 24h --days 1"), now).is_ok());
     }
 
     #[test]
@@ -787,16 +828,7 @@ mod tests {
     async fn fill_writes_in_batches_of_the_given_size() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::sqlite(&dir.path().join("t.sqlite")).await.unwrap();
-        let s = spec(&[
-            "--devices",
-            "3",
-            "--registers",
-            "5",
-            "--every",
-            "1m",
-            "--days",
-            "1",
-        ]);
+        let s = spec("--devices 3 --registers 5 --every 1m --days 1");
         let data = DataSet::new(&s, at("2026-12-05T00:00:00Z")).unwrap();
         let f = fill(for_db(&db).as_ref(), data.iter(), 1_000)
             .await

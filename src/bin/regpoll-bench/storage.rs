@@ -825,7 +825,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fill_writes_in_batches_of_the_given_size() {
+    async fn fill_writes_every_row_once_through_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::sqlite(&dir.path().join("t.sqlite")).await.unwrap();
         let s = spec("--devices 3 --registers 5 --every 1m --days 1");

@@ -196,6 +196,12 @@ pub struct SinkArgs {
     pub history_retry_max: Duration,
     #[arg(long = s::RETENTION.flag, env = s::RETENTION.env, help = s::RETENTION.help, default_value = s::RETENTION.default_text(), value_parser = crate::history::retention::parse_retention_arg)]
     pub retention: crate::history::retention::Retention,
+    #[arg(long = s::RETENTION_1M.flag, env = s::RETENTION_1M.env, help = s::RETENTION_1M.help, default_value = s::RETENTION_1M.default_text(), value_parser = crate::history::retention::parse_retention_arg)]
+    pub retention_1m: crate::history::retention::Retention,
+    #[arg(long = s::RETENTION_1H.flag, env = s::RETENTION_1H.env, help = s::RETENTION_1H.help, default_value = s::RETENTION_1H.default_text(), value_parser = crate::history::retention::parse_retention_arg)]
+    pub retention_1h: crate::history::retention::Retention,
+    #[arg(long = s::ROLLUP_INTERVAL.flag, env = s::ROLLUP_INTERVAL.env, help = s::ROLLUP_INTERVAL.help, default_value = s::ROLLUP_INTERVAL.default_text(), value_parser = parse_duration)]
+    pub rollup_interval: Duration,
     #[arg(long = s::JOBS_CHECK_INTERVAL.flag, env = s::JOBS_CHECK_INTERVAL.env, help = s::JOBS_CHECK_INTERVAL.help, default_value = s::JOBS_CHECK_INTERVAL.default_text(), value_parser = parse_duration)]
     pub jobs_check_interval: Duration,
     #[arg(long = s::SHUTDOWN_TIMEOUT.flag, env = s::SHUTDOWN_TIMEOUT.env, help = s::SHUTDOWN_TIMEOUT.help, default_value = s::SHUTDOWN_TIMEOUT.default_text(), value_parser = parse_duration)]

@@ -129,7 +129,7 @@ impl Db {
     }
 
     /// Checks that the database answers and applies pending migrations (and,
-    /// with TimescaleDB, the hourly aggregate). Safe to repeat until it works.
+    /// with TimescaleDB, the rollups' continuous aggregates). Safe to repeat until it works.
     /// A no-op on SQLite, which [`Db::sqlite`] has already migrated.
     pub async fn connect_and_migrate(&self) -> Result<(), OpenError> {
         let Db::Postgres(pool) = self else {
@@ -152,7 +152,7 @@ impl Db {
             accept_edited_migrations(pool).await?;
             run_migrations_quietly(pool).await?;
             if has_timescaledb(pool).await? {
-                create_hourly_aggregate(pool).await?;
+                create_rollup_aggregates(pool).await?;
             } else {
                 warn_if_timescaledb_left_out(pool).await;
             }
@@ -383,66 +383,167 @@ pub async fn has_timescaledb(pool: &PgPool) -> anyhow::Result<bool> {
         .context("cannot ask PostgreSQL for its extensions")
 }
 
-/// The hourly continuous aggregate (avg, min, max, count, last per register,
-/// over good and uncertain finite values: NaN and infinity in rows written
-/// before they were stored as NULL stay out, as in migration 0008) and its
-/// refresh policy. A continuous
-/// aggregate cannot be created inside a transaction block or a function, so
-/// this runs after the migrations, one statement at a time over the simple
-/// protocol, and only when it does not exist yet.
+/// The rollups on TimescaleDB: `register_readings_1m`, a continuous
+/// aggregate on `register_readings`, and `register_readings_hourly`, a
+/// hierarchical one on `register_readings_1m` (avg weighted by the minutes'
+/// counts, min of min, max of max, counts summed, the newest minute's
+/// last). Over good and uncertain finite values: NaN and infinity in rows
+/// written before they were stored as NULL stay out, as in migration 0008.
+/// A continuous aggregate cannot be created inside a transaction block or
+/// a function, so this runs after the migrations, one statement at a time
+/// over the simple protocol, and creates only what is missing. The refresh
+/// and retention policies are set with the retention (`set_retention_policy`).
 ///
-/// It answers with real-time aggregation (`materialized_only = false`):
+/// Both answer with real-time aggregation (`materialized_only = false`):
 /// TimescaleDB's default since 2.13 is materialized only, which leaves the
-/// newest hour or two out of every answer and older hours stale until the
-/// next refresh. An aggregate created with that default is switched over
-/// (the statement is safe to repeat).
-async fn create_hourly_aggregate(pool: &PgPool) -> anyhow::Result<()> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('register_readings_hourly') IS NOT NULL")
+/// newest buckets out of every answer and older ones stale until the next
+/// refresh. An aggregate created with that default is switched over.
+async fn create_rollup_aggregates(pool: &PgPool) -> anyhow::Result<()> {
+    let kept_by_regpoll: bool =
+        sqlx::query_scalar("SELECT to_regclass('rollup_invalidations') IS NOT NULL")
             .fetch_one(pool)
             .await?;
-    if exists {
-        // A plain view (made by migration 0006 before TimescaleDB was
-        // installed) has no such option and is left as it is.
-        let materialized_only: Option<bool> = sqlx::query_scalar(
-            "SELECT materialized_only FROM timescaledb_information.continuous_aggregates \
-             WHERE view_name = 'register_readings_hourly'",
-        )
-        .fetch_optional(pool)
-        .await
-        .context("cannot read how register_readings_hourly answers")?;
-        if materialized_only == Some(true) {
-            sqlx::raw_sql(
-                "ALTER MATERIALIZED VIEW register_readings_hourly SET (timescaledb.materialized_only = false)",
-            )
-            .execute(pool)
-            .await
-            .context("cannot turn on real-time aggregation of register_readings_hourly")?;
-        }
+    if kept_by_regpoll {
+        // Migrated before TimescaleDB was installed: the rollups are
+        // regpoll's tables, refreshed by regpoll's job as on plain PostgreSQL.
+        tracing::warn!(
+            "the rollups register_readings_1m and register_readings_hourly are plain tables kept by \
+             regpoll (this database was migrated before TimescaleDB was installed); they work as \
+             they are, but TimescaleDB's retention policies do not cover them. See README: \
+             Rollups, to turn them into continuous aggregates"
+        );
         return Ok(());
     }
-    sqlx::raw_sql(
-        "CREATE MATERIALIZED VIEW register_readings_hourly \
-         WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS \
-         SELECT register_id, time_bucket(INTERVAL '1 hour', ts) AS bucket, avg(value) AS avg, min(value) AS min, \
-         max(value) AS max, count(value) AS count, last(value, ts) AS last \
-         FROM register_readings WHERE quality IN ('good', 'uncertain') \
-         AND value > '-Infinity' AND value < 'Infinity' \
-         GROUP BY register_id, time_bucket(INTERVAL '1 hour', ts) WITH NO DATA",
+    keep_hourly_aggregate_on_raw(pool).await?;
+    for (view, definition) in [
+        ("register_readings_1m", MINUTE_AGGREGATE),
+        ("register_readings_hourly", HOURLY_AGGREGATE),
+    ] {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(view)
+            .fetch_one(pool)
+            .await?;
+        if exists {
+            real_time(pool, view).await?;
+            continue;
+        }
+        sqlx::raw_sql(definition)
+            .execute(pool)
+            .await
+            .with_context(|| format!("cannot create the continuous aggregate {view}"))?;
+        // The whole history at once: a new aggregate must answer for every
+        // bucket the raw table (or the 1-minute aggregate) still holds.
+        tracing::info!(
+            view,
+            "computing the new continuous aggregate over the whole history"
+        );
+        sqlx::raw_sql(REFRESH_ALL[usize::from(view == "register_readings_hourly")])
+            .execute(pool)
+            .await
+            .with_context(|| format!("cannot refresh the new continuous aggregate {view}"))?;
+    }
+    sqlx::query("UPDATE rollup_state SET watermark = NULL")
+        .execute(pool)
+        .await
+        .context("cannot record that the rollups answer in real time")?;
+    Ok(())
+}
+
+const MINUTE_AGGREGATE: &str = "CREATE MATERIALIZED VIEW register_readings_1m \
+     WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS \
+     SELECT register_id, time_bucket(INTERVAL '1 minute', ts) AS bucket, avg(value) AS avg, \
+     min(value) AS min, max(value) AS max, count(value) AS count, last(value, ts) AS last \
+     FROM register_readings WHERE quality IN ('good', 'uncertain') \
+     AND value > '-Infinity' AND value < 'Infinity' \
+     GROUP BY register_id, time_bucket(INTERVAL '1 minute', ts) WITH NO DATA";
+
+const HOURLY_AGGREGATE: &str = "CREATE MATERIALIZED VIEW register_readings_hourly \
+     WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS \
+     SELECT register_id, time_bucket(INTERVAL '1 hour', bucket) AS bucket, \
+     sum(avg * count) / sum(count)::float8 AS avg, min(min) AS min, max(max) AS max, \
+     sum(count)::int8 AS count, last(last, bucket) AS last \
+     FROM register_readings_1m \
+     GROUP BY register_id, time_bucket(INTERVAL '1 hour', bucket) WITH NO DATA";
+
+/// `refresh_continuous_aggregate` over all time (NULL window ends).
+const REFRESH_ALL: [&str; 2] = [
+    "CALL refresh_continuous_aggregate('register_readings_1m', NULL, NULL)",
+    "CALL refresh_continuous_aggregate('register_readings_hourly', NULL, NULL)",
+];
+
+/// Where an hourly aggregate on the raw table (every version before the
+/// 1-minute rollup) is kept: it may hold hours the raw table no longer has.
+const OLD_HOURLY: &str = "register_readings_hourly_raw";
+
+/// Renames an hourly continuous aggregate built on the raw table out of
+/// the way (without its refresh policy, which would refresh it for
+/// nothing), and says at each start that it is there and how to drop it.
+async fn keep_hourly_aggregate_on_raw(pool: &PgPool) -> anyhow::Result<()> {
+    // `hypertable_name` is what an aggregate is built on: the raw table, or
+    // for one on another aggregate that one's materialization hypertable.
+    let on_raw: Option<bool> = sqlx::query_scalar(
+        "SELECT hypertable_name = 'register_readings' \
+         FROM timescaledb_information.continuous_aggregates \
+         WHERE view_name = 'register_readings_hourly' AND view_schema = current_schema()",
     )
-    .execute(pool)
+    .fetch_optional(pool)
     .await
-    .context("cannot create the continuous aggregate register_readings_hourly")?;
-    // Refresh the last few hours every 30 minutes; the current hour is left
-    // out (it is still being written; queries see it through real-time aggregation).
-    sqlx::raw_sql(
-        "SELECT add_continuous_aggregate_policy('register_readings_hourly', \
-         start_offset => INTERVAL '3 hours', end_offset => INTERVAL '1 hour', \
-         schedule_interval => INTERVAL '30 minutes', if_not_exists => true)",
+    .context("cannot read what register_readings_hourly is built on")?;
+    if on_raw == Some(true) {
+        sqlx::raw_sql(
+            "SELECT remove_continuous_aggregate_policy('register_readings_hourly', if_exists => true)",
+        )
+        .execute(pool)
+        .await
+        .context("cannot remove the refresh policy of the old hourly aggregate")?;
+        sqlx::raw_sql("ALTER MATERIALIZED VIEW register_readings_hourly RENAME TO register_readings_hourly_raw")
+            .execute(pool)
+            .await
+            .context("cannot rename the old hourly aggregate to register_readings_hourly_raw")?;
+    }
+    let kept: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(OLD_HOURLY)
+        .fetch_one(pool)
+        .await?;
+    if kept {
+        tracing::warn!(
+            view = OLD_HOURLY,
+            "the hourly continuous aggregate of earlier versions (built on the raw table) is kept \
+             as register_readings_hourly_raw, no longer refreshed: it may hold hours the raw table \
+             no longer has, which the new register_readings_hourly (built on register_readings_1m) \
+             lacks; once they are not needed, drop it with \
+             DROP MATERIALIZED VIEW register_readings_hourly_raw"
+        );
+    }
+    Ok(())
+}
+
+/// Turns on real-time aggregation of the continuous aggregate `view` when
+/// it was created materialized only. A plain view or table of that name
+/// (made before TimescaleDB was installed) has no such option and is left
+/// as it is.
+async fn real_time(pool: &PgPool, view: &str) -> anyhow::Result<()> {
+    let materialized_only: Option<bool> = sqlx::query_scalar(
+        "SELECT materialized_only FROM timescaledb_information.continuous_aggregates \
+         WHERE view_name = $1",
     )
-    .execute(pool)
+    .bind(view)
+    .fetch_optional(pool)
     .await
-    .context("cannot add the refresh policy of register_readings_hourly")?;
+    .with_context(|| format!("cannot read how {view} answers"))?;
+    let statement = match (materialized_only, view) {
+        (Some(true), "register_readings_1m") => {
+            "ALTER MATERIALIZED VIEW register_readings_1m SET (timescaledb.materialized_only = false)"
+        }
+        (Some(true), _) => {
+            "ALTER MATERIALIZED VIEW register_readings_hourly SET (timescaledb.materialized_only = false)"
+        }
+        _ => return Ok(()),
+    };
+    sqlx::raw_sql(statement)
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot turn on real-time aggregation of {view}"))?;
     Ok(())
 }
 

@@ -23,8 +23,8 @@
 //!   - [`history`]: every reading, batched by a writer from a bounded queue
 //!     into a [`history::store::HistoryStore`] (PostgreSQL by binary COPY,
 //!     SQLite by INSERT), with a disk spool while the database is down, a
-//!     quarantine for rows it refuses for good, retention, and queries that
-//!     read it back.
+//!     quarantine for rows it refuses for good, 1-minute and hourly rollups,
+//!     retention per tier, and queries that read it back.
 //! - [`stats`] takes one snapshot of the service's counters (kept with
 //!   [`telemetry`]'s histograms and distributions, and [`modbus::stats`] per
 //!   endpoint), which `/metrics`, `/api/stats` and the run summary render.

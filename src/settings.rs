@@ -203,11 +203,42 @@ pub const HISTORY_RETRY_MAX: Setting = Setting {
     default: Some("5s"),
 };
 
+/// 365 days, as before rollups existed: an upgrade must never delete
+/// readings the previous version kept.
 pub const RETENTION: Setting = Setting {
     flag: "retention",
     env: "REGPOLL_RETENTION",
-    help: "How long readings are kept: days (365d), weeks (52w), hours (48h) or `off`. TimescaleDB drops old chunks by policy; otherwise an hourly job deletes expired rows in batches",
+    help: "How long raw readings are kept: years of 365 days (1y), days (365d), weeks (52w), hours (48h) or `off`. TimescaleDB drops old chunks by policy; otherwise an hourly job deletes expired rows in batches",
     default: Some("365d"),
+};
+
+/// Two years: a minute row holds a register's minute in one row (about
+/// 60 raw rows at 1 s polling), so the 1-minute rollup answers charts of
+/// the year before the raw rows' year too, for a small part of their size.
+pub const RETENTION_1M: Setting = Setting {
+    flag: "retention-1m",
+    env: "REGPOLL_RETENTION_1M",
+    help: "How long the 1-minute rollup (register_readings_1m) is kept, in the units of --retention, or `off`; at least as long as --retention",
+    default: Some("730d"),
+};
+
+/// Off: an hour row is 3,600 raw rows at 1 s polling, so the hourly rollup
+/// of a register costs under 100 kB a decade; trends over years need it.
+pub const RETENTION_1H: Setting = Setting {
+    flag: "retention-1h",
+    env: "REGPOLL_RETENTION_1H",
+    help: "How long the hourly rollup (register_readings_hourly) is kept, in the units of --retention, or `off` (forever); at least as long as --retention-1m",
+    default: Some("off"),
+};
+
+/// A minute: the 1-minute rollup then lags the newest rows by about one
+/// refresh (queries answer the minutes after the watermark from the raw
+/// rows, so they never lag).
+pub const ROLLUP_INTERVAL: Setting = Setting {
+    flag: "rollup-interval",
+    env: "REGPOLL_ROLLUP_INTERVAL",
+    help: "How often regpoll refreshes the 1-minute and hourly rollups from the readings written since (plain PostgreSQL and SQLite; TimescaleDB refreshes its continuous aggregates by policy)",
+    default: Some("1m"),
 };
 
 pub const JOBS_CHECK_INTERVAL: Setting = Setting {

@@ -37,6 +37,8 @@ pub struct Sources {
     pub(crate) registry: Arc<Rejections>,
     /// This instance's view of its cluster (`run --cluster`).
     pub(crate) cluster: Option<Arc<crate::cluster::ClusterView>>,
+    /// The last runs of regpoll's own history jobs (rollup refresh, retention).
+    pub(crate) maintenance: Arc<crate::history::maintenance::Runs>,
 }
 
 /// The service's counters at one moment.
@@ -63,6 +65,12 @@ pub struct ServiceStats {
 }
 
 impl Sources {
+    /// The last runs of regpoll's own history jobs (rollup refresh,
+    /// retention), for the health views.
+    pub fn maintenance(&self) -> &crate::history::maintenance::Runs {
+        &self.maintenance
+    }
+
     /// This instance's view of its cluster, when it runs in one.
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterView>> {
         self.cluster.as_ref()

@@ -450,6 +450,7 @@ async fn status_page_renders_in_chromium() {
     .execute(pool)
     .await
     .unwrap();
+    common::rollups_cover_sql_rows(&running.db, 41).await;
     let profile = tempfile::tempdir().unwrap();
     // The virtual time budget lets the page's fetches complete and render
     // before the DOM is dumped.

@@ -223,7 +223,12 @@ fn hourly_rows(hour0_us: i64) -> Vec<Row> {
 
 async fn hourly_rollup_counts_good_and_uncertain_values(db: Db) {
     let hour0 = 1_700_002_800_000_000; // a whole hour
+    common::register_ids(&db, 2).await;
     write(&db, &hourly_rows(hour0)).await.unwrap();
+    let horizon = regpoll::history::rollup::Horizon::default();
+    regpoll::history::rollup::refresh(&db, horizon)
+        .await
+        .unwrap();
     let sql = "SELECT register_id, avg, min, max, count, last FROM register_readings_hourly ORDER BY register_id, bucket";
     type Bucket = (i32, Option<f64>, Option<f64>, Option<f64>, i64, Option<f64>);
     let got: Vec<Bucket> = match &db {
@@ -259,7 +264,7 @@ async fn sqlite_hourly_rollup_counts_good_and_uncertain_values() {
 }
 
 async fn retention_deletes_expired_rows_in_batches(db: Db) {
-    use regpoll::history::retention::{DELETE_BATCH, delete_older};
+    use regpoll::history::retention::{DELETE_BATCH, Tiers, delete_older};
     let now = chrono::Utc::now().timestamp_micros();
     let old_start = now - 40 * 86_400_000_000;
     let expired = 2 * DELETE_BATCH + 7;
@@ -279,9 +284,12 @@ async fn retention_deletes_expired_rows_in_batches(db: Db) {
     for chunk in rows.chunks(5000) {
         write(&db, chunk).await.unwrap();
     }
-    let deleted = delete_older(&db, std::time::Duration::from_secs(30 * 86_400))
-        .await
-        .unwrap();
+    let keep = Tiers {
+        raw: Some(std::time::Duration::from_secs(30 * 86_400)),
+        minute: None,
+        hour: None,
+    };
+    let deleted = delete_older(&db, &keep).await.unwrap();
     assert_eq!(deleted, expired as u64);
     let left: i64 = match &db {
         Db::Postgres(p) => sqlx::query_scalar("SELECT count(*) FROM register_readings")

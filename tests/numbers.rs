@@ -71,6 +71,7 @@ async fn hourly(db: &Db) -> Vec<Hourly> {
 /// register 3: ten identical values in one minute.
 async fn aggregates_ignore_non_finite_values(db: Db) {
     let hour = 1_700_002_800_000_000; // a whole hour, and a whole minute
+    common::register_ids(&db, 3).await;
     let rows = vec![
         row(hour + 1, 1, 10.0, Quality::Good),
         row(hour + 2, 1, f64::NAN, Quality::Uncertain),
@@ -95,6 +96,10 @@ async fn aggregates_ignore_non_finite_values(db: Db) {
     };
     assert_eq!(nulls, 3, "NaN, +Inf and -Inf are stored as NULL");
 
+    let horizon = regpoll::history::rollup::Horizon::default();
+    regpoll::history::rollup::refresh(&db, horizon)
+        .await
+        .unwrap();
     let got = hourly(&db).await;
     assert_eq!(
         got[..2],

@@ -388,6 +388,7 @@ async fn values_show_every_digit_and_rounding_noise_draws_a_flat_sparkline() {
     .execute(pool)
     .await
     .unwrap();
+    common::rollups_cover_sql_rows(&running.db, 41).await;
     let shot = screenshot_path("status-page-values.png");
     let (dom, _) = render(&page(addr), Duration::from_secs(3), Some(&shot)).await;
     let row = |register: &str| -> String {

@@ -154,7 +154,7 @@ pub(super) struct Reconnect {
     pub connectivity: Connectivity,
     pub retry_max: Duration,
     pub sync: Option<SyncSource>,
-    pub retention: Option<Duration>,
+    pub maintenance: super::Maintenance,
 }
 
 impl Reconnect {
@@ -196,7 +196,8 @@ impl Reconnect {
     }
 
     /// Once connected: syncs the devices (an invalid file is reported and
-    /// leaves the registry as it is) and starts retention. The caller
+    /// leaves the registry as it is) and starts the maintenance of the
+    /// history (retention, rollup refresh). The caller
     /// reloads the registry next.
     pub(super) async fn after_connect(self, db: &Db) -> Option<JoinHandle<()>> {
         if let Some(source) = &self.sync {
@@ -211,7 +212,7 @@ impl Reconnect {
                 );
             }
         }
-        super::start_retention(db, self.retention)
+        super::start_maintenance(db, &self.maintenance)
             .await
             .inspect_err(|e| {
                 tracing::error!(

@@ -30,7 +30,9 @@ use crate::cluster::ClusterView;
 use crate::db::{Connectivity, Db, Outage};
 use crate::fleet::{Counters, Fleet};
 use crate::history::jobs::{self, JobWatch};
-use crate::history::retention;
+use crate::history::maintenance::{Job, Runs};
+use crate::history::retention::{self, Tiers};
+use crate::history::rollup;
 use crate::history::writer::{self as history, BatchSettings, HistoryStats};
 use crate::latest::memory::LatestMemory;
 use crate::latest::redis::connection::Target;
@@ -70,8 +72,14 @@ pub struct Settings {
     pub redis_ttl: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub reload_interval: Duration,
-    /// How long readings are kept (`None`: forever).
+    /// How long raw readings are kept (`None`: forever).
     pub retention: Option<Duration>,
+    /// How long the 1-minute rollup is kept (`None`: forever).
+    pub retention_1m: Option<Duration>,
+    /// How long the hourly rollup is kept (`None`: forever).
+    pub retention_1h: Option<Duration>,
+    /// How often regpoll refreshes the rollups it keeps.
+    pub rollup_interval: Duration,
     /// How often TimescaleDB's background jobs are checked.
     pub jobs_check_interval: Duration,
     /// Where the HTTP API listens (`None`: no HTTP). The command line
@@ -109,12 +117,28 @@ impl Default for Settings {
             reload_interval: settings::RELOAD_INTERVAL.default_duration(),
             retention: retention::parse_retention(settings::RETENTION.default_text())
                 .expect("the default retention parses"),
+            retention_1m: retention::parse_retention(settings::RETENTION_1M.default_text())
+                .expect("the default retention parses"),
+            retention_1h: retention::parse_retention(settings::RETENTION_1H.default_text())
+                .expect("the default retention parses"),
+            rollup_interval: settings::ROLLUP_INTERVAL.default_duration(),
             jobs_check_interval: settings::JOBS_CHECK_INTERVAL.default_duration(),
             http: None,
             api: api::ApiLimits::default(),
             data_dir: None,
             database_retry_max: settings::DATABASE_RETRY_MAX.default_duration(),
             cluster: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The retention of each tier of history.
+    pub fn retention_tiers(&self) -> Tiers {
+        Tiers {
+            raw: self.retention,
+            minute: self.retention_1m,
+            hour: self.retention_1h,
         }
     }
 }
@@ -169,6 +193,10 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         .as_deref()
         .map(Target::parse)
         .transpose()?;
+    settings
+        .retention_tiers()
+        .check()
+        .map_err(anyhow::Error::msg)?;
     let data_dir_lock = settings
         .data_dir
         .as_deref()
@@ -189,6 +217,11 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         DeviceSource::Registry => settings.devices_file.clone().map(SyncSource::File),
     };
     let connectivity = Connectivity::default();
+    let maintenance = Maintenance {
+        tiers: settings.retention_tiers(),
+        rollup_every: settings.rollup_interval,
+        runs: Arc::default(),
+    };
     // Before the sync: an edit from here on is synced by the supervisor.
     let mut watcher = RegistryWatch::new(settings.devices_file.clone(), settings.reload_interval);
     let (to_poll, retention_job, cold) = match unreachable {
@@ -198,7 +231,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
             }
             // Rejected rows are logged once each when applied below.
             let loaded = db.load_active_devices().await?;
-            let retention_job = start_retention(&db, settings.retention).await?;
+            let retention_job = start_maintenance(&db, &maintenance).await?;
             watcher.listen_on(&db).await;
             (loaded, retention_job, None)
         }
@@ -213,7 +246,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
                 connectivity: connectivity.clone(),
                 retry_max: settings.database_retry_max,
                 sync: sync_source,
-                retention: settings.retention,
+                maintenance: maintenance.clone(),
             };
             (devices, None, Some(cold))
         }
@@ -295,6 +328,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         jobs: Arc::clone(&jobs),
         registry: Arc::default(),
         cluster: view.clone(),
+        maintenance: Arc::clone(&maintenance.runs),
     };
     // After a start from the cache, the cache is not rewritten from itself.
     let fresh = cold.is_none();
@@ -430,29 +464,59 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Sets TimescaleDB's retention policy, or, without TimescaleDB, starts the
-/// job that deletes expired readings (aborted at shutdown).
-async fn start_retention(
-    db: &Db,
-    keep: Option<Duration>,
-) -> anyhow::Result<Option<JoinHandle<()>>> {
-    Ok(match (retention::set_policy(db, keep).await?, keep) {
-        (false, Some(keep)) => Some(tokio::spawn(retention_loop(db.clone(), keep))),
-        _ => None,
-    })
+/// What regpoll's own maintenance of the history needs: each tier's
+/// retention, the rollup refresh interval, and where the runs are recorded.
+#[derive(Debug, Clone)]
+pub(crate) struct Maintenance {
+    pub tiers: Tiers,
+    pub rollup_every: Duration,
+    pub runs: Arc<Runs>,
 }
 
-/// Deletes expired readings every `RETENTION_EVERY` (databases without
-/// TimescaleDB's retention policy). Aborted at shutdown.
-async fn retention_loop(db: Db, keep: Duration) {
+/// Sets TimescaleDB's retention and refresh policies, then starts regpoll's
+/// own maintenance task (aborted at shutdown): the rollup refresh (which
+/// ends at once on TimescaleDB) and, without TimescaleDB's policies, the
+/// job that deletes expired rows of each tier.
+async fn start_maintenance(db: &Db, m: &Maintenance) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let by_policy = retention::set_policy(db, &m.tiers).await?;
+    let (db, m) = (db.clone(), m.clone());
+    Ok(Some(tokio::spawn(async move {
+        let deleting = async {
+            if !by_policy {
+                retention_loop(&db, &m).await;
+            }
+        };
+        let refreshing = rollup::refresh_loop(
+            db.clone(),
+            m.rollup_every,
+            m.tiers.horizon(),
+            Arc::clone(&m.runs),
+        );
+        tokio::join!(deleting, refreshing);
+    })))
+}
+
+/// Deletes expired rows of each tier every `RETENTION_EVERY` (databases
+/// without TimescaleDB's retention policies). Aborted at shutdown.
+async fn retention_loop(db: &Db, m: &Maintenance) {
+    let tiers = m.tiers;
+    if tiers.raw.is_none() && tiers.minute.is_none() && tiers.hour.is_none() {
+        return;
+    }
     loop {
-        match retention::delete_older(&db, keep).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "expired readings deleted"),
-            Err(e) => tracing::warn!(
-                error = crate::db::error_text(e.as_ref()),
-                "cannot delete expired readings; will retry"
-            ),
+        let started = chrono::Utc::now();
+        match retention::delete_older(db, &tiers).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(deleted = n, "expired rows deleted");
+                }
+                m.runs.record(Job::Retention, started, Ok(n));
+            }
+            Err(e) => {
+                let text = crate::db::error_text(e.as_ref());
+                tracing::warn!(error = %text, "cannot delete expired rows; will retry");
+                m.runs.record(Job::Retention, started, Err(text));
+            }
         }
         tokio::time::sleep(retention::RETENTION_EVERY).await;
     }
@@ -491,6 +555,11 @@ impl Running {
     /// any (`None` once connected).
     pub fn database_outage(&self) -> Option<Outage> {
         self.connectivity.outage()
+    }
+
+    /// The last runs of regpoll's own history jobs (rollup refresh, retention).
+    pub fn maintenance(&self) -> &Runs {
+        self.stats.maintenance()
     }
 
     /// What this instance knows of its cluster (`None` without `--cluster`).

@@ -8,7 +8,9 @@
 //! `(register_id, ts)`: one range scan per register, never a scan by device.
 //! Buckets are aligned to the Unix epoch on both databases (`date_bin` on
 //! PostgreSQL, integer division of the microsecond timestamps on SQLite), so
-//! both return the same buckets.
+//! both return the same buckets. A bucket of whole hours is read from the
+//! hourly rollup, one of whole minutes from the 1-minute rollup (see
+//! [`rollup::read`]), any other from the raw rows.
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
+use super::rollup;
 use super::store::{self, HistoryStore, Span};
 use crate::db::Db;
 use crate::registry::format_duration;
@@ -213,6 +216,11 @@ pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
         }
     }
     let store = store::for_db(db);
+    // Read once for every register, so all of them are cut at one instant.
+    let watermark = match q.bucket.and_then(rollup::tier_for) {
+        Some(_) => store.rollup_watermark().await?,
+        None => None,
+    };
     // One more than allowed, to tell "exactly the limit" from "too many".
     let mut left = q.limit + 1;
     let mut rows = match q.bucket {
@@ -223,7 +231,11 @@ pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
         let n = match (&mut rows, q.bucket) {
             (Rows::Raw(out), _) => raw(&*store, reg, q, left, out).await?,
             (Rows::Buckets(out), Some(bucket)) => {
-                buckets(&*store, reg, q, bucket, left, out).await?
+                let read = Bucketed {
+                    width: bucket,
+                    watermark,
+                };
+                buckets(&*store, reg, q, read, left, out).await?
             }
             (Rows::Buckets(_), None) => unreachable!("bucket rows only with a bucket"),
         };
@@ -276,15 +288,27 @@ async fn raw(
     Ok(n)
 }
 
+/// How a bucketed query reads: the width, and where the rollups stop
+/// answering (see [`HistoryStore::rollup_watermark`]).
+#[derive(Debug, Clone, Copy)]
+struct Bucketed {
+    width: Duration,
+    watermark: Option<DateTime<Utc>>,
+}
+
 async fn buckets(
     store: &dyn HistoryStore,
     reg: &RegisterRef,
     q: &RangeQuery,
-    bucket: Duration,
+    read: Bucketed,
     limit: usize,
     out: &mut Vec<BucketRow>,
 ) -> Result<usize, QueryError> {
-    let rows = store.buckets(&span(reg, q, limit), bucket).await?;
+    let span = span(reg, q, limit);
+    let rows = match rollup::tier_for(read.width) {
+        Some(tier) => rollup::read(store, &span, tier, read.width, read.watermark).await?,
+        None => store.buckets(&span, read.width).await?,
+    };
     let n = rows.len();
     out.extend(rows.into_iter().map(|b| BucketRow {
         register: reg.name.clone(),

@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 34] = [
+const ALL: [Setting; 37] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -19,6 +19,9 @@ const ALL: [Setting; 34] = [
     HISTORY_RETRY_MAX,
     DATABASE_RETRY_MAX,
     RETENTION,
+    RETENTION_1M,
+    RETENTION_1H,
+    ROLLUP_INTERVAL,
     JOBS_CHECK_INTERVAL,
     DEVICES,
     RELOAD_INTERVAL,
@@ -51,6 +54,7 @@ fn every_default_parses_as_its_setting_reads_it() {
         API_TIMEOUT,
         HISTORY_STALLED_AFTER,
         JOBS_CHECK_INTERVAL,
+        ROLLUP_INTERVAL,
         CLUSTER_LEASE,
         CLUSTER_HEARTBEAT,
         CLUSTER_FENCE_MARGIN,
@@ -67,7 +71,9 @@ fn every_default_parses_as_its_setting_reads_it() {
     ] {
         assert!(c.default_count() > 0, "--{}", c.flag);
     }
-    assert!(crate::history::retention::parse_retention(RETENTION.default_text()).is_ok());
+    for r in [RETENTION, RETENTION_1M, RETENTION_1H] {
+        assert!(crate::history::retention::parse_retention(r.default_text()).is_ok());
+    }
     assert!(crate::api::limits::parse_bytes(API_MAX_RESPONSE.default_text()).unwrap() > 0);
 }
 

@@ -403,3 +403,49 @@ pub fn gateways_yaml(
     }
     yaml
 }
+
+/// Puts one device with `n` registers in the fresh registry of `db`, so
+/// that register ids 1..=n exist: the rollup refresh recomputes the
+/// registers of the registry, and some tests write rows under bare ids.
+pub async fn register_ids(db: &regpoll::db::Db, n: usize) {
+    let registers: String = (0..n)
+        .map(|i| format!("      - {{ name: r{i}, kind: holding, address: {i} }}\n"))
+        .collect();
+    let yaml = format!(
+        "devices:\n  - name: ids\n    host: 127.0.0.1\n    port: 5020\n    registers:\n{registers}"
+    );
+    let devices = config::parse(&yaml, "ids.yaml").unwrap();
+    db.sync_devices(&devices).await.unwrap();
+    let loaded = db.load_devices().await.unwrap();
+    let ids = &loaded
+        .devices
+        .iter()
+        .find(|d| d.name == "ids")
+        .unwrap()
+        .register_ids;
+    assert_eq!(
+        **ids,
+        *(1..=n as i32).collect::<Vec<_>>(),
+        "a fresh registry numbers from 1"
+    );
+}
+
+/// Records that rows were written with SQL in the last `minutes` minutes
+/// of history and refreshes the rollups, as README (Rollups) tells users
+/// who write rows themselves: regpoll's own writes record their range.
+pub async fn rollups_cover_sql_rows(db: &regpoll::db::Db, minutes: i32) {
+    let regpoll::db::Db::Postgres(pool) = db else {
+        panic!("expected PostgreSQL")
+    };
+    sqlx::query(
+        "INSERT INTO rollup_invalidations (lo, hi) VALUES (now() - make_interval(mins => $1), now())",
+    )
+    .bind(minutes)
+    .execute(pool)
+    .await
+    .unwrap();
+    let horizon = regpoll::history::rollup::Horizon::default();
+    regpoll::history::rollup::refresh(db, horizon)
+        .await
+        .unwrap();
+}

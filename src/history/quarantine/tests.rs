@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::*;
+use crate::history::retention::Tiers;
+use crate::history::rollup::{Horizon, Pass, Tier};
 use crate::history::store::{BucketAggregate, Span, StoredReading};
 use crate::reading::Quality;
 
@@ -66,10 +68,24 @@ impl HistoryStore for Picky {
     async fn buckets(&self, _: &Span, _: Duration) -> sqlx::Result<Vec<BucketAggregate>> {
         unreachable!("the writer only writes and quarantines")
     }
-    async fn delete_before(&self, _: DateTime<Utc>, _: i64) -> sqlx::Result<u64> {
+    async fn delete_before(&self, _: Option<Tier>, _: DateTime<Utc>, _: i64) -> sqlx::Result<u64> {
         unreachable!("the writer only writes and quarantines")
     }
-    async fn set_retention_policy(&self, _: Option<Duration>) -> anyhow::Result<bool> {
+    async fn set_retention_policy(&self, _: &Tiers) -> anyhow::Result<bool> {
+        unreachable!("the writer only writes and quarantines")
+    }
+    async fn refresh_rollups(&self, _: Horizon) -> anyhow::Result<Option<Pass>> {
+        unreachable!("the writer only writes and quarantines")
+    }
+    async fn rollup_watermark(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
+        unreachable!("the writer only writes and quarantines")
+    }
+    async fn rollup_buckets(
+        &self,
+        _: &Span,
+        _: Tier,
+        _: Duration,
+    ) -> sqlx::Result<Vec<BucketAggregate>> {
         unreachable!("the writer only writes and quarantines")
     }
 

@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::jobs::JobHealth;
-use super::row::Row;
+use super::retention::Tiers;
+use super::rollup::{Horizon, Pass, Tier};
+use super::row::{Row, rows_in};
 use crate::db::Db;
 
 /// The columns of `register_readings` a row is written to, in the order
@@ -54,10 +56,50 @@ const LATEST: &str = "SELECT ts, value, value_text, quality, detail FROM registe
 const RANGE: &str = "SELECT ts, value, value_text, quality, detail FROM register_readings \
                      WHERE register_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4";
 
-/// One batch of expired rows (before `$1`, at most `$2`); the same SQL on
-/// PostgreSQL and SQLite (row values in `IN`).
-const DELETE_EXPIRED: &str = "DELETE FROM register_readings WHERE (register_id, ts) IN \
-     (SELECT register_id, ts FROM register_readings WHERE ts < $1 LIMIT $2)";
+/// One batch of expired rows (before `$1`, at most `$2`) of the raw table
+/// and of each rollup table; the same SQL on PostgreSQL and SQLite (row
+/// values in `IN`).
+macro_rules! delete_expired {
+    ($table:literal, $ts:literal) => {
+        concat!(
+            "DELETE FROM ",
+            $table,
+            " WHERE (register_id, ",
+            $ts,
+            ") IN (SELECT register_id, ",
+            $ts,
+            " FROM ",
+            $table,
+            " WHERE ",
+            $ts,
+            " < $1 LIMIT $2)"
+        )
+    };
+}
+
+/// [`delete_expired!`] of the raw table (`None`) or of a rollup.
+fn delete_expired(tier: Option<Tier>) -> &'static str {
+    match tier {
+        None => delete_expired!("register_readings", "ts"),
+        Some(Tier::Minute) => delete_expired!("register_readings_1m", "bucket"),
+        Some(Tier::Hour) => delete_expired!("register_readings_hourly", "bucket"),
+    }
+}
+
+/// The oldest and newest timestamps of a batch: what a write records in
+/// `rollup_invalidations`. `None` for an empty batch.
+fn time_bounds(pieces: &[&[Row]]) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    if rows_in(pieces) == 0 {
+        return None;
+    }
+    pieces
+        .iter()
+        .flat_map(|p| p.iter())
+        .fold(None, |b, r| match b {
+            None => Some((r.ts, r.ts)),
+            Some((lo, hi)) => Some((r.ts.min(lo), r.ts.max(hi))),
+        })
+}
 
 /// A row the database refused, with the error it met: what
 /// [`HistoryStore::quarantine`] keeps in `register_readings_rejected`.
@@ -126,14 +168,41 @@ pub trait HistoryStore: Send + Sync {
     /// buckets with no numeric value (strings, only bad readings) are left out.
     async fn buckets(&self, span: &Span, width: Duration) -> sqlx::Result<Vec<BucketAggregate>>;
 
-    /// Deletes at most `limit` readings older than `cutoff`; returns how many
-    /// were deleted (fewer than `limit`: none older are left).
-    async fn delete_before(&self, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Result<u64>;
+    /// Deletes at most `limit` rows older than `cutoff` from the raw table
+    /// (`tier` `None`) or from a rollup; returns how many were deleted
+    /// (fewer than `limit`: none older are left).
+    async fn delete_before(
+        &self,
+        tier: Option<Tier>,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<u64>;
 
-    /// Sets TimescaleDB's retention policy to `keep`, replacing any earlier
-    /// one. Returns false when the database has no TimescaleDB (expired rows
-    /// must then be deleted with [`delete_before`](Self::delete_before)).
-    async fn set_retention_policy(&self, keep: Option<Duration>) -> anyhow::Result<bool>;
+    /// Sets TimescaleDB's retention policies (raw table and each rollup)
+    /// and the rollups' refresh policies to fit `keep`, replacing earlier
+    /// ones. Returns false when the database has no TimescaleDB (expired
+    /// rows must then be deleted with [`delete_before`](Self::delete_before)).
+    async fn set_retention_policy(&self, keep: &Tiers) -> anyhow::Result<bool>;
+
+    /// One refresh transaction of the rollups regpoll keeps (see
+    /// [`rollup`](super::rollup)); `None` when the database keeps them
+    /// itself (TimescaleDB's continuous aggregates).
+    async fn refresh_rollups(&self, horizon: Horizon) -> anyhow::Result<Option<Pass>>;
+
+    /// Where the rollups stop answering for themselves: buckets from it on
+    /// are aggregated from the raw rows. `None`: they answer in real time
+    /// (TimescaleDB).
+    async fn rollup_watermark(&self) -> sqlx::Result<Option<DateTime<Utc>>>;
+
+    /// Like [`buckets`](Self::buckets), from the rows of rollup `tier`
+    /// (`width` is a whole number of its buckets): the average weighted by
+    /// the counts, min of min, max of max, counts summed.
+    async fn rollup_buckets(
+        &self,
+        span: &Span,
+        tier: Tier,
+        width: Duration,
+    ) -> sqlx::Result<Vec<BucketAggregate>>;
 
     /// The state of TimescaleDB's background jobs on regpoll's tables
     /// (retention, compression, the hourly aggregate's refresh); `None`

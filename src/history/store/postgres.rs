@@ -13,12 +13,16 @@ use chrono::{DateTime, Utc};
 use sqlx::{Executor as _, PgPool};
 
 use super::{
-    BucketAggregate, DELETE_EXPIRED, HistoryStore, LATEST, RANGE, Rejected, Span, StoredReading,
-    pgcopy,
+    BucketAggregate, HistoryStore, LATEST, RANGE, Rejected, Span, StoredReading, delete_expired,
+    pgcopy, time_bounds,
 };
 use crate::db::has_timescaledb;
 use crate::history::jobs::JobHealth;
+use crate::history::retention::Tiers;
+use crate::history::rollup::{Horizon, Pass, Tier};
 use crate::history::row::{Row, rows_in};
+
+mod rollups;
 
 /// SQLSTATE of a unique-key violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -65,18 +69,54 @@ const QUARANTINE: &str = concat!(
 /// History in a PostgreSQL database.
 pub(super) struct PostgresStore {
     pool: PgPool,
+    /// Whether regpoll keeps the rollups (they are tables, not TimescaleDB's
+    /// continuous aggregates), asked once.
+    rollups_kept: tokio::sync::OnceCell<bool>,
 }
 
 impl PostgresStore {
     pub(super) fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            rollups_kept: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Whether the rollups are regpoll's tables (plain PostgreSQL, or a
+    /// database migrated before TimescaleDB was installed) rather than
+    /// TimescaleDB's continuous aggregates: migration 0015 creates
+    /// `rollup_invalidations` exactly then. Without that table and without
+    /// TimescaleDB the database is not migrated yet (a start without it):
+    /// an error, so that no batch is written without its invalidation.
+    async fn rollups_kept(&self) -> anyhow::Result<bool> {
+        if let Some(kept) = self.rollups_kept.get() {
+            return Ok(*kept);
+        }
+        let (table, timescaledb): (bool, bool) = sqlx::query_as(
+            "SELECT to_regclass('rollup_invalidations') IS NOT NULL, \
+             EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .context("cannot tell whether regpoll keeps the rollups")?;
+        if !table && !timescaledb {
+            anyhow::bail!(
+                "the database is not migrated to this version yet (no rollup_invalidations table); the readings are written once it is"
+            );
+        }
+        let _ = self.rollups_kept.set(table);
+        Ok(table)
     }
 }
 
 #[async_trait]
 impl HistoryStore for PostgresStore {
     async fn write(&self, pieces: &[&[Row]]) -> anyhow::Result<u64> {
-        write(&self.pool, pieces).await
+        let invalidate = match self.rollups_kept().await? {
+            true => time_bounds(pieces),
+            false => None,
+        };
+        write(&self.pool, pieces, invalidate).await
     }
 
     async fn quarantine(&self, rejected: &[Rejected<'_>]) -> anyhow::Result<()> {
@@ -134,20 +174,16 @@ impl HistoryStore for PostgresStore {
             .bind(span.limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(start, avg, min, max, count)| BucketAggregate {
-                start,
-                avg,
-                min,
-                max,
-                count,
-            })
-            .collect())
+        Ok(rows.into_iter().map(aggregate).collect())
     }
 
-    async fn delete_before(&self, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Result<u64> {
-        sqlx::query(DELETE_EXPIRED)
+    async fn delete_before(
+        &self,
+        tier: Option<Tier>,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<u64> {
+        sqlx::query(delete_expired(tier))
             .bind(cutoff)
             .bind(limit)
             .execute(&self.pool)
@@ -155,39 +191,43 @@ impl HistoryStore for PostgresStore {
             .map(|r| r.rows_affected())
     }
 
-    async fn set_retention_policy(&self, keep: Option<Duration>) -> anyhow::Result<bool> {
-        let pool = &self.pool;
-        if !has_timescaledb(pool).await? {
+    async fn set_retention_policy(&self, keep: &Tiers) -> anyhow::Result<bool> {
+        if !has_timescaledb(&self.pool).await? {
             return Ok(false);
         }
-        // Changed only when the setting differs, so the policy's job keeps
-        // its id and its run history across restarts (interval equality
-        // compares 365 days with 8760 hours as equal).
-        let same: Option<bool> = sqlx::query_scalar(
-            "SELECT (config->>'drop_after')::interval = make_interval(secs => $1) \
-             FROM timescaledb_information.jobs \
-             WHERE proc_name = 'policy_retention' AND hypertable_name = 'register_readings'",
-        )
-        .bind(keep.map_or(-1.0, |k| k.as_secs_f64()))
-        .fetch_optional(pool)
-        .await
-        .context("cannot read the retention policy")?;
-        match (same, keep) {
-            (Some(true), Some(_)) | (None, None) => return Ok(true),
-            _ => {}
-        }
-        sqlx::query("SELECT remove_retention_policy('register_readings', if_exists => true)")
-            .execute(pool)
-            .await
-            .context("cannot remove the old retention policy")?;
-        if let Some(keep) = keep {
-            sqlx::query("SELECT add_retention_policy('register_readings', drop_after => make_interval(secs => $1))")
-                .bind(keep.as_secs_f64())
-                .execute(pool)
-                .await
-                .context("cannot add the retention policy")?;
-        }
+        rollups::set_policies(&self.pool, keep).await?;
         Ok(true)
+    }
+
+    async fn refresh_rollups(&self, horizon: Horizon) -> anyhow::Result<Option<Pass>> {
+        if !self.rollups_kept().await? {
+            return Ok(None);
+        }
+        rollups::refresh(&self.pool, horizon).await.map(Some)
+    }
+
+    async fn rollup_watermark(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar("SELECT watermark FROM rollup_state")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    async fn rollup_buckets(
+        &self,
+        span: &Span,
+        tier: Tier,
+        width: Duration,
+    ) -> sqlx::Result<Vec<BucketAggregate>> {
+        let rows: Vec<(DateTime<Utc>, f64, f64, f64, i64)> =
+            sqlx::query_as(rollups::buckets_statement(tier))
+                .bind(span.register_id)
+                .bind(width.as_secs_f64())
+                .bind(span.from)
+                .bind(span.to)
+                .bind(span.limit)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(aggregate).collect())
     }
 
     async fn background_jobs(&self) -> anyhow::Result<Option<Vec<JobHealth>>> {
@@ -223,6 +263,18 @@ impl HistoryStore for PostgresStore {
     }
 }
 
+fn aggregate(
+    (start, avg, min, max, count): (DateTime<Utc>, f64, f64, f64, i64),
+) -> BucketAggregate {
+    BucketAggregate {
+        start,
+        avg,
+        min,
+        max,
+        count,
+    }
+}
+
 /// id, procedure, target, last_run_status, last_successful_finish,
 /// total_failures, failures since the last success, newest error.
 type JobRow = (
@@ -236,7 +288,7 @@ type JobRow = (
     Option<String>,
 );
 
-/// The jobs on `register_readings` and on the hourly aggregate (whose
+/// The jobs on `register_readings` and on the rollups' aggregates (whose
 /// refresh and compression jobs name its materialization hypertable), with
 /// their statistics. `job_stats` has no count of consecutive failures, so
 /// it is the errors `job_errors` holds since the last success (that view
@@ -255,28 +307,61 @@ LEFT JOIN timescaledb_information.continuous_aggregates c \
   ON c.materialization_hypertable_schema = j.hypertable_schema \
  AND c.materialization_hypertable_name = j.hypertable_name \
 WHERE j.hypertable_name IN ('register_readings', 'register_readings_hourly') \
-   OR c.view_name = 'register_readings_hourly' \
+   OR c.view_name IN ('register_readings_hourly', 'register_readings_1m') \
 ORDER BY j.job_id";
 
 /// Writes the rows of `pieces` in one COPY; returns how many were new (the
-/// rest were already stored).
-async fn write(pool: &PgPool, pieces: &[&[Row]]) -> anyhow::Result<u64> {
+/// rest were already stored). With `invalidate` (the batch's time range,
+/// when regpoll keeps the rollups) the COPY and the range's row in
+/// `rollup_invalidations` are one transaction, so a refresh never misses
+/// rows that were stored.
+async fn write(
+    pool: &PgPool,
+    pieces: &[&[Row]],
+    invalidate: Option<Bounds>,
+) -> anyhow::Result<u64> {
     let rows = rows_in(pieces);
     let mut conn = pool
         .acquire()
         .await
         .context("no PostgreSQL connection for writing readings")?;
-    match copy(&mut conn, pgcopy::COPY_STATEMENT, pieces).await {
+    let copied = match invalidate {
+        None => copy(&mut conn, pgcopy::COPY_STATEMENT, pieces).await,
+        Some(bounds) => copy_invalidating(&mut conn, pieces, bounds).await,
+    };
+    match copied {
         Ok(n) => Ok(n),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
             tracing::info!(
                 rows,
                 "batch overlaps stored readings; writing it without the duplicates"
             );
-            write_skipping_duplicates(&mut conn, pieces).await
+            write_skipping_duplicates(&mut conn, pieces, invalidate).await
         }
         Err(e) => Err(e).with_context(|| format!("cannot COPY {rows} readings into PostgreSQL")),
     }
+}
+
+/// A batch's oldest and newest timestamps.
+type Bounds = (DateTime<Utc>, DateTime<Utc>);
+
+const INVALIDATE: &str = "INSERT INTO rollup_invalidations (lo, hi) VALUES ($1, $2)";
+
+/// The COPY and its invalidation in one transaction.
+async fn copy_invalidating(
+    conn: &mut sqlx::PgConnection,
+    pieces: &[&[Row]],
+    (lo, hi): Bounds,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let n = copy(&mut tx, pgcopy::COPY_STATEMENT, pieces).await?;
+    sqlx::query(INVALIDATE)
+        .bind(lo)
+        .bind(hi)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// Runs `statement` (a binary COPY … FROM STDIN) with the rows of `pieces`
@@ -308,6 +393,7 @@ async fn copy(
 async fn write_skipping_duplicates(
     conn: &mut sqlx::PgConnection,
     pieces: &[&[Row]],
+    invalidate: Option<Bounds>,
 ) -> anyhow::Result<u64> {
     let mut tx = sqlx::Connection::begin(conn).await?;
     tx.execute(
@@ -323,6 +409,14 @@ async fn write_skipping_duplicates(
         .await
         .context("cannot move readings from the staging table")?
         .rows_affected();
+    if let Some((lo, hi)) = invalidate {
+        sqlx::query(INVALIDATE)
+            .bind(lo)
+            .bind(hi)
+            .execute(&mut *tx)
+            .await
+            .context("cannot record the batch in rollup_invalidations")?;
+    }
     tx.commit().await?;
     Ok(inserted)
 }

@@ -716,19 +716,22 @@ fn bench_storage_reports_bytes_per_reading_in_each_database() {
     assert!(f(&plain["bytes_per_reading"]["index"]) > 10.0, "{plain:#}");
     assert_eq!(f(&pg["column_bytes"]["ts"]), 8.0, "{pg:#}");
     assert_eq!(f(&pg["column_bytes"]["value_text"]), 0.0, "{pg:#}");
-    let kinds: Vec<&str> = pg["rollups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds.len(), 2, "{pg:#}");
-    assert!(
-        kinds
-            .iter()
-            .all(|k| ["absent", "view", "table"].contains(k)),
-        "{pg:#}"
-    );
+    // regpoll's refresh job ran over everything: one row a minute of each
+    // register (one reading a minute), and an hour's row for each of the
+    // 72 hours the data set touches (73 when it does not start on the hour).
+    let rollups_hold_every_minute_and_hour = |rollups: &serde_json::Value| {
+        let [minute, hour] = rollups.as_array().unwrap().as_slice() else {
+            panic!("two rollups: {rollups:#}");
+        };
+        assert_eq!(minute["relation"], "register_readings_1m", "{rollups:#}");
+        assert_eq!(minute["kind"], "table", "{rollups:#}");
+        assert_eq!(minute["rows"], 3 * 1_440 * 10, "{rollups:#}");
+        assert!(f(&minute["sizes"]["total_bytes"]) > 0.0, "{rollups:#}");
+        assert_eq!(hour["relation"], "register_readings_hourly", "{rollups:#}");
+        assert!((720.0..=730.0).contains(&f(&hour["rows"])), "{rollups:#}");
+    };
+    rollups_hold_every_minute_and_hour(&pg["rollups"]);
+    assert!(f(&pg["rollup_refresh"]["rows"]) >= 43_200.0, "{pg:#}");
     let sq = &leg["sqlite"];
     assert_eq!(sq["rows_stored"], leg["rows"], "{sq:#}");
     let sizes = &sq["sizes"];
@@ -738,6 +741,18 @@ fn bench_storage_reports_bytes_per_reading_in_each_database() {
     );
     let per = f(&sizes["bytes_per_reading"]["table"]);
     assert!((10.0..300.0).contains(&per), "{sq:#}");
+    rollups_hold_every_minute_and_hour(&sq["rollups"]);
+    // The file holds the readings, the rollups and the registry.
+    let rollup_bytes: f64 = sq["rollups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| f(&r["sizes"]["total_bytes"]))
+        .sum();
+    assert!(
+        f(&sq["file"]["total_bytes"]) > f(&sizes["total_bytes"]) + rollup_bytes,
+        "{sq:#}"
+    );
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -454,36 +454,49 @@ fn storage_tables(out: &mut String, r: &Json) {
                 storage_gap(out, name, what, "not installed");
             }
         }
-        for rollup in pg["rollups"].as_array().into_iter().flatten() {
-            let what = format!(
-                "{} ({})",
-                rollup["relation"].as_str().unwrap_or("?"),
-                rollup["kind"].as_str().unwrap_or("?")
-            );
-            match rollup["kind"].as_str() {
-                Some("absent") => storage_gap(out, name, &what, "does not exist on this build"),
-                Some("view") => storage_gap(out, name, &what, "a view: nothing stored"),
-                // Its rows are the rollup's; its bytes are shared out over
-                // the raw readings: what the rollup adds to each.
-                _ => storage_row(
-                    out,
-                    name,
-                    &format!("{what}, added to each reading"),
-                    &rollup["rows"],
-                    &rollup["sizes"],
-                    &Json::Null,
-                ),
-            }
-        }
+        rollup_rows(out, name, "PostgreSQL", &pg["rollups"]);
         let sq = &leg["sqlite"];
         storage_row(
             out,
             name,
-            "SQLite (file after checkpoint; table from dbstat)",
+            "SQLite, register_readings (dbstat)",
             &sq["rows_stored"],
             &sq["sizes"],
             &sq["fill"],
         );
+        rollup_rows(out, name, "SQLite", &sq["rollups"]);
+        storage_row(
+            out,
+            name,
+            "SQLite, the whole file after a checkpoint (with the rollups and the registry)",
+            &sq["rows_stored"],
+            &sq["file"],
+            &Json::Null,
+        );
+    }
+}
+
+/// The lines of a database's rollups: their own rows, and their bytes
+/// shared out over the raw readings (what each rollup adds to a reading).
+fn rollup_rows(out: &mut String, leg: &str, database: &str, rollups: &Json) {
+    for rollup in rollups.as_array().into_iter().flatten() {
+        let what = format!(
+            "{database}, {} ({})",
+            rollup["relation"].as_str().unwrap_or("?"),
+            rollup["kind"].as_str().unwrap_or("?")
+        );
+        match rollup["kind"].as_str() {
+            Some("absent") => storage_gap(out, leg, &what, "does not exist on this build"),
+            Some("view") => storage_gap(out, leg, &what, "a view: nothing stored"),
+            _ => storage_row(
+                out,
+                leg,
+                &format!("{what}, added to each reading"),
+                &rollup["rows"],
+                &rollup["sizes"],
+                &Json::Null,
+            ),
+        }
     }
 }
 
@@ -703,7 +716,10 @@ mod tests {
                               "rollups": [{"relation": "register_readings_1m", "kind": "absent", "rows": null, "sizes": null},
                                           {"relation": "register_readings_hourly", "kind": "table", "rows": 12,
                                            "sizes": sizes(8192, 16384, 1000.0)}]},
-                 "sqlite": {"rows_stored": 1000, "fill": {"rows_per_s": 90000.0}, "sizes": sizes(31_000, 0, 1000.0)}},
+                 "sqlite": {"rows_stored": 1000, "fill": {"rows_per_s": 90000.0}, "sizes": sizes(31_000, 0, 1000.0),
+                            "file": {"total_bytes": 40_960, "bytes_per_reading": {"total": 40.96}},
+                            "rollups": [{"relation": "register_readings_1m", "kind": "table", "rows": 160,
+                                         "sizes": sizes(4096, 0, 1000.0)}]}},
                 {"leg": "deadband", "measured": false, "why": "the deadband filter (issue 24) is not on main yet"}]})
     }
 
@@ -721,16 +737,24 @@ mod tests {
         );
         assert!(
             table.contains(
-                "| all readings | register_readings_1m (absent) | does not exist on this build |"
+                "| all readings | PostgreSQL, register_readings_1m (absent) | does not exist on this build |"
             ),
             "{table}"
         );
         assert!(
-            table.contains("| all readings | register_readings_hourly (table), added to each reading | 12 | — | 8192 | 16384 | 24576 | 8.2 / 16.4 / **24.6** |"),
+            table.contains("| all readings | PostgreSQL, register_readings_hourly (table), added to each reading | 12 | — | 8192 | 16384 | 24576 | 8.2 / 16.4 / **24.6** |"),
             "{table}"
         );
         assert!(
-            table.contains("| all readings | SQLite (file after checkpoint; table from dbstat) | 1000 | 90000 | 31000 | 0 | 31000 | 31.0 / 0.0 / **31.0** |"),
+            table.contains("| all readings | SQLite, register_readings (dbstat) | 1000 | 90000 | 31000 | 0 | 31000 | 31.0 / 0.0 / **31.0** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all readings | SQLite, register_readings_1m (table), added to each reading | 160 | — | 4096 | 0 | 4096 | 4.1 / 0.0 / **4.1** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all readings | SQLite, the whole file after a checkpoint (with the rollups and the registry) | 1000 | — | — | — | 40960 | — / — / **41.0** |"),
             "{table}"
         );
         assert!(

@@ -16,11 +16,13 @@
 //!   `hypertable_compression_stats`;
 //! - the rollups `register_readings_1m` and `register_readings_hourly`,
 //!   whatever each is on this database: nothing, a view (nothing stored),
-//!   a table (its bytes and rows), or a continuous aggregate (refreshed over
-//!   the data set first, then `hypertable_detailed_size`);
-//! - SQLite: the file's size after a `wal_checkpoint(TRUNCATE)` (every page
-//!   back in the main file, the WAL emptied), and the `dbstat` sums of the
-//!   table and its indexes.
+//!   a table (regpoll's refresh job run over everything written first, as
+//!   it would have been by now; then its bytes and rows), or a continuous
+//!   aggregate (refreshed over the data set first, then
+//!   `hypertable_detailed_size`);
+//! - SQLite: the `dbstat` sums of each table and its indexes, and the
+//!   file's size after a `wal_checkpoint(TRUNCATE)` (every page back in the
+//!   main file, the WAL emptied).
 //!
 //! Bytes per reading barely depend on the fleet's size, so a slice stands
 //! for the fleet: a plain table's rows and B-tree leaves are the same
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use regpoll::db::{Db, has_timescaledb};
+use regpoll::history::rollup::{self, Horizon};
 use regpoll::history::row::Row;
 use regpoll::history::store::{HistoryStore, for_db};
 use regpoll::reading::Quality;
@@ -158,6 +161,25 @@ impl DataSet {
             from,
             polls: polls as u64,
         })
+    }
+
+    /// Puts the slice's devices in `db`'s registry, as `regpoll devices
+    /// sync` does, and takes them back with the ids it gave them: the rollup
+    /// refresh recomputes the registers of the registry, so rows under ids
+    /// it does not know would never reach the rollups.
+    pub async fn register(&mut self, db: &Db) -> anyhow::Result<()> {
+        db.sync_devices(&self.devices).await?;
+        let mut loaded = db.load_devices().await?.devices;
+        for d in &mut self.devices {
+            let i = loaded
+                .iter()
+                .position(|l| l.name == d.name)
+                .with_context(|| {
+                    format!("device {} is not in the registry after a sync", d.name)
+                })?;
+            *d = loaded.swap_remove(i);
+        }
+        Ok(())
     }
 
     /// Rows of the whole data set.
@@ -304,7 +326,7 @@ async fn fill(
 /// Runs the storage scenario.
 pub async fn storage(spec: &StorageSpec) -> anyhow::Result<Json> {
     let say = |m: String| eprintln!("bench {}: {m}", spec.name);
-    let data = DataSet::new(spec, Utc::now())?;
+    let mut data = DataSet::new(spec, Utc::now())?;
     let batch_rows = spec.batch_rows.max(1);
     say(format!(
         "{} rows: {} devices × {} registers every {:?} from {} to {}",
@@ -315,8 +337,8 @@ pub async fn storage(spec: &StorageSpec) -> anyhow::Result<Json> {
         data.from(),
         data.to()
     ));
-    let postgres = postgres_leg(spec, &data, batch_rows, &say).await?;
-    let sqlite = sqlite_leg(spec, &data, batch_rows, &say).await?;
+    let postgres = postgres_leg(spec, &mut data, batch_rows, &say).await?;
+    let sqlite = sqlite_leg(spec, &mut data, batch_rows, &say).await?;
     Ok(json!({
         "scenario": spec.name,
         "kind": "storage",
@@ -345,7 +367,7 @@ pub async fn storage(spec: &StorageSpec) -> anyhow::Result<Json> {
 /// through the store, then measured.
 async fn postgres_leg(
     spec: &StorageSpec,
-    data: &DataSet,
+    data: &mut DataSet,
     batch_rows: usize,
     say: &impl Fn(String),
 ) -> anyhow::Result<Json> {
@@ -356,6 +378,7 @@ async fn postgres_leg(
         .context("Db::postgres gave a pool that is not PostgreSQL")?
         .clone();
     let timescaledb = has_timescaledb(&pool).await?;
+    data.register(&db).await?;
     let store = for_db(&db);
     let f = fill(store.as_ref(), data.iter(), batch_rows).await?;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
@@ -365,6 +388,7 @@ async fn postgres_leg(
         "PostgreSQL: {stored} rows stored in {:.1} s of writes",
         f.busy.as_secs_f64()
     ));
+    let refresh = refresh_rollups(&db).await?;
     sqlx::raw_sql("VACUUM (ANALYZE) register_readings")
         .execute(&pool)
         .await
@@ -389,6 +413,7 @@ async fn postgres_leg(
         "plain": plain,
         "hypertable": hypertable,
         "column_bytes": columns,
+        "rollup_refresh": refresh,
         "rollups": rollups,
     }))
 }
@@ -509,12 +534,43 @@ impl RollupKind {
     }
 }
 
-/// Each rollup's kind, rows and bytes (per reading: shared out over the
-/// `readings` of `register_readings`, what the rollup adds to the cost of
-/// each). A continuous aggregate is refreshed
-/// over all of the data first, so it holds what its policy would have
-/// materialized by now; a table is measured as regpoll's refresh job left
-/// it (its rows say how much that is).
+/// regpoll's own refresh of the rollup tables (plain PostgreSQL, SQLite)
+/// over everything written, as its job would have done by now, timed. On
+/// TimescaleDB it does nothing: the continuous aggregates are refreshed
+/// where they are measured ([`rollup_sizes`]).
+async fn refresh_rollups(db: &Db) -> anyhow::Result<Json> {
+    let started = Instant::now();
+    let everything = Horizon {
+        raw: None,
+        minute: None,
+    };
+    let rows = rollup::refresh(db, everything)
+        .await
+        .context("cannot refresh the rollups")?;
+    Ok(json!({"rows": rows, "refresh_s": started.elapsed().as_secs_f64()}))
+}
+
+/// One rollup's line of the result: its rows, and its bytes shared out over
+/// the `readings` of `register_readings` (what it adds to each reading).
+fn rollup_json(
+    name: &str,
+    kind: RollupKind,
+    rows: Option<i64>,
+    sizes: Option<Sizes>,
+    readings: u64,
+) -> Json {
+    json!({
+        "relation": name,
+        "kind": kind.text(),
+        "rows": rows,
+        "sizes": sizes.map(|s| s.json(readings)),
+    })
+}
+
+/// Each rollup's kind, rows and bytes on PostgreSQL. A continuous
+/// aggregate is refreshed over all of the data first, so it holds what its
+/// policy would have materialized by now; a table is measured as
+/// [`refresh_rollups`] left it.
 async fn rollup_sizes(pool: &PgPool, timescaledb: bool, readings: u64) -> anyhow::Result<Json> {
     let mut out = Vec::new();
     for name in ROLLUPS {
@@ -556,12 +612,7 @@ async fn rollup_sizes(pool: &PgPool, timescaledb: bool, readings: u64) -> anyhow
                     .await?,
             ),
         };
-        out.push(json!({
-            "relation": name,
-            "kind": kind.text(),
-            "rows": rows,
-            "sizes": sizes.map(|s| s.json(readings)),
-        }));
+        out.push(rollup_json(name, kind, rows, sizes, readings));
     }
     Ok(Json::Array(out))
 }
@@ -588,7 +639,7 @@ async fn relation_sizes(pool: &PgPool, name: &str) -> anyhow::Result<Sizes> {
 /// checkpointed, measured and removed.
 async fn sqlite_leg(
     spec: &StorageSpec,
-    data: &DataSet,
+    data: &mut DataSet,
     batch_rows: usize,
     say: &impl Fn(String),
 ) -> anyhow::Result<Json> {
@@ -604,6 +655,7 @@ async fn sqlite_leg(
             bail!("Db::sqlite gave a pool that is not SQLite");
         };
         let pool = pool.clone();
+        data.register(&db).await?;
         let f = fill(for_db(&db).as_ref(), data.iter(), batch_rows).await?;
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
             .fetch_one(&pool)
@@ -612,14 +664,24 @@ async fn sqlite_leg(
             "SQLite: {stored} rows stored in {:.1} s of writes",
             f.busy.as_secs_f64()
         ));
-        let sizes = sqlite_sizes(&pool, &path).await?;
+        let refresh = refresh_rollups(&db).await?;
+        let readings = stored as u64;
+        let file = checkpointed_file_bytes(&pool, &path).await?;
+        let sizes = dbstat_sizes(&pool, "register_readings").await?;
+        let rollups = sqlite_rollups(&pool, readings).await?;
         db.close().await;
         Ok(json!({
             "rows_written": f.written,
             "rows_stored": stored,
             "fill": f.json(),
-            "sizes": sizes.json(stored as u64),
-            "measured_as": "file size after PRAGMA wal_checkpoint(TRUNCATE) for the total; dbstat page sums for the table and its indexes",
+            "sizes": sizes.json(readings),
+            "file": {
+                "total_bytes": file,
+                "bytes_per_reading": {"total": per_reading(file, readings)},
+            },
+            "rollup_refresh": refresh,
+            "rollups": rollups,
+            "measured_as": "dbstat page sums of each table and its indexes; the file's size after PRAGMA wal_checkpoint(TRUNCATE)",
         }))
     }
     .await;
@@ -627,10 +689,9 @@ async fn sqlite_leg(
     result
 }
 
-/// The table's and its indexes' pages (`dbstat`), and the whole file once
-/// the WAL is checkpointed into it (the registry's tables and free pages
-/// are in the file too, a few pages).
-async fn sqlite_sizes(pool: &SqlitePool, path: &Path) -> anyhow::Result<Sizes> {
+/// The file's bytes once the WAL is checkpointed into it (every page back
+/// in the main file): the readings, the rollups, the registry and free pages.
+async fn checkpointed_file_bytes(pool: &SqlitePool, path: &Path) -> anyhow::Result<i64> {
     let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
         .fetch_one(pool)
         .await
@@ -638,23 +699,58 @@ async fn sqlite_sizes(pool: &SqlitePool, path: &Path) -> anyhow::Result<Sizes> {
     if busy != 0 {
         bail!("the SQLite checkpoint was blocked by a reader; the file size would leave pages out");
     }
-    let (table, index): (i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(CASE WHEN name = 'register_readings' THEN pgsize END), 0), \
-                coalesce(sum(CASE WHEN name <> 'register_readings' THEN pgsize END), 0) \
+    let file = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the size of {}", path.display()))?;
+    Ok(file.len() as i64)
+}
+
+/// A SQLite table's pages and its indexes' (`dbstat`). A `WITHOUT ROWID`
+/// table is its primary key's B-tree, so it has no index of its own.
+async fn dbstat_sizes(pool: &SqlitePool, table: &str) -> anyhow::Result<Sizes> {
+    let (rows, index): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(CASE WHEN name = $1 THEN pgsize END), 0), \
+                coalesce(sum(CASE WHEN name <> $1 THEN pgsize END), 0) \
          FROM dbstat WHERE name IN (SELECT name FROM sqlite_schema \
-                                    WHERE tbl_name = 'register_readings' AND type IN ('table', 'index'))",
+                                    WHERE tbl_name = $1 AND type IN ('table', 'index'))",
     )
+    .bind(table)
     .fetch_one(pool)
     .await
     .context("cannot read dbstat (SQLite built without SQLITE_ENABLE_DBSTAT_VTAB?)")?;
-    let file = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the size of {}", path.display()))?
-        .len();
     Ok(Sizes {
-        table,
+        table: rows,
         index,
-        total: file as i64,
+        total: rows + index,
     })
+}
+
+/// Each rollup's kind, rows and bytes in SQLite, as [`refresh_rollups`]
+/// left them.
+async fn sqlite_rollups(pool: &SqlitePool, readings: u64) -> anyhow::Result<Json> {
+    let mut out = Vec::new();
+    for name in ROLLUPS {
+        let kind: Option<String> =
+            sqlx::query_scalar("SELECT type FROM sqlite_schema WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+        // sqlite_schema's type in pg_class's letters.
+        let relkind = kind.map(|k| if k == "table" { "r" } else { "v" });
+        let kind = RollupKind::of(relkind, false);
+        let (rows, sizes) = match kind {
+            RollupKind::Table => (
+                Some(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {name}")))
+                        .fetch_one(pool)
+                        .await?,
+                ),
+                Some(dbstat_sizes(pool, name).await?),
+            ),
+            _ => (None, None),
+        };
+        out.push(rollup_json(name, kind, rows, sizes, readings));
+    }
+    Ok(Json::Array(out))
 }
 
 fn remove_sqlite(path: &Path) {

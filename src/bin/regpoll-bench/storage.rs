@@ -32,15 +32,16 @@
 //! polled so rarely that a chunk holds fewer than 1,000 of their rows.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use regpoll::db::{Db, has_timescaledb};
 use regpoll::history::rollup::{self, Horizon};
-use regpoll::history::row::Row;
+use regpoll::history::row::{Row, rows_of};
 use regpoll::history::store::{HistoryStore, for_db};
-use regpoll::reading::Quality;
+use regpoll::reading::{PollReport, Quality, Reading};
 use regpoll::registry::{Device, parse_duration};
 use serde_json::{Value as Json, json};
 use sqlx::{PgPool, SqlitePool};
@@ -108,7 +109,7 @@ const ROLLUPS: [&str; 2] = ["register_readings_1m", "register_readings_hourly"];
 /// `lateness_us`, for every `k` below `polls`, and each poll reads every
 /// register of the device.
 pub struct DataSet {
-    devices: Vec<Device>,
+    devices: Vec<Arc<Device>>,
     every_us: i64,
     lateness_us: u64,
     from: DateTime<Utc>,
@@ -155,7 +156,10 @@ impl DataSet {
         let from = DateTime::from_timestamp_micros(end_us - polls * every_us)
             .context("the data set would start before the year -262143")?;
         Ok(DataSet {
-            devices: numbered_fleet(spec.devices, spec.registers)?,
+            devices: numbered_fleet(spec.devices, spec.registers)?
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
             every_us,
             lateness_us: spec.lateness_us,
             from,
@@ -168,7 +172,8 @@ impl DataSet {
     /// refresh recomputes the registers of the registry, so rows under ids
     /// it does not know would never reach the rollups.
     pub async fn register(&mut self, db: &Db) -> anyhow::Result<()> {
-        db.sync_devices(&self.devices).await?;
+        let devices: Vec<Device> = self.devices.iter().map(|d| (**d).clone()).collect();
+        db.sync_devices(&devices).await?;
         let mut loaded = db.load_devices().await?.devices;
         for d in &mut self.devices {
             let i = loaded
@@ -177,7 +182,7 @@ impl DataSet {
                 .with_context(|| {
                     format!("device {} is not in the registry after a sync", d.name)
                 })?;
-            *d = loaded.swap_remove(i);
+            *d = Arc::new(loaded.swap_remove(i));
         }
         Ok(())
     }
@@ -218,28 +223,44 @@ impl DataSet {
         self.from + chrono::Duration::microseconds(k as i64 * self.every_us + spread + late)
     }
 
-    /// Every row, in the order polls would deliver them: the fleet's first
-    /// round, then the second, and so on.
-    pub fn iter(&self) -> impl Iterator<Item = Row> + '_ {
+    /// Every poll's report, in the order polls deliver them: the fleet's
+    /// first round, then the second, and so on. Every reading is good.
+    pub fn reports(&self) -> impl Iterator<Item = PollReport> + '_ {
         (0..self.polls).flat_map(move |k| {
-            self.devices
-                .iter()
-                .enumerate()
-                .flat_map(move |(d, device)| {
-                    let ts = self.poll_time(k, d);
-                    device.registers.iter().enumerate().map(move |(i, reg)| {
-                        let value = regpoll::sim::expected_value(&device.name, reg, ts);
-                        Row::new(
-                            ts,
-                            device.register_id(i),
-                            device.id,
-                            value.as_f64(),
-                            value.as_text(),
-                            Quality::Good,
-                            None,
-                        )
+            self.devices.iter().enumerate().map(move |(d, device)| {
+                let ts = self.poll_time(k, d);
+                let readings = device
+                    .registers
+                    .iter()
+                    .enumerate()
+                    .map(|(index, reg)| Reading {
+                        index,
+                        ts,
+                        value: regpoll::sim::expected_value(&device.name, reg, ts),
+                        quality: Quality::Good,
+                        detail: None,
                     })
-                })
+                    .collect();
+                PollReport {
+                    device: Arc::clone(device),
+                    started: ts,
+                    latency: Duration::from_millis(1),
+                    error: None,
+                    reachable: true,
+                    demoted: false,
+                    readings,
+                }
+            })
+        })
+    }
+
+    /// Every row, as the history writer makes them of the reports
+    /// (`history::row::rows_of`).
+    pub fn iter(&self) -> impl Iterator<Item = Row> + '_ {
+        self.reports().flat_map(|report| {
+            let mut rows = Vec::with_capacity(report.readings.len());
+            rows_of(&report, &mut rows);
+            rows
         })
     }
 }

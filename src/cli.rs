@@ -93,6 +93,14 @@ pub enum DevicesCommand {
     },
     /// List the devices in the registry.
     List(DbArgs),
+    /// Show one device of the registry with its registers: kind, address,
+    /// type, unit, own schedule and deadband.
+    Show {
+        /// The device's name.
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,8 +204,8 @@ pub struct SinkArgs {
     pub history_retry_max: Duration,
     #[arg(long = s::RETENTION.flag, env = s::RETENTION.env, help = s::RETENTION.help, default_value = s::RETENTION.default_text(), value_parser = crate::history::retention::parse_retention_arg)]
     pub retention: crate::history::retention::Retention,
-    #[arg(long = s::RETENTION_1M.flag, env = s::RETENTION_1M.env, help = s::RETENTION_1M.help, default_value = s::RETENTION_1M.default_text(), value_parser = crate::history::retention::parse_retention_arg)]
-    pub retention_1m: crate::history::retention::Retention,
+    #[arg(long = s::RETENTION_1M.flag, env = s::RETENTION_1M.env, help = s::RETENTION_1M.help, default_value = s::RETENTION_1M.default_text(), value_parser = crate::history::retention::parse_rollup_retention_arg)]
+    pub retention_1m: crate::history::retention::RollupRetention,
     #[arg(long = s::RETENTION_1H.flag, env = s::RETENTION_1H.env, help = s::RETENTION_1H.help, default_value = s::RETENTION_1H.default_text(), value_parser = crate::history::retention::parse_retention_arg)]
     pub retention_1h: crate::history::retention::Retention,
     #[arg(long = s::ROLLUP_INTERVAL.flag, env = s::ROLLUP_INTERVAL.env, help = s::ROLLUP_INTERVAL.help, default_value = s::ROLLUP_INTERVAL.default_text(), value_parser = parse_duration)]

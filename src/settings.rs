@@ -212,14 +212,17 @@ pub const RETENTION: Setting = Setting {
     default: Some("365d"),
 };
 
-/// Two years: a minute row holds a register's minute in one row (about
-/// 60 raw rows at 1 s polling), so the 1-minute rollup answers charts of
-/// the year before the raw rows' year too, for a small part of their size.
+/// `auto`: two years, or the raw rows' retention when that is longer. A
+/// minute row holds a register's minute in one row (about 60 raw rows at
+/// 1 s polling), so the 1-minute rollup answers charts of the year before
+/// the raw rows' year too, for a small part of their size; following a
+/// longer `--retention` means an upgrade that kept raw rows for longer (or
+/// forever) starts without being told to set this too.
 pub const RETENTION_1M: Setting = Setting {
     flag: "retention-1m",
     env: "REGPOLL_RETENTION_1M",
-    help: "How long the 1-minute rollup (register_readings_1m) is kept, in the units of --retention, or `off`; at least as long as --retention",
-    default: Some("730d"),
+    help: "How long the 1-minute rollup (register_readings_1m) is kept, in the units of --retention, `off`, or `auto`: 730d, or --retention when that is longer (off when it is off); at least as long as --retention",
+    default: Some("auto"),
 };
 
 /// Off: an hour row is 3,600 raw rows at 1 s polling, so the hourly rollup

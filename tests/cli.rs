@@ -79,6 +79,44 @@ fn invalid_file_is_refused_with_its_location_and_changes_nothing() {
 }
 
 #[test]
+fn devices_show_lists_each_registers_deadband_as_the_registry_holds_it() {
+    let yaml = "devices:\n  - name: tank\n    host: 127.0.0.1\n    deadband_percent: 0.5\n    heartbeat: 15m\n    registers:\n      - { name: level, kind: input, address: 0, type: f32, unit: m }\n      - { name: temp, kind: input, address: 2, type: f32, deadband: 0.2 }\n  - name: pump\n    host: 127.0.0.1\n    registers: [ { name: on, kind: coil, address: 0 } ]\n";
+    let (dir, _) = common::write_yaml(yaml);
+    let out = regpoll(&["devices", "sync", "devices.yaml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = regpoll(&["devices", "show", "tank"], dir.path());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` in {stdout}"))
+            .to_string()
+    };
+    assert!(
+        line("level").ends_with("deadband_percent 0.5, heartbeat 15m"),
+        "{stdout}"
+    );
+    assert!(
+        line("temp").ends_with("deadband 0.2, heartbeat 15m"),
+        "{stdout}"
+    );
+    let out = regpoll(&["devices", "show", "pump"], dir.path());
+    assert!(text(&out.stdout).contains("every reading"));
+
+    let out = regpoll(&["devices", "show", "nope"], dir.path());
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("no device `nope` in the registry; `regpoll devices list` shows the names"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn demo_shows_live_values_and_exits_cleanly_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_regpoll"))

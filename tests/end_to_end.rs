@@ -224,22 +224,9 @@ async fn the_new_types_are_stored_as_the_simulator_serves_them() {
 async fn postgres_history_and_redis_latest_match_the_simulator() {
     let fixture = common::simulate(FLEET, &["{A}", "{B}"]).await;
     let (_dir, path) = common::write_yaml(&fixture.yaml);
-    let database_url = common::fresh_postgres().await;
-    let (redis_url, prefix) = common::redis();
-    let client = redis::Client::open(redis_url.as_str()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub
-        .subscribe(format!("{prefix}:updates:boiler"))
-        .await
-        .unwrap();
-
-    let settings = Settings {
-        database_url: Some(database_url.clone()),
-        redis_url: Some(redis_url),
-        redis_prefix: prefix.clone(),
-        devices_file: Some(path),
-        ..Settings::default()
-    };
+    let (settings, client, mut pubsub) = common::postgres_and_redis(path, "boiler").await;
+    let database_url = settings.database_url.clone().unwrap();
+    let prefix = settings.redis_prefix.clone();
     let running = app::start(&settings, DeviceSource::Registry).await.unwrap();
     let latest = Arc::clone(&running.latest);
     common::wait_for_polls(&running, 3).await;

@@ -42,6 +42,7 @@ fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
         })),
         "schedule": device.schedule.describe(),
         "registers": device.registers.len(),
+        "deadbands": deadbands_json(device),
         "tags": device.tags,
         "state": state
             .as_ref()
@@ -53,6 +54,18 @@ fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
         "polls": state.as_ref().map_or(0, |s| s.polls),
         "learned": learned.map(|l| l.to_json()),
     })
+}
+
+/// The registers whose history is thinned by a deadband, by name, each
+/// with its band and heartbeat (`{}` when none is): so that someone who
+/// finds fewer rows than polls sees why.
+fn deadbands_json(device: &Device) -> serde_json::Value {
+    let with: Map<String, serde_json::Value> = device
+        .registers
+        .iter()
+        .filter_map(|r| Some((r.name.to_string(), r.deadband.as_deref()?.to_json())))
+        .collect();
+    with.into()
 }
 
 pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {
@@ -160,4 +173,29 @@ pub(crate) async fn device_latest(
     body["device"] = json!(name);
     body["values"] = serde_json::Value::Object(values);
     Ok(Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_lists_the_bands_of_its_registers_that_have_one() {
+        let yaml = "devices:\n  - name: a\n    host: h\n    heartbeat: 15m\n    registers:\n      - { name: t, kind: holding, address: 0, deadband_percent: 1 }\n      - { name: s, kind: holding, address: 1, type: string, length: 2, deadband: 0, heartbeat: 1h }\n      - { name: n, kind: holding, address: 5 }\n";
+        let device = crate::config::parse(yaml, "devices.yaml")
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            deadbands_json(&device),
+            json!({
+                "t": { "deadband_percent": 1.0, "heartbeat": "15m" },
+                "s": { "deadband": 0.0, "heartbeat": "1h" },
+            })
+        );
+        let plain = "devices:\n  - { name: a, host: h, registers: [ { name: n, kind: holding, address: 0 } ] }\n";
+        let device = crate::config::parse(plain, "devices.yaml")
+            .unwrap()
+            .remove(0);
+        assert_eq!(deadbands_json(&device), json!({}));
+    }
 }

@@ -270,6 +270,11 @@ pub fn render(state: &ApiState) -> String {
             h.reports_dropped,
         ),
         (
+            "regpoll_readings_deadband_suppressed_total",
+            "Readings of registers with a deadband not stored on purpose: inside the band of the last stored value, same quality, heartbeat not due (history is thinned, not lost; the latest values get every poll).",
+            h.deadband_suppressed,
+        ),
+        (
             "regpoll_spool_rows_written_total",
             "Readings written to the disk spool during database outages.",
             h.rows_spooled,

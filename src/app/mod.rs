@@ -117,8 +117,14 @@ impl Default for Settings {
             reload_interval: settings::RELOAD_INTERVAL.default_duration(),
             retention: retention::parse_retention(settings::RETENTION.default_text())
                 .expect("the default retention parses"),
-            retention_1m: retention::parse_retention(settings::RETENTION_1M.default_text())
-                .expect("the default retention parses"),
+            retention_1m: retention::parse_rollup_retention_arg(
+                settings::RETENTION_1M.default_text(),
+            )
+            .expect("the default retention parses")
+            .resolve(
+                retention::parse_retention(settings::RETENTION.default_text())
+                    .expect("the default retention parses"),
+            ),
             retention_1h: retention::parse_retention(settings::RETENTION_1H.default_text())
                 .expect("the default retention parses"),
             rollup_interval: settings::ROLLUP_INTERVAL.default_duration(),

@@ -1,4 +1,4 @@
-//! `regpoll devices sync|list`: the device registry.
+//! `regpoll devices sync|list|show`: the device registry.
 
 use std::path::Path;
 
@@ -41,5 +41,54 @@ pub(super) async fn list(args: &DbArgs) -> anyhow::Result<()> {
         eprintln!("warning: {p}");
     }
     db.close().await;
+    Ok(())
+}
+
+/// One device and its registers, as the registry holds them (a device's
+/// deadband from devices.yaml is shown on each register it applies to).
+pub(super) async fn show(name: &str, args: &DbArgs) -> anyhow::Result<()> {
+    let db = open_db(args).await?;
+    let loaded = db.load_devices().await?;
+    db.close().await;
+    let Some(d) = loaded.devices.iter().find(|d| d.name == name) else {
+        let skipped = loaded
+            .problems
+            .iter()
+            .find(|p| p.contains(&format!("`{name}`")));
+        anyhow::bail!(
+            "{}",
+            skipped.cloned().unwrap_or_else(|| format!(
+                "no device `{name}` in the registry; `regpoll devices list` shows the names"
+            ))
+        );
+    };
+    println!(
+        "{} at {} unit {}, {}, {}",
+        d.name,
+        d.endpoint(),
+        d.unit_id.0,
+        d.schedule.describe(),
+        if d.active { "active" } else { "inactive" }
+    );
+    println!(
+        "{:<24} {:<9} {:>7} {:<7} {:<8} {:<16} HISTORY",
+        "REGISTER", "KIND", "ADDRESS", "TYPE", "UNIT", "SCHEDULE"
+    );
+    for r in d.registers.iter() {
+        println!(
+            "{:<24} {:<9} {:>7} {:<7} {:<8} {:<16} {}",
+            r.name,
+            r.kind.as_str(),
+            r.address.0,
+            r.data_type.as_str(),
+            r.unit.as_deref().unwrap_or("-"),
+            r.schedule
+                .as_deref()
+                .map_or("device's".to_string(), |s| s.describe()),
+            r.deadband
+                .as_deref()
+                .map_or("every reading".to_string(), |b| b.describe()),
+        );
+    }
     Ok(())
 }

@@ -34,6 +34,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Scan(args) => scan::scan(args).await,
         Command::Devices(DevicesCommand::Sync { file, db }) => devices::sync(&file, &db).await,
         Command::Devices(DevicesCommand::List(db)) => devices::list(&db).await,
+        Command::Devices(DevicesCommand::Show { name, db }) => devices::show(&name, &db).await,
         Command::Query(q) => query::query(q).await,
         Command::Migrate(db) => migrate::migrate(&db).await,
     };

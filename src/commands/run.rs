@@ -43,7 +43,7 @@ fn settings(args: RunArgs) -> Settings {
         shutdown_timeout: args.sinks.shutdown_timeout,
         reload_interval: args.reload_interval,
         retention: args.sinks.retention.0,
-        retention_1m: args.sinks.retention_1m.0,
+        retention_1m: args.sinks.retention_1m.resolve(args.sinks.retention.0),
         retention_1h: args.sinks.retention_1h.0,
         rollup_interval: args.sinks.rollup_interval,
         jobs_check_interval: args.sinks.jobs_check_interval,

@@ -1,9 +1,11 @@
 //! Warnings about a valid devices.yaml that is probably still wrong: addresses
 //! that look like 1-based Modicon numbering (40001 for the first holding
-//! register), and registers whose addresses overlap. They are warnings, not
-//! errors: some devices really do use such addresses.
+//! register), registers whose addresses overlap, and deadbands whose
+//! heartbeat is missing or shorter than the poll interval. They are
+//! warnings, not errors: some devices really do use such addresses, and a
+//! register that is stored once and never again may be what someone wants.
 
-use crate::registry::{Device, Register, RegisterKind};
+use crate::registry::{Device, Register, RegisterKind, Schedule, format_duration};
 
 /// One warning, already phrased for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +18,10 @@ pub fn warnings(devices: &[Device]) -> Vec<Warning> {
     let mut out = Vec::new();
     for d in devices {
         for r in d.registers.iter() {
-            if let Some(message) = modicon(r) {
+            for message in [modicon(r), heartbeat(r, &d.schedule)]
+                .into_iter()
+                .flatten()
+            {
                 out.push(Warning {
                     device: d.name.clone(),
                     message,
@@ -53,6 +58,29 @@ fn modicon(r: &Register) -> Option<String> {
             a - base
         )
     })
+}
+
+/// A deadband without a heartbeat stores a value that never moves once,
+/// and retention deletes that row in time; a heartbeat no longer than the
+/// poll interval stores every reading, so the deadband does nothing.
+fn heartbeat(r: &Register, device: &Schedule) -> Option<String> {
+    let d = r.deadband.as_deref()?;
+    let Some(h) = d.heartbeat else {
+        return Some(format!(
+            "register `{}`: {} without a heartbeat: a value that never moves is stored once, and once retention deletes that row history no longer says what the value is; add e.g. `heartbeat: 15m`",
+            r.name,
+            d.band.describe()
+        ));
+    };
+    match r.schedule.as_deref().unwrap_or(device) {
+        Schedule::Every { every, .. } if h <= *every => Some(format!(
+            "register `{}`: heartbeat {} is not longer than its poll interval {}: every reading is stored and the deadband does nothing",
+            r.name,
+            format_duration(h),
+            format_duration(*every)
+        )),
+        _ => None,
+    }
 }
 
 /// Pairs of registers of one kind whose addresses overlap, except bit fields
@@ -110,6 +138,22 @@ mod tests {
             "{w:?}"
         );
         assert!(w[1].contains("would be 9"), "{w:?}");
+    }
+
+    #[test]
+    fn a_deadband_without_a_useful_heartbeat_is_flagged() {
+        let w = warn(
+            "      - { name: a, kind: holding, address: 0, deadband: 1 }\n      - { name: b, kind: holding, address: 1, deadband: 1, heartbeat: 5s }\n      - { name: c, kind: holding, address: 2, deadband: 1, heartbeat: 6s }\n      - { name: d, kind: holding, address: 3 }\n",
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("register `a`: deadband 1 without a heartbeat"),
+            "{w:?}"
+        );
+        assert_eq!(
+            w[1],
+            "register `b`: heartbeat 5s is not longer than its poll interval 5s: every reading is stored and the deadband does nothing"
+        );
     }
 
     #[test]

@@ -138,6 +138,9 @@ pub(super) struct RawDevice {
     pub max_bits_per_request: Option<Spanned<i64>>,
     pub max_gap: Option<Spanned<i64>>,
     pub log_frames: Option<Spanned<String>>,
+    pub deadband: Option<Spanned<f64>>,
+    pub deadband_percent: Option<Spanned<f64>>,
+    pub heartbeat: Option<Spanned<String>>,
     pub tags: Option<Spanned<BTreeMap<String, String>>>,
     pub registers: Option<Spanned<Vec<Spanned<RawRegister>>>>,
     pub problems: Problems,
@@ -160,6 +163,9 @@ pub(super) struct RawRegister {
     pub bit: Option<Spanned<i64>>,
     pub byte: Option<Spanned<String>>,
     pub length: Option<Spanned<i64>>,
+    pub deadband: Option<Spanned<f64>>,
+    pub deadband_percent: Option<Spanned<f64>>,
+    pub heartbeat: Option<Spanned<String>>,
     pub problems: Problems,
 }
 
@@ -206,13 +212,32 @@ const DEVICE_FIELDS: &[&str] = &[
     "max_bits_per_request",
     "max_gap",
     "log_frames",
+    "deadband",
+    "deadband_percent",
+    "heartbeat",
     "tags",
     "registers",
 ];
 
 const REGISTER_FIELDS: &[&str] = &[
-    "name", "kind", "address", "type", "order", "scale", "offset", "unit", "valid", "every",
-    "cron", "timezone", "bit", "byte", "length",
+    "name",
+    "kind",
+    "address",
+    "type",
+    "order",
+    "scale",
+    "offset",
+    "unit",
+    "valid",
+    "every",
+    "cron",
+    "timezone",
+    "bit",
+    "byte",
+    "length",
+    "deadband",
+    "deadband_percent",
+    "heartbeat",
 ];
 
 const DURATION: &str =
@@ -220,6 +245,10 @@ const DURATION: &str =
 const CRON: &str = "a cron expression in quotes, e.g. \"0 */5 * * * *\"";
 const TIMEZONE: &str = "an IANA time zone name, e.g. Europe/Paris";
 const NUMBER: &str = "a number, e.g. 0.1";
+const DEADBAND: &str =
+    "a number in the register's unit, 0 or more, e.g. 0.5 (0 stores every change)";
+const DEADBAND_PERCENT: &str =
+    "a percentage of the last stored value, 0..100, e.g. 1 (0 stores every change)";
 
 fn text(n: &Node) -> Option<String> {
     n.text()
@@ -304,6 +333,11 @@ impl RawDevice {
                 "log_frames" => {
                     d.log_frames = field(key, v, "off (default), header or payload", text, p)
                 }
+                "deadband" => d.deadband = field(key, v, DEADBAND, Node::float, p),
+                "deadband_percent" => {
+                    d.deadband_percent = field(key, v, DEADBAND_PERCENT, Node::float, p)
+                }
+                "heartbeat" => d.heartbeat = field(key, v, DURATION, text, p),
                 "tags" => d.tags = tags(v, p),
                 "registers" => d.registers = registers(v, p),
                 _ => unreachable!("`entries` passes only the keys listed in DEVICE_FIELDS"),
@@ -386,6 +420,9 @@ impl RawRegister {
             bit: None,
             byte: None,
             length: None,
+            deadband: None,
+            deadband_percent: None,
+            heartbeat: None,
             problems: Vec::new(),
         };
         let p = &mut r.problems;
@@ -430,6 +467,11 @@ impl RawRegister {
                         p,
                     )
                 }
+                "deadband" => r.deadband = field(key, v, DEADBAND, Node::float, p),
+                "deadband_percent" => {
+                    r.deadband_percent = field(key, v, DEADBAND_PERCENT, Node::float, p)
+                }
+                "heartbeat" => r.heartbeat = field(key, v, DURATION, text, p),
                 _ => unreachable!("`entries` passes only the keys listed in REGISTER_FIELDS"),
             }
         }

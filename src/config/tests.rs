@@ -985,4 +985,5 @@ fn an_alias_bomb_is_refused_with_the_limit_named() {
     );
 }
 
+mod deadband;
 mod transport;

@@ -28,6 +28,40 @@ pub fn parse_retention_arg(s: &str) -> Result<Retention, String> {
     parse_retention(s).map(Retention)
 }
 
+/// A rollup's retention as given on the command line: a fixed one, or
+/// `auto` (resolved against its source's by [`RollupRetention::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollupRetention {
+    Auto,
+    Keep(Option<Duration>),
+}
+
+/// What `auto` keeps the 1-minute rollup for at least: two years.
+pub const MINUTE_AUTO: Duration = Duration::from_secs(730 * 86_400);
+
+impl RollupRetention {
+    /// The retention to use when the rollup's source is kept for `source`:
+    /// `auto` is [`MINUTE_AUTO`], or `source` when that is longer (forever
+    /// when the source is kept forever), so it never trips
+    /// [`Tiers::check`].
+    pub fn resolve(self, source: Option<Duration>) -> Option<Duration> {
+        match self {
+            RollupRetention::Keep(keep) => keep,
+            RollupRetention::Auto => source.map(|s| s.max(MINUTE_AUTO)),
+        }
+    }
+}
+
+/// `parse_retention` plus `auto`, for a rollup's retention.
+pub fn parse_rollup_retention_arg(s: &str) -> Result<RollupRetention, String> {
+    if s.trim() == "auto" {
+        return Ok(RollupRetention::Auto);
+    }
+    parse_retention(s)
+        .map(RollupRetention::Keep)
+        .map_err(|e| format!("{e} (or auto)"))
+}
+
 /// How long each tier of history is kept (`None`: forever).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiers {
@@ -159,6 +193,34 @@ pub async fn delete_older(db: &Db, keep: &Tiers) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_keeps_the_minutes_two_years_or_as_long_as_the_raw_rows() {
+        let days = |n: u64| Some(Duration::from_secs(n * 86_400));
+        let auto = parse_rollup_retention_arg("auto").unwrap();
+        assert_eq!(auto.resolve(days(365)), days(730));
+        assert_eq!(auto.resolve(days(1000)), days(1000));
+        assert_eq!(
+            auto.resolve(None),
+            None,
+            "raw kept forever: so are the minutes"
+        );
+        for raw in [days(1), days(730), days(5000), None] {
+            let tiers = Tiers {
+                raw,
+                minute: auto.resolve(raw),
+                hour: None,
+            };
+            assert_eq!(tiers.check(), Ok(()), "auto with --retention {raw:?}");
+        }
+        assert_eq!(
+            parse_rollup_retention_arg("90d").unwrap().resolve(None),
+            days(90),
+            "an explicit value is kept (and checked by Tiers::check)"
+        );
+        let e = parse_rollup_retention_arg("soon").unwrap_err();
+        assert!(e.contains("or auto"), "{e}");
+    }
 
     #[test]
     fn retention_settings_parse_days_weeks_hours_and_off() {

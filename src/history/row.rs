@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::reading::{PollReport, Quality};
+use crate::reading::{PollReport, Quality, Reading};
 
 /// One row of `register_readings`, in 40 bytes: the writer holds every
 /// reading it has not written yet as one of these, so their size is what a
@@ -138,18 +138,23 @@ pub fn rows_in(pieces: &[&[Row]]) -> usize {
     pieces.iter().map(|p| p.len()).sum()
 }
 
+/// Every reading of `report` as a row (the history writer leaves some out
+/// first: see `history::deadband`).
 pub fn rows_of(report: &PollReport, out: &mut impl Extend<Row>) {
-    out.extend(report.readings.iter().map(|r| {
-        Row::new(
-            r.ts,
-            report.device.register_id(r.index),
-            report.device.id,
-            r.value.as_f64(),
-            r.value.as_text(),
-            r.quality,
-            r.detail.as_deref(),
-        )
-    }));
+    out.extend(report.readings.iter().map(|r| row_of(report, r)));
+}
+
+/// The row of one reading of `report`.
+pub fn row_of(report: &PollReport, r: &Reading) -> Row {
+    Row::new(
+        r.ts,
+        report.device.register_id(r.index),
+        report.device.id,
+        r.value.as_f64(),
+        r.value.as_text(),
+        r.quality,
+        r.detail.as_deref(),
+    )
 }
 
 #[cfg(test)]

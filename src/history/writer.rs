@@ -26,9 +26,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
+use super::deadband::Deadbands;
 use super::pending::{Pending, Unit};
 use super::quarantine::{self, Guarded};
-use super::row::{Row, Rows, rows_in, rows_of};
+use super::row::{Row, Rows, rows_in};
 use super::store;
 use crate::db::Db;
 use crate::reading::PollReport;
@@ -124,6 +125,10 @@ pub struct HistoryStats {
     /// Poll reports the pollers could not hand over because the queue was
     /// full (their rows are in `rows_lost`).
     pub reports_dropped: AtomicU64,
+    /// Readings of registers with a deadband left out on purpose (inside
+    /// the band of the last stored value; see `history::deadband`): history
+    /// thinned, not lost.
+    pub deadband_suppressed: AtomicU64,
     /// Rows written to the spool, replayed from it, and stretches of damaged
     /// spool bytes skipped.
     pub rows_spooled: AtomicU64,
@@ -160,6 +165,7 @@ impl Default for HistoryStats {
             rows_rejected: AtomicU64::new(0),
             rows_lost: AtomicU64::new(0),
             reports_dropped: AtomicU64::new(0),
+            deadband_suppressed: AtomicU64::new(0),
             rows_spooled: AtomicU64::new(0),
             rows_replayed: AtomicU64::new(0),
             spool_damage: AtomicU64::new(0),
@@ -191,6 +197,7 @@ pub struct HistorySnapshot {
     pub rows_rejected: u64,
     pub rows_lost: u64,
     pub reports_dropped: u64,
+    pub deadband_suppressed: u64,
     pub rows_spooled: u64,
     pub rows_replayed: u64,
     pub spool_damage: u64,
@@ -232,6 +239,7 @@ impl HistoryStats {
             rows_rejected: get(&self.rows_rejected),
             rows_lost: get(&self.rows_lost),
             reports_dropped: get(&self.reports_dropped),
+            deadband_suppressed: get(&self.deadband_suppressed),
             rows_spooled: get(&self.rows_spooled),
             rows_replayed: get(&self.rows_replayed),
             spool_damage: get(&self.spool_damage),
@@ -324,6 +332,7 @@ pub async fn run_writer(
         .store(settings.stalled_after.as_millis() as u64, Ordering::Relaxed);
     stats.wrote();
     let mut pending = Pending::open(&settings, &stats);
+    let mut filter = Deadbands::new(Arc::clone(&stats));
     let cap = settings.max_rows.saturating_mul(BACKLOG_FACTOR);
     let mut retry: Option<(Instant, Duration)> = None;
     let mut closed = false;
@@ -341,7 +350,13 @@ pub async fn run_writer(
                 // older than max_delay joins the writes, so that new
                 // readings are written between the records of a long replay
                 // however slowly they come.
-                closed = drain(&mut rx, &mut current, &mut pending, settings.max_rows);
+                closed = drain(
+                    &mut rx,
+                    &mut filter,
+                    &mut current,
+                    &mut pending,
+                    settings.max_rows,
+                );
                 if current.is_empty() {
                     current_since = None;
                 } else if current_since.get_or_insert_with(Instant::now).elapsed()
@@ -353,8 +368,14 @@ pub async fn run_writer(
             } else {
                 current_since = None;
                 let wake = retry.map(|(at, _)| at);
-                let (rows, ended) =
-                    collect(&mut rx, &settings, wake, std::mem::take(&mut current)).await;
+                let (rows, ended) = collect(
+                    &mut rx,
+                    &mut filter,
+                    &settings,
+                    wake,
+                    std::mem::take(&mut current),
+                )
+                .await;
                 closed = ended;
                 pending.push(rows);
             }
@@ -368,6 +389,7 @@ pub async fn run_writer(
                 Ok(Some(unit)) => {
                     let intake = Intake {
                         rx: &mut rx,
+                        filter: &mut filter,
                         current: &mut current,
                         pending: &mut pending,
                         settings: &settings,
@@ -443,6 +465,7 @@ pub async fn run_writer(
 /// full batches go to `pending`. Says whether the queue has closed.
 fn drain(
     rx: &mut mpsc::Receiver<Arc<PollReport>>,
+    filter: &mut Deadbands,
     current: &mut Rows,
     pending: &mut Pending,
     max_rows: usize,
@@ -450,7 +473,7 @@ fn drain(
     loop {
         match rx.try_recv() {
             Ok(r) => {
-                rows_of(&r, current);
+                filter.rows_of(&r, current);
                 if current.len() >= max_rows {
                     pending.push(std::mem::take(current));
                 }
@@ -467,6 +490,7 @@ fn drain(
 /// `max_delay`. Also says whether the queue has closed.
 async fn collect(
     rx: &mut mpsc::Receiver<Arc<PollReport>>,
+    filter: &mut Deadbands,
     settings: &BatchSettings,
     wake: Option<Instant>,
     mut rows: Rows,
@@ -482,7 +506,7 @@ async fn collect(
         let Some(first) = first else {
             return (rows, true);
         };
-        rows_of(&first, &mut rows);
+        filter.rows_of(&first, &mut rows);
     }
     let deadline = Instant::now() + settings.max_delay;
     let sleep = sleep_until(deadline);
@@ -490,7 +514,7 @@ async fn collect(
     while rows.len() < settings.max_rows {
         tokio::select! {
             next = rx.recv() => match next {
-                Some(r) => rows_of(&r, &mut rows),
+                Some(r) => filter.rows_of(&r, &mut rows),
                 None => return (rows, true),
             },
             () = &mut sleep => break,
@@ -513,11 +537,11 @@ async fn collect(
         let queue_full = rx.capacity() == 0;
         while rows.len() < cap {
             match rx.try_recv() {
-                Ok(r) => rows_of(&r, &mut rows),
+                Ok(r) => filter.rows_of(&r, &mut rows),
                 Err(mpsc::error::TryRecvError::Disconnected) => return (rows, true),
                 Err(mpsc::error::TryRecvError::Empty) if queue_full => {
                     match tokio::time::timeout(BACKLOG_WAIT, rx.recv()).await {
-                        Ok(Some(r)) => rows_of(&r, &mut rows),
+                        Ok(Some(r)) => filter.rows_of(&r, &mut rows),
                         Ok(None) => return (rows, true),
                         Err(_) => break,
                     }
@@ -532,6 +556,7 @@ async fn collect(
 /// Where reports taken during a write go (see [`write_taking`]).
 struct Intake<'a> {
     rx: &'a mut mpsc::Receiver<Arc<PollReport>>,
+    filter: &'a mut Deadbands,
     current: &'a mut Rows,
     pending: &'a mut Pending,
     settings: &'a BatchSettings,
@@ -548,6 +573,7 @@ struct Intake<'a> {
 async fn write_taking(store: &Guarded, unit: &Unit, intake: Intake<'_>) -> anyhow::Result<()> {
     let Intake {
         rx,
+        filter,
         current,
         pending,
         settings,
@@ -563,7 +589,7 @@ async fn write_taking(store: &Guarded, unit: &Unit, intake: Intake<'_>) -> anyho
             written = &mut writing => return written,
             report = rx.recv(), if !*closed => match report {
                 Some(r) => {
-                    rows_of(&r, current);
+                    filter.rows_of(&r, current);
                     if current.len() >= settings.max_rows {
                         pending.push(std::mem::take(current));
                         pending.make_room(unit.len(), stats);

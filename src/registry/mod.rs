@@ -4,6 +4,7 @@
 //! that build these types from untrusted input.
 
 pub mod cache;
+mod deadband;
 pub mod rejections;
 mod shape;
 pub mod store;
@@ -16,6 +17,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use deadband::{Band, Deadband, HEARTBEAT_MAX, PERCENT_MAX};
 pub use transport::{
     BAUD_MAX, BAUD_MIN, DEFAULT_BAUD, DataBits, Parity, SerialLine, StopBits, Transport,
     TransportKind, check_rtu_unit, link_conflict,
@@ -253,8 +255,13 @@ pub struct Register {
     /// Its own schedule, when it is polled apart from the device's (a poll group).
     /// Boxed, like the names: most registers have none, and a device holds
     /// its registers for as long as it is polled (136 bytes a register before,
-    /// 104 now; 3 MB at 10,000 devices of 10 registers).
+    /// 104 after; 3 MB at 10,000 devices of 10 registers; 112 with the
+    /// deadband's pointer below).
     pub schedule: Option<Box<Schedule>>,
+    /// Which readings history may leave out (`deadband`, `deadband_percent`,
+    /// `heartbeat`). Boxed like the schedule: most registers have none, and
+    /// the filter asks only whether there is one.
+    pub deadband: Option<Box<Deadband>>,
 }
 
 impl Register {
@@ -311,6 +318,7 @@ impl Register {
             byte: None,
             length: None,
             schedule: None,
+            deadband: None,
         }
     }
 

@@ -16,9 +16,9 @@ use futures::TryStreamExt as _;
 use sqlx::types::Json;
 
 use super::{
-    Address, Align, Byte, CronSchedule, DataBits, DataType, Demotion, Device, LogFrames, Register,
-    RegisterMaps, RequestLimits, Schedule, SerialLine, StopBits, Transport, TransportKind, UnitId,
-    ValidRange,
+    Address, Align, Byte, CronSchedule, DataBits, DataType, Deadband, Demotion, Device, LogFrames,
+    Register, RegisterMaps, RequestLimits, Schedule, SerialLine, StopBits, Transport,
+    TransportKind, UnitId, ValidRange,
 };
 use crate::db::{Db, on_pool};
 
@@ -203,6 +203,15 @@ pub(super) struct RegisterRow {
     every_ms: Option<i64>,
     cron: Option<String>,
     timezone: Option<String>,
+    /// The deadband columns (migration 0016), left out of the registry
+    /// cache when empty so that a cache without deadbands is the version-1
+    /// file it was before they existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadband: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadband_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    heartbeat_ms: Option<i64>,
 }
 
 fn default_max_in_flight() -> i32 {
@@ -254,6 +263,7 @@ impl RegisterRow {
     /// The row `sync_devices` would store for `r` (ids left at 0).
     pub(super) fn of(r: &Register) -> RegisterRow {
         let schedule = r.schedule.as_deref();
+        let (deadband, deadband_percent, heartbeat_ms) = Deadband::columns(r.deadband.as_deref());
         RegisterRow {
             id: 0,
             device_id: 0,
@@ -276,6 +286,9 @@ impl RegisterRow {
             },
             cron: schedule.and_then(cron_pattern).map(str::to_string),
             timezone: schedule.and_then(cron_zone).map(str::to_string),
+            deadband,
+            deadband_percent,
+            heartbeat_ms,
         }
     }
 }
@@ -285,7 +298,8 @@ const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, ti
      demote_max_ms, cron, timezone, align, active, tags, log_frames, \
      transport, serial_path, baud, parity, data_bits, stop_bits FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
-     unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
+     unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone, deadband, deadband_percent, heartbeat_ms \
+     FROM device_register_map WHERE active ORDER BY device_id, kind, address, name";
 
 /// A register of the registry, as history queries need it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -563,16 +577,19 @@ impl Db {
                 .await
                 .with_context(|| format!("cannot store device `{}`", d.name))?;
                 for r in d.registers.iter() {
+                    let (deadband, deadband_percent, heartbeat_ms) = Deadband::columns(r.deadband.as_deref());
                     sqlx::query(
                         "INSERT INTO device_register_map (device_id, name, kind, address, data_type, word_order, \
-                         scale, \"offset\", unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone, active) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, true) \
+                         scale, \"offset\", unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone, \
+                         deadband, deadband_percent, heartbeat_ms, active) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, true) \
                          ON CONFLICT (device_id, name) DO UPDATE SET kind = excluded.kind, address = excluded.address, \
                          data_type = excluded.data_type, word_order = excluded.word_order, scale = excluded.scale, \
                          \"offset\" = excluded.\"offset\", unit = excluded.unit, valid_min = excluded.valid_min, \
                          valid_max = excluded.valid_max, bit = excluded.bit, byte = excluded.byte, length = excluded.length, \
                          every_ms = excluded.every_ms, cron = excluded.cron, timezone = excluded.timezone, \
-                         active = true, updated_at = CURRENT_TIMESTAMP",
+                         deadband = excluded.deadband, deadband_percent = excluded.deadband_percent, \
+                         heartbeat_ms = excluded.heartbeat_ms, active = true, updated_at = CURRENT_TIMESTAMP",
                     )
                     .bind(id)
                     .bind(&r.name)
@@ -594,6 +611,9 @@ impl Db {
                     })
                     .bind(r.schedule.as_deref().and_then(cron_pattern))
                     .bind(r.schedule.as_deref().and_then(cron_zone))
+                    .bind(deadband)
+                    .bind(deadband_percent)
+                    .bind(heartbeat_ms)
                     .execute(&mut *tx)
                     .await
                     .with_context(|| format!("cannot store register `{}` of device `{}`", r.name, d.name))?;
@@ -905,6 +925,13 @@ pub(super) fn register_from_row(r: RegisterRow) -> Result<Register, String> {
             r.cron.as_deref(),
             r.timezone.as_deref(),
             "spread",
+        )?
+        .map(Box::new),
+        deadband: Deadband::from_columns(
+            r.deadband,
+            r.deadband_percent,
+            r.heartbeat_ms,
+            data_type,
         )?
         .map(Box::new),
     };

@@ -79,3 +79,10 @@ fn every_type_reads_back_from_its_name() {
     assert_eq!("high".parse::<Byte>(), Ok(Byte::High));
     assert!("middle".parse::<Byte>().unwrap_err().contains("high, low"));
 }
+
+/// Every register of a register map is held while its devices are polled;
+/// a deadband costs the registers that have none one pointer.
+#[test]
+fn a_register_stays_small() {
+    assert!(std::mem::size_of::<Register>() <= 112);
+}

@@ -449,3 +449,29 @@ pub async fn rollups_cover_sql_rows(db: &regpoll::db::Db, minutes: i32) {
         .await
         .unwrap();
 }
+
+/// A run of `devices_file` into a fresh PostgreSQL database and the test
+/// Redis: its settings, a Redis client, and a subscription to `device`'s
+/// update channel taken before the run starts, so no poll's message is
+/// missed.
+pub async fn postgres_and_redis(
+    devices_file: std::path::PathBuf,
+    device: &str,
+) -> (regpoll::app::Settings, redis::Client, redis::aio::PubSub) {
+    let database_url = fresh_postgres().await;
+    let (redis_url, prefix) = redis();
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("{prefix}:updates:{device}"))
+        .await
+        .unwrap();
+    let settings = regpoll::app::Settings {
+        database_url: Some(database_url),
+        redis_url: Some(redis_url),
+        redis_prefix: prefix,
+        devices_file: Some(devices_file),
+        ..regpoll::app::Settings::default()
+    };
+    (settings, client, pubsub)
+}

@@ -7,6 +7,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::super::raw::{RawDevice, RawRegister};
 use super::super::{DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_UNIT_ID};
+use super::deadband::{Inherited, Written};
 use super::{Ctx, Validator, check_name};
 use crate::registry::{
     Demotion, Device, Register, RequestLimits, Transport, UnitId, check_rtu_unit,
@@ -80,12 +81,18 @@ impl Validator<'_> {
                 ),
             );
         }
+        let inherited =
+            self.device_deadband(written_deadband(&raw), written_deadband(defaults), ctx);
         let active = raw
             .active
             .or(defaults.active.clone())
             .is_none_or(|a| a.value);
         let tags = tags(raw.tags, defaults);
-        let registers = self.device_registers(raw.registers, at, ctx, &limits);
+        let registers = self.device_registers(raw.registers, at, ctx, &limits, inherited);
+        if !registers.is_empty() {
+            let any_band = registers.iter().any(|r| r.deadband.is_some());
+            self.device_heartbeat_used(raw.heartbeat.as_ref(), any_band, ctx);
+        }
         if self.errors.len() > errors_before {
             return None;
         }
@@ -385,9 +392,12 @@ impl Validator<'_> {
         at: Location,
         ctx: Ctx<'_>,
         limits: &RequestLimits,
+        inherited: Inherited,
     ) -> Vec<Register> {
         match raws {
-            Some(regs) if !regs.value.is_empty() => self.registers(regs.value, ctx, limits),
+            Some(regs) if !regs.value.is_empty() => {
+                self.registers(regs.value, ctx, limits, inherited)
+            }
             Some(regs) => {
                 self.error(
                     regs.referenced,
@@ -412,12 +422,13 @@ impl Validator<'_> {
         raws: Vec<Spanned<RawRegister>>,
         ctx: Ctx<'_>,
         limits: &RequestLimits,
+        inherited: Inherited,
     ) -> Vec<Register> {
         let mut seen: HashMap<String, u64> = HashMap::new();
         let mut out = Vec::new();
         for r in raws {
             let at = r.referenced;
-            if let Some(reg) = self.register(r.value, at, ctx, limits, &mut seen) {
+            if let Some(reg) = self.register(r.value, at, ctx, limits, inherited, &mut seen) {
                 out.push(reg);
             }
         }
@@ -438,4 +449,13 @@ fn tags(
 /// Where a device setting was written: on the device, else in `defaults`.
 fn given_at<T>(device: &Option<Spanned<T>>, defaults: &Option<Spanned<T>>) -> Option<Location> {
     device.as_ref().or(defaults.as_ref()).map(|v| v.referenced)
+}
+
+/// The deadband keys of a device or of `defaults`.
+pub(super) fn written_deadband(raw: &RawDevice) -> Written<'_> {
+    Written {
+        deadband: raw.deadband.as_ref(),
+        percent: raw.deadband_percent.as_ref(),
+        heartbeat: raw.heartbeat.as_ref(),
+    }
 }

@@ -4,6 +4,7 @@
 //! with its place in the file instead of stopping at the first, so a field
 //! engineer fixes a file in one pass.
 
+mod deadband;
 mod device;
 mod register;
 mod schedule;
@@ -132,6 +133,7 @@ impl<'a> Validator<'a> {
                 "`defaults` cannot set `name`; names are per device",
             );
         }
+        self.defaults_deadband(device::written_deadband(&d.value));
         if let Some(r) = &d.value.registers {
             self.error(
                 r.referenced,

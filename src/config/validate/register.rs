@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde_saphyr::{Location, Spanned};
 
 use super::super::raw::{RawRegister, RawValid};
+use super::deadband::{Inherited, Written};
 use super::{Ctx, Validator, check_name};
 use crate::registry::{
     Address, Byte, DataType, Register, RegisterKind, RequestLimits, ValidRange, WordOrder,
@@ -19,6 +20,7 @@ impl Validator<'_> {
         at: Location,
         dctx: Ctx<'_>,
         limits: &RequestLimits,
+        inherited: Inherited,
         seen: &mut HashMap<String, u64>,
     ) -> Option<Register> {
         let mut raw = raw;
@@ -56,6 +58,17 @@ impl Validator<'_> {
         let scale = self.scale(raw.scale.as_ref(), ctx);
         let offset = self.offset(raw.offset.as_ref(), ctx);
         let valid = self.valid(raw.valid.as_ref(), ctx);
+        let deadband = self.register_deadband(
+            Written {
+                deadband: raw.deadband.as_ref(),
+                percent: raw.deadband_percent.as_ref(),
+                heartbeat: raw.heartbeat.as_ref(),
+            },
+            inherited,
+            data_type,
+            at,
+            ctx,
+        );
         self.timezone_without_cron(raw.timezone.as_ref(), raw.cron.as_ref(), "register", ctx);
         let schedule = self.schedule(
             raw.every.as_ref(),
@@ -81,6 +94,7 @@ impl Validator<'_> {
             byte,
             length,
             schedule: schedule.map(Box::new),
+            deadband,
         })
     }
 

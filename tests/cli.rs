@@ -791,6 +791,17 @@ fn bench_storage_reports_bytes_per_reading_in_each_database() {
         f(&sq["file"]["total_bytes"]) > f(&sizes["total_bytes"]) + rollup_bytes,
         "{sq:#}"
     );
+    // The deadband leg (5 around the last stored value, a heartbeat of 15
+    // minutes). The simulator's values move with the second of the minute,
+    // so polled once a minute they stand still: one row each 15 minutes.
+    let banded = &r["legs"][1];
+    assert_eq!(banded["leg"], "deadband 5 + heartbeat 15m", "{banded:#}");
+    assert_eq!(banded["readings"], leg["rows"], "{banded:#}");
+    let share = f(&banded["share_stored"]);
+    assert!((0.05..0.08).contains(&share), "{banded:#}");
+    for db in ["postgres", "sqlite"] {
+        assert_eq!(banded[db]["rows_stored"], banded["rows"], "{banded:#}");
+    }
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

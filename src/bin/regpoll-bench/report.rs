@@ -341,17 +341,12 @@ pub fn report(results: &[Json]) -> (String, bool) {
     }
     for r in results.iter().filter(|r| r["kind"] == "storage") {
         let name = r["scenario"].as_str().unwrap_or("?");
-        let measured: Vec<&Json> = r["legs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|l| l["measured"] != false)
-            .collect();
+        let legs = r["legs"].as_array().map_or(&[][..], Vec::as_slice);
         // A result cut short has no leg: that is a miss, not a pass.
-        if measured.is_empty() {
+        if legs.is_empty() {
             judge(format!("({name}) a leg measured"), Verdict::Missed);
         }
-        for leg in measured {
+        for leg in legs {
             for db in ["postgres", "sqlite"] {
                 let stored = &leg[db]["rows_stored"];
                 judge(
@@ -413,11 +408,15 @@ fn storage_tables(out: &mut String, r: &Json) {
     );
     for leg in r["legs"].as_array().into_iter().flatten() {
         let name = leg["leg"].as_str().unwrap_or("?");
-        if leg["measured"] == false {
-            let why = format!("not measured: {}", leg["why"].as_str().unwrap_or("?"));
-            storage_gap(out, name, "—", &why);
-            continue;
-        }
+        // Per row stored; with a deadband fewer rows are stored than
+        // readings polled.
+        let stored = format!(
+            "{} of {} ({:.1} %); bytes below are per row stored",
+            leg["rows"],
+            leg["readings"],
+            f(leg, "share_stored").unwrap_or(f64::NAN) * 100.0
+        );
+        storage_gap(out, name, "readings polled → rows stored", &stored);
         let pg = &leg["postgres"];
         let rows = &pg["rows_stored"];
         if pg["plain"].is_object() {
@@ -710,7 +709,7 @@ mod tests {
             "data_set": {"rows": 1000, "devices": 4, "registers_per_device": 10, "every_s": 1.0, "days": 3,
                          "from": "2026-12-02T10:00:00+00:00", "to": "2026-12-05T10:00:00+00:00", "batch_rows": 5000},
             "legs": [
-                {"leg": "all readings", "rows": 1000,
+                {"leg": "all readings", "rows": 1000, "readings": 1000, "share_stored": 1.0,
                  "postgres": {"timescaledb": false, "rows_stored": 1000, "fill": {"rows_per_s": 250000.0},
                               "plain": sizes(60_000, 32_500, 1000.0), "hypertable": null,
                               "rollups": [{"relation": "register_readings_1m", "kind": "absent", "rows": null, "sizes": null},
@@ -720,7 +719,11 @@ mod tests {
                             "file": {"total_bytes": 40_960, "bytes_per_reading": {"total": 40.96}},
                             "rollups": [{"relation": "register_readings_1m", "kind": "table", "rows": 160,
                                          "sizes": sizes(4096, 0, 1000.0)}]}},
-                {"leg": "deadband", "measured": false, "why": "the deadband filter (issue 24) is not on main yet"}]})
+                {"leg": "deadband 5 + heartbeat 15m", "rows": 200, "readings": 1000, "share_stored": 0.2,
+                 "postgres": {"timescaledb": false, "rows_stored": 200, "fill": {"rows_per_s": 50000.0},
+                              "plain": sizes(12_000, 6_500, 200.0), "hypertable": null, "rollups": []},
+                 "sqlite": {"rows_stored": 200, "fill": {"rows_per_s": 40000.0}, "sizes": sizes(6_000, 0, 200.0),
+                            "file": {"total_bytes": 12_288, "bytes_per_reading": {"total": 61.44}}, "rollups": []}}]})
     }
 
     #[test]
@@ -758,9 +761,15 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains(
-                "| deadband | — | not measured: the deadband filter (issue 24) is not on main yet |"
-            ),
+            table.contains("| deadband 5 + heartbeat 15m | readings polled → rows stored | 200 of 1000 (20.0 %); bytes below are per row stored |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| deadband 5 + heartbeat 15m | PostgreSQL, plain table | 200 | 50000 | 12000 | 6500 | 18500 | 60.0 / 32.5 / **92.5** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("(storage, deadband 5 + heartbeat 15m, sqlite) rows stored 200 = rows generated 200: ok"),
             "{table}"
         );
         assert!(

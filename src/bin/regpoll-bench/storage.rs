@@ -38,11 +38,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use regpoll::db::{Db, has_timescaledb};
+use regpoll::history::deadband::Deadbands;
 use regpoll::history::rollup::{self, Horizon};
-use regpoll::history::row::{Row, rows_of};
+use regpoll::history::row::Row;
 use regpoll::history::store::{HistoryStore, for_db};
+use regpoll::history::writer::HistoryStats;
 use regpoll::reading::{PollReport, Quality, Reading};
-use regpoll::registry::{Device, parse_duration};
+use regpoll::registry::{Band, Deadband, Device, parse_duration};
 use serde_json::{Value as Json, json};
 use sqlx::{PgPool, SqlitePool};
 
@@ -78,6 +80,14 @@ pub struct StorageSpec {
     /// than the interval.
     #[arg(long, default_value_t = 1_000)]
     pub lateness_us: u64,
+    /// The deadband leg's band (`deadband:` of devices.yaml, absolute, in
+    /// the registers' units). The simulator's values step by 1 a second, so
+    /// a band of B stores about one reading in B + 1 (and 0.5 none fewer).
+    #[arg(long, default_value_t = 5.0)]
+    pub deadband: f64,
+    /// The deadband leg's heartbeat (`heartbeat:` of devices.yaml).
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub heartbeat: Duration,
     /// Rows of one write, as `run --batch-rows`.
     #[arg(long, default_value = regpoll::settings::BATCH_ROWS.default_text())]
     pub batch_rows: usize,
@@ -134,6 +144,12 @@ impl DataSet {
             bail!(
                 "--every {:?} is out of range: give 1ms to 24h (a day is one chunk)",
                 spec.every
+            );
+        }
+        if !(spec.deadband.is_finite() && spec.deadband >= 0.0) {
+            bail!(
+                "--deadband {} is not a band: give a width of 0 or more in the registers' units",
+                spec.deadband
             );
         }
         if spec.lateness_us >= every_us as u64 {
@@ -254,14 +270,39 @@ impl DataSet {
         })
     }
 
-    /// Every row, as the history writer makes them of the reports
-    /// (`history::row::rows_of`).
+    /// Every row history stores, as the history writer makes them of the
+    /// reports: through the deadband filter, which passes every reading of
+    /// a register without a deadband.
     pub fn iter(&self) -> impl Iterator<Item = Row> + '_ {
-        self.reports().flat_map(|report| {
+        let mut filter = Deadbands::new(Arc::new(HistoryStats::default()));
+        self.reports().flat_map(move |report| {
             let mut rows = Vec::with_capacity(report.readings.len());
-            rows_of(&report, &mut rows);
+            filter.rows_of(&report, &mut rows);
             rows
         })
+    }
+
+    /// The same polls with `deadband` on every register, as devices.yaml's
+    /// `deadband:` and `heartbeat:` set it.
+    pub fn with_deadband(&self, deadband: &Deadband) -> DataSet {
+        let devices = self
+            .devices
+            .iter()
+            .map(|d| {
+                let mut d = (**d).clone();
+                d.registers = d
+                    .registers
+                    .iter()
+                    .map(|r| {
+                        let mut r = r.clone();
+                        r.deadband = Some(Box::new(*deadband));
+                        r
+                    })
+                    .collect();
+                Arc::new(d)
+            })
+            .collect();
+        DataSet { devices, ..*self }
     }
 }
 
@@ -308,6 +349,8 @@ pub fn per_reading(bytes: i64, rows: u64) -> Option<f64> {
 /// counted) and how many rows the store said were new.
 struct Fill {
     busy: Duration,
+    /// Rows handed to the store.
+    fed: u64,
     written: u64,
 }
 
@@ -330,6 +373,7 @@ async fn fill(
 ) -> anyhow::Result<Fill> {
     let mut f = Fill {
         busy: Duration::ZERO,
+        fed: 0,
         written: 0,
     };
     let mut batch = Vec::with_capacity(batch_rows);
@@ -337,6 +381,7 @@ async fn fill(
     while rows.peek().is_some() {
         batch.clear();
         batch.extend(rows.by_ref().take(batch_rows));
+        f.fed += batch.len() as u64;
         let started = Instant::now();
         f.written += store.write(&[&batch]).await?;
         f.busy += started.elapsed();
@@ -358,8 +403,26 @@ pub async fn storage(spec: &StorageSpec) -> anyhow::Result<Json> {
         data.from(),
         data.to()
     ));
-    let postgres = postgres_leg(spec, &mut data, batch_rows, &say).await?;
-    let sqlite = sqlite_leg(spec, &mut data, batch_rows, &say).await?;
+    let at = |name| Where {
+        spec,
+        name,
+        batch_rows,
+    };
+    let all = leg(&at(&spec.name), &mut data, &say).await?;
+    let deadband = Deadband {
+        band: Band::Absolute(spec.deadband),
+        heartbeat: Some(spec.heartbeat),
+    };
+    let mut banded = data.with_deadband(&deadband);
+    let name = format!("{}_deadband", spec.name);
+    let mut with_deadband = leg(&at(&name), &mut banded, &say).await?;
+    with_deadband["deadband"] = json!(spec.deadband);
+    with_deadband["heartbeat_s"] = json!(spec.heartbeat.as_secs_f64());
+    with_deadband["leg"] = json!(format!(
+        "deadband {} + heartbeat {}",
+        spec.deadband,
+        regpoll::registry::format_duration(spec.heartbeat)
+    ));
     Ok(json!({
         "scenario": spec.name,
         "kind": "storage",
@@ -376,23 +439,44 @@ pub async fn storage(spec: &StorageSpec) -> anyhow::Result<Json> {
             "batch_rows": batch_rows,
             "values": "regpoll::sim::expected_value, as the simulator serves the bench fleet",
         },
-        "legs": [
-            {"leg": "all readings", "rows": data.rows(), "postgres": postgres, "sqlite": sqlite},
-            {"leg": "deadband", "measured": false,
-             "why": "the deadband filter (issue 24) is not on main yet"},
-        ],
+        "legs": [all, with_deadband],
+    }))
+}
+
+/// Where a leg writes: the database `regpoll_bench_<name>` on the spec's
+/// server and a SQLite file named after it, in batches of `batch_rows`.
+struct Where<'a> {
+    spec: &'a StorageSpec,
+    name: &'a str,
+    batch_rows: usize,
+}
+
+/// One leg: the data set through the history store into a fresh PostgreSQL
+/// database `regpoll_bench_<name>` and a SQLite file, each measured. Its
+/// `rows` are those history stores of the `readings` polled (all of them
+/// without a deadband).
+async fn leg(at: &Where<'_>, data: &mut DataSet, say: &impl Fn(String)) -> anyhow::Result<Json> {
+    let postgres = postgres_leg(at, data, say).await?;
+    let sqlite = sqlite_leg(at, data, say).await?;
+    let stored = postgres["rows_fed"].as_u64().unwrap_or(0);
+    Ok(json!({
+        "leg": "all readings",
+        "readings": data.rows(),
+        "rows": stored,
+        "share_stored": per_reading(stored as i64, data.rows()),
+        "postgres": postgres,
+        "sqlite": sqlite,
     }))
 }
 
 /// PostgreSQL: a fresh database migrated as `run` migrates it, filled
 /// through the store, then measured.
 async fn postgres_leg(
-    spec: &StorageSpec,
+    at: &Where<'_>,
     data: &mut DataSet,
-    batch_rows: usize,
     say: &impl Fn(String),
 ) -> anyhow::Result<Json> {
-    let url = fresh_database(&spec.database_url, &spec.name).await?;
+    let url = fresh_database(&at.spec.database_url, at.name).await?;
     let db = Db::postgres(&url).await?;
     let pool = db
         .as_postgres()
@@ -401,7 +485,7 @@ async fn postgres_leg(
     let timescaledb = has_timescaledb(&pool).await?;
     data.register(&db).await?;
     let store = for_db(&db);
-    let f = fill(store.as_ref(), data.iter(), batch_rows).await?;
+    let f = fill(store.as_ref(), data.iter(), at.batch_rows).await?;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
         .fetch_one(&pool)
         .await?;
@@ -428,6 +512,7 @@ async fn postgres_leg(
     db.close().await;
     Ok(json!({
         "timescaledb": timescaledb,
+        "rows_fed": f.fed,
         "rows_written": f.written,
         "rows_stored": stored,
         "fill": f.json(),
@@ -659,14 +744,13 @@ async fn relation_sizes(pool: &PgPool, name: &str) -> anyhow::Result<Sizes> {
 /// SQLite: a fresh file in `--sqlite-dir`, filled through the store,
 /// checkpointed, measured and removed.
 async fn sqlite_leg(
-    spec: &StorageSpec,
+    at: &Where<'_>,
     data: &mut DataSet,
-    batch_rows: usize,
     say: &impl Fn(String),
 ) -> anyhow::Result<Json> {
-    let path = spec.sqlite_dir.join(format!(
+    let path = at.spec.sqlite_dir.join(format!(
         "regpoll-bench-{}-{}.sqlite",
-        spec.name,
+        at.name,
         std::process::id()
     ));
     remove_sqlite(&path);
@@ -677,7 +761,7 @@ async fn sqlite_leg(
         };
         let pool = pool.clone();
         data.register(&db).await?;
-        let f = fill(for_db(&db).as_ref(), data.iter(), batch_rows).await?;
+        let f = fill(for_db(&db).as_ref(), data.iter(), at.batch_rows).await?;
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM register_readings")
             .fetch_one(&pool)
             .await?;
@@ -876,6 +960,31 @@ mod tests {
     }
 
     #[test]
+    fn a_deadband_leaves_out_the_steps_inside_the_band_as_the_writer_would() {
+        let s = spec("--devices 2 --registers 5 --every 1s --days 1 --lateness-us 0");
+        let data = DataSet::new(&s, at("2026-12-05T00:00:00Z")).unwrap();
+        // Without a deadband every reading is a row.
+        assert_eq!(data.iter().count() as u64, data.rows());
+        let banded = data.with_deadband(&Deadband {
+            band: Band::Absolute(5.0),
+            heartbeat: Some(Duration::from_secs(900)),
+        });
+        assert_eq!(banded.rows(), data.rows());
+        let rows: Vec<Row> = banded.iter().collect();
+        // The values step by 1 a second: a row when the value is more than
+        // 5 from the last stored one, every sixth second, and at each wrap.
+        let share = rows.len() as f64 / data.rows() as f64;
+        assert!((1.0 / 7.0..1.0 / 5.0).contains(&share), "{share}");
+        let one: Vec<&Row> = rows.iter().filter(|r| r.register_id == 1).collect();
+        assert_eq!(one[0].ts, data.from(), "the first reading is stored");
+        assert!(
+            one.windows(2)
+                .all(|w| (w[1].ts - w[0].ts).num_seconds() <= 900),
+            "the heartbeat stores one at least every 15 minutes"
+        );
+    }
+
+    #[test]
     fn values_are_what_the_simulator_serves_the_bench_fleet() {
         let s = spec("--devices 2 --registers 10 --every 1s --days 1");
         let data = DataSet::new(&s, at("2026-12-05T00:00:00Z")).unwrap();
@@ -907,6 +1016,9 @@ mod tests {
         assert!(e("--devices 0").contains("--devices"));
         assert!(e("--registers 0").contains("--registers"));
         assert!(e("--every 1ms --lateness-us 1000").contains("would overrun"));
+        assert!(e("--deadband=-1").contains("--deadband -1 is not a band"));
+        assert!(e("--deadband NaN").contains("is not a band"));
+        assert!(e("--deadband inf").contains("is not a band"));
         // A week is the longest duration parse_duration takes at all.
         assert!(Cli::try_parse_from(["storage", "--database-url", "x", "--every", "8d"]).is_err());
         assert!(DataSet::new(&spec("--every 24h --days 1"), now).is_ok());

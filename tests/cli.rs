@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -667,19 +668,35 @@ fn a_bad_log_filter_is_refused_with_a_hint() {
 /// a 1 s warm-up) against the test servers and this build's `regpoll`, as
 /// `scripts/bench` runs it; its result JSON.
 fn run_bench(scenario: &str, args: &[&str]) -> serde_json::Value {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test");
     let redis = std::env::var("TEST_REDIS_URL")
         .expect("TEST_REDIS_URL is not set: run the tests with scripts/test");
+    let common = [
+        "--regpoll",
+        env!("CARGO_BIN_EXE_regpoll"),
+        "--duration",
+        "2s",
+        "--warmup",
+        "1s",
+        "--redis-url",
+        &redis,
+    ];
     let dir = tempfile::tempdir().unwrap();
+    bench_json(scenario, &[&common[..], args].concat(), dir.path())
+}
+
+/// `regpoll-bench SCENARIO` with `args` against the test PostgreSQL, run in
+/// `dir`; its result JSON.
+fn bench_json(scenario: &str, args: &[&str], dir: &Path) -> serde_json::Value {
+    let admin = std::env::var("TEST_DATABASE_URL")
+        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test");
     let name = format!("cli_{scenario}_{}", std::process::id());
     let out = Command::new(env!("CARGO_BIN_EXE_regpoll-bench"))
-        .args([scenario, "--regpoll", env!("CARGO_BIN_EXE_regpoll")])
-        .args(["--name", &name, "--duration", "2s", "--warmup", "1s"])
+        .arg(scenario)
+        .args(["--name", &name])
         .args(args)
-        .args(["--database-url", &admin, "--redis-url", &redis])
+        .args(["--database-url", &admin])
         .args(["--out", "result.json"])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .output()
@@ -687,7 +704,110 @@ fn run_bench(scenario: &str, args: &[&str]) -> serde_json::Value {
     // The driver's account of the run, shown with a failure.
     eprintln!("{}", text(&out.stderr));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    serde_json::from_slice(&std::fs::read(dir.path().join("result.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap()
+}
+
+/// `regpoll-bench storage` end to end at a small scale, as `scripts/bench`
+/// runs it: three days of 2 devices × 5 registers every minute, every row
+/// stored in PostgreSQL and SQLite, sizes that add up, and the SQLite file
+/// removed afterwards.
+#[test]
+fn bench_storage_reports_bytes_per_reading_in_each_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = bench_json(
+        "storage",
+        &[
+            "--devices",
+            "2",
+            "--registers",
+            "5",
+            "--every",
+            "1m",
+            "--days",
+            "3",
+            "--sqlite-dir",
+            ".",
+        ],
+        dir.path(),
+    );
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    assert_eq!(r["data_set"]["rows"], 3 * 1_440 * 10, "{r:#}");
+    let leg = &r["legs"][0];
+    assert_eq!(leg["rows"], r["data_set"]["rows"]);
+    let pg = &leg["postgres"];
+    assert_eq!(pg["rows_stored"], leg["rows"], "{pg:#}");
+    assert_eq!(pg["rows_written"], leg["rows"], "{pg:#}");
+    assert!(f(&pg["fill"]["rows_per_s"]) > 0.0, "{pg:#}");
+    // The test server has no TimescaleDB: a plain table, its parts adding
+    // up, and a row of four non-null fixed-width columns and a short text
+    // costing more than its 29 bytes of data and less than a few hundred.
+    assert_eq!(pg["timescaledb"], false, "{pg:#}");
+    assert!(pg["hypertable"].is_null(), "{pg:#}");
+    let plain = &pg["plain"];
+    assert_eq!(
+        f(&plain["table_bytes"]) + f(&plain["index_bytes"]),
+        f(&plain["total_bytes"]),
+        "{plain:#}"
+    );
+    let per = f(&plain["bytes_per_reading"]["total"]);
+    assert!((40.0..300.0).contains(&per), "{plain:#}");
+    assert!(f(&plain["bytes_per_reading"]["index"]) > 10.0, "{plain:#}");
+    assert_eq!(f(&pg["column_bytes"]["ts"]), 8.0, "{pg:#}");
+    assert_eq!(f(&pg["column_bytes"]["value_text"]), 0.0, "{pg:#}");
+    // regpoll's refresh job ran over everything: one row a minute of each
+    // register (one reading a minute), and an hour's row for each of the
+    // 72 hours the data set touches (73 when it does not start on the hour).
+    let rollups_hold_every_minute_and_hour = |rollups: &serde_json::Value| {
+        let [minute, hour] = rollups.as_array().unwrap().as_slice() else {
+            panic!("two rollups: {rollups:#}");
+        };
+        assert_eq!(minute["relation"], "register_readings_1m", "{rollups:#}");
+        assert_eq!(minute["kind"], "table", "{rollups:#}");
+        assert_eq!(minute["rows"], 3 * 1_440 * 10, "{rollups:#}");
+        assert!(f(&minute["sizes"]["total_bytes"]) > 0.0, "{rollups:#}");
+        assert_eq!(hour["relation"], "register_readings_hourly", "{rollups:#}");
+        assert!((720.0..=730.0).contains(&f(&hour["rows"])), "{rollups:#}");
+    };
+    rollups_hold_every_minute_and_hour(&pg["rollups"]);
+    assert!(f(&pg["rollup_refresh"]["rows"]) >= 43_200.0, "{pg:#}");
+    let sq = &leg["sqlite"];
+    assert_eq!(sq["rows_stored"], leg["rows"], "{sq:#}");
+    let sizes = &sq["sizes"];
+    assert!(
+        f(&sizes["total_bytes"]) >= f(&sizes["table_bytes"]),
+        "{sq:#}"
+    );
+    let per = f(&sizes["bytes_per_reading"]["table"]);
+    assert!((10.0..300.0).contains(&per), "{sq:#}");
+    rollups_hold_every_minute_and_hour(&sq["rollups"]);
+    // The file holds the readings, the rollups and the registry.
+    let rollup_bytes: f64 = sq["rollups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| f(&r["sizes"]["total_bytes"]))
+        .sum();
+    assert!(
+        f(&sq["file"]["total_bytes"]) > f(&sizes["total_bytes"]) + rollup_bytes,
+        "{sq:#}"
+    );
+    // The deadband leg (5 around the last stored value, a heartbeat of 15
+    // minutes). The simulator's values move with the second of the minute,
+    // so polled once a minute they stand still: one row each 15 minutes.
+    let banded = &r["legs"][1];
+    assert_eq!(banded["leg"], "deadband 5 + heartbeat 15m", "{banded:#}");
+    assert_eq!(banded["readings"], leg["rows"], "{banded:#}");
+    let share = f(&banded["share_stored"]);
+    assert!((0.05..0.08).contains(&share), "{banded:#}");
+    for db in ["postgres", "sqlite"] {
+        assert_eq!(banded[db]["rows_stored"], banded["rows"], "{banded:#}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("sqlite"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// `regpoll-bench fleet` end to end at a small scale, as `scripts/bench`

@@ -16,6 +16,11 @@
 //! PostgreSQL knows to take rows, on the same machine in the same run
 //! ([`ingest`]).
 //!
+//! `storage` writes days of the fleet's readings through the history store
+//! and reports the bytes a reading takes on disk: PostgreSQL (and
+//! TimescaleDB before and after compression, when installed), the rollups,
+//! SQLite ([`storage`]).
+//!
 //! `widen` times the f32 widening on the decode path ([`widen`]).
 //!
 //! `report` prints the table of every scenario's JSON and checks the
@@ -33,6 +38,7 @@ mod proc_stats;
 mod report;
 mod spool;
 mod stall;
+mod storage;
 mod widen;
 mod workload;
 
@@ -146,6 +152,15 @@ enum BenchCommand {
         /// The writer's batch size, as `run --batch-rows`.
         #[arg(long, default_value = regpoll::settings::BATCH_ROWS.default_text())]
         batch_rows: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write days of a fleet slice's readings through the history store into
+    /// a fresh PostgreSQL database and a SQLite file, and report the bytes a
+    /// reading takes on disk in each.
+    Storage {
+        #[command(flatten)]
+        spec: storage::StorageSpec,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -278,6 +293,9 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 batch_rows: batch_rows.max(1),
             };
             write(out.as_deref(), &ingest::ingest(&spec).await?)
+        }
+        BenchCommand::Storage { spec, out } => {
+            write(out.as_deref(), &storage::storage(&spec).await?)
         }
         BenchCommand::Spool {
             name,

@@ -171,6 +171,9 @@ pub fn report(results: &[Json]) -> (String, bool) {
             f(r, "writer_cpu_us_per_row").unwrap_or(f64::NAN),
         );
     }
+    for r in results.iter().filter(|r| r["kind"] == "storage") {
+        storage_tables(&mut out, r);
+    }
     let _ = writeln!(out, "\nTargets:");
     let mut judge = |what: String, verdict: Verdict| {
         all_ok &= verdict != Verdict::Missed;
@@ -336,7 +339,164 @@ pub fn report(results: &[Json]) -> (String, bool) {
             Verdict::of(ratio >= TARGET_WRITER_RATIO),
         );
     }
+    for r in results.iter().filter(|r| r["kind"] == "storage") {
+        let name = r["scenario"].as_str().unwrap_or("?");
+        let legs = r["legs"].as_array().map_or(&[][..], Vec::as_slice);
+        // A result cut short has no leg: that is a miss, not a pass.
+        if legs.is_empty() {
+            judge(format!("({name}) a leg measured"), Verdict::Missed);
+        }
+        for leg in legs {
+            for db in ["postgres", "sqlite"] {
+                let stored = &leg[db]["rows_stored"];
+                judge(
+                    format!(
+                        "({name}, {}, {db}) rows stored {stored} = rows generated {}",
+                        leg["leg"].as_str().unwrap_or("?"),
+                        leg["rows"]
+                    ),
+                    Verdict::of(stored.as_u64().is_some() && stored == &leg["rows"]),
+                );
+            }
+        }
+    }
     (out, all_ok)
+}
+
+/// A byte count per reading, or what stands in its place.
+fn per_reading(sizes: &Json, part: &str) -> String {
+    f(&sizes["bytes_per_reading"], part).map_or("—".into(), |x| format!("{x:.1}"))
+}
+
+/// One line of the storage table: bytes and bytes per reading.
+fn storage_row(out: &mut String, leg: &str, what: &str, rows: &Json, sizes: &Json, fill: &Json) {
+    let bytes = |k: &str| sizes[k].as_i64().map_or("—".into(), |b| b.to_string());
+    let _ = writeln!(
+        out,
+        "| {leg} | {what} | {rows} | {} | {} | {} | {} | {} / {} / **{}** |",
+        f(fill, "rows_per_s").map_or("—".into(), |x| format!("{x:.0}")),
+        bytes("table_bytes"),
+        bytes("index_bytes"),
+        bytes("total_bytes"),
+        per_reading(sizes, "table"),
+        per_reading(sizes, "index"),
+        per_reading(sizes, "total"),
+    );
+}
+
+/// A line that says why there is no figure.
+fn storage_gap(out: &mut String, leg: &str, what: &str, why: &str) {
+    let _ = writeln!(out, "| {leg} | {what} | {why} | | | | | |");
+}
+
+/// The storage scenario's table: each database's bytes per reading, leg by
+/// leg (all readings, with a deadband).
+fn storage_tables(out: &mut String, r: &Json) {
+    let d = &r["data_set"];
+    let _ = writeln!(
+        out,
+        "\nStorage ({}): {} readings, {} devices × {} registers every {} s over {} days ({} to {}), written through the history store in batches of {}:\n\n| leg | database | rows | rows/s written | table bytes | index bytes | total bytes | bytes per reading: table / index / **total** |\n|---|---|---|---|---|---|---|---|",
+        r["scenario"].as_str().unwrap_or("?"),
+        d["rows"],
+        d["devices"],
+        d["registers_per_device"],
+        d["every_s"],
+        d["days"],
+        d["from"].as_str().unwrap_or("?"),
+        d["to"].as_str().unwrap_or("?"),
+        d["batch_rows"],
+    );
+    for leg in r["legs"].as_array().into_iter().flatten() {
+        let name = leg["leg"].as_str().unwrap_or("?");
+        // Per row stored; with a deadband fewer rows are stored than
+        // readings polled.
+        let stored = format!(
+            "{} of {} ({:.1} %); bytes below are per row stored",
+            leg["rows"],
+            leg["readings"],
+            f(leg, "share_stored").unwrap_or(f64::NAN) * 100.0
+        );
+        storage_gap(out, name, "readings polled → rows stored", &stored);
+        let pg = &leg["postgres"];
+        let rows = &pg["rows_stored"];
+        if pg["plain"].is_object() {
+            storage_row(
+                out,
+                name,
+                "PostgreSQL, plain table",
+                rows,
+                &pg["plain"],
+                &pg["fill"],
+            );
+        } else {
+            storage_gap(
+                out,
+                name,
+                "PostgreSQL, plain table",
+                "not measured: the server has TimescaleDB (see the hypertable)",
+            );
+        }
+        let h = &pg["hypertable"];
+        if h.is_object() {
+            let chunks = format!("TimescaleDB, {} chunks uncompressed", h["chunks"]);
+            storage_row(out, name, &chunks, rows, &h["uncompressed"], &pg["fill"]);
+            storage_row(
+                out,
+                name,
+                "TimescaleDB, compressed",
+                rows,
+                &h["compressed"],
+                &Json::Null,
+            );
+        } else {
+            for what in ["TimescaleDB, uncompressed", "TimescaleDB, compressed"] {
+                storage_gap(out, name, what, "not installed");
+            }
+        }
+        rollup_rows(out, name, "PostgreSQL", &pg["rollups"]);
+        let sq = &leg["sqlite"];
+        storage_row(
+            out,
+            name,
+            "SQLite, register_readings (dbstat)",
+            &sq["rows_stored"],
+            &sq["sizes"],
+            &sq["fill"],
+        );
+        rollup_rows(out, name, "SQLite", &sq["rollups"]);
+        storage_row(
+            out,
+            name,
+            "SQLite, the whole file after a checkpoint (with the rollups and the registry)",
+            &sq["rows_stored"],
+            &sq["file"],
+            &Json::Null,
+        );
+    }
+}
+
+/// The lines of a database's rollups: their own rows, and their bytes
+/// shared out over the raw readings (what each rollup adds to a reading).
+fn rollup_rows(out: &mut String, leg: &str, database: &str, rollups: &Json) {
+    for rollup in rollups.as_array().into_iter().flatten() {
+        let what = format!(
+            "{database}, {} ({})",
+            rollup["relation"].as_str().unwrap_or("?"),
+            rollup["kind"].as_str().unwrap_or("?")
+        );
+        match rollup["kind"].as_str() {
+            Some("absent") => storage_gap(out, leg, &what, "does not exist on this build"),
+            Some("view") => storage_gap(out, leg, &what, "a view: nothing stored"),
+            _ => storage_row(
+                out,
+                leg,
+                &format!("{what}, added to each reading"),
+                &rollup["rows"],
+                &rollup["sizes"],
+                &Json::Null,
+            ),
+        }
+    }
 }
 
 /// The cluster scenario's tables: the steady state, each kill, the join.
@@ -539,6 +699,121 @@ mod tests {
         let (table, ok) = report(&[outage]);
         assert!(!ok, "{table}");
     }
+    fn storage_result() -> Json {
+        let sizes = |table: i64, index: i64, rows: f64| {
+            json!({"table_bytes": table, "index_bytes": index, "total_bytes": table + index,
+                   "bytes_per_reading": {"table": table as f64 / rows, "index": index as f64 / rows,
+                                         "total": (table + index) as f64 / rows}})
+        };
+        json!({"kind": "storage", "scenario": "storage",
+            "data_set": {"rows": 1000, "devices": 4, "registers_per_device": 10, "every_s": 1.0, "days": 3,
+                         "from": "2026-12-02T10:00:00+00:00", "to": "2026-12-05T10:00:00+00:00", "batch_rows": 5000},
+            "legs": [
+                {"leg": "all readings", "rows": 1000, "readings": 1000, "share_stored": 1.0,
+                 "postgres": {"timescaledb": false, "rows_stored": 1000, "fill": {"rows_per_s": 250000.0},
+                              "plain": sizes(60_000, 32_500, 1000.0), "hypertable": null,
+                              "rollups": [{"relation": "register_readings_1m", "kind": "absent", "rows": null, "sizes": null},
+                                          {"relation": "register_readings_hourly", "kind": "table", "rows": 12,
+                                           "sizes": sizes(8192, 16384, 1000.0)}]},
+                 "sqlite": {"rows_stored": 1000, "fill": {"rows_per_s": 90000.0}, "sizes": sizes(31_000, 0, 1000.0),
+                            "file": {"total_bytes": 40_960, "bytes_per_reading": {"total": 40.96}},
+                            "rollups": [{"relation": "register_readings_1m", "kind": "table", "rows": 160,
+                                         "sizes": sizes(4096, 0, 1000.0)}]}},
+                {"leg": "deadband 5 + heartbeat 15m", "rows": 200, "readings": 1000, "share_stored": 0.2,
+                 "postgres": {"timescaledb": false, "rows_stored": 200, "fill": {"rows_per_s": 50000.0},
+                              "plain": sizes(12_000, 6_500, 200.0), "hypertable": null, "rollups": []},
+                 "sqlite": {"rows_stored": 200, "fill": {"rows_per_s": 40000.0}, "sizes": sizes(6_000, 0, 200.0),
+                            "file": {"total_bytes": 12_288, "bytes_per_reading": {"total": 61.44}}, "rollups": []}}]})
+    }
+
+    #[test]
+    fn storage_report_shows_bytes_per_reading_and_says_what_was_not_measured() {
+        let (table, ok) = report(&[storage_result()]);
+        assert!(ok, "{table}");
+        assert!(
+            table.contains("| all readings | PostgreSQL, plain table | 1000 | 250000 | 60000 | 32500 | 92500 | 60.0 / 32.5 / **92.5** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all readings | TimescaleDB, compressed | not installed |"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| all readings | PostgreSQL, register_readings_1m (absent) | does not exist on this build |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all readings | PostgreSQL, register_readings_hourly (table), added to each reading | 12 | — | 8192 | 16384 | 24576 | 8.2 / 16.4 / **24.6** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all readings | SQLite, register_readings (dbstat) | 1000 | 90000 | 31000 | 0 | 31000 | 31.0 / 0.0 / **31.0** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all readings | SQLite, register_readings_1m (table), added to each reading | 160 | — | 4096 | 0 | 4096 | 4.1 / 0.0 / **4.1** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all readings | SQLite, the whole file after a checkpoint (with the rollups and the registry) | 1000 | — | — | — | 40960 | — / — / **41.0** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| deadband 5 + heartbeat 15m | readings polled → rows stored | 200 of 1000 (20.0 %); bytes below are per row stored |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| deadband 5 + heartbeat 15m | PostgreSQL, plain table | 200 | 50000 | 12000 | 6500 | 18500 | 60.0 / 32.5 / **92.5** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("(storage, deadband 5 + heartbeat 15m, sqlite) rows stored 200 = rows generated 200: ok"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "(storage, all readings, sqlite) rows stored 1000 = rows generated 1000: ok"
+            ),
+            "{table}"
+        );
+        // With TimescaleDB: the hypertable before and after compression,
+        // and no plain-table figure.
+        let mut ts = storage_result();
+        let pg = &mut ts["legs"][0]["postgres"];
+        pg["plain"] = Json::Null;
+        pg["hypertable"] = json!({"chunks": 4,
+            "uncompressed": {"table_bytes": 70_000, "index_bytes": 30_000, "total_bytes": 100_000,
+                             "bytes_per_reading": {"table": 70.0, "index": 30.0, "total": 100.0}},
+            "compressed": {"table_bytes": 4_000, "index_bytes": 1_000, "total_bytes": 5_000,
+                           "bytes_per_reading": {"table": 4.0, "index": 1.0, "total": 5.0}}});
+        let (table, _) = report(&[ts]);
+        assert!(
+            table.contains("| all readings | TimescaleDB, 4 chunks uncompressed | 1000 | 250000 | 70000 | 30000 | 100000 | 70.0 / 30.0 / **100.0** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all readings | TimescaleDB, compressed | 1000 | — | 4000 | 1000 | 5000 | 4.0 / 1.0 / **5.0** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("PostgreSQL, plain table | not measured: the server has TimescaleDB"),
+            "{table}"
+        );
+        // A row lost in SQLite is a miss; so is a result with no leg.
+        let mut lost = storage_result();
+        lost["legs"][0]["sqlite"]["rows_stored"] = json!(999);
+        let (table, ok) = report(&[lost]);
+        assert!(!ok);
+        assert!(
+            table.contains("rows stored 999 = rows generated 1000: MISSED"),
+            "{table}"
+        );
+        let (_, ok) = report(&[json!({"kind": "storage", "scenario": "storage"})]);
+        assert!(!ok);
+    }
+
     fn cluster_result() -> Json {
         json!({"kind":"cluster","scenario":"cluster","devices":3000,"registers_per_device":10,"every_s":1.0,
             "simulator_ports":300,"units_per_port":10,"links":300,"instances":3,"lease_s":5.0,"heartbeat_s":1.0,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use regpoll::reading::{PollReport, Quality, Reading, Value};
+use regpoll::registry::Device;
 
 use crate::fleet::FleetSpec;
 
@@ -78,6 +79,22 @@ pub fn device_words(registers: usize) -> u16 {
     (registers + registers / 5) as u16
 }
 
+/// `devices` benchmark devices of `registers` registers as the registry
+/// would hand them out: device ids from 1, register ids from 1 in device
+/// order (no database is asked; `register_readings` has no foreign keys).
+pub fn numbered_fleet(devices: usize, registers: usize) -> anyhow::Result<Vec<Device>> {
+    let spec = FleetSpec::layout(devices, registers);
+    let mut devices = regpoll::config::parse(&fleet_yaml(&spec, &[502]), "bench.yaml")?;
+    let mut last_id = 0;
+    for (d, device) in devices.iter_mut().enumerate() {
+        device.id = d as i32 + 1;
+        let first = last_id + 1;
+        last_id += device.registers.len() as i32;
+        device.register_ids = (first..=last_id).collect();
+    }
+    Ok(devices)
+}
+
 /// `polls` synthetic poll reports of `devices` benchmark devices of
 /// `registers` registers, one poll per second each, in the order polls
 /// would deliver them.
@@ -86,16 +103,10 @@ pub fn synthetic_reports(
     registers: usize,
     polls: usize,
 ) -> anyhow::Result<Vec<Arc<PollReport>>> {
-    let spec = FleetSpec::layout(devices, registers);
-    let mut devices = regpoll::config::parse(&fleet_yaml(&spec, &[502]), "ingest.yaml")?;
-    let mut last_id = 0;
-    for (d, device) in devices.iter_mut().enumerate() {
-        device.id = d as i32 + 1;
-        let first = last_id + 1;
-        last_id += device.registers.len() as i32;
-        device.register_ids = (first..=last_id).collect();
-    }
-    let devices: Vec<Arc<regpoll::registry::Device>> = devices.into_iter().map(Arc::new).collect();
+    let devices: Vec<Arc<Device>> = numbered_fleet(devices, registers)?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     let base: DateTime<Utc> = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default();
     Ok((0..polls)
         .map(|p| {

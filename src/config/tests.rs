@@ -63,13 +63,7 @@ fn a_good_file_yields_devices_with_defaults_applied() {
         )
     );
     assert_eq!(t.scale, 0.1);
-    assert_eq!(
-        t.valid,
-        ValidRange {
-            min: Some(0.0),
-            max: Some(150.0)
-        }
-    );
+    assert_eq!(t.valid, ValidRange::new(Some(0.0), Some(150.0)));
     assert_eq!(t.unit.as_deref(), Some("°C"));
     assert_eq!(d.registers[1].data_type, DataType::Bool);
 }

@@ -212,23 +212,54 @@ impl CronSchedule {
 }
 
 /// The accepted range of a value after scale and offset; outside it the
-/// reading is `uncertain`.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// reading is `uncertain`. A missing bound is held as NaN, so the range is
+/// 16 bytes, not the 32 of two `Option<f64>`: every register of a fleet is
+/// held at once while the registry loads, before devices share maps. A NaN
+/// given as a bound is therefore no bound (with `Option` it made every
+/// value of the register `uncertain`, since nothing compares to NaN).
+#[derive(Debug, Clone, Copy)]
 pub struct ValidRange {
-    pub min: Option<f64>,
-    pub max: Option<f64>,
+    min: f64,
+    max: f64,
 }
 
 impl ValidRange {
+    pub fn new(min: Option<f64>, max: Option<f64>) -> ValidRange {
+        ValidRange {
+            min: min.unwrap_or(f64::NAN),
+            max: max.unwrap_or(f64::NAN),
+        }
+    }
+
+    pub fn min(&self) -> Option<f64> {
+        Some(self.min).filter(|m| !m.is_nan())
+    }
+
+    pub fn max(&self) -> Option<f64> {
+        Some(self.max).filter(|m| !m.is_nan())
+    }
+
     pub fn contains(&self, v: f64) -> bool {
-        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
+        self.min().is_none_or(|m| v >= m) && self.max().is_none_or(|m| v <= m)
+    }
+}
+
+impl Default for ValidRange {
+    fn default() -> ValidRange {
+        ValidRange::new(None, None)
+    }
+}
+
+impl PartialEq for ValidRange {
+    fn eq(&self, other: &ValidRange) -> bool {
+        (self.min(), self.max()) == (other.min(), other.max())
     }
 }
 
 impl fmt::Display for ValidRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let show = |v: Option<f64>| v.map_or_else(|| "unbounded".to_string(), |v| v.to_string());
-        write!(f, "[{}, {}]", show(self.min), show(self.max))
+        write!(f, "[{}, {}]", show(self.min()), show(self.max()))
     }
 }
 

@@ -19,7 +19,7 @@ pub(super) fn check_shape(reg: &Register, named_64: bool) -> Result<(), String> 
     if !reg.offset.is_finite() {
         return Err(format!("offset {} must be a finite number", reg.offset));
     }
-    if let (Some(min), Some(max)) = (reg.valid.min, reg.valid.max)
+    if let (Some(min), Some(max)) = (reg.valid.min(), reg.valid.max())
         && min > max
     {
         return Err(format!("valid range has min {min} above max {max}"));
@@ -102,8 +102,7 @@ mod tests {
         let mut zero = reg(RegisterKind::Holding, DataType::U16, WordOrder::Abcd);
         zero.scale = 0.0;
         let mut range = reg(RegisterKind::Holding, DataType::U16, WordOrder::Abcd);
-        range.valid.min = Some(10.0);
-        range.valid.max = Some(1.0);
+        range.valid = crate::registry::ValidRange::new(Some(10.0), Some(1.0));
         let mut length = reg(RegisterKind::Holding, DataType::U16, WordOrder::Abcd);
         length.length = Some(2);
         let mut bit = reg(RegisterKind::Coil, DataType::Bool, WordOrder::Abcd);

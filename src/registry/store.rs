@@ -275,8 +275,8 @@ impl RegisterRow {
             scale: r.scale,
             offset: r.offset,
             unit: r.unit.as_deref().map(str::to_string),
-            valid_min: r.valid.min,
-            valid_max: r.valid.max,
+            valid_min: r.valid.min(),
+            valid_max: r.valid.max(),
             bit: r.bit.map(i32::from),
             byte: r.byte.map(|b| b.as_str().to_string()),
             length: r.length.map(i32::from),
@@ -600,8 +600,8 @@ impl Db {
                     .bind(r.scale)
                     .bind(r.offset)
                     .bind(&r.unit)
-                    .bind(r.valid.min)
-                    .bind(r.valid.max)
+                    .bind(r.valid.min())
+                    .bind(r.valid.max())
                     .bind(r.bit.map(i32::from))
                     .bind(r.byte.map(Byte::as_str))
                     .bind(r.length.map(i32::from))
@@ -906,10 +906,7 @@ pub(super) fn register_from_row(r: RegisterRow) -> Result<Register, String> {
         scale: r.scale,
         offset: r.offset,
         unit: r.unit.map(Into::into),
-        valid: ValidRange {
-            min: r.valid_min,
-            max: r.valid_max,
-        },
+        valid: ValidRange::new(r.valid_min, r.valid_max),
         bit: r
             .bit
             .map(|b| in_range(b, 0, 15, "bit"))

@@ -277,7 +277,7 @@ fn seed(device: &str, register: &str) -> u64 {
 /// register's valid range when it has one; bools alternate; strings count.
 fn intended(seed: u64, reg: &Register, t: DateTime<Utc>) -> Value {
     let step = (t.timestamp().rem_euclid(60) as u64 + seed) % 60;
-    match (reg.data_type, reg.valid.min, reg.valid.max) {
+    match (reg.data_type, reg.valid.min(), reg.valid.max()) {
         (DataType::Bool, _, _) => Value::Bool(step % 2 == 1),
         (DataType::String, _, _) => Value::Text(format!("{}-{step:02}", reg.name)),
         (_, Some(min), Some(max)) => Value::Number(min + (max - min) * step as f64 / 60.0),

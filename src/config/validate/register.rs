@@ -416,11 +416,10 @@ impl Validator<'_> {
 
     /// `valid: {min, max}`, either bound optional, min not above max.
     fn valid(&mut self, valid: Option<&Spanned<RawValid>>, ctx: Ctx<'_>) -> ValidRange {
-        let range = valid.map_or(ValidRange::default(), |v| ValidRange {
-            min: v.value.min,
-            max: v.value.max,
+        let range = valid.map_or(ValidRange::default(), |v| {
+            ValidRange::new(v.value.min, v.value.max)
         });
-        if let (Some(v), Some(min), Some(max)) = (valid, range.min, range.max)
+        if let (Some(v), Some(min), Some(max)) = (valid, range.min(), range.max())
             && min > max
         {
             self.error(

@@ -167,15 +167,7 @@ impl HistoryStore for PostgresStore {
     }
 
     async fn buckets(&self, span: &Span, width: Duration) -> sqlx::Result<Vec<BucketAggregate>> {
-        let rows: Vec<(DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(BUCKETS)
-            .bind(span.register_id)
-            .bind(width.as_secs_f64())
-            .bind(span.from)
-            .bind(span.to)
-            .bind(span.limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(aggregate).collect())
+        bucket_query(&self.pool, BUCKETS, span, width).await
     }
 
     async fn delete_before(
@@ -219,16 +211,7 @@ impl HistoryStore for PostgresStore {
         tier: Tier,
         width: Duration,
     ) -> sqlx::Result<Vec<BucketAggregate>> {
-        let rows: Vec<(DateTime<Utc>, f64, f64, f64, i64)> =
-            sqlx::query_as(rollups::buckets_statement(tier))
-                .bind(span.register_id)
-                .bind(width.as_secs_f64())
-                .bind(span.from)
-                .bind(span.to)
-                .bind(span.limit)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(aggregate).collect())
+        bucket_query(&self.pool, rollups::buckets_statement(tier), span, width).await
     }
 
     async fn background_jobs(&self) -> anyhow::Result<Option<Vec<JobHealth>>> {
@@ -322,6 +305,25 @@ ORDER BY j.job_id";
 /// when regpoll keeps the rollups) the COPY and the range's row in
 /// `rollup_invalidations` are one transaction, so a refresh never misses
 /// rows that were stored.
+/// Runs a bucket query (`BUCKETS` over the raw rows, or a rollup's): the
+/// register, the width in seconds, the span and the limit, in that order.
+async fn bucket_query(
+    pool: &PgPool,
+    statement: &'static str,
+    span: &Span,
+    width: Duration,
+) -> sqlx::Result<Vec<BucketAggregate>> {
+    let rows: Vec<(DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(statement)
+        .bind(span.register_id)
+        .bind(width.as_secs_f64())
+        .bind(span.from)
+        .bind(span.to)
+        .bind(span.limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(aggregate).collect())
+}
+
 async fn write(
     pool: &PgPool,
     pieces: &[&[Row]],

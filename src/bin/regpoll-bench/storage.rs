@@ -43,7 +43,7 @@ use regpoll::history::rollup::{self, Horizon};
 use regpoll::history::row::Row;
 use regpoll::history::store::{HistoryStore, for_db};
 use regpoll::history::writer::HistoryStats;
-use regpoll::reading::{PollReport, Quality, Reading};
+use regpoll::reading::PollReport;
 use regpoll::registry::{Band, Deadband, Device, parse_duration};
 use serde_json::{Value as Json, json};
 use sqlx::{PgPool, SqlitePool};
@@ -245,27 +245,9 @@ impl DataSet {
         (0..self.polls).flat_map(move |k| {
             self.devices.iter().enumerate().map(move |(d, device)| {
                 let ts = self.poll_time(k, d);
-                let readings = device
-                    .registers
-                    .iter()
-                    .enumerate()
-                    .map(|(index, reg)| Reading {
-                        index,
-                        ts,
-                        value: regpoll::sim::expected_value(&device.name, reg, ts),
-                        quality: Quality::Good,
-                        detail: None,
-                    })
-                    .collect();
-                PollReport {
-                    device: Arc::clone(device),
-                    started: ts,
-                    latency: Duration::from_millis(1),
-                    error: None,
-                    reachable: true,
-                    demoted: false,
-                    readings,
-                }
+                crate::workload::good_report(Arc::clone(device), ts, |_, reg| {
+                    regpoll::sim::expected_value(&device.name, reg, ts)
+                })
             })
         })
     }
@@ -871,6 +853,7 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
+    use regpoll::reading::Quality;
 
     #[derive(clap::Parser)]
     struct Cli {

@@ -112,26 +112,41 @@ pub fn synthetic_reports(
         .map(|p| {
             let device = Arc::clone(&devices[p % devices.len()]);
             let ts = base + chrono::Duration::seconds((p / devices.len()) as i64);
-            let readings = (0..device.registers.len())
-                .map(|index| Reading {
-                    index,
-                    ts,
-                    value: Value::Number((p % 1000) as f64 * 0.5 + index as f64),
-                    quality: Quality::Good,
-                    detail: None,
-                })
-                .collect();
-            Arc::new(PollReport {
-                device,
-                started: ts,
-                latency: Duration::from_millis(1),
-                error: None,
-                reachable: true,
-                demoted: false,
-                readings,
-            })
+            Arc::new(good_report(device, ts, |index, _| {
+                Value::Number((p % 1000) as f64 * 0.5 + index as f64)
+            }))
         })
         .collect())
+}
+
+/// A poll of `device` at `ts` that read every register well, the value of
+/// each register from `value(index, register)`.
+pub fn good_report(
+    device: Arc<Device>,
+    ts: DateTime<Utc>,
+    value: impl Fn(usize, &regpoll::registry::Register) -> Value,
+) -> PollReport {
+    let readings = device
+        .registers
+        .iter()
+        .enumerate()
+        .map(|(index, reg)| Reading {
+            index,
+            ts,
+            value: value(index, reg),
+            quality: Quality::Good,
+            detail: None,
+        })
+        .collect();
+    PollReport {
+        device,
+        started: ts,
+        latency: Duration::from_millis(1),
+        error: None,
+        reachable: true,
+        demoted: false,
+        readings,
+    }
 }
 
 #[cfg(test)]

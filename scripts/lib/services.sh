@@ -289,6 +289,42 @@ start_postgres() {
     fi
 }
 
+# --- TLS certificates for the tests ----------------------------------------------------
+# make_test_certs DIR: a certificate authority of the test run and what it
+# signs, made fresh with openssl (nothing secret is kept in the repository):
+#   ca.crt                      the test run's CA
+#   server.crt, server.key      for the servers; valid for the host name
+#                               `localhost` only, so 127.0.0.1 is a wrong name
+#   client.crt, client.key      a client certificate, CN=regpoll_cert
+#   other-ca.crt                a CA nobody's certificate is signed by (the
+#                               "unknown CA" of the tests)
+# The keys are readable by PG_RUNAS, which the PostgreSQL server runs as
+# (it refuses a key others can read).
+make_test_certs() {
+    local dir=$1 days=2
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        openssl req -x509 -newkey rsa:2048 -nodes -days $days -subj "/CN=regpoll test CA" \
+            -keyout ca.key -out ca.crt
+        openssl req -x509 -newkey rsa:2048 -nodes -days $days -subj "/CN=some other CA" \
+            -keyout other-ca.key -out other-ca.crt
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+        printf 'subjectAltName = DNS:localhost\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days $days \
+            -extfile server.ext -out server.crt
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=regpoll_cert" -keyout client.key -out client.csr
+        printf 'basicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n' >client.ext
+        openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days $days \
+            -extfile client.ext -out client.crt
+        rm -f ./*.csr ./*.ext ./*.srl
+        chmod 600 ./*.key
+    ) >"$SCRATCH_DIR/certs.log" 2>&1 || { cat "$SCRATCH_DIR/certs.log" >&2; die "openssl could not make the test certificates"; }
+    if [ -n "${PG_RUNAS:-}" ]; then
+        chown -R "$PG_RUNAS" "$dir"
+    fi
+}
+
 # --- Redis -------------------------------------------------------------------------------
 # start_redis: starts redis-server on 127.0.0.1:REDISPORT (its log and
 # working dir in SCRATCH_DIR), sets REDIS_PID and waits for PONG.

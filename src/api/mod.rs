@@ -8,6 +8,7 @@
 //! the time per answer, the bytes per answer, and the database connections
 //! the API may use, which are its own so that API load never delays history.
 
+pub mod caller;
 mod cluster;
 mod database;
 mod devices;

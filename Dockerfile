@@ -91,6 +91,10 @@ COPY devices.yaml /etc/regpoll/devices.yaml
 # holds readings while the database is unreachable and must survive restarts.
 # The HTTP API must listen on all interfaces to be reachable through a
 # published port; the default 127.0.0.1 would only be reachable from inside.
+# On 0.0.0.0 regpoll asks for tokens: give REGPOLL_HTTP_TOKENS or
+# REGPOLL_HTTP_TOKEN_FILE, or REGPOLL_HTTP_INSECURE=true to serve it open on
+# purpose (docker-compose.yml does, publishing the port on 127.0.0.1 only);
+# without either `run` refuses to start. /health needs no token.
 ENV REGPOLL_DATA_DIR=/var/lib/regpoll/data \
     REGPOLL_SQLITE_PATH=/var/lib/regpoll/regpoll.db \
     REGPOLL_HTTP=0.0.0.0:8080

@@ -68,10 +68,29 @@ pub enum Command {
     Query(QueryCommand),
     /// Create or upgrade the database schema, then exit.
     Migrate(DbArgs),
+    /// Make a token for the HTTP API.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the database's health without the service: what the history
     /// tables cost on disk, their chunks and compression, and the state of
     /// the maintenance jobs. Exits 1 when the database cannot be read.
     Status(StatusArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a random token (32 bytes from the operating system's random
+    /// source), print it once, and print the line that lets it in: add that
+    /// line to the --http-token-file (it holds the token's SHA-256, not the
+    /// token) and send SIGHUP to regpoll, or restart it.
+    New {
+        /// The token's name, as logs and metrics show it: letters, digits,
+        /// `_`, `.` or `-`.
+        name: String,
+        /// Limit the token to this tenant's devices.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -266,6 +285,8 @@ pub struct RunArgs {
     #[arg(long = s::DATABASE_RETRY_MAX.flag, env = s::DATABASE_RETRY_MAX.env, help = s::DATABASE_RETRY_MAX.help, default_value = s::DATABASE_RETRY_MAX.default_text(), value_parser = parse_duration)]
     pub database_retry_max: Duration,
     #[command(flatten)]
+    pub access: AccessArgs,
+    #[command(flatten)]
     pub api: ApiArgs,
     #[command(flatten)]
     pub db: DbArgs,
@@ -303,6 +324,40 @@ impl ClusterArgs {
             heartbeat: self.cluster_heartbeat,
             fence_margin: self.cluster_fence_margin,
             address: None,
+        })
+    }
+}
+
+/// Who may use the HTTP API, and HTTPS (see `api::auth`, `api::tls`).
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    #[arg(long = s::HTTP_TOKEN_FILE.flag, env = s::HTTP_TOKEN_FILE.env, help = s::HTTP_TOKEN_FILE.help)]
+    pub http_token_file: Option<PathBuf>,
+    #[arg(long = s::HTTP_METRICS_OPEN.flag, env = s::HTTP_METRICS_OPEN.env, help = s::HTTP_METRICS_OPEN.help, action = clap::ArgAction::SetTrue)]
+    pub http_metrics_open: bool,
+    #[arg(long = s::HTTP_INSECURE.flag, env = s::HTTP_INSECURE.env, help = s::HTTP_INSECURE.help, action = clap::ArgAction::SetTrue)]
+    pub http_insecure: bool,
+    #[arg(long = s::HTTP_TLS_CERT.flag, env = s::HTTP_TLS_CERT.env, help = s::HTTP_TLS_CERT.help)]
+    pub http_tls_cert: Option<PathBuf>,
+    #[arg(long = s::HTTP_TLS_KEY.flag, env = s::HTTP_TLS_KEY.env, help = s::HTTP_TLS_KEY.help)]
+    pub http_tls_key: Option<PathBuf>,
+}
+
+impl AccessArgs {
+    /// The API's access settings; `REGPOLL_HTTP_TOKENS` is read from the
+    /// environment here, since it has no flag.
+    pub fn access(&self) -> anyhow::Result<crate::api::auth::Access> {
+        Ok(crate::api::auth::Access {
+            tokens: crate::api::auth::TokenSource {
+                file: self.http_token_file.clone(),
+                env: std::env::var(s::HTTP_TOKENS.env).ok(),
+            },
+            metrics_open: self.http_metrics_open,
+            insecure: self.http_insecure,
+            tls: crate::api::tls::TlsFiles::pair(
+                self.http_tls_cert.clone(),
+                self.http_tls_key.clone(),
+            )?,
         })
     }
 }
@@ -352,6 +407,8 @@ pub struct DemoArgs {
     /// taken, the demo picks a free one and prints it.
     #[arg(long = s::HTTP.flag, env = s::HTTP.env, default_value = s::HTTP.default_text(), value_parser = parse_http)]
     pub http: HttpAddr,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 /// Where `read` and `scan` talk to: HOST[:PORT] over TCP (Modbus TCP or RTU

@@ -16,7 +16,8 @@ use crate::registry::parse_duration;
 /// absent, and the default used when neither is given.
 #[derive(Debug, Clone, Copy)]
 pub struct Setting {
-    /// The long flag, without `--`.
+    /// The long flag, without `--`; empty for a setting read from the
+    /// environment only (a secret on the command line shows in `ps`).
     pub flag: &'static str,
     pub env: &'static str,
     /// The `--help` text.
@@ -293,14 +294,61 @@ pub const SHUTDOWN_TIMEOUT: Setting = Setting {
     default: Some("10s"),
 };
 
-/// Loopback only, since the API has no authentication; put a reverse proxy
-/// in front to expose it. The library's own default is no HTTP at all (see
-/// `app::Settings::http`).
+/// Loopback, where the API needs no token by default; another address
+/// needs tokens (or `--http-insecure`). The library's own default is no
+/// HTTP at all (see `app::Settings::http`).
 pub const HTTP: Setting = Setting {
     flag: "http",
     env: "REGPOLL_HTTP",
-    help: "Address of the HTTP API and status page (IP:PORT), or `off`. It has no authentication: keep it on loopback or behind a proxy",
+    help: "Address of the HTTP API and status page (IP:PORT), or `off`. A non-loopback address needs tokens (--http-token-file, REGPOLL_HTTP_TOKENS) or --http-insecure",
     default: Some("127.0.0.1:8080"),
+};
+
+// Who may use the HTTP API (see `api::auth`).
+
+pub const HTTP_TOKEN_FILE: Setting = Setting {
+    flag: "http-token-file",
+    env: "REGPOLL_HTTP_TOKEN_FILE",
+    help: "File of the HTTP API's bearer tokens, one `<name> <secret> [<tenant>]` a line (`sha256:<hex>` or the token itself; `regpoll token new` makes one); with tokens every endpoint but /health needs `Authorization: Bearer <token>`. Read at start and on SIGHUP",
+    default: None,
+};
+
+/// Environment only: a token given on the command line shows in `ps`.
+pub const HTTP_TOKENS: Setting = Setting {
+    flag: "",
+    env: "REGPOLL_HTTP_TOKENS",
+    help: "The HTTP API's bearer tokens as `<name> <secret> [<tenant>]` entries separated by `;` or newlines (environment only), beside or instead of --http-token-file",
+    default: None,
+};
+
+/// Off: a scraper inside the trust boundary can be let in on purpose, and
+/// Prometheus can send a bearer token anyway.
+pub const HTTP_METRICS_OPEN: Setting = Setting {
+    flag: "http-metrics-open",
+    env: "REGPOLL_HTTP_METRICS_OPEN",
+    help: "Serve /metrics without a token although tokens are configured, for Prometheus scrapers inside the trust boundary (true or false)",
+    default: Some("false"),
+};
+
+pub const HTTP_INSECURE: Setting = Setting {
+    flag: "http-insecure",
+    env: "REGPOLL_HTTP_INSECURE",
+    help: "Serve the HTTP API on a non-loopback address without tokens, on purpose: anyone who reaches it reads every device (true or false)",
+    default: Some("false"),
+};
+
+pub const HTTP_TLS_CERT: Setting = Setting {
+    flag: "http-tls-cert",
+    env: "REGPOLL_HTTP_TLS_CERT",
+    help: "PEM file of the HTTP API's certificate chain (server certificate first); with --http-tls-key the API serves HTTPS only",
+    default: None,
+};
+
+pub const HTTP_TLS_KEY: Setting = Setting {
+    flag: "http-tls-key",
+    env: "REGPOLL_HTTP_TLS_KEY",
+    help: "PEM file of the private key of --http-tls-cert",
+    default: None,
 };
 
 // Several instances sharing one fleet (`run --cluster`, see `cluster`).

@@ -55,6 +55,38 @@ impl Text {
     }
 }
 
+/// Failed authentications by reason, and requests by token name (only
+/// with tokens configured: names are the operator's, a bounded set).
+fn auth(t: &mut Text, auth: &super::auth::Auth) {
+    if !auth.enabled() {
+        return;
+    }
+    t.family(
+        "regpoll_http_auth_failures_total",
+        "counter",
+        "HTTP requests refused by the token check, by reason (missing, malformed, unknown, rate_limited).",
+    );
+    for (reason, n) in auth.failures() {
+        t.sample(
+            "regpoll_http_auth_failures_total",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
+    t.family(
+        "regpoll_http_requests_by_token_total",
+        "counter",
+        "HTTP requests let through by the token check, by the token's name.",
+    );
+    for (token, n) in auth.requests_by_token() {
+        t.sample(
+            "regpoll_http_requests_by_token_total",
+            &[("token", &token)],
+            n as f64,
+        );
+    }
+}
+
 fn number(v: f64) -> String {
     if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
@@ -394,6 +426,8 @@ pub fn render(state: &ApiState) -> String {
             );
         }
     }
+
+    auth(&mut t, &s.auth);
 
     if let Some((cpu, rss)) = process_usage() {
         t.single(

@@ -8,6 +8,7 @@
 //! the time per answer, the bytes per answer, and the database connections
 //! the API may use, which are its own so that API load never delays history.
 
+pub mod auth;
 pub mod caller;
 mod cluster;
 mod database;
@@ -18,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 mod params;
 mod readings;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     pub started_at: f64,
     /// Whether the database has answered since a start without it.
     pub connectivity: Connectivity,
+    /// The token check (no tokens: every request is let through).
+    pub auth: Arc<auth::Auth>,
 }
 
 impl ApiState {
@@ -102,7 +106,16 @@ impl ApiState {
             http: HttpStats::default(),
             started_at: Utc::now().timestamp_micros() as f64 / 1e6,
             connectivity,
+            auth: Arc::new(auth::Auth::none()),
         }))
+    }
+
+    /// The same state with `auth` as its token check (before it is shared).
+    pub fn with_auth(mut self, auth: Arc<auth::Auth>) -> Self {
+        Arc::get_mut(&mut self.0)
+            .expect("the token check is set before the state is shared")
+            .auth = auth;
+        self
     }
 }
 
@@ -139,8 +152,10 @@ impl HttpStats {
 }
 
 /// The API's routes. Layers, outermost first: every error answer made JSON,
-/// requests counted by route, then (every route but `/health`, which must
-/// answer however busy the rest is) the concurrency slots and the timeout.
+/// requests counted by route, the token check (when tokens are configured;
+/// see `auth` for what answers without one), then (every route but
+/// `/health`, which must answer however busy the rest is) the concurrency
+/// slots and the timeout.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(status_page))
@@ -159,13 +174,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.0.auth),
+            auth::require_token,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
-/// Binds `addr` and serves until `stop` turns true. Returns the bound address
-/// (port 0 picks a free one) and a task that ends when the server has.
+/// Binds `addr` and serves until `stop` turns true, over HTTPS when `tls`
+/// is given. Returns the bound address (port 0 picks a free one) and a task
+/// that ends when the server has.
 ///
 /// The API runs on a runtime of its own, on one thread of its own: building
 /// answers (decoding thousands of rows, writing JSON) is CPU work, and on the
@@ -175,6 +195,7 @@ pub fn router(state: ApiState) -> Router {
 pub async fn serve(
     addr: SocketAddr,
     state: ApiState,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let cannot = |e: std::io::Error| {
@@ -190,20 +211,26 @@ pub async fn serve(
         .thread_name("regpoll-api")
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the HTTP API's runtime: {e}"))?;
+    let auth = Arc::clone(&state.0.auth);
     let app = router(state);
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("regpoll-api".into())
         .spawn(move || {
             runtime.block_on(async move {
+                tokio::spawn(auth::reload_on_hangup(auth));
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
                 let served = async {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown)
-                        .await
+                    match tls {
+                        Some(config) => {
+                            let listener = tls::TlsListener::new(listener, config)?;
+                            serve_on(listener, app, shutdown).await
+                        }
+                        None => serve_on(listener, app, shutdown).await,
+                    }
                 };
                 if let Err(e) = served.await {
                     tracing::error!(error = %e, "HTTP API stopped");
@@ -216,6 +243,27 @@ pub async fn serve(
         let _ = finished.await;
     });
     Ok((bound, task))
+}
+
+/// Serves `app` on `listener` with each request's client address
+/// (`ConnectInfo<SocketAddr>`, which the token check's rate limit keys on).
+/// `tap_io` is what gives any listener whose address is a `SocketAddr`
+/// (the TLS one too) axum's `ConnectInfo` support; it does nothing else.
+async fn serve_on<L>(
+    listener: L,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt as _;
+    axum::serve(
+        listener.tap_io(|_| {}),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {

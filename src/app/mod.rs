@@ -93,6 +93,8 @@ pub struct Settings {
     /// Limits of the HTTP API (requests at once, waits, timeout, its own
     /// database pool, the size of one answer).
     pub api: api::ApiLimits,
+    /// Who may use the HTTP API (tokens), and HTTPS.
+    pub http_access: api::auth::Access,
     /// Where the registry cache is kept (`None`: no cache, so no start
     /// while PostgreSQL is unreachable). The command line passes `--data-dir`.
     pub data_dir: Option<PathBuf>,
@@ -136,6 +138,7 @@ impl Default for Settings {
             db_health_timeout: settings::DB_HEALTH_TIMEOUT.default_duration(),
             http: None,
             api: api::ApiLimits::default(),
+            http_access: api::auth::Access::default(),
             data_dir: None,
             database_retry_max: settings::DATABASE_RETRY_MAX.default_duration(),
             cluster: None,
@@ -209,6 +212,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         .retention_tiers()
         .check()
         .map_err(anyhow::Error::msg)?;
+    let http_access = http_access(settings)?;
     let data_dir_lock = settings
         .data_dir
         .as_deref()
@@ -383,8 +387,9 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
                 redis_target,
                 scheduling_rx,
                 connectivity.clone(),
-            );
-            let (bound, task) = match api::serve(addr, state, stop_http_rx).await {
+            )
+            .with_auth(http_access.auth);
+            let (bound, task) = match api::serve(addr, state, http_access.tls, stop_http_rx).await {
                 Ok(served) => served,
                 Err(e) => {
                     // Leave nothing running behind the error.
@@ -393,7 +398,12 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
                     return Err(e);
                 }
             };
-            tracing::info!(address = %bound, "HTTP API listening");
+            tracing::info!(
+                address = %bound,
+                https = settings.http_access.tls.is_some(),
+                tokens = settings.http_access.tokens.is_set(),
+                "HTTP API listening"
+            );
             Some((bound, task))
         }
         None => None,
@@ -451,6 +461,27 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
         cluster,
         _data_dir_lock: data_dir_lock,
     })
+}
+
+/// The API's token check and TLS configuration, read before anything
+/// starts, so a bad token file or certificate changes nothing.
+struct HttpAccess {
+    auth: Arc<api::auth::Auth>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn http_access(settings: &Settings) -> anyhow::Result<HttpAccess> {
+    let access = &settings.http_access;
+    if let Some(addr) = settings.http {
+        api::auth::check_exposure(addr, access)?;
+    }
+    let auth = Arc::new(api::auth::Auth::load(access)?);
+    let tls = access
+        .tls
+        .as_ref()
+        .map(api::tls::TlsFiles::server_config)
+        .transpose()?;
+    Ok(HttpAccess { auth, tls })
 }
 
 /// Takes the data dir for this process: its spool and registry cache are

@@ -29,6 +29,7 @@ pub(super) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let settings = Settings {
         sqlite_path: args.sqlite_path.clone(),
         http: free_http(args.http.0),
+        http_access: args.access.access()?,
         ..Settings::default()
     };
     let running = app::start(&settings, DeviceSource::Devices(devices.clone())).await?;

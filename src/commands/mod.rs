@@ -16,8 +16,9 @@ mod run;
 pub mod scan;
 mod simulate;
 mod status;
+mod token;
 
-use crate::cli::{Command, DbArgs, DevicesCommand};
+use crate::cli::{Command, DbArgs, DevicesCommand, TokenCommand};
 use crate::config::{self, ConfigErrors};
 use crate::db::Db;
 use crate::registry::Device;
@@ -39,6 +40,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Query(q) => query::query(q).await,
         Command::Migrate(db) => migrate::migrate(&db).await,
         Command::Status(args) => status::status(&args).await,
+        Command::Token(TokenCommand::New { name, tenant }) => token::new(&name, tenant.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Validate before touching the database, so a bad file changes nothing.
         load_file(path)?;
     }
-    let settings = settings(args);
+    let settings = settings(args)?;
     let running = app::start(&settings, DeviceSource::Registry).await?;
     app::shutdown_signal().await;
     tracing::info!("shutting down: finishing polls and flushing queues");
@@ -20,8 +20,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The service's settings from the command line.
-fn settings(args: RunArgs) -> Settings {
-    Settings {
+fn settings(args: RunArgs) -> anyhow::Result<Settings> {
+    Ok(Settings {
         database_url: args.db.database_url(),
         redis_url: args.sinks.redis_url(),
         sqlite_path: args.db.sqlite_path,
@@ -53,8 +53,9 @@ fn settings(args: RunArgs) -> Settings {
         data_dir: Some(args.sinks.data_dir),
         database_retry_max: args.database_retry_max,
         cluster: args.cluster.settings(),
+        http_access: args.access.access()?,
         ..Settings::default()
-    }
+    })
 }
 
 #[cfg(test)]
@@ -72,7 +73,7 @@ mod tests {
         let Command::Run(args) = Cli::parse_from(["regpoll", "run"]).command else {
             unreachable!("`run` parses as Run");
         };
-        let mut from_cli = settings(*args);
+        let mut from_cli = settings(*args).unwrap();
         assert_eq!(
             from_cli.http,
             Some(settings::HTTP.default_text().parse().unwrap())

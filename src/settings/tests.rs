@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 38] = [
+const ALL: [Setting; 44] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
@@ -28,6 +28,12 @@ const ALL: [Setting; 38] = [
     RELOAD_INTERVAL,
     SHUTDOWN_TIMEOUT,
     HTTP,
+    HTTP_TOKEN_FILE,
+    HTTP_TOKENS,
+    HTTP_METRICS_OPEN,
+    HTTP_INSECURE,
+    HTTP_TLS_CERT,
+    HTTP_TLS_KEY,
     API_CONCURRENCY,
     API_WAIT,
     API_TIMEOUT,

@@ -504,7 +504,13 @@ async fn https_serves_with_the_test_ca_and_refuses_plain_http() {
         200,
         "the refused client cost nothing"
     );
-    run.stop();
+    let log = run.stop();
+    // The client address reaches the token check over TLS too.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("HTTP authentication failed") && l.contains("client=127.0.0.1")),
+        "{log}"
+    );
 }
 
 #[tokio::test]

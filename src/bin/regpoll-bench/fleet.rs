@@ -532,6 +532,9 @@ pub(crate) fn run_command(
         .env_remove("REGPOLL_DATABASE_URL")
         .env_remove("REDIS_URL")
         .env_remove("REGPOLL_REDIS_URL")
+        // The bench asks its own instance on loopback without a token.
+        .env_remove("REGPOLL_HTTP_TOKENS")
+        .env_remove("REGPOLL_HTTP_TOKEN_FILE")
         .stdout(Stdio::null())
         .stderr(
             std::fs::File::create(log)

@@ -213,3 +213,27 @@ fn only_loopback_is_served_without_tokens_unless_insecure_is_said() {
         assert!(check_exposure(exposed.parse().unwrap(), &tokens).is_ok());
     }
 }
+
+#[test]
+fn only_bearer_with_one_visible_token_is_read_from_the_header() {
+    let h = |b: &[u8]| HeaderValue::from_bytes(b).unwrap();
+    assert_eq!(bearer(&h(b"Bearer abc")), Some("abc"));
+    assert_eq!(bearer(&h(b"bEaReR   abc  ")), Some("abc"));
+    for bad in [
+        &b"Bearer \xff\xfe"[..],
+        b"Bearerabc",
+        b"Basic abc",
+        b"Bearer a b",
+        b"Bearer ",
+        b"",
+    ] {
+        assert_eq!(bearer(&h(bad)), None, "{}", String::from_utf8_lossy(bad));
+    }
+    let long = format!("Bearer {}", "x".repeat(1 << 20));
+    assert!(
+        auth(false)
+            .snapshot()
+            .check(bearer(&h(long.as_bytes())).unwrap())
+            .is_none()
+    );
+}

@@ -190,6 +190,14 @@ pub struct FormatArgs {
 pub struct DbArgs {
     #[arg(long = s::DATABASE_URL.flag, env = s::DATABASE_URL.env, help = s::DATABASE_URL.help, hide_env_values = true)]
     database_url: Option<String>,
+    #[arg(long = s::DATABASE_SSLMODE.flag, env = s::DATABASE_SSLMODE.env, help = s::DATABASE_SSLMODE.help, value_parser = crate::db::parse_sslmode)]
+    database_sslmode: Option<sqlx::postgres::PgSslMode>,
+    #[arg(long = s::DATABASE_SSLROOTCERT.flag, env = s::DATABASE_SSLROOTCERT.env, help = s::DATABASE_SSLROOTCERT.help)]
+    database_sslrootcert: Option<PathBuf>,
+    #[arg(long = s::DATABASE_SSLCERT.flag, env = s::DATABASE_SSLCERT.env, help = s::DATABASE_SSLCERT.help)]
+    database_sslcert: Option<PathBuf>,
+    #[arg(long = s::DATABASE_SSLKEY.flag, env = s::DATABASE_SSLKEY.env, help = s::DATABASE_SSLKEY.help)]
+    database_sslkey: Option<PathBuf>,
     #[arg(long = s::SQLITE_PATH.flag, env = s::SQLITE_PATH.env, help = s::SQLITE_PATH.help, default_value = s::SQLITE_PATH.default_text())]
     pub sqlite_path: PathBuf,
 }
@@ -200,6 +208,16 @@ impl DbArgs {
         self.database_url
             .clone()
             .or_else(|| env_fallback(s::DATABASE_URL_FALLBACK))
+    }
+
+    /// The `--database-ssl*` settings, which override the URL's.
+    pub fn database_tls(&self) -> crate::db::PgTls {
+        crate::db::PgTls {
+            sslmode: self.database_sslmode,
+            sslrootcert: self.database_sslrootcert.clone(),
+            sslcert: self.database_sslcert.clone(),
+            sslkey: self.database_sslkey.clone(),
+        }
     }
 }
 

@@ -10,11 +10,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use anyhow::Context as _;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions as _, Connection as _};
+
+mod tls;
+pub use tls::{PgTls, parse_sslmode, sslmode_name};
 
 /// How long to wait for a connection from the pool before giving up.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,7 +109,13 @@ pub(crate) use on_pool;
 impl Db {
     /// Connects to PostgreSQL at `url` and applies pending migrations.
     pub async fn postgres(url: &str) -> anyhow::Result<Db> {
-        let db = Db::postgres_lazy(url)?;
+        Db::postgres_with(url, &PgTls::default()).await
+    }
+
+    /// [`Db::postgres`] with the `--database-ssl*` settings `tls` applied
+    /// over the URL's parameters.
+    pub async fn postgres_with(url: &str, tls: &PgTls) -> anyhow::Result<Db> {
+        let db = Db::postgres_lazy_with(url, tls)?;
         db.connect_and_migrate()
             .await
             .map_err(OpenError::into_inner)?;
@@ -118,9 +127,22 @@ impl Db {
     /// (writes fail until it answers, and the history writer retries them).
     /// Fails only when `url` is not a valid PostgreSQL URL.
     pub fn postgres_lazy(url: &str) -> anyhow::Result<Db> {
+        Db::postgres_lazy_with(url, &PgTls::default())
+    }
+
+    /// [`Db::postgres_lazy`] with the `--database-ssl*` settings `tls`
+    /// applied over the URL's parameters. Also fails when a certificate or
+    /// key file it names cannot be used (the error names the setting and
+    /// the path). Every connection regpoll opens to this database (the
+    /// pools, the migrations', the `LISTEN` ones) is made from the options
+    /// built here.
+    pub fn postgres_lazy_with(url: &str, tls: &PgTls) -> anyhow::Result<Db> {
         check_pg_params(url)?;
-        let opts = PgConnectOptions::from_str(url)
-            .with_context(|| format!("invalid DATABASE_URL {}", redact_url(url)))?;
+        let invalid = || format!("invalid DATABASE_URL {}", redact_url(url));
+        let opts = PgConnectOptions::from_str(url).with_context(invalid)?;
+        let parsed = url::Url::parse(url).with_context(invalid)?;
+        let opts = tls::apply(&parsed, opts, tls)
+            .with_context(|| format!("cannot set up TLS to PostgreSQL at {}", redact_url(url)))?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -164,13 +186,36 @@ impl Db {
                 .with_context(|| format!("cannot open SQLite database {}", self.location()));
         };
         let opts = pool.connect_options();
-        let probe = tokio::time::timeout(timeout, opts.connect())
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))
-            .and_then(|r| r.map_err(anyhow::Error::from))
-            .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(&opts)))?;
-        let _ = probe.close().await;
-        Ok(())
+        let at = || format!("cannot connect to PostgreSQL at {}", describe(&opts));
+        let connect = |opts: PgConnectOptions| async move {
+            let conn = tokio::time::timeout(timeout, opts.connect())
+                .await
+                .map_err(|_| None)?
+                .map_err(Some)?;
+            let _ = conn.close().await;
+            Ok::<_, Option<sqlx::Error>>(())
+        };
+        let no_answer = || anyhow::anyhow!("no answer within {timeout:?}").context(at());
+        match connect((*opts).clone()).await {
+            Ok(()) => Ok(()),
+            Err(None) => Err(no_answer()),
+            // libpq's `allow`, which sqlx takes for `disable`: without TLS
+            // first, with it when the server asks for it.
+            Err(Some(e))
+                if matches!(opts.get_ssl_mode(), PgSslMode::Allow) && tls::is_tls_required(&e) =>
+            {
+                let with_tls = (*opts).clone().ssl_mode(PgSslMode::Require);
+                match connect(with_tls.clone()).await {
+                    Ok(()) => {
+                        pool.set_connect_options(with_tls);
+                        Ok(())
+                    }
+                    Err(None) => Err(no_answer()),
+                    Err(Some(e)) => Err(connect_error(e, &with_tls).context(at())),
+                }
+            }
+            Err(Some(e)) => Err(connect_error(e, &opts).context(at())),
+        }
     }
 
     /// Where the database is, without the user or any password: what
@@ -208,8 +253,18 @@ impl Db {
 
     /// PostgreSQL when `database_url` is set, else the SQLite file.
     pub async fn open(database_url: Option<&str>, sqlite_path: &Path) -> anyhow::Result<Db> {
+        Db::open_with(database_url, &PgTls::default(), sqlite_path).await
+    }
+
+    /// [`Db::open`] with the `--database-ssl*` settings `tls` applied over
+    /// the URL's parameters.
+    pub async fn open_with(
+        database_url: Option<&str>,
+        tls: &PgTls,
+        sqlite_path: &Path,
+    ) -> anyhow::Result<Db> {
         match database_url {
-            Some(url) => Db::postgres(url).await,
+            Some(url) => Db::postgres_with(url, tls).await,
             None => Db::sqlite(sqlite_path).await,
         }
     }
@@ -234,8 +289,9 @@ impl Db {
     /// so that API load never takes a connection the history writer needs.
     /// It connects lazily (nothing is opened until a request asks), waits at
     /// most `acquire_timeout` for a connection, and on PostgreSQL each
-    /// statement is cancelled by the server after `statement_timeout` (the
-    /// request timeout: past it nobody waits for the answer). On SQLite the
+    /// statement is cancelled by the server before `statement_timeout` (the
+    /// request timeout: past it nobody waits for the answer) is over: a
+    /// fifth of it earlier, at most a second. On SQLite the
     /// connections are read-only, which WAL mode lets run beside the writer.
     pub fn api_pool(
         &self,
@@ -245,9 +301,17 @@ impl Db {
     ) -> Db {
         match self {
             Db::Postgres(p) => {
+                // The server cancels a little before the caller gives up, so
+                // a slow query ends with the server's error and its
+                // connection goes back to the pool clean. A query the caller
+                // drops mid-read instead costs the connection, and over TLS
+                // sqlx never gives it back: a 1-connection pool whose query
+                // was dropped answered PoolTimedOut for good (TLS test).
+                let server = statement_timeout
+                    .saturating_sub((statement_timeout / 5).min(Duration::from_secs(1)));
                 let opts = (*p.connect_options()).clone().options([(
                     "statement_timeout",
-                    format!("{}ms", statement_timeout.as_millis().max(1)),
+                    format!("{}ms", server.as_millis().max(1)),
                 )]);
                 Db::Postgres(
                     PgPoolOptions::new()
@@ -357,7 +421,41 @@ async fn warn_if_timescaledb_left_out(pool: &PgPool) {
 /// An error and its causes as one line, each cause once: sqlx's errors
 /// repeat their cause's text in their own (`error returned from database:
 /// X`, whose source is X), so printing the chain with `{:#}` said it twice.
+/// A TLS failure in the chain is said in words first (wrong host name,
+/// unknown CA, a server that wants TLS …), then as the library said it.
 pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    explained_text(e, None)
+}
+
+/// [`error_text`], naming the sslmode and root certificate of `opts`.
+fn explained_text(
+    e: &(dyn std::error::Error + 'static),
+    opts: Option<&PgConnectOptions>,
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(why) = tls::explain(c, opts) {
+            parts.push(format!("{why}; in detail: {}", chain_text(c)));
+            break;
+        }
+        parts.push(c.to_string());
+        cause = c.source();
+    }
+    let mut text = String::new();
+    for part in parts {
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+/// The chain's texts, each once.
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -369,6 +467,16 @@ pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     text
+}
+
+/// A failed connection's error: a TLS failure said in words (naming the
+/// sslmode and root certificate of `opts`), anything else as it is.
+fn connect_error(e: sqlx::Error, opts: &PgConnectOptions) -> anyhow::Error {
+    if tls::explain_chain(&e) {
+        anyhow::anyhow!(explained_text(&e, Some(opts)))
+    } else {
+        anyhow::Error::from(e)
+    }
 }
 
 async fn accept_edited_migrations(pool: &PgPool) -> anyhow::Result<()> {
@@ -648,6 +756,14 @@ fn check_pg_params(url: &str) -> anyhow::Result<()> {
         );
     }
     for (key, _) in u.query_pairs() {
+        if key == "sslpassword" {
+            anyhow::bail!(
+                "invalid DATABASE_URL {}: `sslpassword` (the passphrase of an encrypted client key) is not supported; \
+                 decrypt the key with `openssl pkey -in KEY -out KEY.plain`, keep that file readable by regpoll only, \
+                 and give it as sslkey",
+                redact_url(url)
+            );
+        }
         let known =
             PG_URL_PARAMS.contains(&&*key) || (key.starts_with("options[") && key.ends_with(']'));
         if !known {
@@ -714,6 +830,14 @@ mod tests {
                 "postgres://u:S3cret@h/db?sslpassword=S3cret",
                 "postgres://u:***@h/db?sslpassword=***",
             ),
+            (
+                "postgres://u:S3cret@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem&sslcert=c.crt&sslkey=c.key&sslpassword=S3cret",
+                "postgres://u:***@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&sslcert=c.crt&sslkey=c.key&sslpassword=***",
+            ),
+            (
+                "postgres://u:S3cret@h/db?sslmode=require&sslrootcert=/etc/ca.pem",
+                "postgres://u:***@h/db?sslmode=require&sslrootcert=/etc/ca.pem",
+            ),
             ("host=h password=S3cret", "<unparsable URL>"),
         ] {
             assert_eq!(super::redact_url(url), shown);
@@ -722,6 +846,14 @@ mod tests {
 
     #[test]
     fn a_postgres_url_parameter_sqlx_does_not_know_is_refused_without_its_value() {
+        let e = super::check_pg_params("postgres://u@h/db?sslmode=require&sslpassword=S3cret")
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("`sslpassword`") && e.contains("openssl pkey"),
+            "{e}"
+        );
+        assert!(!e.contains("S3cret"), "{e}");
         let e = super::check_pg_params("postgres://u@h/db?passwd=S3cret").unwrap_err();
         let e = format!("{e:#}");
         assert!(e.contains("unknown parameter `passwd`"), "{e}");

@@ -70,6 +70,39 @@ pub const DATABASE_URL: Setting = Setting {
 /// The conventional variable read when `REGPOLL_DATABASE_URL` is unset.
 pub const DATABASE_URL_FALLBACK: &str = "DATABASE_URL";
 
+// TLS to PostgreSQL. Each one given overrides the URL's parameter of the
+// same name; unset, the URL's (or libpq's PGSSL* variables') applies.
+
+/// `prefer` when neither this nor the URL says: TLS when the server offers
+/// it, without checking whom it talks to (what libpq does too).
+pub const DATABASE_SSLMODE: Setting = Setting {
+    flag: "database-sslmode",
+    env: "REGPOLL_DATABASE_SSLMODE",
+    help: "TLS to PostgreSQL: disable, allow, prefer, require, verify-ca (the server's certificate is signed by a trusted CA) or verify-full (and is for the host name connected to). Overrides the URL's sslmode. Default: the URL's sslmode, else prefer",
+    default: None,
+};
+
+pub const DATABASE_SSLROOTCERT: Setting = Setting {
+    flag: "database-sslrootcert",
+    env: "REGPOLL_DATABASE_SSLROOTCERT",
+    help: "PEM file of the CA(s) that signed PostgreSQL's certificate, checked with sslmode verify-ca or verify-full (and require, as libpq does). Overrides the URL's sslrootcert. Default: the URL's, else the built-in public roots (webpki-roots)",
+    default: None,
+};
+
+pub const DATABASE_SSLCERT: Setting = Setting {
+    flag: "database-sslcert",
+    env: "REGPOLL_DATABASE_SSLCERT",
+    help: "PEM file of the client certificate regpoll shows PostgreSQL (pg_hba `cert` logins); needs --database-sslkey. Overrides the URL's sslcert. Default: the URL's, else none",
+    default: None,
+};
+
+pub const DATABASE_SSLKEY: Setting = Setting {
+    flag: "database-sslkey",
+    env: "REGPOLL_DATABASE_SSLKEY",
+    help: "PEM file of the client certificate's private key, unencrypted (keep it readable by regpoll only). Overrides the URL's sslkey. Default: the URL's, else none",
+    default: None,
+};
+
 pub const SQLITE_PATH: Setting = Setting {
     flag: "sqlite-path",
     env: "REGPOLL_SQLITE_PATH",

@@ -551,9 +551,19 @@ fn every_password_form_stays_out_of_every_command_and_endpoint() {
         format!("postgres://regpoll@127.0.0.1:1/regpoll?sslmode=disable&password={SECRET}"),
         format!("postgres://regpoll@127.0.0.1:1/regpoll?passwd={SECRET}"),
         format!("postgres://regpoll:{SECRET}@127.0.0.1:notaport/regpoll"),
+        // The TLS forms: an sslpassword (refused: regpoll cannot use one),
+        // a password beside TLS parameters, a root certificate that is not there.
+        format!("postgres://regpoll@127.0.0.1:1/regpoll?sslmode=require&sslpassword={SECRET}"),
+        format!(
+            "postgres://regpoll:{SECRET}@127.0.0.1:1/regpoll?sslmode=verify-full&sslrootcert=/etc/regpoll/ca.pem"
+        ),
+        format!(
+            "postgres://regpoll@127.0.0.1:1/regpoll?sslmode=verify-ca&password={SECRET}&sslcert=c.crt&sslkey=c.key"
+        ),
     ] {
         for args in [
             &["run", "--http", "off"][..],
+            &["status"],
             &["migrate"],
             &["devices", "list"],
             &["devices", "sync", devices],
@@ -574,6 +584,29 @@ fn every_password_form_stays_out_of_every_command_and_endpoint() {
                 "{args:?} {url}: {stderr}"
             );
         }
+    }
+
+    // --help shows the environment's settings but never the URL's secrets.
+    let url =
+        format!("postgres://regpoll:{SECRET}@db/regpoll?sslmode=verify-full&sslpassword={SECRET}");
+    for args in [
+        &["run", "--help"][..],
+        &["status", "--help"],
+        &["migrate", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_regpoll"))
+            .args(args)
+            .env("REGPOLL_DATABASE_URL", &url)
+            .env("REGPOLL_DATABASE_SSLMODE", "verify-full")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stdout.contains("--database-sslmode"), "{args:?}: {stdout}");
+        assert!(
+            !stdout.contains(SECRET) && !stderr.contains(SECRET),
+            "{args:?} printed a secret:\n{stdout}\n{stderr}"
+        );
     }
 
     for url in [

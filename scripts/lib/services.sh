@@ -39,6 +39,7 @@ fi
     PG_TIMESCALEDB=""
     PG_STARTED=""
     REDIS_PID=""
+    PG_HBA_FIRST=""
 }
 
 log() { printf '%s: %s\n' "${LOG_PREFIX:-${0##*/}}" "$*" >&2; }
@@ -228,6 +229,8 @@ detect_timescaledb() {
 # found it) and the caller's CONF_LINEs to postgresql.conf, starts it on
 # 127.0.0.1:PGPORT and waits until it accepts connections. The superuser is
 # "postgres" with trust authentication.
+# PG_HBA_FIRST, when the caller sets it, holds pg_hba.conf lines put before
+# initdb's trust lines (the first matching line decides).
 start_postgres() {
     local line pg_up started_at pg_status
     log "initialising PostgreSQL cluster with $PG_BIN/initdb"
@@ -237,6 +240,15 @@ start_postgres() {
         >"$SCRATCH_DIR/initdb.log" 2>&1; then
         cat "$SCRATCH_DIR/initdb.log" >&2
         die "initdb failed"
+    fi
+
+    if [ -n "$PG_HBA_FIRST" ]; then
+        {
+            echo "# added by $LOG_PREFIX"
+            printf '%s\n' "$PG_HBA_FIRST"
+            cat "$PGDATA_DIR/pg_hba.conf"
+        } >"$SCRATCH_DIR/pg_hba.conf"
+        as_pg cp "$SCRATCH_DIR/pg_hba.conf" "$PGDATA_DIR/pg_hba.conf"
     fi
 
     {

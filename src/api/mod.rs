@@ -327,7 +327,7 @@ async fn ready(State(state): State<ApiState>) -> Response {
         }
         match tokio::time::timeout(READY_TIMEOUT, s.db.ping()).await {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("database: {e}")),
+            Ok(Err(e)) => Some(format!("database: {}", crate::db::error_text(&e))),
             Err(_) => Some(format!(
                 "database: no answer within {}",
                 format_duration(READY_TIMEOUT)

@@ -35,7 +35,7 @@ pub(super) async fn open(settings: &Settings) -> anyhow::Result<(Db, Option<anyh
     let Some(url) = &settings.database_url else {
         return Ok((Db::sqlite(&settings.sqlite_path).await?, None));
     };
-    let db = Db::postgres_lazy(url)?;
+    let db = Db::postgres_lazy_with(url, &settings.database_tls)?;
     match db.connect_and_migrate().await {
         Ok(()) => Ok((db, None)),
         Err(OpenError::Unreachable(e)) => Ok((db, Some(e))),

@@ -56,6 +56,8 @@ use supervise::{RegistryWatch, Supervision, supervise};
 pub struct Settings {
     /// PostgreSQL URL; `None` keeps history in `sqlite_path`.
     pub database_url: Option<String>,
+    /// TLS settings over the URL's own `ssl*` parameters.
+    pub database_tls: crate::db::PgTls,
     pub sqlite_path: PathBuf,
     /// Redis URL; `None` keeps latest values in memory only.
     pub redis_url: Option<String>,
@@ -110,6 +112,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             database_url: None,
+            database_tls: crate::db::PgTls::default(),
             sqlite_path: PathBuf::from(settings::SQLITE_PATH.default_text()),
             redis_url: None,
             redis_prefix: settings::REDIS_PREFIX.default_text().to_string(),

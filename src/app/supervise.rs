@@ -203,7 +203,12 @@ impl RegistryWatch {
         };
         result
             .await
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot LISTEN for registry changes; checking every reload interval"))
+            .inspect_err(|e| {
+                tracing::warn!(
+                    error = crate::db::error_text(e),
+                    "cannot LISTEN for registry changes; checking every reload interval"
+                )
+            })
             .ok()
     }
 

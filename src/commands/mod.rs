@@ -60,5 +60,10 @@ fn load_file(path: &Path) -> anyhow::Result<Vec<Device>> {
 }
 
 async fn open_db(db: &DbArgs) -> anyhow::Result<Db> {
-    Db::open(db.database_url().as_deref(), &db.sqlite_path).await
+    Db::open_with(
+        db.database_url().as_deref(),
+        &db.database_tls(),
+        &db.sqlite_path,
+    )
+    .await
 }

@@ -23,6 +23,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn settings(args: RunArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         database_url: args.db.database_url(),
+        database_tls: args.db.database_tls(),
         redis_url: args.sinks.redis_url(),
         sqlite_path: args.db.sqlite_path,
         redis_prefix: args.sinks.redis_prefix,

@@ -36,7 +36,8 @@ async fn open(args: &StatusArgs) -> anyhow::Result<Db> {
     let timeout = args.timeout;
     let db = match args.db.database_url() {
         Some(url) => {
-            let db = Db::postgres_lazy(&url)?.api_pool(1, timeout, timeout);
+            let db = Db::postgres_lazy_with(&url, &args.db.database_tls())?
+                .api_pool(1, timeout, timeout);
             db.probe(timeout).await.with_context(|| {
                 format!(
                     "cannot reach the database at {}; check that PostgreSQL runs there and that --database-url (REGPOLL_DATABASE_URL or DATABASE_URL) is the service's",

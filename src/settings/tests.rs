@@ -1,8 +1,12 @@
 use super::*;
 
-const ALL: [Setting; 44] = [
+const ALL: [Setting; 48] = [
     LOG,
     DATABASE_URL,
+    DATABASE_SSLMODE,
+    DATABASE_SSLROOTCERT,
+    DATABASE_SSLCERT,
+    DATABASE_SSLKEY,
     SQLITE_PATH,
     REDIS_URL,
     REDIS_PREFIX,

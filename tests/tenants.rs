@@ -262,6 +262,31 @@ async fn a_tenants_database_role_and_redis_user_see_only_its_devices() {
             .expect_err(&sql);
         assert!(e.to_string().contains("permission denied"), "{sql}: {e}");
     }
+    // The policy costs a tenant's query one hash probe per row: the
+    // tenant's device ids are gathered once (a hashed SubPlan), the role's
+    // tenants once (InitPlans), never a lookup per row.
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (COSTS OFF) SELECT count(*) FROM register_readings WHERE ts > now() - interval '1 hour'",
+    )
+    .fetch_all(&acme_pool)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    eprintln!("a tenant's plan:\n{plan}");
+    assert!(plan.contains("hashed SubPlan"), "{plan}");
+    assert!(!plan.contains("Nested Loop"), "{plan}");
+    let owner_plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (COSTS OFF) SELECT count(*) FROM register_readings WHERE ts > now() - interval '1 hour'",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    let owner_plan = owner_plan.join("\n");
+    eprintln!("the owner's plan:\n{owner_plan}");
+    assert!(
+        !owner_plan.contains("SubPlan"),
+        "the owner is not subject to the policies: {owner_plan}"
+    );
     // Nor read another tenant's row by asking for it.
     let by_name: Option<i32> =
         sqlx::query_scalar("SELECT id FROM devices WHERE name = 'globex-pump'")
@@ -453,4 +478,29 @@ async fn a_device_moved_to_another_tenant_leaves_no_keys_behind() {
     }
     running.shutdown().await.unwrap();
     drop(dir);
+}
+
+#[test]
+fn the_registry_commands_show_each_devices_tenant() {
+    let (dir, _) = common::write_yaml(
+        "devices:\n  - { name: acme-boiler, host: 127.0.0.1, tenant: acme, registers: [ { name: t, kind: holding, address: 0 } ] }\n  - { name: shared-meter, host: 127.0.0.1, registers: [ { name: t, kind: holding, address: 0 } ] }\n",
+    );
+    let out = common::regpoll(&["devices", "sync", "devices.yaml"], dir.path());
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let out = common::regpoll(&["devices", "list"], dir.path());
+    let list = common::text(&out.stdout);
+    let column = |name: &str| {
+        let header = list.lines().next().unwrap();
+        let at = header.find("TENANT").expect("a TENANT column");
+        let line = list.lines().find(|l| l.starts_with(name)).unwrap();
+        line[at..].split_whitespace().next().unwrap().to_string()
+    };
+    assert_eq!(column("acme-boiler"), "acme", "{list}");
+    assert_eq!(column("shared-meter"), "-", "{list}");
+    let out = common::regpoll(&["devices", "show", "acme-boiler"], dir.path());
+    let first = common::text(&out.stdout);
+    assert!(
+        first.lines().next().unwrap().ends_with(", tenant acme"),
+        "{first}"
+    );
 }

@@ -265,23 +265,20 @@ async fn a_tenants_database_role_and_redis_user_see_only_its_devices() {
     // The policy costs a tenant's query one hash probe per row: the
     // tenant's device ids are gathered once (a hashed SubPlan), the role's
     // tenants once (InitPlans), never a lookup per row.
-    let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN (COSTS OFF) SELECT count(*) FROM register_readings WHERE ts > now() - interval '1 hour'",
-    )
-    .fetch_all(&acme_pool)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
+    let plan_of = |pool: PgPool| async move {
+        let lines: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN (COSTS OFF) SELECT count(*) FROM register_readings WHERE ts > now() - interval '1 hour'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        lines.join("\n")
+    };
+    let plan = plan_of(acme_pool.clone()).await;
     eprintln!("a tenant's plan:\n{plan}");
     assert!(plan.contains("hashed SubPlan"), "{plan}");
     assert!(!plan.contains("Nested Loop"), "{plan}");
-    let owner_plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN (COSTS OFF) SELECT count(*) FROM register_readings WHERE ts > now() - interval '1 hour'",
-    )
-    .fetch_all(&owner)
-    .await
-    .unwrap();
-    let owner_plan = owner_plan.join("\n");
+    let owner_plan = plan_of(owner.clone()).await;
     eprintln!("the owner's plan:\n{owner_plan}");
     assert!(
         !owner_plan.contains("SubPlan"),

@@ -501,3 +501,39 @@ fn the_registry_commands_show_each_devices_tenant() {
         "{first}"
     );
 }
+
+/// The databases refuse, as devices.yaml does, a tenant that could escape
+/// a Redis key pattern or a role name, whoever writes it.
+#[tokio::test]
+async fn the_databases_refuse_a_tenant_name_devices_yaml_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Db::sqlite(&dir.path().join("t.db")).await.unwrap();
+    let postgres = Db::postgres(&common::fresh_postgres().await).await.unwrap();
+    let devices = regpoll::config::parse(
+        "devices:\n  - { name: d, host: 127.0.0.1, tenant: acme, registers: [ { name: t, kind: holding, address: 0 } ] }\n",
+        "devices.yaml",
+    )
+    .unwrap();
+    for db in [&sqlite, &postgres] {
+        db.sync_devices(&devices).await.unwrap();
+        for bad in ["acme:*", "Acme", "-acme", "", &"a".repeat(64), "a b"] {
+            let refused = match db {
+                Db::Postgres(p) => sqlx::query("UPDATE devices SET tenant = $1")
+                    .bind(bad)
+                    .execute(p)
+                    .await
+                    .is_err(),
+                Db::Sqlite(p) => sqlx::query("UPDATE devices SET tenant = $1")
+                    .bind(bad)
+                    .execute(p)
+                    .await
+                    .is_err(),
+            };
+            assert!(refused, "{} took tenant {bad:?}", db.kind());
+        }
+        let loaded = db.load_devices().await.unwrap();
+        assert_eq!(loaded.devices[0].tenant_name(), Some("acme"));
+    }
+    sqlite.close().await;
+    postgres.close().await;
+}

@@ -175,7 +175,7 @@ async fn owners(
             ));
         }
     };
-    let polled = super::devices::polled_names(&s.stats);
+    let polled = super::devices::polled_names(&s.stats, &super::caller::Scope::default());
     let skipped: BTreeSet<String> = s
         .stats
         .registry

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use chrono::Utc;
 use serde_json::{Map, json};
 
+use super::caller::Scope;
 use super::error::ApiError;
 use super::params::check_text;
 use super::{ApiState, Shared};
@@ -44,6 +45,7 @@ fn device_json(device: &Device, stats: &Sources) -> serde_json::Value {
         "registers": device.registers.len(),
         "deadbands": deadbands_json(device),
         "tags": device.tags,
+        "tenant": device.tenant,
         "state": state
             .as_ref()
             .map_or("pending", |s| crate::reading::state_name(s.up, s.demoted)),
@@ -68,8 +70,11 @@ fn deadbands_json(device: &Device) -> serde_json::Value {
     with.into()
 }
 
-pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "devices": listing(&state.0) }))
+pub(crate) async fn devices(
+    State(state): State<ApiState>,
+    scope: Scope,
+) -> Json<serde_json::Value> {
+    Json(json!({ "devices": listing(&state.0, &scope) }))
 }
 
 /// Every device the API lists, each with its `state`: the polled ones, then
@@ -78,13 +83,15 @@ pub(crate) async fn devices(State(state): State<ApiState>) -> Json<serde_json::V
 /// previous definition is listed as polled, with the "reason" its new rows
 /// were refused. What `/api/devices` serves; `/api/fleet` builds the same
 /// objects (`polled_json`, `skipped_json`) for the devices of its page.
-pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
+/// Only the devices `scope` sees are listed.
+pub(crate) fn listing(s: &Shared, scope: &Scope) -> Vec<serde_json::Value> {
     let stats = &s.stats;
     let rejected = stats.registry.snapshot();
     let mut list: Vec<serde_json::Value> = stats
         .devices
         .borrow()
         .iter()
+        .filter(|d| scope.sees(d.tenant_name()))
         .map(|d| {
             let reason = rejected.get(&d.name).map(|r| r.reason.as_str());
             polled_json(d, stats, reason)
@@ -93,18 +100,19 @@ pub(crate) fn listing(s: &Shared) -> Vec<serde_json::Value> {
     list.extend(
         rejected
             .iter()
-            .filter(|(_, r)| !r.polling_previous)
+            .filter(|(_, r)| !r.polling_previous && scope.sees(r.tenant_name()))
             .map(|(name, r)| skipped_json(name, &r.reason, stats)),
     );
     list
 }
 
-/// The names of the devices this instance polls.
-pub(crate) fn polled_names(stats: &Sources) -> BTreeSet<String> {
+/// The names of the devices this instance polls that `scope` sees.
+pub(crate) fn polled_names(stats: &Sources, scope: &Scope) -> BTreeSet<String> {
     stats
         .devices
         .borrow()
         .iter()
+        .filter(|d| scope.sees(d.tenant_name()))
         .map(|d| d.name.clone())
         .collect()
 }
@@ -136,8 +144,11 @@ pub(crate) fn skipped_json(name: &str, reason: &str, stats: &Sources) -> serde_j
     json
 }
 
+/// A device that is not polled and one of another tenant are the same 404,
+/// so that a tenant cannot learn the names of the others' devices.
 pub(crate) async fn device_latest(
     State(state): State<ApiState>,
+    scope: Scope,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(name) = name.map_err(|e| {
@@ -151,7 +162,7 @@ pub(crate) async fn device_latest(
         .devices
         .borrow()
         .iter()
-        .find(|d| d.name == name)
+        .find(|d| d.name == name && scope.sees(d.tenant_name()))
         .cloned()
         .ok_or_else(|| {
             ApiError::not_found(format!(

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 
+use super::caller::Scope;
 use super::devices::{polled_json, polled_names, skipped_json};
 use super::error::ApiError;
 use super::params::Params;
@@ -56,6 +57,7 @@ const CALM_STATES: &[&str] = &["up", "pending"];
 /// 66 ms an answer at 10,000 devices (BENCHMARKS.md, "The status page").
 pub(crate) async fn fleet(
     State(state): State<ApiState>,
+    scope: Scope,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let s = &state.0;
@@ -69,6 +71,7 @@ pub(crate) async fn fleet(
     let rejected = s.stats.registry.snapshot();
     let mut rows: Vec<Row> = polled
         .iter()
+        .filter(|d| scope.sees(d.tenant_name()))
         .map(|d| {
             let state = latest.state_name(&d.name).unwrap_or("pending");
             Row::new(
@@ -84,10 +87,10 @@ pub(crate) async fn fleet(
     rows.extend(
         rejected
             .iter()
-            .filter(|(_, r)| !r.polling_previous)
+            .filter(|(_, r)| !r.polling_previous && scope.sees(r.tenant_name()))
             .map(|(name, r)| Row::new(name, "skipped", None, None, Some(&r.reason), s)),
     );
-    let summary = summary(&rows, s);
+    let summary = summary(&rows, s, &scope);
     let mut matched: Vec<&Row> = rows.iter().filter(|r| filter.keeps(r)).collect();
     matched.sort_by(|a, b| {
         (!a.attention)
@@ -165,7 +168,11 @@ impl<'a> Row<'a> {
 /// page can filter by, in a cluster what `/api/cluster` says but the
 /// owners, and the database's health as `/api/database` shows it (all from
 /// memory: the page's refresh costs no database statement).
-fn summary(rows: &[Row], s: &Shared) -> Value {
+///
+/// For a tenant's scope the counts are of its devices only, and what has
+/// no per-device split (readings by quality, history, Redis, the cluster,
+/// the database) is null: it would tell of the other tenants' devices.
+fn summary(rows: &[Row], s: &Shared, scope: &Scope) -> Value {
     let mut states: BTreeMap<&str, usize> = ["up", "down", "demoted", "pending"]
         .iter()
         .map(|s| (*s, 0))
@@ -181,6 +188,20 @@ fn summary(rows: &[Row], s: &Shared) -> Value {
                 values.insert(v);
             }
         }
+    }
+    if scope.tenant.is_some() {
+        return json!({
+            "devices": rows.len(),
+            "attention": attention,
+            "states": states,
+            "readings": null,
+            "history": null,
+            "redis": null,
+            "tags": tags,
+            "cluster": null,
+            "database": null,
+            "at": rfc3339(Utc::now()),
+        });
     }
     let stats = s.stats.snapshot().to_json();
     let problems = s.stats.history_snapshot().problems(Utc::now());
@@ -316,12 +337,13 @@ fn too_many(max: usize) -> ApiError {
 /// be removed between the page's listing and this request).
 pub(crate) async fn latest(
     State(state): State<ApiState>,
+    scope: Scope,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let s = &state.0;
     let params = Params::parse(raw.as_deref(), LATEST_PARAMS)?;
     let names = device_names(&params, s.limits.max_devices)?;
-    let polled = polled_names(&s.stats);
+    let polled = polled_names(&s.stats, &scope);
     let mut devices = Map::new();
     let mut unknown = Vec::new();
     for name in names {
@@ -346,6 +368,7 @@ pub(crate) async fn latest(
 /// are listed under `unknown`.
 pub(crate) async fn buckets(
     State(state): State<ApiState>,
+    scope: Scope,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let s = &state.0;
@@ -373,7 +396,7 @@ pub(crate) async fn buckets(
             bucket: Some(bucket),
             limit: left.min(query::MAX_LIMIT),
         };
-        match query::range(&s.query_db, &q).await {
+        match query::range_of_tenant(&s.query_db, &q, scope.tenant.as_deref()).await {
             Ok(rows) => {
                 left = left.saturating_sub(rows.len()).max(1);
                 devices.insert(name, rows);

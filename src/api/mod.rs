@@ -19,6 +19,8 @@ pub mod limits;
 pub mod metrics;
 mod params;
 mod readings;
+#[cfg(test)]
+mod tenant_tests;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -159,17 +161,32 @@ impl HttpStats {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(status_page))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics_text))
-        .route("/api/stats", get(stats))
+        .route(
+            "/ready",
+            get(ready).route_layer(middleware::from_fn(fleet_wide)),
+        )
+        .route(
+            "/metrics",
+            get(metrics_text).route_layer(middleware::from_fn(fleet_wide)),
+        )
+        .route(
+            "/api/stats",
+            get(stats).route_layer(middleware::from_fn(fleet_wide)),
+        )
         .route("/api/devices", get(devices::devices))
         .route("/api/devices/{name}/latest", get(devices::device_latest))
         .route("/api/readings", get(readings::readings))
         .route("/api/fleet", get(fleet::fleet))
         .route("/api/latest", get(fleet::latest))
         .route("/api/buckets", get(fleet::buckets))
-        .route("/api/cluster", get(cluster::cluster))
-        .route("/api/database", get(database::database))
+        .route(
+            "/api/cluster",
+            get(cluster::cluster).route_layer(middleware::from_fn(fleet_wide)),
+        )
+        .route(
+            "/api/database",
+            get(database::database).route_layer(middleware::from_fn(fleet_wide)),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .route("/health", get(health))
         .fallback(not_found)
@@ -283,6 +300,17 @@ async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Respo
 
 async fn status_page() -> Html<&'static str> {
     Html(STATUS_PAGE)
+}
+
+/// For the endpoints whose answers cover the whole fleet with no split by
+/// device (counters, readiness, the database, the cluster): a caller
+/// limited to one tenant's devices is answered as if the endpoint did not
+/// exist, since the answer would tell of other tenants' devices.
+async fn fleet_wide(scope: caller::Scope, req: Request, next: Next) -> Response {
+    match scope.tenant {
+        Some(_) => not_found(req).await.into_response(),
+        None => next.run(req).await,
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -15,6 +15,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::ApiState;
+use super::caller::Scope;
 use super::error::ApiError;
 use super::limits::format_bytes;
 use super::params::Params;
@@ -38,8 +39,11 @@ struct Answer<'a> {
     rows: &'a Rows,
 }
 
+/// For a tenant's scope, a device of another tenant is the same 404 as a
+/// device the registry does not know.
 pub(crate) async fn readings(
     State(state): State<ApiState>,
+    scope: Scope,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let s = &state.0;
@@ -54,7 +58,7 @@ pub(crate) async fn readings(
         limit: q.limit.min(fitting),
         ..q.clone()
     };
-    let rows = match query::range(&s.query_db, &capped).await {
+    let rows = match query::range_of_tenant(&s.query_db, &capped, scope.tenant.as_deref()).await {
         Ok(rows) => rows,
         Err(QueryError::TooMany { limit, .. }) if limit < q.limit => {
             return Err(too_large(cap, &q));

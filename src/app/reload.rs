@@ -47,6 +47,7 @@ pub(super) async fn apply(
             Rejection {
                 reason: r.reason,
                 polling_previous: previous.is_some(),
+                tenant: r.tenant,
             },
         );
     }
@@ -79,6 +80,12 @@ pub(super) async fn apply(
             continue;
         };
         reloaded.push(Arc::clone(new));
+        if old.tenant != new.tenant {
+            notices.push(Notice::TenantChanged {
+                device: name.clone(),
+                from: old.tenant.clone(),
+            });
+        }
         let kept: HashSet<&str> = new.registers.iter().map(|r| &*r.name).collect();
         let registers: Vec<String> = old
             .registers
@@ -89,6 +96,7 @@ pub(super) async fn apply(
         if !registers.is_empty() {
             notices.push(Notice::RegistersRemoved {
                 device: name.clone(),
+                tenant: new.tenant.clone(),
                 registers,
                 at,
             });
@@ -99,22 +107,27 @@ pub(super) async fn apply(
         told.insert(device);
         notices.push(Notice::DeviceStopped {
             device: device.clone(),
+            tenant: rejections.get(device).and_then(|r| r.tenant),
             state: Stopped::Skipped,
             reason: Some(reason.clone()),
             at,
         });
     }
-    let inactive = changes
+    // A stopped device's keys are where its last polled definition put them.
+    let stopped = changes
         .stopped
         .iter()
-        .chain(loaded.inactive.iter().filter(|_| first));
-    for device in inactive {
+        .map(|d| (d, before.get(d).and_then(|b| b.tenant.as_ref())));
+    let idle = loaded.inactive.iter().filter(|_| first);
+    let inactive = stopped.chain(idle.map(|(d, t)| (d, t.as_ref())));
+    for (device, tenant) in inactive {
         if elsewhere.is_some_and(|o| o.in_registry(device)) {
             continue;
         }
         if told.insert(device) && rejections.get(device).is_none() {
             notices.push(Notice::DeviceStopped {
                 device: device.clone(),
+                tenant: tenant.cloned(),
                 state: Stopped::Inactive,
                 reason: None,
                 at,

@@ -18,8 +18,8 @@ pub(super) async fn list(args: &DbArgs) -> anyhow::Result<()> {
     let db = open_db(args).await?;
     let loaded = db.load_devices().await?;
     println!(
-        "{:<20} {:<24} {:<12} {:>4} {:>9} {:>6}  SCHEDULE",
-        "NAME", "ENDPOINT", "TRANSPORT", "UNIT", "REGISTERS", "ACTIVE"
+        "{:<20} {:<24} {:<12} {:>4} {:>9} {:>6}  {:<12} SCHEDULE",
+        "NAME", "ENDPOINT", "TRANSPORT", "UNIT", "REGISTERS", "ACTIVE", "TENANT"
     );
     for d in &loaded.devices {
         let transport = match d.transport.serial() {
@@ -27,13 +27,14 @@ pub(super) async fn list(args: &DbArgs) -> anyhow::Result<()> {
             None => d.transport.as_str().to_string(),
         };
         println!(
-            "{:<20} {:<24} {:<12} {:>4} {:>9} {:>6}  {}",
+            "{:<20} {:<24} {:<12} {:>4} {:>9} {:>6}  {:<12} {}",
             d.name,
             d.endpoint(),
             transport,
             d.unit_id.0,
             d.registers.len(),
             if d.active { "yes" } else { "no" },
+            d.tenant_name().unwrap_or("-"),
             d.schedule.describe()
         );
     }
@@ -63,12 +64,14 @@ pub(super) async fn show(name: &str, args: &DbArgs) -> anyhow::Result<()> {
         );
     };
     println!(
-        "{} at {} unit {}, {}, {}",
+        "{} at {} unit {}, {}, {}{}",
         d.name,
         d.endpoint(),
         d.unit_id.0,
         d.schedule.describe(),
-        if d.active { "active" } else { "inactive" }
+        if d.active { "active" } else { "inactive" },
+        d.tenant_name()
+            .map_or(String::new(), |t| format!(", tenant {t}"))
     );
     println!(
         "{:<24} {:<9} {:>7} {:<7} {:<8} {:<16} HISTORY",

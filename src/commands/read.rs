@@ -276,6 +276,7 @@ fn device(
             ..RequestLimits::DEFAULT
         },
         tags: Default::default(),
+        tenant: None,
         registers: registers.into(),
         register_ids: Box::default(),
     }

@@ -142,6 +142,7 @@ pub(super) struct RawDevice {
     pub deadband_percent: Option<Spanned<f64>>,
     pub heartbeat: Option<Spanned<String>>,
     pub tags: Option<Spanned<BTreeMap<String, String>>>,
+    pub tenant: Option<Spanned<String>>,
     pub registers: Option<Spanned<Vec<Spanned<RawRegister>>>>,
     pub problems: Problems,
 }
@@ -216,6 +217,7 @@ const DEVICE_FIELDS: &[&str] = &[
     "deadband_percent",
     "heartbeat",
     "tags",
+    "tenant",
     "registers",
 ];
 
@@ -339,6 +341,7 @@ impl RawDevice {
                 }
                 "heartbeat" => d.heartbeat = field(key, v, DURATION, text, p),
                 "tags" => d.tags = tags(v, p),
+                "tenant" => d.tenant = field(key, v, crate::registry::TENANT_RULE, text, p),
                 "registers" => d.registers = registers(v, p),
                 _ => unreachable!("`entries` passes only the keys listed in DEVICE_FIELDS"),
             }

@@ -981,3 +981,46 @@ fn an_alias_bomb_is_refused_with_the_limit_named() {
 
 mod deadband;
 mod transport;
+
+#[test]
+fn a_device_has_no_tenant_unless_it_or_the_defaults_name_one() {
+    assert_eq!(parse(GOOD, "devices.yaml").unwrap()[0].tenant, None);
+    let own = GOOD.replace("    unit_id: 3\n", "    unit_id: 3\n    tenant: acme\n");
+    let d = &parse(&own, "devices.yaml").unwrap()[0];
+    assert_eq!(d.tenant.as_ref().map(|t| t.as_str()), Some("acme"));
+    let defaulted = GOOD.replace("  every: 2s\n", "  every: 2s\n  tenant: globex\n");
+    let d = &parse(&defaulted, "devices.yaml").unwrap()[0];
+    assert_eq!(d.tenant.as_ref().map(|t| t.as_str()), Some("globex"));
+    let both = defaulted.replace("    unit_id: 3\n", "    unit_id: 3\n    tenant: acme\n");
+    let d = &parse(&both, "devices.yaml").unwrap()[0];
+    assert_eq!(d.tenant.as_ref().map(|t| t.as_str()), Some("acme"));
+}
+
+#[test]
+fn a_tenant_that_could_escape_a_key_or_role_name_is_refused_where_it_is_written() {
+    for (value, says) in [
+        ("Acme", "starts with `A`"),
+        ("\"acme:*\"", "contains `:`"),
+        ("\"a b\"", "contains ` `"),
+        ("\"\"", "tenant is empty"),
+        (&"a".repeat(64), "64 characters long"),
+    ] {
+        let yaml = GOOD.replace(
+            "    unit_id: 3\n",
+            &format!("    unit_id: 3\n    tenant: {value}\n"),
+        );
+        let e = only_error(&yaml);
+        assert_eq!((e.line, e.column), (8, 13), "{value}: {e:?}");
+        assert_eq!(e.device.as_deref(), Some("boiler-1"));
+        assert!(e.message.contains(says), "{value}: {}", e.message);
+        assert!(
+            e.message.contains("valid: 1-63 characters of a-z"),
+            "{}",
+            e.message
+        );
+    }
+    let e = only_error(&GOOD.replace("  every: 2s\n", "  every: 2s\n  tenant: ACME\n"));
+    assert_eq!((e.line, e.column), (4, 11), "{e:?}");
+    let e = only_error(&GOOD.replace("    unit_id: 3\n", "    unit_id: 3\n    tenant: [acme]\n"));
+    assert!(e.message.contains("`tenant` is a list"), "{}", e.message);
+}

@@ -138,9 +138,15 @@ fn opt_ts_json<S: serde::Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result
 }
 
 /// The device's registers (inactive ones too: their history stays queryable),
-/// or `NotFound` naming the device.
-async fn registers(db: &Db, device: &str) -> Result<Vec<RegisterRef>, QueryError> {
-    db.device_registers(device).await?.ok_or_else(|| {
+/// or `NotFound` naming the device. With `tenant`, a device of another
+/// tenant (or of none) is not found either, with the same message, so that
+/// a tenant cannot tell another's device from one that does not exist.
+async fn registers(
+    db: &Db,
+    device: &str,
+    tenant: Option<&str>,
+) -> Result<Vec<RegisterRef>, QueryError> {
+    db.device_registers(device, tenant).await?.ok_or_else(|| {
         QueryError::NotFound(format!(
             "no device named `{device}` in the registry (`regpoll devices list` shows them)"
         ))
@@ -151,7 +157,7 @@ async fn registers(db: &Db, device: &str) -> Result<Vec<RegisterRef>, QueryError
 pub async fn latest(db: &Db, device: &str) -> Result<Vec<LatestRow>, QueryError> {
     let store = store::for_db(db);
     let mut out = Vec::new();
-    for reg in registers(db, device).await? {
+    for reg in registers(db, device, None).await? {
         let (ts, value, text, quality, detail) = match store.latest(reg.id).await? {
             Some(r) => (Some(r.ts), r.value, r.value_text, Some(r.quality), r.detail),
             None => (None, None, None, None, None),
@@ -204,8 +210,18 @@ pub fn validate(q: &RangeQuery) -> Result<(), QueryError> {
 /// (in address order) and time. More matching rows than `limit` is an error
 /// that says how to narrow the query, never a silently cut result.
 pub async fn range(db: &Db, q: &RangeQuery) -> Result<Rows, QueryError> {
+    range_of_tenant(db, q, None).await
+}
+
+/// [`range`] for a device of `tenant` only (`None`: any device): another
+/// tenant's device is `NotFound` exactly as a device that does not exist.
+pub async fn range_of_tenant(
+    db: &Db,
+    q: &RangeQuery,
+    tenant: Option<&str>,
+) -> Result<Rows, QueryError> {
     validate(q)?;
-    let mut regs = registers(db, &q.device).await?;
+    let mut regs = registers(db, &q.device, tenant).await?;
     if let Some(name) = &q.register {
         regs.retain(|r| &r.name == name);
         if regs.is_empty() {

@@ -5,6 +5,8 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::registry::Tenant;
+
 /// Why a device is no longer polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -30,6 +32,7 @@ pub enum Notice {
     /// removed): their latest values go.
     RegistersRemoved {
         device: String,
+        tenant: Option<Tenant>,
         registers: Vec<String>,
         at: DateTime<Utc>,
     },
@@ -37,30 +40,51 @@ pub enum Notice {
     /// state says why (`reason` for a skipped device).
     DeviceStopped {
         device: String,
+        tenant: Option<Tenant>,
         state: Stopped,
         reason: Option<String>,
         at: DateTime<Utc>,
+    },
+    /// The device's tenant changed (`from` is the one it had): its keys
+    /// under the old tenant go, so that tenant's readers do not keep a
+    /// frozen copy of a device that is no longer theirs. Nothing is
+    /// published on the old channel.
+    TenantChanged {
+        device: String,
+        from: Option<Tenant>,
     },
 }
 
 impl Notice {
     pub fn device(&self) -> &str {
         match self {
-            Notice::RegistersRemoved { device, .. } | Notice::DeviceStopped { device, .. } => {
-                device
+            Notice::RegistersRemoved { device, .. }
+            | Notice::DeviceStopped { device, .. }
+            | Notice::TenantChanged { device, .. } => device,
+        }
+    }
+
+    /// The tenant whose keys the notice changes.
+    pub fn tenant(&self) -> Option<&Tenant> {
+        match self {
+            Notice::RegistersRemoved { tenant, .. } | Notice::DeviceStopped { tenant, .. } => {
+                tenant.as_ref()
             }
+            Notice::TenantChanged { from, .. } => from.as_ref(),
         }
     }
 
     /// The message published on the device's update channel:
-    /// `{"device","ts","removed":[…]}` or `{"device","ts","state","error"}`.
-    pub fn message(&self) -> serde_json::Value {
+    /// `{"device","ts","removed":[…]}` or `{"device","ts","state","error"}`;
+    /// `None` for a change that publishes nothing.
+    pub fn message(&self) -> Option<serde_json::Value> {
         use serde_json::json;
-        match self {
+        Some(match self {
             Notice::RegistersRemoved {
                 device,
                 registers,
                 at,
+                ..
             } => json!({
                 "device": device,
                 "ts": crate::reading::rfc3339(*at),
@@ -71,12 +95,14 @@ impl Notice {
                 state,
                 reason,
                 at,
+                ..
             } => json!({
                 "device": device,
                 "ts": crate::reading::rfc3339(*at),
                 "state": state.as_str(),
                 "error": reason,
             }),
-        }
+            Notice::TenantChanged { .. } => return None,
+        })
     }
 }

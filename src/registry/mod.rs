@@ -8,6 +8,7 @@ mod deadband;
 pub mod rejections;
 mod shape;
 pub mod store;
+mod tenant;
 mod transport;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use deadband::{Band, Deadband, HEARTBEAT_MAX, PERCENT_MAX};
+pub use tenant::{TENANT_MAX, TENANT_RULE, Tenant};
 pub use transport::{
     BAUD_MAX, BAUD_MIN, DEFAULT_BAUD, DataBits, Parity, SerialLine, StopBits, Transport,
     TransportKind, check_rtu_unit, link_conflict,
@@ -497,6 +499,9 @@ pub struct Device {
     pub timeout: Duration,
     pub limits: RequestLimits,
     pub tags: BTreeMap<String, String>,
+    /// The tenant the device belongs to; `None` (the default) for a
+    /// single-tenant installation, whose keys and rows are as before tenants.
+    pub tenant: Option<Tenant>,
     /// Shared with every device of the same register map: a fleet is mostly
     /// a few models of meter, and at 10,000 devices of 10 registers a list
     /// of its own per device was 10 MB, the largest thing regpoll held.
@@ -521,6 +526,11 @@ impl Device {
         }
         groups.sort_by_key(|(s, _)| *s != self.schedule);
         groups
+    }
+
+    /// The name of the device's tenant, if it has one.
+    pub fn tenant_name(&self) -> Option<&str> {
+        self.tenant.as_ref().map(Tenant::as_str)
     }
 
     /// The `device_register_map.id` of register `index`; 0 until stored.

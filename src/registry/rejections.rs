@@ -13,9 +13,17 @@ pub struct Rejection {
     /// Its previous good definition is still polled (loaded before the rows
     /// went bad); otherwise the device is not polled at all (skipped).
     pub polling_previous: bool,
+    /// The device's tenant, when its rows hold a valid one: who may see
+    /// the rejection (the API's tenant scopes) and where its Redis keys are.
+    pub tenant: Option<crate::registry::Tenant>,
 }
 
 impl Rejection {
+    /// The name of the device's tenant, if it has one.
+    pub fn tenant_name(&self) -> Option<&str> {
+        self.tenant.as_ref().map(crate::registry::Tenant::as_str)
+    }
+
     /// The `/ready` warning for `device`.
     pub fn warning(&self, device: &str) -> String {
         if self.polling_previous {
@@ -89,6 +97,7 @@ mod tests {
             Rejection {
                 reason: reason.to_string(),
                 polling_previous: previous,
+                tenant: None,
             },
         )])
     }

@@ -17,7 +17,7 @@ use sqlx::types::Json;
 
 use super::{
     Address, Align, Byte, CronSchedule, DataBits, DataType, Deadband, Demotion, Device, LogFrames,
-    Register, RegisterMaps, RequestLimits, Schedule, SerialLine, StopBits, Transport,
+    Register, RegisterMaps, RequestLimits, Schedule, SerialLine, StopBits, Tenant, Transport,
     TransportKind, UnitId, ValidRange,
 };
 use crate::db::{Db, on_pool};
@@ -54,6 +54,10 @@ pub(super) struct DeviceRow {
     align: String,
     active: bool,
     tags: Json<BTreeMap<String, String>>,
+    /// The tenant column (migration 0017), left out of the registry cache
+    /// when empty so that a cache without tenants is the file it was before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     /// Left out of the registry cache when `off`, so a cache of devices
     /// that log no frames is the file it was before the column existed.
     #[serde(default = "log_frames_off", skip_serializing_if = "is_off")]
@@ -252,6 +256,7 @@ impl DeviceRow {
             align: align_name(&d.schedule).to_string(),
             active: d.active,
             tags: Json(d.tags.clone()),
+            tenant: d.tenant.as_ref().map(|t| t.as_str().to_string()),
             log_frames: d.limits.log_frames.as_str().to_string(),
             transport: d.transport.as_str().to_string(),
             serial: SerialColumns::of(&d.transport),
@@ -295,7 +300,7 @@ impl RegisterRow {
 
 const SELECT_DEVICES: &str = "SELECT id, name, host, port, unit_id, every_ms, timeout_ms, connect_timeout_ms, retries, \
      pause_ms, max_registers_per_request, max_bits_per_request, max_gap, delay_after_connect_ms, max_in_flight, demote_after, \
-     demote_max_ms, cron, timezone, align, active, tags, log_frames, \
+     demote_max_ms, cron, timezone, align, active, tags, tenant, log_frames, \
      transport, serial_path, baud, parity, data_bits, stop_bits FROM devices ORDER BY name";
 const SELECT_REGISTERS: &str = "SELECT id, device_id, name, kind, address, data_type, word_order, scale, \"offset\", \
      unit, valid_min, valid_max, bit, byte, length, every_ms, cron, timezone, deadband, deadband_percent, heartbeat_ms \
@@ -320,14 +325,17 @@ pub struct Loaded {
     /// `problems`, by device, for `/ready`, `/metrics` and Redis).
     pub rejected: Vec<Rejected>,
     /// Devices of the registry that are not to be polled: inactive, or with
-    /// no active register (filled by `load_active_devices`).
-    pub inactive: Vec<String>,
+    /// no active register (filled by `load_active_devices`), with their
+    /// tenants (where their Redis keys are).
+    pub inactive: Vec<(String, Option<Tenant>)>,
 }
 
 /// An active device whose rows regpoll cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     pub device: String,
+    /// Its tenant, when the rows hold a valid one (where its Redis keys are).
+    pub tenant: Option<Tenant>,
     pub reason: String,
 }
 
@@ -401,6 +409,7 @@ impl Db {
                 .unwrap_or_else(|| Ok(DeviceMap::default()));
             let name = row.name.clone();
             let active = row.active;
+            let tenant = row.tenant.as_deref().and_then(|t| Tenant::parse(t).ok());
             match regs
                 .and_then(|regs| device_from_rows(row, regs, &mut maps))
                 .and_then(|d| links.admit(d))
@@ -414,6 +423,7 @@ impl Db {
                     if active {
                         loaded.rejected.push(Rejected {
                             device: name,
+                            tenant,
                             reason: e,
                         });
                     }
@@ -469,20 +479,27 @@ impl Db {
     /// The registers of the device named `device` (inactive ones too: their
     /// history stays queryable), in address order, as history queries name
     /// them; `None` when there is no such device.
+    ///
+    /// With `tenant`, only a device of that tenant is found: a device of
+    /// another tenant, or of none, is `None` as an unknown one is.
     pub(crate) async fn device_registers(
         &self,
         device: &str,
+        tenant: Option<&str>,
     ) -> sqlx::Result<Option<Vec<RegisterRef>>> {
-        const DEVICE: &str = "SELECT id FROM devices WHERE name = $1";
+        const DEVICE: &str = "SELECT id, tenant FROM devices WHERE name = $1";
         const REGISTERS: &str = "SELECT id, name, unit, data_type FROM device_register_map \
                                  WHERE device_id = $1 ORDER BY address, name";
         on_pool!(self, pool => {
-            let id: Option<i32> = sqlx::query_scalar(DEVICE)
+            let found: Option<(i32, Option<String>)> = sqlx::query_as(DEVICE)
                 .bind(device)
                 .fetch_optional(pool)
                 .await?;
-            match id {
-                Some(id) => sqlx::query_as(REGISTERS).bind(id).fetch_all(pool).await.map(Some),
+            let seen = found.filter(|(_, theirs)| {
+                tenant.is_none_or(|mine| theirs.as_deref() == Some(mine))
+            });
+            match seen {
+                Some((id, _)) => sqlx::query_as(REGISTERS).bind(id).fetch_all(pool).await.map(Some),
                 None => Ok(None),
             }
         })
@@ -495,7 +512,7 @@ impl Db {
             .into_iter()
             .partition(|d| d.active && !d.registers.is_empty());
         loaded.devices = polled;
-        loaded.inactive = idle.into_iter().map(|d| d.name).collect();
+        loaded.inactive = idle.into_iter().map(|d| (d.name, d.tenant)).collect();
         Ok(loaded)
     }
 
@@ -528,9 +545,9 @@ impl Db {
                     "INSERT INTO devices (name, host, port, unit_id, every_ms, timeout_ms, active, tags, \
                      connect_timeout_ms, retries, pause_ms, max_registers_per_request, max_bits_per_request, max_gap, \
                      cron, timezone, align, delay_after_connect_ms, demote_after, demote_max_ms, max_in_flight, log_frames, \
-                     transport, serial_path, baud, parity, data_bits, stop_bits) \
+                     transport, serial_path, baud, parity, data_bits, stop_bits, tenant) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) \
+                     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29) \
                      ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, \
                      unit_id = excluded.unit_id, every_ms = excluded.every_ms, timeout_ms = excluded.timeout_ms, \
                      active = excluded.active, tags = excluded.tags, connect_timeout_ms = excluded.connect_timeout_ms, \
@@ -543,7 +560,7 @@ impl Db {
                      log_frames = excluded.log_frames, \
                      transport = excluded.transport, serial_path = excluded.serial_path, baud = excluded.baud, \
                      parity = excluded.parity, data_bits = excluded.data_bits, stop_bits = excluded.stop_bits, \
-                     updated_at = CURRENT_TIMESTAMP RETURNING id",
+                     tenant = excluded.tenant, updated_at = CURRENT_TIMESTAMP RETURNING id",
                 )
                 .bind(&d.name)
                 .bind(&d.host)
@@ -573,6 +590,7 @@ impl Db {
                 .bind(serial.parity)
                 .bind(serial.data_bits)
                 .bind(serial.stop_bits)
+                .bind(d.tenant.as_ref().map(Tenant::as_str))
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("cannot store device `{}`", d.name))?;
@@ -843,6 +861,7 @@ pub(super) fn device_from_rows(
             log_frames: row.log_frames.parse()?,
         },
         tags: row.tags.0,
+        tenant: row.tenant.as_deref().map(Tenant::parse).transpose()?,
         // Shared with the devices that have the same map; the ids are the
         // device's own, so they are kept apart (and sized exactly).
         registers: maps.share(map.registers),

@@ -10,7 +10,7 @@ use super::super::{DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_UNIT_ID};
 use super::deadband::{Inherited, Written};
 use super::{Ctx, Validator, check_name};
 use crate::registry::{
-    Demotion, Device, Register, RequestLimits, Transport, UnitId, check_rtu_unit,
+    Demotion, Device, Register, RequestLimits, Tenant, Transport, UnitId, check_rtu_unit,
 };
 
 /// Bounds of the database's CHECKs (migration 0012).
@@ -88,6 +88,7 @@ impl Validator<'_> {
             .or(defaults.active.clone())
             .is_none_or(|a| a.value);
         let tags = tags(raw.tags, defaults);
+        let tenant = self.tenant(raw.tenant.as_ref().or(defaults.tenant.as_ref()), ctx);
         let registers = self.device_registers(raw.registers, at, ctx, &limits, inherited);
         if !registers.is_empty() {
             let any_band = registers.iter().any(|r| r.deadband.is_some());
@@ -111,10 +112,20 @@ impl Validator<'_> {
             timeout,
             limits,
             tags,
+            tenant,
             registers: self.maps.share(registers),
             register_ids: Box::default(),
         };
         self.same_bus(&device, transport_at, ctx).then_some(device)
+    }
+
+    /// The device's tenant (its own or the defaults'), checked where it is
+    /// written.
+    fn tenant(&mut self, given: Option<&Spanned<String>>, ctx: Ctx<'_>) -> Option<Tenant> {
+        let given = given?;
+        Tenant::parse(&given.value)
+            .map_err(|m| self.error(given.referenced, ctx, m))
+            .ok()
     }
 
     /// A safe name, not used by an earlier device.

@@ -5,6 +5,44 @@ use super::connection::Commands;
 use crate::latest::contract::{push_json, push_latest_json, push_rfc3339};
 use crate::latest::notice::Notice;
 use crate::reading::PollReport;
+use crate::registry::Tenant;
+
+/// The kinds of key a device has.
+const LATEST: &[u8] = b":latest:";
+const STATE: &[u8] = b":device:";
+const UPDATES: &[u8] = b":updates:";
+
+/// Where a device's keys are: `<prefix>:<kind>:<device>`, or
+/// `<prefix>:<tenant>:<kind>:<device>` for a device with a tenant, so that
+/// a Redis ACL pattern (`~regpoll:acme:*`, `&regpoll:acme:*`) covers one
+/// tenant's keys and channels and no other's. Every command that writes or
+/// deletes a device's keys names them through this, so the tenant's place
+/// in a key is decided once.
+pub(super) struct DeviceKeys<'a> {
+    prefix: &'a [u8],
+    /// `b":"` before a tenant, empty without one.
+    colon: &'a [u8],
+    tenant: &'a [u8],
+    device: &'a [u8],
+}
+
+impl<'a> DeviceKeys<'a> {
+    pub(super) fn new(prefix: &'a str, tenant: Option<&'a Tenant>, device: &'a str) -> Self {
+        let tenant = tenant.map_or(&b""[..], |t| t.as_str().as_bytes());
+        DeviceKeys {
+            prefix: prefix.as_bytes(),
+            colon: if tenant.is_empty() { b"" } else { b":" },
+            tenant,
+            device: device.as_bytes(),
+        }
+    }
+
+    /// The pieces of the key of `kind` ([`LATEST`], [`STATE`] or
+    /// [`UPDATES`]), written one after the other without a copy.
+    fn of(&self, kind: &'static [u8]) -> [&'a [u8]; 5] {
+        [self.prefix, self.colon, self.tenant, kind, self.device]
+    }
+}
 
 /// Appends one poll's commands to `out`: the latest values, the device
 /// state, expiry, and the update message.
@@ -22,8 +60,11 @@ pub(super) fn add_report(
     report: &PollReport,
 ) {
     use std::io::Write as _;
-    let prefix = settings.prefix.as_bytes();
-    let device = report.device.name.as_bytes();
+    let keys = DeviceKeys::new(
+        &settings.prefix,
+        report.device.tenant.as_ref(),
+        &report.device.name,
+    );
     let latency_ms = report.latency.as_secs_f64() * 1000.0;
     let state = report.state().as_bytes();
 
@@ -63,11 +104,9 @@ pub(super) fn add_report(
     msg.extend_from_slice(b"}}");
     let started = &msg[started];
 
-    let key = |kind: &'static [u8]| -> [&[u8]; 3] { [prefix, kind, device] };
+    let key = |kind: &'static [u8]| keys.of(kind);
     if n > 0 {
-        out.command(2 + 2 * n)
-            .arg(b"HSET")
-            .arg_parts(&key(b":latest:"));
+        out.command(2 + 2 * n).arg(b"HSET").arg_parts(&key(LATEST));
         for (r, span) in report.readings.iter().zip(spans.iter()) {
             out.arg(report.register(r).name.as_bytes())
                 .arg(&msg[span.clone()]);
@@ -91,7 +130,7 @@ pub(super) fn add_report(
     let args = 8 + 2 * usize::from(report.reachable) + 2 * usize::from(error.is_some());
     out.command(args)
         .arg(b"HSET")
-        .arg_parts(&key(b":device:"))
+        .arg_parts(&key(STATE))
         .arg(b"state")
         .arg(state)
         .arg(b"last_poll")
@@ -108,13 +147,13 @@ pub(super) fn add_report(
         None => {
             out.command(3)
                 .arg(b"HDEL")
-                .arg_parts(&key(b":device:"))
+                .arg_parts(&key(STATE))
                 .arg(b"error");
         }
     }
     if let Some(ttl) = settings.ttl {
         let secs = ttl.as_secs().max(1).min(i64::MAX as u64).to_string();
-        for kind in [&b":latest:"[..], b":device:"] {
+        for kind in [LATEST, STATE] {
             out.command(3)
                 .arg(b"EXPIRE")
                 .arg_parts(&key(kind))
@@ -123,7 +162,7 @@ pub(super) fn add_report(
     }
     out.command(3)
         .arg(b"PUBLISH")
-        .arg_parts(&key(b":updates:"))
+        .arg_parts(&key(UPDATES))
         .arg(msg);
 }
 
@@ -151,9 +190,8 @@ pub fn packed_report(settings: &RedisSettings, report: &PollReport) -> Vec<u8> {
 /// next poll's state replaces); then the change is published on the
 /// device's update channel.
 pub(super) fn add_notice(out: &mut Commands, settings: &RedisSettings, notice: &Notice) {
-    let prefix = settings.prefix.as_bytes();
-    let device = notice.device().as_bytes();
-    let key = |kind: &'static [u8]| -> [&[u8]; 3] { [prefix, kind, device] };
+    let keys = DeviceKeys::new(&settings.prefix, notice.tenant(), notice.device());
+    let key = |kind: &'static [u8]| keys.of(kind);
     match notice {
         Notice::RegistersRemoved { registers, .. } => {
             if registers.is_empty() {
@@ -161,18 +199,18 @@ pub(super) fn add_notice(out: &mut Commands, settings: &RedisSettings, notice: &
             }
             out.command(2 + registers.len())
                 .arg(b"HDEL")
-                .arg_parts(&key(b":latest:"));
+                .arg_parts(&key(LATEST));
             for r in registers {
                 out.arg(r.as_bytes());
             }
         }
         Notice::DeviceStopped { state, reason, .. } => {
-            out.command(2).arg(b"DEL").arg_parts(&key(b":latest:"));
+            out.command(2).arg(b"DEL").arg_parts(&key(LATEST));
             match reason {
                 Some(reason) => {
                     out.command(6)
                         .arg(b"HSET")
-                        .arg_parts(&key(b":device:"))
+                        .arg_parts(&key(STATE))
                         .arg(b"state")
                         .arg(state.as_str().as_bytes())
                         .arg(b"error")
@@ -181,12 +219,12 @@ pub(super) fn add_notice(out: &mut Commands, settings: &RedisSettings, notice: &
                 None => {
                     out.command(4)
                         .arg(b"HSET")
-                        .arg_parts(&key(b":device:"))
+                        .arg_parts(&key(STATE))
                         .arg(b"state")
                         .arg(state.as_str().as_bytes());
                     out.command(3)
                         .arg(b"HDEL")
-                        .arg_parts(&key(b":device:"))
+                        .arg_parts(&key(STATE))
                         .arg(b"error");
                 }
             }
@@ -194,15 +232,24 @@ pub(super) fn add_notice(out: &mut Commands, settings: &RedisSettings, notice: &
                 let secs = ttl.as_secs().max(1).min(i64::MAX as u64).to_string();
                 out.command(3)
                     .arg(b"EXPIRE")
-                    .arg_parts(&key(b":device:"))
+                    .arg_parts(&key(STATE))
                     .arg(secs.as_bytes());
             }
         }
+        Notice::TenantChanged { .. } => {
+            out.command(3)
+                .arg(b"DEL")
+                .arg_parts(&key(LATEST))
+                .arg_parts(&key(STATE));
+        }
     }
+    let Some(message) = notice.message() else {
+        return;
+    };
     let mut msg = Vec::new();
-    push_json(&mut msg, &notice.message());
+    push_json(&mut msg, &message);
     out.command(3)
         .arg(b"PUBLISH")
-        .arg_parts(&key(b":updates:"))
+        .arg_parts(&key(UPDATES))
         .arg(&msg);
 }

@@ -168,6 +168,89 @@ fn a_poll_is_its_hashes_and_message_and_an_error_is_set_with_the_state() {
 }
 
 #[test]
+fn a_tenant_devices_keys_and_channel_all_carry_its_tenant() {
+    let mut report = report();
+    let mut device = crate::registry::Device::clone(&report.device);
+    device.tenant = Some(crate::registry::Tenant::parse("acme").unwrap());
+    report.device = Arc::new(device);
+    report.error = None;
+    let settings = RedisSettings {
+        prefix: "p".into(),
+        ttl: Some(Duration::from_secs(90)),
+        ..RedisSettings::default()
+    };
+    let cmds = unpack(&packed_report(&settings, &report));
+    let keys: Vec<&str> = cmds.iter().map(|c| c[1].as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "p:acme:latest:boiler-1",
+            "p:acme:device:boiler-1",
+            "p:acme:device:boiler-1",
+            "p:acme:latest:boiler-1",
+            "p:acme:device:boiler-1",
+            "p:acme:updates:boiler-1",
+        ]
+    );
+}
+
+#[test]
+fn registry_changes_of_a_tenant_device_touch_only_its_tenants_keys() {
+    use crate::latest::notice::{Notice, Stopped};
+    use crate::registry::Tenant;
+    let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let acme = Some(Tenant::parse("acme").unwrap());
+    let settings = RedisSettings {
+        prefix: "p".into(),
+        ttl: Some(Duration::from_secs(90)),
+        ..RedisSettings::default()
+    };
+    let commands_of = |notice: Notice| {
+        let mut out = super::connection::Commands::default();
+        super::commands::add_notice(&mut out, &settings, &notice);
+        unpack(&out.into_bytes())
+    };
+    let removed = commands_of(Notice::RegistersRemoved {
+        device: "d".into(),
+        tenant: acme.clone(),
+        registers: vec!["t".into()],
+        at,
+    });
+    assert_eq!(removed[0], ["HDEL", "p:acme:latest:d", "t"]);
+    assert_eq!(removed[1][..2], ["PUBLISH", "p:acme:updates:d"]);
+    let stopped = commands_of(Notice::DeviceStopped {
+        device: "d".into(),
+        tenant: acme.clone(),
+        state: Stopped::Inactive,
+        reason: None,
+        at,
+    });
+    let keys: Vec<&str> = stopped.iter().map(|c| c[1].as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "p:acme:latest:d",
+            "p:acme:device:d",
+            "p:acme:device:d",
+            "p:acme:device:d",
+            "p:acme:updates:d"
+        ]
+    );
+    // A move deletes the keys where the device was, and says nothing on
+    // the old tenant's channel.
+    let moved = commands_of(Notice::TenantChanged {
+        device: "d".into(),
+        from: acme,
+    });
+    assert_eq!(moved, [["DEL", "p:acme:latest:d", "p:acme:device:d"]]);
+    let moved = commands_of(Notice::TenantChanged {
+        device: "d".into(),
+        from: None,
+    });
+    assert_eq!(moved, [["DEL", "p:latest:d", "p:device:d"]]);
+}
+
+#[test]
 fn a_pipeline_carries_the_hashes_and_the_update_message() {
     let report = report();
     let settings = RedisSettings {
@@ -459,11 +542,13 @@ fn notices() -> [crate::latest::notice::Notice; 2] {
     [
         Notice::RegistersRemoved {
             device: "boiler-1".into(),
+            tenant: None,
             registers: vec!["t".into(), "sn".into()],
             at,
         },
         Notice::DeviceStopped {
             device: "pump".into(),
+            tenant: None,
             state: Stopped::Skipped,
             reason: Some("register `p`: unknown type `float`".into()),
             at,

@@ -19,6 +19,7 @@ devices:
   - name: meter-2
     port: 1502
     unit_id: 7
+    tenant: acme
     registers: *meter
   - name: pump
     cron: "*/10 * * * * *"
@@ -232,4 +233,25 @@ devices:
         "{text}"
     );
     assert_eq!(text.matches(r#""transport""#).count(), 2, "{text}");
+}
+
+#[test]
+fn a_tenant_is_cached_only_where_a_device_has_one_and_a_bad_one_skips_its_device() {
+    let devices = registry();
+    let text = String::from_utf8(encode(&devices, DB)).unwrap();
+    assert_eq!(text.matches("\"tenant\"").count(), 1, "{text}");
+    let loaded = decoded(text.as_bytes()).unwrap();
+    assert_eq!(loaded.devices[1].tenant_name(), Some("acme"));
+    // A cache edited by hand into a tenant that would escape its keys.
+    let edited = text.replace("\"tenant\":\"acme\"", "\"tenant\":\"acme:*\"");
+    let loaded = decoded(edited.as_bytes()).unwrap();
+    assert!(loaded.devices.iter().all(|d| d.name != "meter-2"));
+    assert!(
+        loaded
+            .problems
+            .iter()
+            .any(|p| p.contains("meter-2") && p.contains("contains `:`")),
+        "{:?}",
+        loaded.problems
+    );
 }

@@ -537,3 +537,101 @@ async fn the_databases_refuse_a_tenant_name_devices_yaml_would_refuse() {
     sqlite.close().await;
     postgres.close().await;
 }
+
+/// The tenants' tokens, through the real token check of `regpoll run`'s
+/// API: each tenant's token lists and reads only its devices, another
+/// tenant's device is the 404 of a device that does not exist, fleet-wide
+/// endpoints do not exist for it, and a token without a tenant sees all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenants_token_sees_only_its_devices_through_the_api() {
+    const ACME: &str = "acme-token-0123456789";
+    const GLOBEX: &str = "globex-token-0123456789";
+    const OPS: &str = "ops-token-0123456789ab";
+    let fixture = common::simulate(FLEET, &["{A}", "{B}", "{C}"]).await;
+    let mut settings = Settings {
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        ..Settings::default()
+    };
+    settings.http_access.tokens.env = Some(format!(
+        "acme-viewer {ACME} acme; globex-viewer {GLOBEX} globex; ops {OPS}"
+    ));
+    let (running, _dir) = run(&fixture, settings).await;
+    common::wait_for_polls(&running, 3).await;
+    let api = running.http_addr().unwrap();
+
+    let names = |answer: &common::HttpAnswer| -> Vec<String> {
+        let mut names: Vec<String> = answer.json()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    for (token, mine, theirs) in [
+        (ACME, "acme-boiler", "globex-pump"),
+        (GLOBEX, "globex-pump", "acme-boiler"),
+    ] {
+        let listed = common::http_get_as(api, "/api/devices", Some(token)).await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        assert_eq!(names(&listed), [mine]);
+        let own = format!("/api/devices/{mine}/latest");
+        assert_eq!(
+            common::http_get_as(api, &own, Some(token)).await.status,
+            200
+        );
+        for other in [theirs, "shared-meter"] {
+            let answer =
+                common::http_get_as(api, &format!("/api/devices/{other}/latest"), Some(token))
+                    .await;
+            let unknown =
+                common::http_get_as(api, "/api/devices/no-such-device/latest", Some(token)).await;
+            assert_eq!(
+                (answer.status, unknown.status),
+                (404, 404),
+                "{}",
+                answer.body
+            );
+            assert_eq!(
+                answer.body.replace(other, "no-such-device"),
+                unknown.body,
+                "another tenant's device answers as one that does not exist"
+            );
+            let readings =
+                common::http_get_as(api, &format!("/api/readings?device={other}"), Some(token))
+                    .await;
+            assert_eq!(readings.status, 404, "{}", readings.body);
+        }
+        let latest = common::http_get_as(
+            api,
+            &format!("/api/latest?devices={mine},{theirs}"),
+            Some(token),
+        )
+        .await;
+        assert_eq!(latest.status, 200, "{}", latest.body);
+        let latest = latest.json();
+        assert!(latest["devices"][mine].is_object(), "{latest}");
+        assert!(latest["devices"].get(theirs).is_none(), "{latest}");
+        assert_eq!(latest["unknown"], serde_json::json!([theirs]));
+        for fleet_wide in ["/metrics", "/api/database", "/api/stats"] {
+            let answer = common::http_get_as(api, fleet_wide, Some(token)).await;
+            assert_eq!(answer.status, 404, "{fleet_wide}: {}", answer.body);
+        }
+    }
+    let all = common::http_get_as(api, "/api/devices", Some(OPS)).await;
+    assert_eq!(
+        names(&all),
+        ["acme-boiler", "globex-pump", "shared-meter"],
+        "a token without a tenant sees every device"
+    );
+    assert_eq!(
+        common::http_get_as(api, "/metrics", Some(OPS)).await.status,
+        200
+    );
+    assert_eq!(
+        common::http_get_as(api, "/api/devices", None).await.status,
+        401
+    );
+    running.shutdown().await.unwrap();
+}

@@ -203,12 +203,23 @@ impl HttpAnswer {
 /// ends when the server closes): enough for testing the API without a client
 /// library.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> HttpAnswer {
+    http_get_as(addr, path, None).await
+}
+
+/// `http_get` with `Authorization: Bearer <token>` when a token is given.
+#[allow(dead_code)]
+pub async fn http_get_as(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> HttpAnswer {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to the API at {addr}: {e}"));
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
         .await
         .unwrap();
     let mut raw = Vec::new();

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::api::caller::Caller;
+use crate::registry::Tenant;
 
 /// Shortest token accepted as plain text: shorter ones can be guessed.
 pub const PLAIN_MIN: usize = 16;
@@ -216,7 +217,7 @@ fn parse_line(fields: &[(usize, &str)]) -> Result<Entry, (usize, String)> {
     };
     let hash = parse_secret(secret).map_err(|m| (secret_col, m))?;
     let tenant = match fields.get(2) {
-        Some(&(col, t)) => Some(Arc::from(valid_tenant(t).map_err(|m| (col, m))?)),
+        Some(&(col, t)) => Some(Arc::from(Tenant::parse(t).map_err(|m| (col, m))?.as_str())),
         None => None,
     };
     if let Some(&(col, _)) = fields.get(3) {
@@ -272,23 +273,6 @@ fn parse_hex(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// A tenant name: 1-63 characters of `[a-z0-9_-]`, starting with a letter
-/// or digit (tenants go into Redis keys and database role names).
-pub fn valid_tenant(t: &str) -> Result<&str, String> {
-    let ok = (1..=63).contains(&t.len())
-        && t.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && t.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if ok {
-        Ok(t)
-    } else {
-        Err(format!(
-            "`{}` is not a tenant name; use 1-63 characters of a-z, 0-9, `_` and `-`, starting with a letter or digit",
-            t.chars().take(63).collect::<String>()
-        ))
-    }
-}
-
 /// A new random token and its line for the token file.
 pub struct NewToken {
     pub token: String,
@@ -300,7 +284,7 @@ pub struct NewToken {
 pub fn new_token(name: &str, tenant: Option<&str>) -> Result<NewToken, String> {
     valid_name(name)?;
     if let Some(t) = tenant {
-        valid_tenant(t)?;
+        Tenant::parse(t)?;
     }
     let mut bytes = [0u8; NEW_TOKEN_BYTES];
     getrandom::fill(&mut bytes)

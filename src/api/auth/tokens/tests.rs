@@ -112,12 +112,20 @@ fn mistakes_are_named_with_line_and_column_and_how_to_fix_them() {
             ":1:3:",
             "at least 16 characters",
         ),
-        (format!("x {TOKEN} Acme\n"), ":1:32:", "not a tenant name"),
-        (format!("x {TOKEN} -acme\n"), ":1:32:", "not a tenant name"),
+        (
+            format!("x {TOKEN} Acme\n"),
+            ":1:32:",
+            "valid: 1-63 characters",
+        ),
+        (
+            format!("x {TOKEN} -acme\n"),
+            ":1:32:",
+            "valid: 1-63 characters",
+        ),
         (
             format!("x {TOKEN} {}\n", "a".repeat(64)),
             ":1:32:",
-            "not a tenant name",
+            "valid: 1-63 characters",
         ),
         (
             format!("x {TOKEN} acme extra\n"),

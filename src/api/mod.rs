@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub started_at: f64,
     /// Whether the database has answered since a start without it.
     pub connectivity: Connectivity,
+    /// `/ready`'s database check in flight, if one outlived its wait.
+    pub ready_ping: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), sqlx::Error>>>>,
     /// The token check (no tokens: every request is let through).
     pub auth: Arc<auth::Auth>,
 }
@@ -108,6 +110,7 @@ impl ApiState {
             http: HttpStats::default(),
             started_at: Utc::now().timestamp_micros() as f64 / 1e6,
             connectivity,
+            ready_ping: Default::default(),
             auth: Arc::new(auth::Auth::none()),
         }))
     }
@@ -341,6 +344,36 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// `/ready`'s check of the service's database, on the pool the history
+/// writer uses. The ping runs as a task of its own that is waited for at
+/// most `READY_TIMEOUT` but never cancelled: a query dropped mid-flight on a
+/// TLS connection loses its pooled connection for good (sqlx issue 4349),
+/// and enough lost ones would leave the writer without connections. One
+/// ping at a time: a check while an earlier one still waits waits for that
+/// one instead of starting another.
+async fn ping_database(s: &Shared) -> Option<String> {
+    let mut in_flight = s.ready_ping.lock().await;
+    let mut ping = match in_flight.take() {
+        Some(ping) if !ping.is_finished() => ping,
+        _ => {
+            let db = s.db.clone();
+            tokio::spawn(async move { db.ping().await })
+        }
+    };
+    match tokio::time::timeout(READY_TIMEOUT, &mut ping).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(format!("database: {}", crate::db::error_text(&e))),
+        Ok(Err(e)) => Some(format!("database: the check failed: {e}")),
+        Err(_) => {
+            *in_flight = Some(ping);
+            Some(format!(
+                "database: no answer within {}",
+                format_duration(READY_TIMEOUT)
+            ))
+        }
+    }
+}
+
 async fn ready(State(state): State<ApiState>) -> Response {
     let s = &state.0;
     let db = async {
@@ -353,14 +386,7 @@ async fn ready(State(state): State<ApiState>) -> Response {
                 o.error
             ));
         }
-        match tokio::time::timeout(READY_TIMEOUT, s.db.ping()).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("database: {}", crate::db::error_text(&e))),
-            Err(_) => Some(format!(
-                "database: no answer within {}",
-                format_duration(READY_TIMEOUT)
-            )),
-        }
+        ping_database(s).await
     };
     let redis = async {
         let target = s.redis.as_ref()?;

@@ -24,6 +24,7 @@ fn settings(args: RunArgs) -> Settings {
     Settings {
         database_url: args.db.database_url(),
         redis_url: args.sinks.redis_url(),
+        redis_tls: args.sinks.redis_tls(),
         sqlite_path: args.db.sqlite_path,
         redis_prefix: args.sinks.redis_prefix,
         redis_ttl: args.sinks.redis_ttl,

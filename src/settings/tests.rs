@@ -1,10 +1,13 @@
 use super::*;
 
-const ALL: [Setting; 38] = [
+const ALL: [Setting; 41] = [
     LOG,
     DATABASE_URL,
     SQLITE_PATH,
     REDIS_URL,
+    REDIS_CA,
+    REDIS_CERT,
+    REDIS_KEY,
     REDIS_PREFIX,
     REDIS_TTL,
     REDIS_TIMEOUT,

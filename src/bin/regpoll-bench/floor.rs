@@ -11,7 +11,9 @@ use chrono::Utc;
 use regpoll::history::row::{Row, rows_of};
 use regpoll::history::store::{COPY_STATEMENT, copy_bytes};
 use regpoll::history::writer::BatchSettings;
-use regpoll::latest::redis::{RedisSettings, Stream, connect_raw, next_reply, packed_report};
+use regpoll::latest::redis::{
+    RedisSettings, RedisTls, Stream, connect_raw, next_reply, packed_report,
+};
 use sqlx::{Connection as _, Executor as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -211,7 +213,9 @@ impl SinkReplay {
                     .arg(&keys[0])
                     .arg(&keys[1])
                     .get_packed_command();
-                let stream = connect_raw(url, settings.timeout).await.context("floor")?;
+                let stream = connect_raw(url, &RedisTls::default(), settings.timeout)
+                    .await
+                    .context("floor")?;
                 Some((stream, per_poll, delete))
             }
             None => None,

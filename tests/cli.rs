@@ -580,23 +580,63 @@ fn every_password_form_stays_out_of_every_command_and_endpoint() {
         format!("redis://:{SECRET}@127.0.0.1:1/"),
         format!("redis://user:{SECRET}@127.0.0.1:1/0"),
         format!("redis+unix:///nonexistent/redis.sock?db=0&pass={SECRET}"),
+        format!("rediss://:{SECRET}@127.0.0.1:1/"),
+        format!("rediss://user:{SECRET}@localhost:1/0"),
     ] {
-        let seen = service_output_and_pages(&url, devices, dir.path());
+        let seen = service_output_and_pages(&url, &[], devices, dir.path());
         assert!(seen.contains("redis:"), "/ready names Redis: {seen}");
+        assert!(!seen.contains(SECRET), "{url}:\n{seen}");
+    }
+    // Over TLS to the test Redis: a login refused, a host name the
+    // certificate does not hold.
+    let tls_port = url::Url::parse(
+        &std::env::var("TEST_REDISS_URL").expect("TEST_REDISS_URL is set by scripts/test"),
+    )
+    .unwrap()
+    .port()
+    .unwrap();
+    let ca = std::path::Path::new(
+        &std::env::var("REGPOLL_TEST_TLS_DIR")
+            .expect("REGPOLL_TEST_TLS_DIR is set by scripts/test"),
+    )
+    .join("ca.crt");
+    for (url, says) in [
+        (
+            format!("rediss://nobody:{SECRET}@localhost:{tls_port}/"),
+            "AUTH for user nobody",
+        ),
+        (
+            format!("rediss://:{SECRET}@127.0.0.1:{tls_port}/1"),
+            "not valid for",
+        ),
+    ] {
+        let seen = service_output_and_pages(
+            &url,
+            &["--redis-ca", ca.to_str().unwrap()],
+            devices,
+            dir.path(),
+        );
+        assert!(seen.contains(says), "{url}: {seen}");
         assert!(!seen.contains(SECRET), "{url}:\n{seen}");
     }
 }
 
-/// Runs `regpoll run` with `redis_url` and the HTTP API on a free port,
-/// reads every page a user or a scraper reads, stops it, and returns the
-/// pages and the whole log.
-fn service_output_and_pages(redis_url: &str, devices: &str, dir: &std::path::Path) -> String {
+/// Runs `regpoll run` with `redis_url` (and `extra` arguments) and the HTTP
+/// API on a free port, reads every page a user or a scraper reads, stops
+/// it, and returns the pages and the whole log.
+fn service_output_and_pages(
+    redis_url: &str,
+    extra: &[&str],
+    devices: &str,
+    dir: &std::path::Path,
+) -> String {
     let sqlite = dir.join("secrets.db");
     let service = common::Service::start(
         Command::new(env!("CARGO_BIN_EXE_regpoll"))
             .args(["run", "--http", "127.0.0.1:0", "--devices", devices])
             .args(["--redis-url", redis_url, "--log", "debug", "--sqlite-path"])
             .arg(&sqlite)
+            .args(extra)
             .current_dir(dir)
             .env_remove("DATABASE_URL")
             .env_remove("REGPOLL_DATABASE_URL"),

@@ -710,6 +710,11 @@ fn a_bad_log_filter_is_refused_with_a_hint() {
 fn run_bench(scenario: &str, args: &[&str]) -> serde_json::Value {
     let redis = std::env::var("TEST_REDIS_URL")
         .expect("TEST_REDIS_URL is not set: run the tests with scripts/test");
+    run_bench_on(scenario, &redis, args)
+}
+
+/// [`run_bench`] with Redis at `redis`.
+fn run_bench_on(scenario: &str, redis: &str, args: &[&str]) -> serde_json::Value {
     let common = [
         "--regpoll",
         env!("CARGO_BIN_EXE_regpoll"),
@@ -718,7 +723,7 @@ fn run_bench(scenario: &str, args: &[&str]) -> serde_json::Value {
         "--warmup",
         "1s",
         "--redis-url",
-        &redis,
+        redis,
     ];
     let dir = tempfile::tempdir().unwrap();
     bench_json(scenario, &[&common[..], args].concat(), dir.path())
@@ -873,6 +878,34 @@ fn bench_fleet_measures_a_small_fleet_and_both_floors() {
     // at 200 readings a second.
     assert!(f(&with_sinks["copies"]) >= 5.0, "{floor:#}");
     assert!(f(&with_sinks["copy_rows_per_s"]) > 150.0, "{floor:#}");
+}
+
+/// The fleet scenario against Redis over TLS (`scripts/bench --redis-tls`):
+/// regpoll gets the CA, its writes arrive, and the floor's replay goes over
+/// TLS too.
+#[test]
+fn bench_fleet_writes_to_redis_over_tls() {
+    let rediss = std::env::var("TEST_REDISS_URL")
+        .expect("TEST_REDISS_URL is not set: run the tests with scripts/test");
+    let ca = Path::new(
+        &std::env::var("REGPOLL_TEST_TLS_DIR")
+            .expect("REGPOLL_TEST_TLS_DIR is not set: run the tests with scripts/test"),
+    )
+    .join("ca.crt");
+    let r = run_bench_on(
+        "fleet",
+        &rediss,
+        &["--devices", "20", "--redis-ca", ca.to_str().unwrap()],
+    );
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    assert_eq!(r["redis_tls"], true, "{r:#}");
+    assert!(f(&r["polls_per_s"]) > 15.0, "{r:#}");
+    // regpoll's writes were acknowledged over TLS within the window.
+    assert!(f(&r["redis_visible"]["count"]) > 15.0, "{r:#}");
+    assert!(
+        f(&r["floor"]["with_sinks"]["redis_mb_per_s"]) > 0.01,
+        "{r:#}"
+    );
 }
 
 /// `regpoll-bench cluster` end to end at a small scale, as `scripts/bench`

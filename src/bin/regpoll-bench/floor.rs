@@ -213,7 +213,11 @@ impl SinkReplay {
                     .arg(&keys[0])
                     .arg(&keys[1])
                     .get_packed_command();
-                let stream = connect_raw(url, &RedisTls::default(), settings.timeout)
+                let tls = RedisTls {
+                    ca: spec.redis_ca.clone(),
+                    ..RedisTls::default()
+                };
+                let stream = connect_raw(url, &tls, settings.timeout)
                     .await
                     .context("floor")?;
                 Some((stream, per_poll, delete))
@@ -274,9 +278,12 @@ impl SinkReplay {
                     }
                     last = now;
                     tx.write_all(&out).await.context("floor: Redis write")?;
+                    // TLS may hold the tail of what was written.
+                    tx.flush().await.context("floor: Redis write")?;
                     sent.redis_bytes.fetch_add(out.len() as u64, Relaxed);
                 }
                 tx.write_all(&delete).await.context("floor: Redis write")?;
+                tx.flush().await.context("floor: Redis write")?;
                 Ok(())
             }));
             let mut stop_r = stop.clone();

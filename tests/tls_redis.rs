@@ -66,14 +66,11 @@ async fn refused(url: &str, tls: &RedisTls) -> String {
 }
 
 /// `redis-cli` over TLS (the redis crate here has no TLS): a command's answer.
-fn redis_cli_tls(port: u16, user_pass: Option<(&str, &str)>, args: &[&str]) -> String {
+fn redis_cli_tls(port: u16, args: &[&str]) -> String {
     let port = port.to_string();
     let ca = cert("ca.crt");
     let mut all = vec!["--tls", "--cacert", ca.to_str().unwrap()];
     all.extend(["-h", "localhost", "-p", &port, "--no-auth-warning"]);
-    if let Some((user, pass)) = user_pass {
-        all.extend(["--user", user, "--pass", pass]);
-    }
     all.extend(args);
     redis_cli(&all)
 }
@@ -101,18 +98,17 @@ fn redis_cli(args: &[&str]) -> String {
 
 const ONE_DEVICE: &str = "devices:\n  - name: boiler\n    host: 127.0.0.1\n    port: {A}\n    every: 200ms\n    registers:\n      - { name: a, kind: holding, address: 0 }\n      - { name: b, kind: input, address: 0, type: f32 }\n";
 
-/// Polls one simulated device into Redis at `url` (TLS from `tls`) with
-/// the HTTP API on a free port, until the latest values can be read back
-/// over TLS as `user_pass`; `/ready` is asked meanwhile.
-async fn poll_into(url: &str, tls: RedisTls, user_pass: Option<(&str, &str)>) {
+/// Polls one simulated device into Redis at `url` (TLS from `tls`, keys
+/// under `prefix`) with the HTTP API on a free port, until the latest
+/// values can be read back over TLS; `/ready` is asked meanwhile.
+async fn poll_into(url: &str, tls: RedisTls, prefix: &str) {
     let fixture = common::simulate(ONE_DEVICE, &["{A}"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (_, prefix) = common::redis();
     let settings = Settings {
         sqlite_path: dir.path().join("r.db"),
         redis_url: Some(url.to_string()),
         redis_tls: tls,
-        redis_prefix: prefix.clone(),
+        redis_prefix: prefix.to_string(),
         http: Some("127.0.0.1:0".parse().unwrap()),
         ..Settings::default()
     };
@@ -123,7 +119,7 @@ async fn poll_into(url: &str, tls: RedisTls, user_pass: Option<(&str, &str)>) {
     let key = format!("{prefix}:latest:boiler");
     let mut waited = 0;
     loop {
-        let fields = redis_cli_tls(tls_port(), user_pass, &["HKEYS", &key]);
+        let fields = redis_cli_tls(tls_port(), &["HKEYS", &key]);
         if fields.lines().count() == 2 {
             break;
         }
@@ -134,7 +130,7 @@ async fn poll_into(url: &str, tls: RedisTls, user_pass: Option<(&str, &str)>) {
         tokio::time::sleep(Duration::from_millis(50)).await; // another process
         waited += 1;
     }
-    let value = redis_cli_tls(tls_port(), user_pass, &["HGET", &key, "a"]);
+    let value = redis_cli_tls(tls_port(), &["HGET", &key, "a"]);
     assert!(value.contains("\"quality\":\"good\""), "{value}");
     let ready = common::http_get(running.http_addr().unwrap(), "/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.body);
@@ -147,7 +143,8 @@ async fn poll_into(url: &str, tls: RedisTls, user_pass: Option<(&str, &str)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_the_right_ca_and_host_name_writes_values_readable_over_tls() {
-    poll_into(&required_env("TEST_REDISS_URL"), with_ca("ca.crt"), None).await;
+    let (_, prefix) = common::redis();
+    poll_into(&required_env("TEST_REDISS_URL"), with_ca("ca.crt"), &prefix).await;
 }
 
 #[tokio::test]
@@ -343,19 +340,17 @@ async fn a_key_that_does_not_fit_or_is_not_a_key_is_named_and_never_quoted() {
     assert!(!e.contains("secret"), "{e}");
 }
 
-/// An ACL user of this test only, allowed the keys under `prefix`.
+/// An ACL user of this test only, with the rights the README lists, on
+/// the keys and channels under its own name as the prefix.
 fn acl_user(password: &str) -> String {
     let (_, name) = common::redis();
-    let answer = redis_cli_plain(&[
-        "ACL",
-        "SETUSER",
-        &name,
-        "on",
-        &format!(">{password}"),
-        "~*",
-        "&*",
-        "+@all",
+    let (keys, channels) = (format!("~{name}:*"), format!("&{name}:*"));
+    let pass = format!(">{password}");
+    let mut acl = vec!["ACL", "SETUSER", &name, "on", &pass, &keys, &channels];
+    acl.extend([
+        "+hset", "+hdel", "+del", "+expire", "+publish", "+ping", "+select",
     ]);
+    let answer = redis_cli_plain(&acl);
     assert_eq!(answer.trim(), "OK", "{answer}");
     name
 }
@@ -365,7 +360,7 @@ async fn an_acl_user_logs_in_over_tls_and_writes() {
     let password = "tls-acl-pw";
     let user = acl_user(password);
     let url = format!("rediss://{user}:{password}@localhost:{}/", tls_port());
-    poll_into(&url, with_ca("ca.crt"), Some((&user, password))).await;
+    poll_into(&url, with_ca("ca.crt"), &user).await;
 }
 
 #[tokio::test]

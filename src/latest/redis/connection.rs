@@ -59,8 +59,11 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn new<S: AsyncRead + AsyncWrite + Send + 'static>(s: S) -> Stream {
-        let (rx, tx) = tokio::io::split(s);
+    fn of<R, W>((rx, tx): (R, W)) -> Stream
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         Stream {
             rx: Box::new(rx),
             tx: Box::new(tx),
@@ -124,6 +127,12 @@ impl Target {
     async fn open(&self, timeout: Duration, ping: bool) -> anyhow::Result<Stream> {
         let deadline = Instant::now() + timeout;
         let ms = timeout.as_millis();
+        let no_connection = || {
+            format!(
+                "Redis at {} did not accept a connection within {ms} ms",
+                self.shown
+            )
+        };
         let stream = match &self.addr {
             Addr::Tcp(host, port) => {
                 let connect = async {
@@ -131,24 +140,19 @@ impl Target {
                         .await
                         .with_context(|| format!("cannot connect to Redis at {}", self.shown))
                 };
-                let s = by(deadline, connect, || {
-                    format!(
-                        "Redis at {} did not accept a connection within {ms} ms",
-                        self.shown
-                    )
-                })
-                .await?;
+                let s = by(deadline, connect, &no_connection).await?;
                 // Pipelines are written whole; waiting to fill a segment
                 // would only add to a value's way into Redis.
                 s.set_nodelay(true)?;
                 match &self.tls {
-                    None => Stream::new(s),
+                    // A socket's own halves need no lock between them.
+                    None => Stream::of(s.into_split()),
                     Some(tls) => {
                         let handshake = tls.handshake(s, &self.shown);
-                        Stream::new(by(deadline, handshake, || {
+                        Stream::of(tokio::io::split(by(deadline, handshake, || {
                             format!("Redis at {} did not answer the TLS handshake within {ms} ms: is it a plain (non-TLS) port? use redis://", self.shown)
                         })
-                        .await?)
+                        .await?))
                     }
                 }
             }
@@ -158,15 +162,7 @@ impl Target {
                         .await
                         .with_context(|| format!("cannot connect to Redis at {}", self.shown))
                 };
-                Stream::new(
-                    by(deadline, connect, || {
-                        format!(
-                            "Redis at {} did not accept a connection within {ms} ms",
-                            self.shown
-                        )
-                    })
-                    .await?,
-                )
+                Stream::of(by(deadline, connect, &no_connection).await?.into_split())
             }
         };
         // Over TLS 1.3 a server that refuses the client's certificate (or

@@ -230,6 +230,12 @@ fn env_fallback(name: &str) -> Option<String> {
 pub struct SinkArgs {
     #[arg(long = s::REDIS_URL.flag, env = s::REDIS_URL.env, help = s::REDIS_URL.help, hide_env_values = true)]
     redis_url: Option<String>,
+    #[arg(long = s::REDIS_CA.flag, env = s::REDIS_CA.env, help = s::REDIS_CA.help)]
+    redis_ca: Option<PathBuf>,
+    #[arg(long = s::REDIS_CERT.flag, env = s::REDIS_CERT.env, help = s::REDIS_CERT.help)]
+    redis_cert: Option<PathBuf>,
+    #[arg(long = s::REDIS_KEY.flag, env = s::REDIS_KEY.env, help = s::REDIS_KEY.help)]
+    redis_key: Option<PathBuf>,
     #[arg(long = s::REDIS_PREFIX.flag, env = s::REDIS_PREFIX.env, help = s::REDIS_PREFIX.help, default_value = s::REDIS_PREFIX.default_text())]
     pub redis_prefix: String,
     #[arg(long = s::REDIS_TTL.flag, env = s::REDIS_TTL.env, help = s::REDIS_TTL.help, value_parser = parse_duration)]
@@ -276,6 +282,15 @@ impl SinkArgs {
         self.redis_url
             .clone()
             .or_else(|| env_fallback(s::REDIS_URL_FALLBACK))
+    }
+
+    /// The files TLS to Redis is set up from.
+    pub fn redis_tls(&self) -> crate::latest::redis::RedisTls {
+        crate::latest::redis::RedisTls {
+            ca: self.redis_ca.clone(),
+            cert: self.redis_cert.clone(),
+            key: self.redis_key.clone(),
+        }
     }
 }
 

@@ -136,6 +136,27 @@ pub const REDIS_TTL: Setting = Setting {
     default: None,
 };
 
+pub const REDIS_CA: Setting = Setting {
+    flag: "redis-ca",
+    env: "REGPOLL_REDIS_CA",
+    help: "PEM file of the CA that signed Redis's certificate, for a rediss:// URL. Default: the public roots (webpki-roots)",
+    default: None,
+};
+
+pub const REDIS_CERT: Setting = Setting {
+    flag: "redis-cert",
+    env: "REGPOLL_REDIS_CERT",
+    help: "PEM file of a client certificate shown to Redis over rediss:// (for a server with tls-auth-clients); needs --redis-key. Default: none",
+    default: None,
+};
+
+pub const REDIS_KEY: Setting = Setting {
+    flag: "redis-key",
+    env: "REGPOLL_REDIS_KEY",
+    help: "PEM file of the private key of --redis-cert. Default: none",
+    default: None,
+};
+
 /// Long enough for a pipeline of 256 polls on a loaded box, short enough
 /// that a hung connection is noticed within a few polls.
 pub const REDIS_TIMEOUT: Setting = Setting {

@@ -613,23 +613,63 @@ fn every_password_form_stays_out_of_every_command_and_endpoint() {
         format!("redis://:{SECRET}@127.0.0.1:1/"),
         format!("redis://user:{SECRET}@127.0.0.1:1/0"),
         format!("redis+unix:///nonexistent/redis.sock?db=0&pass={SECRET}"),
+        format!("rediss://:{SECRET}@127.0.0.1:1/"),
+        format!("rediss://user:{SECRET}@localhost:1/0"),
     ] {
-        let seen = service_output_and_pages(&url, devices, dir.path());
+        let seen = service_output_and_pages(&url, &[], devices, dir.path());
         assert!(seen.contains("redis:"), "/ready names Redis: {seen}");
+        assert!(!seen.contains(SECRET), "{url}:\n{seen}");
+    }
+    // Over TLS to the test Redis: a login refused, a host name the
+    // certificate does not hold.
+    let tls_port = url::Url::parse(
+        &std::env::var("TEST_REDISS_URL").expect("TEST_REDISS_URL is set by scripts/test"),
+    )
+    .unwrap()
+    .port()
+    .unwrap();
+    let ca = std::path::Path::new(
+        &std::env::var("REGPOLL_TEST_TLS_DIR")
+            .expect("REGPOLL_TEST_TLS_DIR is set by scripts/test"),
+    )
+    .join("ca.crt");
+    for (url, says) in [
+        (
+            format!("rediss://nobody:{SECRET}@localhost:{tls_port}/"),
+            "AUTH for user nobody",
+        ),
+        (
+            format!("rediss://:{SECRET}@127.0.0.1:{tls_port}/1"),
+            "not valid for",
+        ),
+    ] {
+        let seen = service_output_and_pages(
+            &url,
+            &["--redis-ca", ca.to_str().unwrap()],
+            devices,
+            dir.path(),
+        );
+        assert!(seen.contains(says), "{url}: {seen}");
         assert!(!seen.contains(SECRET), "{url}:\n{seen}");
     }
 }
 
-/// Runs `regpoll run` with `redis_url` and the HTTP API on a free port,
-/// reads every page a user or a scraper reads, stops it, and returns the
-/// pages and the whole log.
-fn service_output_and_pages(redis_url: &str, devices: &str, dir: &std::path::Path) -> String {
+/// Runs `regpoll run` with `redis_url` (and `extra` arguments) and the HTTP
+/// API on a free port, reads every page a user or a scraper reads, stops
+/// it, and returns the pages and the whole log.
+fn service_output_and_pages(
+    redis_url: &str,
+    extra: &[&str],
+    devices: &str,
+    dir: &std::path::Path,
+) -> String {
     let sqlite = dir.join("secrets.db");
     let service = common::Service::start(
         Command::new(env!("CARGO_BIN_EXE_regpoll"))
             .args(["run", "--http", "127.0.0.1:0", "--devices", devices])
             .args(["--redis-url", redis_url, "--log", "debug", "--sqlite-path"])
             .arg(&sqlite)
+            .args(extra)
             .current_dir(dir)
             .env_remove("DATABASE_URL")
             .env_remove("REGPOLL_DATABASE_URL"),
@@ -703,6 +743,11 @@ fn a_bad_log_filter_is_refused_with_a_hint() {
 fn run_bench(scenario: &str, args: &[&str]) -> serde_json::Value {
     let redis = std::env::var("TEST_REDIS_URL")
         .expect("TEST_REDIS_URL is not set: run the tests with scripts/test");
+    run_bench_on(scenario, &redis, args)
+}
+
+/// [`run_bench`] with Redis at `redis`.
+fn run_bench_on(scenario: &str, redis: &str, args: &[&str]) -> serde_json::Value {
     let common = [
         "--regpoll",
         env!("CARGO_BIN_EXE_regpoll"),
@@ -711,7 +756,7 @@ fn run_bench(scenario: &str, args: &[&str]) -> serde_json::Value {
         "--warmup",
         "1s",
         "--redis-url",
-        &redis,
+        redis,
     ];
     let dir = tempfile::tempdir().unwrap();
     bench_json(scenario, &[&common[..], args].concat(), dir.path())
@@ -866,6 +911,34 @@ fn bench_fleet_measures_a_small_fleet_and_both_floors() {
     // at 200 readings a second.
     assert!(f(&with_sinks["copies"]) >= 5.0, "{floor:#}");
     assert!(f(&with_sinks["copy_rows_per_s"]) > 150.0, "{floor:#}");
+}
+
+/// The fleet scenario against Redis over TLS (`scripts/bench --redis-tls`):
+/// regpoll gets the CA, its writes arrive, and the floor's replay goes over
+/// TLS too.
+#[test]
+fn bench_fleet_writes_to_redis_over_tls() {
+    let rediss = std::env::var("TEST_REDISS_URL")
+        .expect("TEST_REDISS_URL is not set: run the tests with scripts/test");
+    let ca = Path::new(
+        &std::env::var("REGPOLL_TEST_TLS_DIR")
+            .expect("REGPOLL_TEST_TLS_DIR is not set: run the tests with scripts/test"),
+    )
+    .join("ca.crt");
+    let r = run_bench_on(
+        "fleet",
+        &rediss,
+        &["--devices", "20", "--redis-ca", ca.to_str().unwrap()],
+    );
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    assert_eq!(r["redis_tls"], true, "{r:#}");
+    assert!(f(&r["polls_per_s"]) > 15.0, "{r:#}");
+    // regpoll's writes were acknowledged over TLS within the window.
+    assert!(f(&r["redis_visible"]["count"]) > 15.0, "{r:#}");
+    assert!(
+        f(&r["floor"]["with_sinks"]["redis_mb_per_s"]) > 0.01,
+        "{r:#}"
+    );
 }
 
 /// `regpoll-bench cluster` end to end at a small scale, as `scripts/bench`

@@ -10,10 +10,11 @@
 #   require_redis             # installs redis-server as root
 #   setup_pg_user             # sets PG_RUNAS ("postgres" as root, else "")
 #   make_scratch_dir foo      # sets SCRATCH_DIR, PGDATA_DIR; EXIT/INT/TERM/HUP traps
-#   pick_ports                # sets PGPORT, REDISPORT
+#   pick_ports                # sets PGPORT, REDISPORT, REDIS_TLS_PORT
 #   detect_timescaledb        # sets PG_TIMESCALEDB (1 or "")
 #   start_postgres "fsync = off" ...   # extra postgresql.conf lines
-#   start_redis               # sets REDIS_PID
+#   start_redis [TLS_DIR]     # sets REDIS_PID; with TLS_DIR (made by
+#                             # make_test_certs) also TLS on REDIS_TLS_PORT
 #
 # Call these as plain commands, not inside `if`, `!`, `&&`/`||` or `$(...)`:
 # they rely on `set -e` and set globals in the calling shell. The cleanup trap
@@ -28,7 +29,7 @@ fi
 
 # Globals shared with the caller. Initialised here so `set -u` holds and the
 # cleanup trap never acts on a value inherited from the environment.
-# shellcheck disable=SC2034  # PGDATA_DIR, PGPORT, REDISPORT, PG_TIMESCALEDB are for the caller
+# shellcheck disable=SC2034  # PGDATA_DIR, PGPORT, REDISPORT, REDIS_TLS_PORT, PG_TIMESCALEDB are for the caller
 {
     PG_BIN=""
     PG_RUNAS=""
@@ -36,6 +37,7 @@ fi
     PGDATA_DIR=""
     PGPORT=""
     REDISPORT=""
+    REDIS_TLS_PORT=""
     PG_TIMESCALEDB=""
     PG_STARTED=""
     REDIS_PID=""
@@ -199,7 +201,7 @@ free_port() {
     die "could not find a free TCP port"
 }
 
-# Sets PGPORT and REDISPORT to two distinct free ports.
+# Sets PGPORT, REDISPORT and REDIS_TLS_PORT to three distinct free ports.
 pick_ports() {
     PGPORT=$(free_port)
     REDISPORT=$(free_port)
@@ -208,6 +210,13 @@ pick_ports() {
         REDISPORT=$(free_port)
     done
     [ "$REDISPORT" != "$PGPORT" ] || die "could not find two distinct free TCP ports"
+    REDIS_TLS_PORT=$(free_port)
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        [ "$REDIS_TLS_PORT" != "$PGPORT" ] && [ "$REDIS_TLS_PORT" != "$REDISPORT" ] && break
+        REDIS_TLS_PORT=$(free_port)
+    done
+    [ "$REDIS_TLS_PORT" != "$PGPORT" ] && [ "$REDIS_TLS_PORT" != "$REDISPORT" ] ||
+        die "could not find three distinct free TCP ports"
 }
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -338,13 +347,24 @@ make_test_certs() {
 }
 
 # --- Redis -------------------------------------------------------------------------------
-# start_redis: starts redis-server on 127.0.0.1:REDISPORT (its log and
-# working dir in SCRATCH_DIR), sets REDIS_PID and waits for PONG.
+# start_redis [TLS_DIR]: starts redis-server on 127.0.0.1:REDISPORT (its log
+# and working dir in SCRATCH_DIR), sets REDIS_PID and waits for PONG. With
+# TLS_DIR (certificates as make_test_certs makes them) it also listens with
+# TLS only on REDIS_TLS_PORT, a client certificate optional.
 # No persistence: the data is throwaway and we don't want dump files around.
 start_redis() {
-    local redis_up started_at
-    log "starting Redis on 127.0.0.1:$REDISPORT"
+    local redis_up started_at tls_dir=${1:-}
+    local tls_args=()
+    if [ -n "$tls_dir" ]; then
+        tls_args=(--tls-port "$REDIS_TLS_PORT" --tls-cert-file "$tls_dir/server.crt"
+            --tls-key-file "$tls_dir/server.key" --tls-ca-cert-file "$tls_dir/ca.crt"
+            --tls-auth-clients optional)
+        log "starting Redis on 127.0.0.1:$REDISPORT, TLS on 127.0.0.1:$REDIS_TLS_PORT"
+    else
+        log "starting Redis on 127.0.0.1:$REDISPORT"
+    fi
     redis-server --port "$REDISPORT" --bind 127.0.0.1 --save '' --appendonly no \
+        "${tls_args[@]}" \
         --daemonize no --dir "$SCRATCH_DIR" >"$SCRATCH_DIR/redis.log" 2>&1 &
     REDIS_PID=$!
     redis_up=""

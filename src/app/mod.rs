@@ -61,6 +61,8 @@ pub struct Settings {
     pub sqlite_path: PathBuf,
     /// Redis URL; `None` keeps latest values in memory only.
     pub redis_url: Option<String>,
+    /// CA and client certificate for a `rediss://` URL.
+    pub redis_tls: redis_sink::RedisTls,
     pub redis_prefix: String,
     /// Bound on connecting to Redis and on each pipeline's answer.
     pub redis_timeout: Duration,
@@ -115,6 +117,7 @@ impl Default for Settings {
             database_tls: crate::db::PgTls::default(),
             sqlite_path: PathBuf::from(settings::SQLITE_PATH.default_text()),
             redis_url: None,
+            redis_tls: redis_sink::RedisTls::default(),
             redis_prefix: settings::REDIS_PREFIX.default_text().to_string(),
             redis_timeout: settings::REDIS_TIMEOUT.default_duration(),
             redis_linger: settings::REDIS_LINGER.default_duration(),
@@ -209,7 +212,7 @@ pub async fn start(settings: &Settings, source: DeviceSource) -> anyhow::Result<
     let redis_target = settings
         .redis_url
         .as_deref()
-        .map(Target::parse)
+        .map(|url| Target::parse(url, &settings.redis_tls))
         .transpose()?;
     settings
         .retention_tiers()

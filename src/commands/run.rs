@@ -25,6 +25,7 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         database_url: args.db.database_url(),
         database_tls: args.db.database_tls(),
         redis_url: args.sinks.redis_url(),
+        redis_tls: args.sinks.redis_tls(),
         sqlite_path: args.db.sqlite_path,
         redis_prefix: args.sinks.redis_prefix,
         redis_ttl: args.sinks.redis_ttl,

@@ -1,6 +1,6 @@
 use super::*;
 
-const ALL: [Setting; 48] = [
+const ALL: [Setting; 51] = [
     LOG,
     DATABASE_URL,
     DATABASE_SSLMODE,
@@ -9,6 +9,9 @@ const ALL: [Setting; 48] = [
     DATABASE_SSLKEY,
     SQLITE_PATH,
     REDIS_URL,
+    REDIS_CA,
+    REDIS_CERT,
+    REDIS_KEY,
     REDIS_PREFIX,
     REDIS_TTL,
     REDIS_TIMEOUT,

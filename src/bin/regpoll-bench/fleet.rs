@@ -36,6 +36,8 @@ pub struct FleetSpec {
     pub units_per_port: usize,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    /// The CA of a `rediss://` Redis (regpoll's `--redis-ca`).
+    pub redis_ca: Option<PathBuf>,
     /// Stalls of the history table made during the window (`--stall`).
     pub stall: Option<Stall>,
     /// A database outage made during the window (`--outage`).
@@ -224,6 +226,9 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
         spec.redis_url.as_deref(),
         &format!("bench-{}", spec.name),
     )?;
+    if let Some(ca) = &spec.redis_ca {
+        run.arg("--redis-ca").arg(ca);
+    }
     run.arg("--devices")
         .arg(&yaml)
         .arg("--sqlite-path")
@@ -345,6 +350,7 @@ async fn fleet_in(spec: &FleetSpec, product: &Path, work: &Path) -> anyhow::Resu
         "window_s": (secs * 100.0).round() / 100.0,
         "database": if database_url.is_some() { "postgres" } else { "sqlite" },
         "redis": spec.redis_url.is_some(),
+        "redis_tls": spec.redis_url.as_deref().is_some_and(|u| u.starts_with("rediss:")),
         "polls_per_s": polls / secs,
         "expected_polls_per_s": expected_polls / secs,
         "modbus_requests_per_s": delta(&["modbus_requests"]) / secs,

@@ -11,7 +11,9 @@ use chrono::Utc;
 use regpoll::history::row::{Row, rows_of};
 use regpoll::history::store::{COPY_STATEMENT, copy_bytes};
 use regpoll::history::writer::BatchSettings;
-use regpoll::latest::redis::{RedisSettings, Stream, connect_raw, next_reply, packed_report};
+use regpoll::latest::redis::{
+    RedisSettings, RedisTls, Stream, connect_raw, next_reply, packed_report,
+};
 use sqlx::{Connection as _, Executor as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -211,7 +213,13 @@ impl SinkReplay {
                     .arg(&keys[0])
                     .arg(&keys[1])
                     .get_packed_command();
-                let stream = connect_raw(url, settings.timeout).await.context("floor")?;
+                let tls = RedisTls {
+                    ca: spec.redis_ca.clone(),
+                    ..RedisTls::default()
+                };
+                let stream = connect_raw(url, &tls, settings.timeout)
+                    .await
+                    .context("floor")?;
                 Some((stream, per_poll, delete))
             }
             None => None,
@@ -270,9 +278,12 @@ impl SinkReplay {
                     }
                     last = now;
                     tx.write_all(&out).await.context("floor: Redis write")?;
+                    // TLS may hold the tail of what was written.
+                    tx.flush().await.context("floor: Redis write")?;
                     sent.redis_bytes.fetch_add(out.len() as u64, Relaxed);
                 }
                 tx.write_all(&delete).await.context("floor: Redis write")?;
+                tx.flush().await.context("floor: Redis write")?;
                 Ok(())
             }));
             let mut stop_r = stop.clone();

@@ -93,6 +93,10 @@ enum BenchCommand {
         database_url: Option<String>,
         #[arg(long, env = "REGPOLL_REDIS_URL", hide_env_values = true)]
         redis_url: Option<String>,
+        /// PEM file of the CA of a rediss:// --redis-url, given to regpoll
+        /// as --redis-ca (and used by the floor's Redis replay).
+        #[arg(long)]
+        redis_ca: Option<PathBuf>,
         /// Stall the history writer on purpose during the window: hold
         /// register_readings locked for HOLD once every EVERY (HOLD/EVERY,
         /// e.g. 800ms/4s), as a disk stall holds up a COPY. Needs
@@ -247,6 +251,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
             units_per_port,
             database_url,
             redis_url,
+            redis_ca,
             stall,
             outage,
             page,
@@ -265,6 +270,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 units_per_port: units_per_port.max(1),
                 database_url,
                 redis_url,
+                redis_ca,
                 stall,
                 outage,
                 page,

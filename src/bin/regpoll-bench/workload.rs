@@ -26,6 +26,7 @@ impl FleetSpec {
             units_per_port: 100,
             database_url: None,
             redis_url: None,
+            redis_ca: None,
             stall: None,
             outage: None,
             page: None,

@@ -25,21 +25,23 @@ const MAX_IN_FLIGHT: usize = 4;
 mod coalescer;
 mod commands;
 pub(crate) mod connection;
+mod tls;
 mod writer;
 
 pub use coalescer::Coalescer;
 pub use commands::packed_report;
 pub use connection::{ProtocolError, Reply, Stream, next_reply};
+pub use tls::RedisTls;
 pub use writer::{RedisSnapshot, RedisStats, run_writer};
 
 /// A connection that sends bytes as they are and hands back Redis's
 /// answers unparsed, opened as the writer opens its own (AUTH and SELECT
-/// from the URL, within `timeout`). It is for tools that must send exactly
+/// from the URL, TLS from `tls` for `rediss://`, within `timeout`). It is for tools that must send exactly
 /// what the writer sends ([`packed_report`]) and pay what it pays to read
 /// the answers ([`next_reply`]), such as the benchmark's floor; the service
 /// itself uses [`run_writer`].
-pub async fn connect_raw(url: &str, timeout: Duration) -> anyhow::Result<Stream> {
-    connection::Target::parse(url)?.connect(timeout).await
+pub async fn connect_raw(url: &str, tls: &RedisTls, timeout: Duration) -> anyhow::Result<Stream> {
+    connection::Target::parse(url, tls)?.connect(timeout).await
 }
 
 /// Key naming and expiry, and the writer's timing (defaults and reasons in

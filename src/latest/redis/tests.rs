@@ -348,7 +348,7 @@ fn start_writer(url: &str) -> (Arc<Coalescer>, Arc<RedisStats>, tokio::task::Joi
         ..RedisSettings::default()
     };
     let task = tokio::spawn(run_writer(
-        Target::parse(url).unwrap(),
+        Target::parse(url, &super::RedisTls::default()).unwrap(),
         settings,
         Arc::clone(&queue),
         Arc::clone(&stats),

@@ -153,7 +153,7 @@ pub async fn run_writer(
                                 tracing::info!(redis = target.shown(), "connected to Redis again");
                             }
                             down = false;
-                            link = Some(Link::new(stream));
+                            link = Some(Link::new(stream, target.closed_early()));
                         }
                         Err(e) => {
                             if !down {
@@ -209,6 +209,11 @@ struct Link {
     written: usize,
     inbox: Vec<u8>,
     waiting: std::collections::VecDeque<Sent>,
+    /// Bytes were written since the last flush. TLS may keep what was
+    /// written in its own buffer when the socket is full: a flush sends it.
+    unflushed: bool,
+    /// What to say when Redis hangs up.
+    closed: String,
 }
 
 /// A pipeline written (or being written) and the answers it waits for.
@@ -249,9 +254,11 @@ impl Sent {
 }
 
 impl Link {
-    fn new(stream: Stream) -> Link {
+    fn new(stream: Stream, closed: String) -> Link {
         Link {
             stream,
+            unflushed: false,
+            closed,
             outbox: Commands::with_capacity(64 * 1024),
             scratch: Scratch::default(),
             written: 0,
@@ -312,7 +319,7 @@ impl Link {
     }
 
     fn busy(&self) -> bool {
-        !self.waiting.is_empty() || !self.unsent().is_empty()
+        !self.waiting.is_empty() || !self.unsent().is_empty() || self.unflushed
     }
 
     /// Writes what is unsent and reads answers until the oldest pipeline is
@@ -327,12 +334,22 @@ impl Link {
             let writing = !unsent.is_empty();
             tokio::select! {
                 read = self.stream.rx.read_buf(&mut self.inbox) => {
-                    if read.context("cannot read Redis's answers")? == 0 {
-                        bail!("Redis closed the connection");
+                    let read = read.map_err(|e| {
+                        let what = if resp::hung_up(&e) { self.closed.clone() } else { "cannot read Redis's answers".to_string() };
+                        anyhow::Error::new(e).context(what)
+                    })?;
+                    if read == 0 {
+                        bail!("{}", self.closed);
                     }
                 }
-                wrote = self.stream.tx.write(unsent), if writing => {
-                    self.written += wrote.context("cannot write to Redis")?;
+                wrote = write_or_flush(&mut self.stream.tx, unsent), if writing || self.unflushed => {
+                    match wrote.context("cannot write to Redis")? {
+                        Some(n) => {
+                            self.written += n;
+                            self.unflushed = true;
+                        }
+                        None => self.unflushed = false,
+                    }
                     if self.unsent().is_empty() {
                         self.outbox.clear();
                         self.written = 0;
@@ -363,6 +380,19 @@ impl Link {
         }
         self.inbox.drain(..at);
         Ok(done)
+    }
+}
+
+/// Writes some of `unsent` (how much: `Some`), or flushes once all is
+/// written (`None`). Either is safe to cancel.
+async fn write_or_flush(
+    tx: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    unsent: &[u8],
+) -> std::io::Result<Option<usize>> {
+    if unsent.is_empty() {
+        tx.flush().await.map(|()| None)
+    } else {
+        tx.write(unsent).await.map(Some)
     }
 }
 

@@ -1,0 +1,240 @@
+//! TLS for `rediss://`: the client configuration built once from the CA
+//! and client-certificate files, and the handshake's failures told apart,
+//! because "the handshake failed" alone leaves the user to guess between a
+//! wrong host name, a CA that does not match and a port that is not TLS.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use rustls::pki_types::pem::{self, PemObject as _};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{AlertDescription, CertificateError};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// The files TLS to Redis is set up from (`--redis-ca`, `--redis-cert`,
+/// `--redis-key`); all unset: the public roots and no client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// PEM file of the CA (or CAs) that signed Redis's certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM file of the client certificate (Redis's `tls-auth-clients`).
+    pub cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    pub key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    /// Whether any file is given (they only mean something with `rediss://`).
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// What a `rediss://` connection is opened with.
+#[derive(Clone)]
+pub(super) struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+    /// The roots trusted, as errors name them.
+    roots: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("name", &self.name)
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Reads the files and builds the configuration for a server called
+    /// `host` (a DNS name or an IP address, checked against the
+    /// certificate either way).
+    pub(super) fn new(host: &str, files: &RedisTls) -> anyhow::Result<Tls> {
+        let name = ServerName::try_from(host.to_string())
+            .with_context(|| format!("{host:?} is not a host name TLS can verify"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let shown_roots = match &files.ca {
+            Some(path) => {
+                for cert in certificates(path, "--redis-ca")? {
+                    roots.add(cert).with_context(|| {
+                        format!(
+                            "--redis-ca {}: a certificate in it is not a usable CA",
+                            path.display()
+                        )
+                    })?;
+                }
+                format!("the CA file {}", path.display())
+            }
+            None => {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                "the public roots (webpki-roots)".to_string()
+            }
+        };
+        // ring, not aws-lc-rs (which needs cmake and nasm to build). rustls
+        // deprecated ring's provider (0.23.48) for its lack of post-quantum
+        // key exchange only; it still offers X25519 and the NIST curves.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS to Redis: no protocol version available")?
+            .with_root_certificates(roots);
+        let config = match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(certificates(cert, "--redis-cert")?, private_key(key)?)
+                .with_context(|| {
+                    format!(
+                        "--redis-key {} does not belong to --redis-cert {}",
+                        key.display(),
+                        cert.display()
+                    )
+                })?,
+            (None, None) => builder.with_no_client_auth(),
+            (Some(_), None) => bail!("--redis-cert is given without --redis-key: give both"),
+            (None, Some(_)) => bail!("--redis-key is given without --redis-cert: give both"),
+        };
+        Ok(Tls {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+            roots: shown_roots,
+        })
+    }
+
+    /// The handshake on an open TCP connection; `shown` names Redis in errors.
+    pub(super) async fn handshake(
+        &self,
+        tcp: TcpStream,
+        shown: &str,
+    ) -> anyhow::Result<TlsStream<TcpStream>> {
+        self.connector
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| self.explain(&e, shown))
+    }
+
+    /// The handshake's failure in the user's terms.
+    fn explain(&self, e: &std::io::Error, shown: &str) -> anyhow::Error {
+        let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        match tls {
+            Some(rustls::Error::InvalidCertificate(cert)) => self.bad_certificate(cert, shown),
+            Some(rustls::Error::AlertReceived(alert)) => anyhow::anyhow!(
+                "Redis at {shown} refused the TLS handshake ({}): {}",
+                alert_text(*alert),
+                refusal_hint(*alert)
+            ),
+            _ => anyhow::anyhow!(
+                "Redis at {shown} did not answer the TLS handshake ({e}): is it a plain (non-TLS) port? use redis://"
+            ),
+        }
+    }
+
+    fn bad_certificate(&self, cert: &CertificateError, shown: &str) -> anyhow::Error {
+        let name = self.name.to_str();
+        match cert {
+            CertificateError::NotValidForNameContext { presented, .. } => anyhow::anyhow!(
+                "Redis at {shown} presented a certificate that is not valid for {name:?} (it names {}): connect by a name the certificate holds",
+                presented
+                    .iter()
+                    .map(|n| bare_name(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            CertificateError::NotValidForName => anyhow::anyhow!(
+                "Redis at {shown} presented a certificate that is not valid for {name:?}: connect by a name the certificate holds"
+            ),
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => anyhow::anyhow!(
+                "Redis at {shown} presented a certificate not signed by a CA in {}: give --redis-ca the CA that signed it",
+                self.roots
+            ),
+            other => anyhow::anyhow!(
+                "Redis at {shown} presented a certificate that cannot be trusted ({other:?}; trusted: {})",
+                self.roots
+            ),
+        }
+    }
+}
+
+/// A refusal after the handshake looked done on this side: with TLS 1.3 the
+/// server checks the client certificate only after the client finished, so
+/// a missing one shows up as an alert on the first answer.
+pub(super) fn refused_after_handshake(e: &std::io::Error, shown: &str) -> Option<anyhow::Error> {
+    let tls = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())?;
+    match tls {
+        rustls::Error::AlertReceived(alert) => Some(anyhow::anyhow!(
+            "Redis at {shown} refused the TLS connection ({}): {}",
+            alert_text(*alert),
+            refusal_hint(*alert)
+        )),
+        _ => None,
+    }
+}
+
+/// `localhost` of rustls's `DnsName("localhost")` (and an address of
+/// `IpAddress(…)`): the names as the user wrote them in the certificate.
+fn bare_name(presented: &str) -> &str {
+    match (presented.find('('), presented.rfind(')')) {
+        (Some(open), Some(close)) if open < close => presented[open + 1..close].trim_matches('"'),
+        _ => presented,
+    }
+}
+
+fn alert_text(alert: AlertDescription) -> String {
+    format!("{alert:?}")
+}
+
+fn refusal_hint(alert: AlertDescription) -> &'static str {
+    match alert {
+        AlertDescription::CertificateRequired
+        | AlertDescription::HandshakeFailure
+        | AlertDescription::BadCertificate
+        | AlertDescription::UnknownCA
+        | AlertDescription::CertificateUnknown => {
+            "it may require a client certificate it trusts: give --redis-cert and --redis-key"
+        }
+        _ => "check the server's TLS settings",
+    }
+}
+
+/// Every certificate in a PEM file; none is an error.
+fn certificates(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(e, path, flag, "certificates"))?;
+    if certs.is_empty() {
+        bail!(
+            "{flag} {}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM file. Its errors never quote the file.
+fn private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => anyhow::anyhow!(
+            "--redis-key {}: no private key in it (expected PEM: -----BEGIN PRIVATE KEY-----, RSA or EC)",
+            path.display()
+        ),
+        e => pem_error(e, path, "--redis-key", "a private key"),
+    })
+}
+
+/// A PEM file's error without its contents (a key's lines are secret).
+fn pem_error(e: pem::Error, path: &Path, flag: &str, what: &str) -> anyhow::Error {
+    match e {
+        pem::Error::Io(io) => anyhow::anyhow!("cannot read {flag} {}: {io}", path.display()),
+        _ => anyhow::anyhow!(
+            "{flag} {}: not a PEM file of {what} (it does not decode)",
+            path.display()
+        ),
+    }
+}

@@ -93,7 +93,14 @@ pub(super) async fn supervise(
         // A notification always reloads. The periodic check reloads only when
         // the registry's fingerprint moved: loading 10,000 devices every
         // 2 s for nothing would cost more CPU than polling some of them.
-        let now = db.registry_fingerprint().await.ok().flatten();
+        let now = {
+            let db = db.clone();
+            reloader
+                .serving_commands(&mut fleet, async move {
+                    db.registry_fingerprint().await.ok().flatten()
+                })
+                .await
+        };
         if !notified && now.is_some() && now == fingerprint {
             continue;
         }
@@ -131,10 +138,37 @@ impl Reloader {
         }
     }
 
+    /// Awaits a read of the registry while carrying out the cluster's
+    /// commands: a database that stops answering (cut off, a silent
+    /// network) must not hold up a fenced instance's release of its devices,
+    /// which the cluster task waits for. The read runs as a task of its own
+    /// and is never cancelled: a query dropped mid-flight on a TLS
+    /// connection loses its pooled connection for good (sqlx issue 4349).
+    async fn serving_commands<T: Send + 'static>(
+        &mut self,
+        fleet: &mut Fleet,
+        read: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        let mut read = tokio::spawn(read);
+        loop {
+            tokio::select! {
+                done = &mut read => {
+                    return done.unwrap_or_else(|e| match e.try_into_panic() {
+                        Ok(panic) => std::panic::resume_unwind(panic),
+                        Err(e) => panic!("the registry read was cancelled: {e}"),
+                    });
+                }
+                Some(command) = next_command(&mut self.cluster) => self.command(command, fleet).await,
+            }
+        }
+    }
+
     /// Makes the fleet equal to the registry's active devices; false when
     /// the registry cannot be read (the devices being polled are kept).
     async fn reload(&mut self, fleet: &mut Fleet) -> bool {
-        let loaded = match self.db.load_active_devices().await {
+        let db = self.db.clone();
+        let loaded = self.serving_commands(fleet, async move { db.load_active_devices().await });
+        let loaded = match loaded.await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(

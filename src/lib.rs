@@ -61,3 +61,4 @@ pub mod sim;
 pub mod sink;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;

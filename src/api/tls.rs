@@ -9,13 +9,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -51,20 +49,13 @@ impl TlsFiles {
 
     /// The server's TLS configuration, read from the files now.
     pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
-        let certs = read_certs(&self.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot read a private key for --http-tls-key: {}; give a PEM file with a PKCS#8, PKCS#1 or SEC1 key",
-                self.key.display(),
-                pem_error(&e)
-            )
-        })?;
-        // rustls 0.23.48 deprecates ring's provider for lacking post-quantum
-        // key exchange; ring is the chosen provider all the same (aws-lc-rs,
-        // which has it, needs cmake and nasm to build).
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let certs = crate::tls::read_certificates(
+            &self.cert,
+            "--http-tls-cert",
+            "give a PEM file with the server's certificate first, then its intermediates",
+        )?;
+        let key = crate::tls::read_private_key(&self.key, "--http-tls-key")?;
+        let mut config = ServerConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(certs, key)
@@ -78,37 +69,6 @@ impl TlsFiles {
         // The API speaks HTTP/1.1 only (axum's `http1` feature).
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
-    }
-}
-
-fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let bad = |e: &rustls::pki_types::pem::Error| {
-        anyhow::anyhow!(
-            "{}: cannot read certificates for --http-tls-cert: {}; give a PEM file with the server's certificate first, then its intermediates",
-            path.display(),
-            pem_error(e)
-        )
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
-    if certs.is_empty() {
-        anyhow::bail!(
-            "{}: holds no certificate (no `-----BEGIN CERTIFICATE-----` section); give the PEM file of the server's certificate chain to --http-tls-cert",
-            path.display()
-        );
-    }
-    Ok(certs)
-}
-
-/// What went wrong reading a PEM file, without its contents.
-fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error;
-    match e {
-        Error::Io(io) => io.to_string(),
-        Error::NoItemsFound => "no such PEM section in the file".into(),
-        _ => "not a valid PEM file".into(),
     }
 }
 

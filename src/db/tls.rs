@@ -301,7 +301,10 @@ fn from_rustls(e: &rustls::Error) -> Option<Failure> {
                 presented,
             } => Failure::WrongHost {
                 asked: expected.to_str().into_owned(),
-                names: presented.iter().map(|n| plain_name(n)).collect(),
+                names: presented
+                    .iter()
+                    .map(|n| crate::tls::presented_name(n).to_string())
+                    .collect(),
             },
             CertificateError::NotValidForName => Failure::WrongHost {
                 asked: String::new(),
@@ -324,21 +327,6 @@ fn from_rustls(e: &rustls::Error) -> Option<Failure> {
         ) => Failure::ClientCertRefused(format!("TLS alert {alert:?}")),
         _ => return None,
     })
-}
-
-/// `localhost` for webpki's `DnsName("localhost")`, `10.0.0.1` for
-/// `IpAddress(10.0.0.1)`; anything else as it is.
-fn plain_name(presented: &str) -> String {
-    presented
-        .strip_prefix("DnsName(\"")
-        .and_then(|n| n.strip_suffix("\")"))
-        .or_else(|| {
-            presented
-                .strip_prefix("IpAddress(")
-                .and_then(|n| n.strip_suffix(')'))
-        })
-        .unwrap_or(presented)
-        .to_string()
 }
 
 fn from_sqlx(e: &sqlx::Error) -> Option<Failure> {
@@ -468,13 +456,6 @@ mod tests {
         let e = parse_sslmode("verify").unwrap_err();
         assert!(e.contains("`verify` is not an sslmode"), "{e}");
         assert!(e.contains("verify-full"), "{e}");
-    }
-
-    #[test]
-    fn webpki_names_are_shown_plain() {
-        assert_eq!(plain_name("DnsName(\"localhost\")"), "localhost");
-        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "10.0.0.1");
-        assert_eq!(plain_name("DirectoryName"), "DirectoryName");
     }
 
     #[test]

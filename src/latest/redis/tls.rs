@@ -3,12 +3,11 @@
 //! because "the handshake failed" alone leaves the user to guess between a
 //! wrong host name, a CA that does not match and a port that is not TLS.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use rustls::pki_types::pem::{self, PemObject as _};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{AlertDescription, CertificateError};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -51,6 +50,10 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// What the files of `--redis-ca` and `--redis-cert` should hold.
+const CA_HINT: &str = "give a PEM file with the CA certificates that signed Redis's certificate";
+const CERT_HINT: &str = "give a PEM file with the client certificate first, then its intermediates";
+
 impl Tls {
     /// Reads the files and builds the configuration for a server called
     /// `host` (a DNS name or an IP address, checked against the
@@ -61,7 +64,7 @@ impl Tls {
         let mut roots = rustls::RootCertStore::empty();
         let shown_roots = match &files.ca {
             Some(path) => {
-                for cert in certificates(path, "--redis-ca")? {
+                for cert in crate::tls::read_certificates(path, "--redis-ca", CA_HINT)? {
                     roots.add(cert).with_context(|| {
                         format!(
                             "--redis-ca {}: a certificate in it is not a usable CA",
@@ -76,18 +79,16 @@ impl Tls {
                 "the public roots (webpki-roots)".to_string()
             }
         };
-        // ring, not aws-lc-rs (which needs cmake and nasm to build). rustls
-        // deprecated ring's provider (0.23.48) for its lack of post-quantum
-        // key exchange only; it still offers X25519 and the NIST curves.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .context("TLS to Redis: no protocol version available")?
             .with_root_certificates(roots);
         let config = match (&files.cert, &files.key) {
             (Some(cert), Some(key)) => builder
-                .with_client_auth_cert(certificates(cert, "--redis-cert")?, private_key(key)?)
+                .with_client_auth_cert(
+                    crate::tls::read_certificates(cert, "--redis-cert", CERT_HINT)?,
+                    crate::tls::read_private_key(key, "--redis-key")?,
+                )
                 .with_context(|| {
                     format!(
                         "--redis-key {} does not belong to --redis-cert {}",
@@ -141,7 +142,7 @@ impl Tls {
                 "Redis at {shown} presented a certificate that is not valid for {name:?} (it names {}): connect by a name the certificate holds",
                 presented
                     .iter()
-                    .map(|n| bare_name(n))
+                    .map(|n| crate::tls::presented_name(n))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -177,15 +178,6 @@ pub(super) fn refused_after_handshake(e: &std::io::Error, shown: &str) -> Option
     }
 }
 
-/// `localhost` of rustls's `DnsName("localhost")` (and an address of
-/// `IpAddress(…)`): the names as the user wrote them in the certificate.
-fn bare_name(presented: &str) -> &str {
-    match (presented.find('('), presented.rfind(')')) {
-        (Some(open), Some(close)) if open < close => presented[open + 1..close].trim_matches('"'),
-        _ => presented,
-    }
-}
-
 fn alert_text(alert: AlertDescription) -> String {
     format!("{alert:?}")
 }
@@ -200,41 +192,5 @@ fn refusal_hint(alert: AlertDescription) -> &'static str {
             "it may require a client certificate it trusts: give --redis-cert and --redis-key"
         }
         _ => "check the server's TLS settings",
-    }
-}
-
-/// Every certificate in a PEM file; none is an error.
-fn certificates(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_error(e, path, flag, "certificates"))?;
-    if certs.is_empty() {
-        bail!(
-            "{flag} {}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)",
-            path.display()
-        );
-    }
-    Ok(certs)
-}
-
-/// The first private key in a PEM file. Its errors never quote the file.
-fn private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        pem::Error::NoItemsFound => anyhow::anyhow!(
-            "--redis-key {}: no private key in it (expected PEM: -----BEGIN PRIVATE KEY-----, RSA or EC)",
-            path.display()
-        ),
-        e => pem_error(e, path, "--redis-key", "a private key"),
-    })
-}
-
-/// A PEM file's error without its contents (a key's lines are secret).
-fn pem_error(e: pem::Error, path: &Path, flag: &str, what: &str) -> anyhow::Error {
-    match e {
-        pem::Error::Io(io) => anyhow::anyhow!("cannot read {flag} {}: {io}", path.display()),
-        _ => anyhow::anyhow!(
-            "{flag} {}: not a PEM file of {what} (it does not decode)",
-            path.display()
-        ),
     }
 }
